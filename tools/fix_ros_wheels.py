@@ -15,7 +15,9 @@ from pathlib import Path
 
 # /opt/python/cp311-cp311/include/python3.11 and .../site-packages/numpy/_core/include (any cpXY)
 _PY_INCLUDE = re.compile(r"/opt/python/cp3\d+-cp3\d+/include/python3\.\d+")
-_NP_INCLUDE = re.compile(r"/opt/python/cp3\d+-cp3\d+/lib/python3\.\d+/site-packages/numpy/(?:_core|core)/include")
+_NP_INCLUDE = re.compile(
+    r"/opt/python/cp3\d+-cp3\d+/lib/python3\.\d+/site-packages/numpy/(?:_core|core)/include"
+)
 
 
 def repair(prefix: Path) -> int:

@@ -1,0 +1,101 @@
+"""Fixtures shared by every test directory: isolated ROS 2 environments for real DDS tests."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_domain_counter = itertools.count()
+
+
+def _next_domain_id() -> int:
+    """A ROS_DOMAIN_ID unique to this test within this pytest run (and unlikely to clash across runs)."""
+    # Valid Fast DDS domains on Linux are 0..232; keep to 1..100 so port ranges stay small.
+    return 1 + (os.getpid() * 7 + next(_domain_counter)) % 100
+
+
+@pytest.fixture
+def ros_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment for a test that talks DDS: a unique ROS_DOMAIN_ID and logs in a temp dir.
+
+    Applied to this process (for in-process rclpy) and returned for subprocesses.
+    """
+    pytest.importorskip("rclpy")
+    log_dir = tmp_path / "ros_log"
+    log_dir.mkdir()
+    values = {
+        "ROS_DOMAIN_ID": str(_next_domain_id()),
+        "ROS_LOG_DIR": str(log_dir),
+        "ROS_HOME": str(tmp_path / "ros_home"),
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "PYTHONUNBUFFERED": "1",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    env = dict(os.environ)
+    env.update(values)
+    return env
+
+
+class ProcessGroup:
+    """Starts test processes, captures their output to files, and stops all of them at the end."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.procs: list[tuple[str, subprocess.Popen, Path]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Start ``args`` (a console script name or ``python -m`` list) with the test's ROS environment."""
+        if args and shutil.which(args[0]) is None and not Path(args[0]).exists():
+            exe = Path(sys.executable).parent / args[0]
+            if exe.exists():
+                args = [str(exe), *args[1:]]
+        log = self.log_dir / f"{name}.log"
+        proc = subprocess.Popen(
+            args,
+            env={**self.env, **(env or {})},
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs.append((name, proc, log))
+        return proc
+
+    def output(self, name: str) -> str:
+        for n, _, log in self.procs:
+            if n == name:
+                return log.read_text(errors="replace")
+        raise KeyError(name)
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        import signal
+
+        for _, proc, _ in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        for _, proc, _ in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture
+def processes(ros_env: dict[str, str], tmp_path: Path) -> Iterator[ProcessGroup]:
+    """Start real processes on the test's DDS domain; all are stopped (SIGINT, then SIGKILL) afterwards."""
+    group = ProcessGroup(ros_env, tmp_path)
+    try:
+        yield group
+    finally:
+        group.stop_all()
