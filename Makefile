@@ -23,8 +23,8 @@ setup-runtime:
 
 lint: setup
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check --diff . >/dev/null || { echo "ruff format: run '$(VENV)/bin/ruff format .'"; exit 1; }
-	$(VENV)/bin/vermin -q --no-tips --violations --eval-annotations -t=3.10- $$(git ls-files '*.py' | grep -v '^ros2_ws/src/apt_policy/launch/')  launch/*.py
+	@$(VENV)/bin/ruff format --check . || { echo "ruff format: run '$(VENV)/bin/ruff format .'"; exit 1; }
+	$(VENV)/bin/vermin -q --no-tips --violations --eval-annotations -t=3.10- $$(git ls-files -co --exclude-standard '*.py')
 	@if ls docker/*/Dockerfile >/dev/null 2>&1; then $(VENV)/bin/hadolint docker/*/Dockerfile; fi
 
 test: lint
