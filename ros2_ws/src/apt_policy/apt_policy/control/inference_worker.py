@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from apt_policy.control.observations import ObservationSet, StaleInputs
+from apt_policy.control.observations import ObservationSet, StaleInputsError
 
 PredictFn = Callable[[Mapping[str, np.ndarray], np.ndarray, str], np.ndarray]
 
@@ -38,9 +38,9 @@ class ChunkResult:
 class InferenceWorker:
     """Runs inference on its own thread; see the module docstring for the protocol.
 
-    ``observe(now)`` returns the freshest :class:`ObservationSet` or raises :class:`StaleInputs` (the worker
-    then retries every ``retry_s`` while the request stands). ``expected_shape`` (horizon, action_dim) is checked
-    on every result.
+    ``observe(now)`` returns the freshest :class:`ObservationSet` or raises :class:`StaleInputsError` (the worker
+    then retries every ``retry_s`` while the request stands). ``expected_shape`` (horizon, action_dim) is
+    checked on every result.
     """
 
     def __init__(
@@ -147,7 +147,7 @@ class InferenceWorker:
             assert instruction is not None
             try:
                 obs = self._observe(self._clock())
-            except StaleInputs:
+            except StaleInputsError:
                 self.waits_for_inputs += 1
                 self._sleep(self.retry_s)  # the watchdog reports stale inputs; keep the request standing
                 continue

@@ -1,7 +1,8 @@
 """Latest inputs of the policy (camera frames, joint state, gripper width) and the freshest consistent set.
 
-ROS-free and thread-safe: the node's subscription callbacks (executor thread) put samples in, the inference
-worker takes :meth:`ObservationBuffer.freshest` sets out, the stream thread asks :meth:`ObservationBuffer.ages`.
+ROS-free and thread-safe: the node's subscription callbacks (executor thread) put samples in, the
+inference worker takes :meth:`ObservationBuffer.freshest` sets out, the stream thread asks
+:meth:`ObservationBuffer.stale_reason`.
 
 Two clocks per sample:
 
@@ -60,7 +61,7 @@ class FreshnessLimits:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
 
 
-class StaleInputs(Exception):
+class StaleInputsError(Exception):
     """No observation set satisfies the freshness limits; the message says which input and by how much."""
 
 
@@ -163,12 +164,12 @@ class ObservationBuffer:
     def freshest(self, now_s: float) -> ObservationSet:
         """The newest frame of every camera plus the joint state closest in sensor time to them.
 
-        Raises :class:`StaleInputs` when an input is missing, older than its max age, or the cameras/state are
+        Raises :class:`StaleInputsError` when an input is missing, older than its max age, or the cameras/state are
         further apart than ``max_skew_s``.
         """
         reason = self.stale_reason(now_s)
         if reason:
-            raise StaleInputs(reason)
+            raise StaleInputsError(reason)
         with self._lock:
             frames = {c: self._images[c] for c in self.cameras}
             joints = list(self._joints)
@@ -176,7 +177,7 @@ class ObservationBuffer:
         cam_stamps = [s.stamp_s for s in frames.values()]
         cam_skew = max(cam_stamps) - min(cam_stamps)
         if cam_skew > self.limits.max_skew_s:
-            raise StaleInputs(
+            raise StaleInputsError(
                 f"camera frames {cam_skew * 1e3:.0f} ms apart (max skew "
                 f"{self.limits.max_skew_s * 1e3:.0f} ms)"
             )
@@ -184,7 +185,7 @@ class ObservationBuffer:
         joint = min(joints, key=lambda s: abs(s.stamp_s - ref))
         state_skew = abs(joint.stamp_s - ref)
         if state_skew > self.limits.max_skew_s:
-            raise StaleInputs(
+            raise StaleInputsError(
                 f"joint state {state_skew * 1e3:.0f} ms from the camera frames (max skew "
                 f"{self.limits.max_skew_s * 1e3:.0f} ms)"
             )

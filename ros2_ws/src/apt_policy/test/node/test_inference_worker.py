@@ -8,13 +8,13 @@ import time
 import numpy as np
 import pytest
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
-from apt_policy.control.observations import ObservationSet, StaleInputs
+from apt_policy.control.observations import ObservationSet, StaleInputsError
 
 SHAPE = (4, 8)
 
 
 class GatedPolicy:
-    """predict blocks until released; returns the instruction's length in every entry (so results are traceable)."""
+    """predict blocks until released; returns the instruction's length everywhere (results are traceable)."""
 
     def __init__(self) -> None:
         self.started = threading.Semaphore(0)
@@ -160,7 +160,7 @@ def test_stale_inputs_wait_without_predicting() -> None:
 
     def observe(now):
         if not ready.is_set():
-            raise StaleInputs("camera:front never received")
+            raise StaleInputsError("camera:front never received")
         return _obs(now)
 
     h = Harness(observe=observe)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from apt_policy.control.observations import FreshnessLimits, ObservationBuffer, StaleInputs
+from apt_policy.control.observations import FreshnessLimits, ObservationBuffer, StaleInputsError
 
 
 def _img(value: int = 0) -> np.ndarray:
@@ -47,18 +47,18 @@ def test_missing_camera_is_stale_and_named() -> None:
     buf = _buffer()
     _fill(buf, 1.0)
     buf.clear_camera("wrist")
-    with pytest.raises(StaleInputs, match="camera:wrist never received"):
+    with pytest.raises(StaleInputsError, match="camera:wrist never received"):
         buf.freshest(1.0)
 
 
 def test_old_image_and_old_state_are_stale() -> None:
     buf = _buffer()
     _fill(buf, 1.0)
-    with pytest.raises(StaleInputs, match="camera:front 250 ms old"):
+    with pytest.raises(StaleInputsError, match="camera:front 250 ms old"):
         buf.freshest(1.25)
     buf.put_image("front", _img(), 1.2, 1.2)
     buf.put_image("wrist", _img(), 1.2, 1.2)
-    with pytest.raises(StaleInputs, match="joint_state"):
+    with pytest.raises(StaleInputsError, match="joint_state"):
         buf.freshest(1.25)
     assert buf.stale_reason(1.25) is not None
     buf.put_joints(np.zeros(7), 1.25, 1.25)
@@ -71,7 +71,7 @@ def test_camera_skew_beyond_limit_is_refused() -> None:
     _fill(buf, 1.0)
     # Received together but the sensor stamps are 150 ms apart.
     buf.put_image("front", _img(), 0.85, 1.0)
-    with pytest.raises(StaleInputs, match="150 ms apart"):
+    with pytest.raises(StaleInputsError, match="150 ms apart"):
         buf.freshest(1.0)
 
 
