@@ -38,9 +38,9 @@ class ChunkResult:
 class InferenceWorker:
     """Runs inference on its own thread; see the module docstring for the protocol.
 
-    ``observe(now)`` returns the freshest :class:`ObservationSet` or raises :class:`StaleInputsError` (the worker
-    then retries every ``retry_s`` while the request stands). ``expected_shape`` (horizon, action_dim) is
-    checked on every result.
+    ``observe(now)`` returns the freshest :class:`ObservationSet` or raises :class:`StaleInputsError` (the
+    worker then retries every ``retry_s`` while the request stands). ``expected_shape`` (horizon, action_dim)
+    is checked on every result.
     """
 
     def __init__(

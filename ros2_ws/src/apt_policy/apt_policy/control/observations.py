@@ -164,8 +164,8 @@ class ObservationBuffer:
     def freshest(self, now_s: float) -> ObservationSet:
         """The newest frame of every camera plus the joint state closest in sensor time to them.
 
-        Raises :class:`StaleInputsError` when an input is missing, older than its max age, or the cameras/state are
-        further apart than ``max_skew_s``.
+        Raises :class:`StaleInputsError` when an input is missing, older than its max age, or the cameras and
+        state are further apart than ``max_skew_s``.
         """
         reason = self.stale_reason(now_s)
         if reason:
