@@ -1,0 +1,13 @@
+"""Run an exported (or bundled) APT policy with one of several backends behind one Policy contract.
+
+    from apt_policy.runtime import load_policy
+    policy = load_policy("export_dir", backend="auto")   # tensorrt | onnxruntime | torch
+    actions = policy.predict({"wrist": rgb}, state, "reach the red cube")
+
+The ONNX Runtime and TensorRT backends never import torch.
+"""
+
+from .manifest import IntegrityError, Manifest, ManifestError, load_manifest
+from .policy import Policy, PolicyInfo
+
+__all__ = ["IntegrityError", "Manifest", "ManifestError", "Policy", "PolicyInfo", "load_manifest"]
