@@ -21,6 +21,17 @@ GRIPPER_SEMANTICS = ("absolute", "binary", "none")
 NORMALIZATION_MODES = ("mean_std", "quantile")
 
 
+_TUPLE_FIELDS = (
+    "layer_map",
+    "cameras",
+    "image_size",
+    "state_names",
+    "action_names",
+    "image_mean",
+    "image_std",
+)
+
+
 class ConfigError(ValueError):
     """A policy config is malformed; the message names the field and the problem."""
 
@@ -131,7 +142,8 @@ class PolicyConfig:
                 raise ConfigError(f"layer_map[{i}]={layer!r}: must be a VLM layer index >= 0")
             if isinstance(num_vlm_layers, int) and layer >= num_vlm_layers:
                 raise ConfigError(
-                    f"layer_map[{i}]={layer}: the backbone has only {num_vlm_layers} layers (0..{num_vlm_layers - 1})"
+                    f"layer_map[{i}]={layer}: the backbone has only {num_vlm_layers} layers"
+                    f" (0..{num_vlm_layers - 1})"
                 )
         _check_names("cameras", self.cameras)
         _check_names("state_names", self.state_names)

@@ -68,7 +68,7 @@ def test_from_json_rejects_unknown_missing_and_bad_version(tmp_path):
         PolicyConfig.from_dict({**data, "extra": 1})
     partial = dict(data)
     del partial["horizon"]
-    with pytest.raises(ConfigError, match="missing field.*horizon"):
+    with pytest.raises(ConfigError, match=r"missing field.*horizon"):
         PolicyConfig.from_dict(partial)
     with pytest.raises(ConfigError, match="format_version"):
         PolicyConfig.from_dict({**data, "format_version": 2})

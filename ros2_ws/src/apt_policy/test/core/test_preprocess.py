@@ -68,7 +68,7 @@ def test_tokenizer_pads_truncates_and_caches(tmp_path):
     assert tok("reach") is tok("reach")  # cached
     unk, _ = tok("grasp")
     assert unk[0, 0] == 1
-    empty_ids, empty_mask = tok("   ")
+    _, empty_mask = tok("   ")
     assert empty_mask.sum() == 0
     with pytest.raises(PreprocessError, match="must be a str"):
         tok(None)  # type: ignore[arg-type]
