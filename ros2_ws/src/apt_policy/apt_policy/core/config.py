@@ -136,7 +136,8 @@ class PolicyConfig:
                 f"layer_map has {len(self.layer_map)} entries but expert.num_layers={self.expert.num_layers}"
                 " (one VLM layer per Stage-1 expert layer)"
             )
-        num_vlm_layers = self.backbone.get("num_hidden_layers")
+        self._check_backbone_agrees()
+        num_vlm_layers = self.backbone.get("num_layers")
         for i, layer in enumerate(self.layer_map):
             if not isinstance(layer, int) or layer < 0:
                 raise ConfigError(f"layer_map[{i}]={layer!r}: must be a VLM layer index >= 0")
@@ -171,6 +172,20 @@ class PolicyConfig:
         if any(v <= 0 for v in self.image_std):
             raise ConfigError(f"image_std={self.image_std!r}: must be > 0")
         return self
+
+    def _check_backbone_agrees(self) -> None:
+        """The backbone dict fixes graph shapes too; both descriptions must agree."""
+        pairs = (
+            ("num_cameras", len(self.cameras), "len(cameras)"),
+            ("image_size", list(self.image_size), "image_size"),
+            ("max_text_tokens", self.max_instruction_tokens, "max_instruction_tokens"),
+        )
+        for key, ours, our_name in pairs:
+            if key in self.backbone:
+                theirs = self.backbone[key]
+                theirs = list(theirs) if isinstance(theirs, (list, tuple)) else theirs
+                if theirs != ours:
+                    raise ConfigError(f"backbone.{key}={theirs!r} disagrees with {our_name}={ours!r}")
 
     # --------------------------------------------------------------- json I/O
     def to_dict(self) -> dict[str, Any]:

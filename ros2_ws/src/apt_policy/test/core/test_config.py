@@ -12,7 +12,7 @@ from apt_policy.core.config import ActionSemantics, ConfigError, ExpertConfig, P
 def make_config(**overrides) -> PolicyConfig:
     base = PolicyConfig(
         architecture="pi",
-        backbone={"num_hidden_layers": 4, "hidden_size": 32},
+        backbone={"num_layers": 4, "num_cameras": 2, "image_size": [32, 32], "max_text_tokens": 8},
         expert=ExpertConfig(width=32, num_heads=2, head_dim=16, mlp_dim=64, num_layers=2),
         layer_map=(1, 3),
         cameras=("front", "wrist"),
@@ -55,6 +55,8 @@ def test_json_round_trip_is_exact(tmp_path):
         ({"action_semantics": ActionSemantics(arm_scale=-1.0)}, "arm_scale"),
         ({"expert": ExpertConfig(num_heads=0)}, "expert.num_heads"),
         ({"format_version": 99}, "format_version"),
+        ({"cameras": ("front",)}, "backbone.num_cameras=2 disagrees"),
+        ({"max_instruction_tokens": 9}, "backbone.max_text_tokens"),
     ],
 )
 def test_validation_names_the_field(overrides, needle):
