@@ -7,7 +7,19 @@
 The ONNX Runtime and TensorRT backends never import torch.
 """
 
+from .load import BACKENDS, BackendUnavailableError, detect_kind, load_policy
 from .manifest import IntegrityError, Manifest, ManifestError, load_manifest
 from .policy import Policy, PolicyInfo
 
-__all__ = ["IntegrityError", "Manifest", "ManifestError", "Policy", "PolicyInfo", "load_manifest"]
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "IntegrityError",
+    "Manifest",
+    "ManifestError",
+    "Policy",
+    "PolicyInfo",
+    "detect_kind",
+    "load_manifest",
+    "load_policy",
+]

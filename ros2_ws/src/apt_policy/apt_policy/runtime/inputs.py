@@ -1,0 +1,105 @@
+"""Observation -> graph inputs and graph outputs -> actions, identical for every backend.
+
+Wraps the core preprocessing (images, tokenizer) and normalisation so each backend only runs graphs.
+Buffers are allocated once; the arrays returned by ``encode`` are overwritten by the next call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..core.config import PolicyConfig
+from ..core.normalize import Normalizer
+from ..core.preprocess import ImagePreprocessor, InstructionTokenizer, PreprocessError
+from .manifest import Manifest, ManifestError
+
+
+class InferenceError(RuntimeError):
+    """A backend produced unusable output (non-finite actions, wrong shape): the caller must HOLD."""
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """Batch-of-one graph inputs: pixel_values [1, n_cam, 3, H, W] f32, input_ids / text_mask [1, T] i64,
+    state [1, state_dim] f32 (normalised), noise [1, horizon, action_dim] f32."""
+
+    pixel_values: np.ndarray
+    input_ids: np.ndarray
+    text_mask: np.ndarray
+    state: np.ndarray
+    noise: np.ndarray
+
+
+class ObservationEncoder:
+    """Turns (images, state, instruction, noise) into ModelInputs and normalised actions into robot units."""
+
+    def __init__(
+        self, config: PolicyConfig, normalizer: Normalizer, tokenizer: str | Path, seed: int | None = None
+    ) -> None:
+        self.config = config
+        self.normalizer = normalizer
+        self.images = ImagePreprocessor(
+            config.cameras, config.image_size, config.image_mean, config.image_std
+        )
+        self.tokenizer = InstructionTokenizer(tokenizer, config.max_instruction_tokens)
+        self.noise_shape = (1, config.horizon, config.action_dim)
+        self._state = np.empty((1, config.state_dim), dtype=np.float32)
+        self._noise = np.empty(self.noise_shape, dtype=np.float32)
+        self._rng = np.random.default_rng(seed)
+
+    @classmethod
+    def from_manifest(
+        cls, directory: str | Path, manifest: Manifest, seed: int | None = None
+    ) -> ObservationEncoder:
+        """The encoder of an export/engine directory: its config, normalisation stats and tokenizer."""
+        config = PolicyConfig.from_dict(manifest.config)
+        normalizer = Normalizer.from_dict(manifest.normalization, config.normalization)
+        if manifest.tokenizer is None:
+            raise ManifestError(f"{directory} lists no tokenizer file")
+        return cls(config, normalizer, Path(directory) / manifest.tokenizer, seed)
+
+    def encode(
+        self,
+        images: Mapping[str, np.ndarray],
+        state: np.ndarray,
+        instruction: str,
+        noise: np.ndarray | None = None,
+    ) -> ModelInputs:
+        """Validate and convert one observation; raises PreprocessError naming the bad input."""
+        pixel_values = self.images(images)
+        input_ids, text_mask = self.tokenizer(instruction)
+        state = np.asarray(state)
+        if state.shape != (self.config.state_dim,):
+            raise PreprocessError(
+                f"state has shape {state.shape}, expected ({self.config.state_dim},) "
+                f"= {list(self.config.state_names)}"
+            )
+        if not np.all(np.isfinite(state)):
+            raise PreprocessError(f"state contains non-finite values: {state.tolist()}")
+        self._state[0] = self.normalizer.normalize_state(state)
+        if noise is None:
+            self._noise[...] = self._rng.standard_normal(self.noise_shape, dtype=np.float32)
+        else:
+            noise = np.asarray(noise)
+            if noise.shape not in (self.noise_shape, self.noise_shape[1:]):
+                raise PreprocessError(f"noise has shape {noise.shape}, expected {self.noise_shape[1:]}")
+            if not np.all(np.isfinite(noise)):
+                raise PreprocessError("noise contains non-finite values")
+            self._noise[...] = noise.reshape(self.noise_shape)
+        return ModelInputs(pixel_values, input_ids, text_mask, self._state, self._noise)
+
+    def decode(self, normalized_actions: np.ndarray) -> np.ndarray:
+        """[1, horizon, action_dim] normalised -> fresh (horizon, action_dim) float32 in robot units."""
+        out = np.asarray(normalized_actions, dtype=np.float32)
+        if out.shape != self.noise_shape:
+            raise InferenceError(
+                f"backend returned actions of shape {out.shape}, expected {self.noise_shape}"
+            )
+        actions = self.normalizer.unnormalize_actions(out[0])
+        if not np.all(np.isfinite(actions)):
+            raise InferenceError("backend returned non-finite actions")
+        return actions

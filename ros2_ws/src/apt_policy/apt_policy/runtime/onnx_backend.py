@@ -1,0 +1,107 @@
+"""ONNX Runtime backend: prefix graph once, then the unrolled sampler graph. Never imports torch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .inputs import InferenceError, ObservationEncoder
+from .manifest import Manifest, ManifestError, load_manifest
+from .policy import PolicyInfo
+
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(available: Sequence[str], requested: Sequence[str] | None = None) -> list[str]:
+    """Requested providers that exist (error if none), else CUDA when present, always ending with CPU."""
+    if requested:
+        missing = [p for p in requested if p not in available]
+        if missing:
+            raise ValueError(
+                f"ONNX Runtime providers {missing} are not available here (available: {list(available)})"
+            )
+        return list(requested)
+    return [p for p in PREFERRED_PROVIDERS if p in available]
+
+
+class OnnxRuntimePolicy:
+    """Policy over an export directory (see apt-export onnx) run by ONNX Runtime."""
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        directory: str | Path,
+        manifest: Manifest | None = None,
+        providers: Sequence[str] | None = None,
+        intra_op_threads: int = 0,
+        seed: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.directory = Path(directory)
+        self.manifest = manifest if manifest is not None else load_manifest(self.directory)
+        for name in ("prefix", "sampler"):
+            if name not in self.manifest.graphs:
+                raise ManifestError(f"{self.directory} has no {name!r} graph; re-export with apt-export onnx")
+        self.encoder = ObservationEncoder.from_manifest(self.directory, self.manifest, seed)
+        self.config = self.encoder.config
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = int(intra_op_threads)
+        self.providers = choose_providers(ort.get_available_providers(), providers)
+        self._sessions = {
+            name: ort.InferenceSession(
+                str(self.directory / self.manifest.graphs[name].file), options, providers=self.providers
+            )
+            for name in ("prefix", "sampler")
+        }
+        self._prefix_outputs = list(self.manifest.graphs["prefix"].output_names)
+        self._sampler_inputs = list(self.manifest.graphs["sampler"].input_names)
+        self._info = PolicyInfo.from_config(self.config, self.backend, self.manifest.steps)
+
+    @property
+    def info(self) -> PolicyInfo:
+        return self._info
+
+    def predict(
+        self,
+        images: Mapping[str, np.ndarray],
+        state: np.ndarray,
+        instruction: str,
+        noise: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(horizon, action_dim) actions in robot units; raises PreprocessError / InferenceError."""
+        x = self.encoder.encode(images, state, instruction, noise)
+        return self.encoder.decode(self.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise))
+
+    def run(
+        self,
+        pixel_values: np.ndarray,
+        input_ids: np.ndarray,
+        text_mask: np.ndarray,
+        state: np.ndarray,
+        noise: np.ndarray,
+    ) -> np.ndarray:
+        """Graphs only: normalised inputs -> normalised actions [B, horizon, action_dim]."""
+        try:
+            prefix = self._sessions["prefix"].run(
+                self._prefix_outputs,
+                {"pixel_values": pixel_values, "input_ids": input_ids, "text_mask": text_mask},
+            )
+            feeds = dict(zip(self._prefix_outputs, prefix, strict=True))
+            feeds.update(state=state, noise=noise)
+            (actions,) = self._sessions["sampler"].run(None, {k: feeds[k] for k in self._sampler_inputs})
+        except Exception as exc:  # onnxruntime raises its own exception types for shape/type errors
+            raise InferenceError(f"ONNX Runtime inference failed: {exc}") from exc
+        return actions
+
+    def warmup(self, iterations: int = 2) -> None:
+        """Run the graphs on synthetic inputs so the first real prediction is not slow."""
+        h, w = self.config.image_size
+        images = {c: np.zeros((h, w, 3), np.uint8) for c in self.config.cameras}
+        state = self.encoder.normalizer.state.mean.astype(np.float32)
+        for _ in range(iterations):
+            self.predict(images, state, "", np.zeros(self.encoder.noise_shape[1:], np.float32))
