@@ -87,7 +87,7 @@ class PatchMerger(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [n, tokens, D] in merge-block order -> [n, tokens / m^2, out_hidden_size]."""
-        n, length, _ = x.shape
+        n = x.shape[0]
         if self.use_postshuffle_norm:
             x = self.norm(x.reshape(n, -1, self.merged_size))
         else:
