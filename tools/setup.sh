@@ -39,9 +39,9 @@ deps_hash="$mode/$extras/${ROS_DISTRO:-wheels}/$(stamp_of ros2_ws/src/apt_policy
 if [ "$(cat "$VENV/.apt-deps" 2>/dev/null)" != "$deps_hash" ]; then
   log "installing Python packages ($mode: apt_policy[$extras]); first time takes a few minutes"
   "$py" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
-  "$py" -m pip install -q --disable-pip-version-check --progress-bar off "${editables[@]}" 2>&1 |
-    grep -vE "is ignored: it is neither a file nor a directory|^Requirement already satisfied" || true
-  [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "pip install failed" >&2; exit 1; }
+  "$py" -m pip install --disable-pip-version-check --progress-bar off "${editables[@]}" >"$VENV/pip-install.log" 2>&1 ||
+    { grep -vE "is ignored: it is neither" "$VENV/pip-install.log" | tail -30; echo "pip install failed (log: $VENV/pip-install.log)" >&2; exit 1; }
+  log "$(awk '/^Successfully installed/{n=NF-2} END{print n+0}' "$VENV/pip-install.log") packages installed (log: $VENV/pip-install.log)"
   "$py" -m pip check >/dev/null || log "warning: pip check reports conflicts ($py -m pip check)"
   rm -f "$VENV/.apt-msgs"  # a reinstall of the wheels needs the CMake repair and a rebuild
   echo "$deps_hash" > "$VENV/.apt-deps"
