@@ -38,7 +38,7 @@ stamp_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
 deps_hash="$mode/$extras/${ROS_DISTRO:-wheels}/$(stamp_of ros2_ws/src/apt_policy/setup.py ros2_ws/src/apt_policy/setup.cfg export/pyproject.toml)"
 if [ "$(cat "$VENV/.apt-deps" 2>/dev/null)" != "$deps_hash" ]; then
   log "installing Python packages ($mode: apt_policy[$extras]); first time takes a few minutes"
-  "$py" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
+  "$py" -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel >"$VENV/pip-install.log" 2>&1 || { tail -20 "$VENV/pip-install.log"; exit 1; }
   "$py" -m pip install --disable-pip-version-check --progress-bar off "${editables[@]}" >"$VENV/pip-install.log" 2>&1 ||
     { grep -vE "is ignored: it is neither" "$VENV/pip-install.log" | tail -30; echo "pip install failed (log: $VENV/pip-install.log)" >&2; exit 1; }
   log "$(awk '/^Successfully installed/{n=NF-2} END{print n+0}' "$VENV/pip-install.log") packages installed (log: $VENV/pip-install.log)"
