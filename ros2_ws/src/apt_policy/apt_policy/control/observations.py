@@ -53,9 +53,10 @@ class FreshnessLimits:
     max_image_age_s: float = 0.2
     max_state_age_s: float = 0.05
     max_skew_s: float = 0.1
+    max_gripper_age_s: float = 0.2  # franka_gripper publishes its joint states at only 15 Hz
 
     def __post_init__(self) -> None:
-        for name in ("max_image_age_s", "max_state_age_s", "max_skew_s"):
+        for name in ("max_image_age_s", "max_state_age_s", "max_skew_s", "max_gripper_age_s"):
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
@@ -154,12 +155,17 @@ class ObservationBuffer:
         """Why the inputs are too old to act on (None when all are within their max age)."""
         problems = []
         for name, age in self.ages(now_s).items():
-            limit = self.limits.max_image_age_s if name.startswith("camera:") else self.limits.max_state_age_s
+            if name.startswith("camera:"):
+                limit = self.limits.max_image_age_s
+            elif name == "gripper":
+                limit = self.limits.max_gripper_age_s
+            else:
+                limit = self.limits.max_state_age_s
             if age > limit:
                 problems.append(
                     f"{name} " + ("never received" if np.isinf(age) else f"{age * 1e3:.0f} ms old")
                 )
-        return ("stale input: " + ", ".join(problems) + "") if problems else None
+        return ("stale input: " + ", ".join(problems)) if problems else None
 
     def freshest(self, now_s: float) -> ObservationSet:
         """The newest frame of every camera plus the joint state closest in sensor time to them.

@@ -126,3 +126,14 @@ def test_invalid_limits_rejected() -> None:
         FreshnessLimits(max_skew_s=0.0)
     with pytest.raises(ValueError, match="unique"):
         ObservationBuffer(["a", "a"], 7, False)
+
+
+def test_gripper_has_its_own_age_limit() -> None:
+    buf = _buffer()
+    _fill(buf, 1.0)
+    buf.put_joints(np.zeros(7), 1.1, 1.1)
+    buf.put_image("front", _img(), 1.1, 1.1)
+    buf.put_image("wrist", _img(), 1.1, 1.1)
+    assert buf.stale_reason(1.1) is None  # gripper 100 ms old: fine at 15 Hz
+    with pytest.raises(StaleInputsError, match="gripper 250 ms old"):
+        buf.freshest(1.25)

@@ -1,0 +1,279 @@
+"""Parameters of the policy node: one table (name, default, description, range or choices), declared with
+descriptors, read into a frozen :class:`NodeParams`, validated with messages that name the parameter.
+
+``config/franka.yaml`` documents every entry for a real setup; ``docs/NODE.md`` has the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+OUTPUT_MODES = ("joint_trajectory", "joint_position", "none")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+ROBOTS = ("fr3", "panda")
+BLENDING = ("none", "crossfade", "ensemble")
+
+
+class ParameterError(ValueError):
+    """An invalid node parameter; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One parameter: default value (its type is the parameter's type), description, and bounds."""
+
+    name: str
+    default: Any
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    read_only: bool = True
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec(
+        "model", "", "Exported model directory (apt-export onnx/trt output) or bundle dir for backend torch."
+    ),
+    Spec(
+        "backend",
+        "auto",
+        "Inference backend: auto picks tensorrt, then onnxruntime, then torch.",
+        choices=BACKENDS,
+    ),
+    Spec("robot", "fr3", "Robot profile (joint names and hardware limits).", choices=ROBOTS),
+    Spec(
+        "control_rate",
+        100.0,
+        "Command stream rate (Hz); commands are published from a monotonic-clock thread.",
+        10.0,
+        1000.0,
+    ),
+    Spec(
+        "output_mode",
+        "joint_trajectory",
+        "joint_trajectory: JTC look-ahead; joint_position: Float64MultiArray to a forward position "
+        "controller; "
+        "none: dry run (no arm command).",
+        choices=OUTPUT_MODES,
+    ),
+    Spec("instruction", "", "Instruction to start with (empty: IDLE until one arrives on ~/instruction)."),
+    Spec(
+        "max_instruction_bytes",
+        1024,
+        "Longest accepted instruction (UTF-8 bytes); longer ones are rejected.",
+        1,
+        65536,
+    ),
+    # inputs
+    Spec(
+        "camera_names",
+        [""],
+        "Model camera names, in the same order as camera_topics (empty: the model's own).",
+    ),
+    Spec(
+        "camera_topics",
+        ["/camera/camera/color/image_raw"],
+        "Camera topics; a topic ending in /compressed is subscribed as sensor_msgs/CompressedImage.",
+    ),
+    Spec(
+        "joint_states_topic", "/franka/joint_states", "sensor_msgs/JointState of the arm (reordered by name)."
+    ),
+    Spec(
+        "gripper_states_topic",
+        "/franka_gripper/joint_states",
+        "sensor_msgs/JointState of the gripper fingers; width = sum of finger positions.",
+    ),
+    Spec("max_image_age", 0.2, "Oldest camera frame (s since receipt) the policy may act on.", 0.001, 10.0),
+    Spec(
+        "max_state_age",
+        0.05,
+        "Oldest joint/gripper state (s since receipt) the policy may act on.",
+        0.001,
+        10.0,
+    ),
+    Spec(
+        "max_gripper_age",
+        0.2,
+        "Oldest gripper width (s since receipt); franka_gripper publishes at 15 Hz.",
+        0.001,
+        10.0,
+    ),
+    Spec(
+        "max_skew",
+        0.1,
+        "Largest spread of sensor stamps between cameras and state in one observation (s).",
+        0.001,
+        10.0,
+    ),
+    # outputs
+    Spec(
+        "trajectory_topic",
+        "/fr3_arm_controller/joint_trajectory",
+        "JointTrajectory topic (output_mode joint_trajectory).",
+    ),
+    Spec(
+        "position_command_topic",
+        "/fr3_position_controller/commands",
+        "Float64MultiArray topic (output_mode joint_position).",
+    ),
+    Spec(
+        "gripper_command_topic",
+        "/franka_gripper/width_command",
+        "std_msgs/Float64 gripper width command (m).",
+    ),
+    Spec("lookahead_points", 5, "JTC points sent per tick (safe look-ahead over the schedule).", 1, 100),
+    Spec("status_rate", 10.0, "~/status and /diagnostics rate (Hz).", 0.5, 100.0),
+    # control
+    Spec(
+        "chunk_request_threshold",
+        8,
+        "Request the next chunk when the executing one has this many actions left.",
+        0,
+        10000,
+    ),
+    Spec(
+        "inference_timeout",
+        1.0,
+        "Inference slower than this (s) is a failure: HOLD, result discarded.",
+        0.01,
+        60.0,
+    ),
+    Spec(
+        "blending",
+        "crossfade",
+        "Chunk switch: none, crossfade over blending_steps, or ensemble (ACT weights).",
+        choices=BLENDING,
+    ),
+    Spec("blending_steps", 4, "Cross-fade length (actions).", 0, 1000),
+    Spec("ensemble_m", 0.01, "Temporal ensembling weight decay exp(-m*i).", 0.0, 10.0),
+    Spec("position_margin", 0.05, "Keep commands this far inside the joint position limits (rad).", 0.0, 0.5),
+    Spec("velocity_scale", 0.5, "Fraction of the hardware velocity limits commands may use.", 0.01, 1.0),
+    Spec(
+        "acceleration_scale", 0.5, "Fraction of the hardware acceleration limits commands may use.", 0.01, 1.0
+    ),
+    Spec(
+        "max_deviation",
+        0.3,
+        "Largest distance of a command from the measured position per joint (rad).",
+        0.001,
+        3.0,
+    ),
+)
+
+SPEC_BY_NAME = {s.name: s for s in SPECS}
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    """Validated parameter values (names as in :data:`SPECS`)."""
+
+    model: str
+    backend: str
+    robot: str
+    control_rate: float
+    output_mode: str
+    instruction: str
+    max_instruction_bytes: int
+    camera_names: tuple[str, ...]
+    camera_topics: tuple[str, ...]
+    joint_states_topic: str
+    gripper_states_topic: str
+    max_image_age: float
+    max_state_age: float
+    max_gripper_age: float
+    max_skew: float
+    trajectory_topic: str
+    position_command_topic: str
+    gripper_command_topic: str
+    lookahead_points: int
+    status_rate: float
+    chunk_request_threshold: int
+    inference_timeout: float
+    blending: str
+    blending_steps: int
+    ensemble_m: float
+    position_margin: float
+    velocity_scale: float
+    acceleration_scale: float
+    max_deviation: float
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.control_rate
+
+
+def validate(values: dict[str, Any]) -> NodeParams:
+    """Check types, ranges, choices and cross-parameter rules; build :class:`NodeParams`."""
+    out: dict[str, Any] = {}
+    for spec in SPECS:
+        if spec.name not in values:
+            raise ParameterError(f"parameter '{spec.name}' is missing")
+        out[spec.name] = _check(spec, values[spec.name])
+    cams = tuple(n for n in out["camera_names"] if n)
+    topics = tuple(t for t in out["camera_topics"] if t)
+    if not topics:
+        raise ParameterError("parameter 'camera_topics' is empty: the policy needs at least one camera")
+    if cams and len(cams) != len(topics):
+        raise ParameterError(
+            f"parameters 'camera_names' ({len(cams)}) and 'camera_topics' ({len(topics)}) "
+            "must have the same length"
+        )
+    for group, items in (("camera_names", cams), ("camera_topics", topics)):
+        if len(set(items)) != len(items):
+            raise ParameterError(f"parameter '{group}' has duplicates: {list(items)}")
+    out["camera_names"], out["camera_topics"] = cams, topics
+    if not out["model"]:
+        raise ParameterError("parameter 'model' is empty: set it to an exported model directory")
+    if not Path(out["model"]).expanduser().is_dir():
+        raise ParameterError(f"parameter 'model': directory {out['model']!r} does not exist")
+    if out["max_skew"] > max(out["max_image_age"], out["max_state_age"]) * 10:
+        raise ParameterError(
+            "parameter 'max_skew' is more than 10x the max input ages: check units (seconds)"
+        )
+    return NodeParams(**out)
+
+
+def _check(spec: Spec, value: Any) -> Any:
+    kind = type(spec.default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ParameterError(f"parameter '{spec.name}' must be a list of strings, got {value!r}")
+        return tuple(value)
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise ParameterError(f"parameter '{spec.name}' must be {kind.__name__}, got {value!r}")
+    if spec.choices and value not in spec.choices:
+        raise ParameterError(f"parameter '{spec.name}' is {value!r}; choose one of {list(spec.choices)}")
+    if spec.low is not None and not (spec.low <= value <= spec.high):
+        raise ParameterError(f"parameter '{spec.name}' = {value} is outside [{spec.low}, {spec.high}]")
+    return value
+
+
+def declare_and_read(node) -> NodeParams:
+    """Declare every parameter on ``node`` with a descriptor (description, range); return validated values."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+    values = {}
+    for spec in SPECS:
+        desc = ParameterDescriptor(description=spec.description, read_only=spec.read_only)
+        # Accept `control_rate: 100` for a double parameter; validate() converts and checks the type.
+        desc.dynamic_typing = isinstance(spec.default, float)
+        if spec.choices:
+            desc.additional_constraints = "one of: " + ", ".join(spec.choices)
+        # Ranges are checked by validate() with a message naming the parameter; they are still advertised.
+        if spec.low is not None and isinstance(spec.default, float):
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high))
+            ]
+        elif spec.low is not None and isinstance(spec.default, int):
+            desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
+        try:
+            param = node.declare_parameter(spec.name, spec.default, desc)
+        except Exception as exc:  # rclpy: InvalidParameterValueException / type mismatch
+            raise ParameterError(f"parameter '{spec.name}': {exc}") from exc
+        values[spec.name] = param.value
+    return validate(values)
