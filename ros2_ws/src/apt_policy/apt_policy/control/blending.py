@@ -1,0 +1,56 @@
+"""How overlapping chunks are combined at a chunk switch: none, cross-fade, or temporal ensembling.
+
+* ``none``      -- the newest chunk wins at once (the safety filter still limits the step in velocity and
+                   acceleration).
+* ``crossfade`` -- over ``crossfade_steps`` chunk steps after the new chunk arrives, the target moves linearly
+                   from the old chunk's action to the new chunk's action for the same instant.
+* ``ensemble``  -- ACT temporal ensembling: every retained chunk that has an action for the instant
+                   contributes with weight ``exp(-m * i)``, ``i = 0`` for the OLDEST (ACT's convention; small
+                   ``m`` is close to a plain average, larger ``m`` trusts older predictions more).
+
+Failure mode of averaging: a policy is multimodal. If the old chunk goes left around an obstacle and the new
+one goes right, their average goes straight into the obstacle; a half-open gripper is the average of "open"
+and "closed". Cross-fading limits this to ``crossfade_steps`` steps at each switch; ensembling averages all
+the time. Prefer ``none`` or a short cross-fade for multimodal policies; ensembling suits unimodal,
+jittery ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+BLEND_MODES = ("none", "crossfade", "ensemble")
+
+
+@dataclass(frozen=True)
+class BlendConfig:
+    """mode: none | crossfade | ensemble; crossfade_steps (chunk steps, >= 1); ensemble_decay m (>= 0)."""
+
+    mode: str = "crossfade"
+    crossfade_steps: int = 3
+    ensemble_decay: float = 0.01
+    max_chunks: int = 32  # ensemble: most chunks kept alive (oldest dropped first)
+
+    def __post_init__(self) -> None:
+        if self.mode not in BLEND_MODES:
+            raise ValueError(f"blend mode must be one of {BLEND_MODES}, got {self.mode!r}")
+        if int(self.crossfade_steps) < 1:
+            raise ValueError(f"crossfade_steps must be >= 1, got {self.crossfade_steps}")
+        if not (math.isfinite(self.ensemble_decay) and self.ensemble_decay >= 0):
+            raise ValueError(f"ensemble_decay must be finite and >= 0, got {self.ensemble_decay}")
+        if int(self.max_chunks) < 1:
+            raise ValueError(f"max_chunks must be >= 1, got {self.max_chunks}")
+
+
+def crossfade_alpha(t: float, t_switch: float, steps: int, dt: float) -> float:
+    """Weight of the NEW chunk at time ``t``: 0 at the switch, 1 after ``steps * dt`` seconds."""
+    return float(min(1.0, max(0.0, (t - t_switch) / (steps * dt))))
+
+
+def ensemble_weights(count: int, decay: float) -> np.ndarray:
+    """Normalised ACT weights for ``count`` predictions ordered oldest first: ``exp(-decay * i)``."""
+    w = np.exp(-decay * np.arange(count, dtype=np.float64))
+    return w / w.sum()

@@ -1,0 +1,282 @@
+"""The safety filter: turns any target (even NaN or absurd) into a command that is safe to send.
+
+State carried from tick to tick is the previous COMMAND (positions and the velocity of the last step), never
+the measured state. One step of length ``dt`` produces ``q1 = q0 + v1 * dt`` with ``v1`` chosen inside:
+
+* ``|v1| <= v_max``                                       (velocity limit)
+* ``|v1 - v0| <= a_max * dt``                             (acceleration limit, vs. the previous command)
+* ``q1 + v1 * |v1| / (2 a_max)`` inside ``[lower, upper]``  (braking: it can still stop inside the limits)
+
+where ``[lower, upper]`` are the joint limits shrunk by ``margin``. If the previous command satisfies the
+braking condition, braking at ``a_max`` (``v1 = v0 - clip(v0, ±a_max dt)``) satisfies all three, so the set is
+never empty and the invariant holds forever by induction: every command is finite, inside the limits, within
+the velocity/acceleration limits, and the arm can always come to rest inside the limits.
+
+Targets are first cleaned: a non-finite target (or one of the wrong shape) becomes a brake; a target outside
+the limits is clamped into them; a target farther than ``max_deviation`` from the measured state is clamped
+to that distance (this bounds the *target*: the command itself must respect the acceleration limit and may
+brake past it). The velocity towards the target is limited so that the command can stop on it
+(``sqrt((a dt)² + 2 a |e|) - a dt``), plus an optional feed-forward velocity of the target itself.
+
+Every clamp is reported as an intervention: limit name -> indices of the joints it changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from apt_policy.control.limits import JointLimits
+
+# Intervention names, in the order they are applied.
+NONFINITE = "nonfinite"  # target NaN/inf or wrong shape: braked instead
+POSITION = "position"  # target outside [lower + margin, upper - margin]: clamped
+DEVIATION = "deviation"  # target farther than max_deviation from the measured state: clamped
+VELOCITY = "velocity"  # velocity limit bound the step
+ACCELERATION = "acceleration"  # acceleration limit bound the step
+BRAKING = "braking"  # stopping distance to a position limit bound the step
+INFEASIBLE = "infeasible"  # previous command violated the invariant (never expected): braked
+LIMIT_NAMES = (NONFINITE, POSITION, DEVIATION, VELOCITY, ACCELERATION, BRAKING, INFEASIBLE)
+
+_TOL = 1e-12
+
+
+@dataclass(frozen=True)
+class SafetyConfig:
+    """Parameters of :class:`SafetyFilter`.
+
+    margin          rad, kept from each position limit (scalar or per joint)        default 0.05
+    velocity_scale  fraction of the profile's velocity limits used                  default 0.5
+    accel_scale     fraction of the profile's acceleration limits used              default 0.5
+    max_deviation   rad, largest |target - measured| per joint (inf disables)       default 0.25
+    """
+
+    margin: float | tuple[float, ...] = 0.05
+    velocity_scale: float = 0.5
+    acceleration_scale: float = 0.5
+    max_deviation: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("velocity_scale", "acceleration_scale"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and 0 < value <= 1):
+                raise ValueError(f"SafetyConfig.{name} must be in (0, 1], got {value}")
+        margin = np.asarray(self.margin, dtype=np.float64)
+        if not np.all(np.isfinite(margin)) or np.any(margin < 0):
+            raise ValueError(f"SafetyConfig.margin must be finite and >= 0, got {self.margin}")
+        if not (self.max_deviation > 0):  # inf allowed, NaN refused
+            raise ValueError(f"SafetyConfig.max_deviation must be > 0, got {self.max_deviation}")
+
+
+@dataclass(frozen=True, eq=False)
+class CommandState:
+    """A command: joint positions (rad) and the velocity of the step that reached them (rad/s)."""
+
+    positions: np.ndarray
+    velocities: np.ndarray
+
+    def copy(self) -> CommandState:
+        return CommandState(self.positions.copy(), self.velocities.copy())
+
+
+@dataclass(frozen=True)
+class Interventions:
+    """What the filter changed in one step: limit name -> joint indices it clipped."""
+
+    by_limit: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return any(self.by_limit.values())
+
+    def describe(self, names: tuple[str, ...] | None = None) -> str:
+        parts = []
+        for limit, joints in self.by_limit.items():
+            if joints:
+                labels = [names[j] if names else str(j) for j in joints]
+                parts.append(f"{limit}: {', '.join(labels)}")
+        return "; ".join(parts)
+
+    @staticmethod
+    def merge(*items: Interventions) -> Interventions:
+        merged: dict[str, set[int]] = {}
+        for item in items:
+            for limit, joints in item.by_limit.items():
+                merged.setdefault(limit, set()).update(joints)
+        return Interventions({k: tuple(sorted(v)) for k, v in merged.items() if v})
+
+
+class SafetyFilter:
+    """Stateless safety filter for one control period ``dt`` (s); see the module docstring.
+
+    ``track`` moves towards a target, ``brake`` decelerates to rest at ``a_max``; both take and return a
+    :class:`CommandState` and never raise on bad targets.
+    """
+
+    def __init__(self, limits: JointLimits, config: SafetyConfig | None = None, dt: float = 0.01) -> None:
+        if not (np.isfinite(dt) and dt > 0):
+            raise ValueError(f"control dt must be a finite number of seconds > 0, got {dt}")
+        self.config = config or SafetyConfig()
+        self.limits = limits
+        self.dt = float(dt)
+        margin = np.broadcast_to(np.asarray(self.config.margin, dtype=np.float64), (limits.dof,))
+        self.lower = limits.lower + margin
+        self.upper = limits.upper - margin
+        if np.any(self.lower >= self.upper):
+            raise ValueError("SafetyConfig.margin leaves no room between the position limits")
+        self.v_max = limits.velocity * self.config.velocity_scale
+        self.a_max = limits.acceleration * self.config.acceleration_scale
+        self.dv = self.a_max * self.dt  # largest velocity change per step
+        for arr in (self.lower, self.upper, self.v_max, self.a_max, self.dv):
+            arr.setflags(write=False)
+
+    @property
+    def dof(self) -> int:
+        return self.limits.dof
+
+    # ------------------------------------------------------------------------------------------- states
+
+    def check_start(self, measured: np.ndarray) -> str | None:
+        """Why ``measured`` cannot be the first command (None if it can): bad shape, NaN, outside limits."""
+        q = np.asarray(measured, dtype=np.float64)
+        if q.shape != (self.dof,):
+            return f"joint state has {q.size} values, expected {self.dof}"
+        if not np.all(np.isfinite(q)):
+            return "joint state contains NaN/inf"
+        outside = np.flatnonzero((q < self.lower - 1e-9) | (q > self.upper + 1e-9))
+        if outside.size:
+            detail = ", ".join(
+                f"{self.limits.names[j]}={q[j]:.4f} not in [{self.lower[j]:.4f}, {self.upper[j]:.4f}]"
+                for j in outside
+            )
+            return f"measured joints outside the safe range (limits minus margin): {detail}"
+        return None
+
+    def start_state(self, measured: np.ndarray) -> CommandState:
+        """The first command: the measured state at rest. Raises ValueError if it is not a safe start."""
+        reason = self.check_start(measured)
+        if reason is not None:
+            raise ValueError(reason)
+        q = np.clip(np.asarray(measured, dtype=np.float64), self.lower, self.upper)
+        return CommandState(q, np.zeros(self.dof))
+
+    def is_safe(self, state: CommandState, tol: float = 1e-9) -> bool:
+        """The invariant: finite, inside the limits, within v_max, and able to stop inside the limits."""
+        q, v = state.positions, state.velocities
+        if q.shape != (self.dof,) or v.shape != (self.dof,):
+            return False
+        if not (np.all(np.isfinite(q)) and np.all(np.isfinite(v))):
+            return False
+        stop = q + v * np.abs(v) / (2 * self.a_max)
+        return bool(
+            np.all(q >= self.lower - tol)
+            and np.all(q <= self.upper + tol)
+            and np.all(np.abs(v) <= self.v_max + tol)
+            and np.all(stop >= self.lower - tol)
+            and np.all(stop <= self.upper + tol)
+        )
+
+    # --------------------------------------------------------------------------------------------- steps
+
+    def brake(self, state: CommandState) -> CommandState:
+        """One step of braking at ``a_max`` towards rest (stays put once at rest)."""
+        return self._step(state, np.zeros(self.dof), {})[0]
+
+    def track(
+        self,
+        state: CommandState,
+        target: np.ndarray,
+        measured: np.ndarray | None = None,
+        target_velocity: np.ndarray | None = None,
+    ) -> tuple[CommandState, Interventions]:
+        """One step towards ``target`` (rad) with optional feed-forward ``target_velocity`` (rad/s)."""
+        notes: dict[str, tuple[int, ...]] = {}
+        target = np.asarray(target, dtype=np.float64)
+        if target.shape != (self.dof,) or not np.all(np.isfinite(target)):
+            notes[NONFINITE] = tuple(range(self.dof))
+            return self._step(state, np.zeros(self.dof), notes)
+        q0 = state.positions
+        clamped = np.zeros(self.dof, dtype=bool)
+        if measured is not None and np.isfinite(self.config.max_deviation):
+            m = np.asarray(measured, dtype=np.float64)
+            if m.shape == (self.dof,) and np.all(np.isfinite(m)):
+                d = self.config.max_deviation
+                near = np.clip(target, m - d, m + d)
+                changed = np.abs(near - target) > _TOL
+                _note(notes, DEVIATION, changed)
+                clamped |= changed
+                target = near
+        inside = np.clip(target, self.lower, self.upper)
+        changed = np.abs(inside - target) > _TOL
+        _note(notes, POSITION, changed)
+        clamped |= changed
+        target = inside
+
+        ff = np.zeros(self.dof)
+        if target_velocity is not None:
+            tv = np.asarray(target_velocity, dtype=np.float64)
+            if tv.shape == (self.dof,):
+                ff = np.where(np.isfinite(tv) & ~clamped, np.clip(tv, -self.v_max, self.v_max), 0.0)
+        err = target - q0
+        approach = np.minimum(
+            np.abs(err) / self.dt, np.sqrt(self.dv * self.dv + 2 * self.a_max * np.abs(err)) - self.dv
+        )
+        return self._step(state, ff + np.sign(err) * approach, notes)
+
+    def follow_velocity(
+        self, state: CommandState, velocity: np.ndarray, measured: np.ndarray | None = None
+    ) -> tuple[CommandState, Interventions]:
+        """One step at the desired joint ``velocity`` (rad/s), integrated over ``dt`` from the command."""
+        notes: dict[str, tuple[int, ...]] = {}
+        v = np.asarray(velocity, dtype=np.float64)
+        if v.shape != (self.dof,) or not np.all(np.isfinite(v)):
+            notes[NONFINITE] = tuple(range(self.dof))
+            return self._step(state, np.zeros(self.dof), notes)
+        if measured is not None and np.isfinite(self.config.max_deviation):
+            m = np.asarray(measured, dtype=np.float64)
+            if m.shape == (self.dof,) and np.all(np.isfinite(m)):
+                d, q0 = self.config.max_deviation, state.positions
+                # keep the next command within d of the measured state (no effect if already beyond it
+                # in the direction of motion: then only moving back is allowed)
+                v_hi = np.maximum((m + d - q0) / self.dt, 0.0)
+                v_lo = np.minimum((m - d - q0) / self.dt, 0.0)
+                near = np.clip(v, v_lo, v_hi)
+                _note(notes, DEVIATION, np.abs(near - v) > _TOL)
+                v = near
+        return self._step(state, v, notes)
+
+    def _step(
+        self, state: CommandState, v_des: np.ndarray, notes: dict[str, tuple[int, ...]]
+    ) -> tuple[CommandState, Interventions]:
+        q0, v0 = state.positions, state.velocities
+        dv, a = self.dv, self.a_max
+        # Largest speed towards each limit that still allows stopping inside it after this step.
+        room_up = np.maximum(self.upper - q0, 0.0)
+        room_down = np.maximum(q0 - self.lower, 0.0)
+        stop_up = np.sqrt(dv * dv + 2 * a * room_up) - dv
+        stop_down = np.sqrt(dv * dv + 2 * a * room_down) - dv
+        highs = np.stack([self.v_max, v0 + dv, stop_up])  # VELOCITY, ACCELERATION, BRAKING
+        lows = np.stack([-self.v_max, v0 - dv, -stop_down])
+        hi, lo = highs.min(axis=0), lows.max(axis=0)
+        infeasible = lo > hi
+        v1 = np.clip(v_des, lo, hi)
+        brake = v0 - np.clip(v0, -dv, dv)
+        v1 = np.where(infeasible, brake, v1)
+        q1 = np.clip(q0 + v1 * self.dt, self.lower, self.upper)
+        v1 = (q1 - q0) / self.dt
+
+        bound = ~infeasible & ((v_des > hi + _TOL) | (v_des < lo - _TOL))
+        if np.any(bound):
+            which_hi, which_lo = highs.argmin(axis=0), lows.argmax(axis=0)
+            which = np.where(v_des > hi, which_hi, which_lo)
+            for k, name in enumerate((VELOCITY, ACCELERATION, BRAKING)):
+                _note(notes, name, bound & (which == k))
+        _note(notes, INFEASIBLE, infeasible)
+        return CommandState(q1, v1), Interventions(dict(notes))
+
+
+def _note(notes: dict[str, tuple[int, ...]], name: str, mask: np.ndarray) -> None:
+    joints = tuple(int(j) for j in np.flatnonzero(mask))
+    if joints:
+        notes[name] = tuple(sorted(set(notes.get(name, ())) | set(joints)))

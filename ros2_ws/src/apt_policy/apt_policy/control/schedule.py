@@ -1,0 +1,214 @@
+"""The chunk schedule: which action applies at time ``t``, how many are left, when to ask for the next chunk.
+
+A chunk computed from an observation taken at ``t_obs`` with step ``dt`` applies action
+``floor((t - t_obs) / dt)`` at time ``t``: the actions whose time passed while the policy was inferring are
+skipped (latency compensation). A chunk is refused when it belongs to an older instruction epoch (the
+instruction changed after its observation was taken), is malformed or non-finite, is older than the executing
+chunk, or has no action left. Overlapping chunks are combined as configured in :mod:`.blending`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from apt_policy.control.blending import BlendConfig, crossfade_alpha, ensemble_weights
+from apt_policy.control.semantics import ActionLayout
+
+_EPS = 1e-9  # tolerance on (t - t_obs) / dt so that t = t_obs + k * dt maps to step k despite rounding
+
+
+@dataclass(frozen=True, eq=False)
+class Chunk:
+    """A raw chunk: actions (horizon, action_dim) in robot units, from an observation at ``t_obs`` (s).
+
+    ``epoch`` is the instruction epoch the observation was taken under; ``state`` the measured joint state in
+    that observation (needed for delta semantics); ``dt`` None means the schedule's default step.
+    The node's ``inference_worker.ChunkResult`` has the same field names and can be pushed directly.
+    """
+
+    actions: np.ndarray
+    t_obs: float
+    epoch: int
+    state: np.ndarray | None = None
+    chunk_id: int = 0
+    dt: float | None = None
+    inference_s: float = math.nan
+
+
+@dataclass(frozen=True)
+class ChunkDecision:
+    """Outcome of :meth:`ChunkSchedule.push`: accepted, or refused with a reason."""
+
+    accepted: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, eq=False)
+class ScheduledAction:
+    """The (blended) action for one instant.
+
+    arm           positions (rad) for absolute/delta semantics, velocities (rad/s) for velocity semantics
+    arm_velocity  velocity of the position target within its chunk (rad/s), for feed-forward; zeros when the
+                  arm semantics are velocity
+    gripper       raw (blended) gripper value, None when unused
+    index         step of the executing (newest) chunk; actions_left counts that step and the rest
+    """
+
+    arm: np.ndarray
+    arm_velocity: np.ndarray
+    gripper: float | None
+    index: int
+    actions_left: int
+    chunk_id: int
+    contributors: int
+
+
+@dataclass(eq=False)
+class _Resolved:
+    arm: np.ndarray
+    arm_velocity: np.ndarray
+    gripper: np.ndarray | None
+    t_obs: float
+    dt: float
+    chunk_id: int
+    t_accepted: float
+    horizon: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.horizon = self.arm.shape[0]
+
+    def index(self, t: float) -> int:
+        return max(0, math.floor((t - self.t_obs) / self.dt + _EPS))
+
+    def end(self) -> float:
+        return self.t_obs + self.horizon * self.dt
+
+
+class ChunkSchedule:
+    """Holds the executing chunk (and, for blending, the ones it overlaps). Not thread-safe on its own."""
+
+    def __init__(self, layout: ActionLayout, dt: float, blend: BlendConfig | None = None) -> None:
+        if not (math.isfinite(dt) and dt > 0):
+            raise ValueError(f"chunk dt must be a finite number of seconds > 0, got {dt}")
+        self.layout = layout
+        self.dt = float(dt)
+        self.blend = blend or BlendConfig()
+        self._chunks: list[_Resolved] = []  # oldest first; the last one is the executing chunk
+
+    @property
+    def current_chunk_id(self) -> int | None:
+        return self._chunks[-1].chunk_id if self._chunks else None
+
+    def clear(self) -> None:
+        self._chunks.clear()
+
+    def push(self, chunk: Any, t_now: float, epoch: int) -> ChunkDecision:
+        """Offer a chunk at time ``t_now`` while instruction ``epoch`` is current."""
+        if int(chunk.epoch) != int(epoch):
+            return ChunkDecision(False, f"stale instruction epoch {chunk.epoch} (current {epoch})")
+        dt = getattr(chunk, "dt", None)
+        dt = self.dt if dt is None else float(dt)
+        if not (math.isfinite(dt) and dt > 0):
+            return ChunkDecision(False, f"chunk dt must be > 0, got {dt}")
+        t_obs = float(chunk.t_obs)
+        if not math.isfinite(t_obs):
+            return ChunkDecision(False, "chunk observation time is not finite")
+        if t_obs > t_now + 1e-6:
+            return ChunkDecision(False, f"chunk observation time is {t_obs - t_now:.3f} s in the future")
+        actions = np.asarray(chunk.actions, dtype=np.float64)
+        state = getattr(chunk, "state", None)
+        problem = self.layout.check(actions, state)
+        if problem is not None:
+            return ChunkDecision(False, problem)
+        if self._chunks and t_obs < self._chunks[-1].t_obs:
+            return ChunkDecision(False, "chunk is older than the executing chunk")
+        horizon = actions.shape[0]
+        if t_now >= t_obs + horizon * dt - _EPS * dt:
+            return ChunkDecision(
+                False, f"all {horizon} actions already in the past ({(t_now - t_obs) * 1e3:.0f} ms late)"
+            )
+        arm = self.layout.resolve_arm(actions, state)
+        if self.layout.arm == "velocity":
+            arm_velocity = np.zeros_like(arm)
+        else:
+            arm_velocity = np.zeros_like(arm)
+            arm_velocity[:-1] = np.diff(arm, axis=0) / dt
+        resolved = _Resolved(
+            arm=arm,
+            arm_velocity=arm_velocity,
+            gripper=self.layout.raw_gripper(actions),
+            t_obs=t_obs,
+            dt=dt,
+            chunk_id=int(getattr(chunk, "chunk_id", 0)),
+            t_accepted=float(t_now),
+        )
+        self._chunks.append(resolved)
+        self._prune(t_now)
+        return ChunkDecision(True)
+
+    def actions_left(self, t: float) -> int:
+        """Actions of the executing chunk at or after time ``t`` (0 when none)."""
+        if not self._chunks:
+            return 0
+        cur = self._chunks[-1]
+        return max(0, cur.horizon - cur.index(t))
+
+    def should_request(self, t: float, when_left: int) -> bool:
+        """True when the executing chunk has ``when_left`` or fewer actions left at ``t`` (or none)."""
+        return self.actions_left(t) <= when_left
+
+    def sample(self, t: float, prune: bool = True) -> ScheduledAction | None:
+        """The action for time ``t``, or None when the executing chunk is exhausted (or there is none).
+
+        ``prune=False`` leaves finished chunks in place (for looking ahead without changing the schedule).
+        """
+        if prune:
+            self._prune(t)
+        if not self._chunks:
+            return None
+        cur = self._chunks[-1]
+        idx = cur.index(t)
+        if idx >= cur.horizon:
+            return None
+        live = [c for c in self._chunks if c.index(t) < c.horizon]
+        mode = self.blend.mode
+        if mode == "crossfade" and len(live) >= 2:
+            prev = live[-2]
+            alpha = crossfade_alpha(t, cur.t_accepted, self.blend.crossfade_steps, cur.dt)
+            parts, weights = [prev, cur], np.array([1.0 - alpha, alpha])
+        elif mode == "ensemble" and len(live) >= 2:
+            parts, weights = live, ensemble_weights(len(live), self.blend.ensemble_decay)
+        else:
+            parts, weights = [cur], np.ones(1)
+        arm = np.zeros(self.layout.dof)
+        arm_velocity = np.zeros(self.layout.dof)
+        gripper = 0.0 if cur.gripper is not None else None
+        for c, w in zip(parts, weights, strict=True):
+            i = c.index(t)
+            arm += w * c.arm[i]
+            arm_velocity += w * c.arm_velocity[i]
+            if gripper is not None and c.gripper is not None:
+                gripper += w * float(c.gripper[i])
+        return ScheduledAction(
+            arm=arm,
+            arm_velocity=arm_velocity,
+            gripper=gripper,
+            index=idx,
+            actions_left=cur.horizon - idx,
+            chunk_id=cur.chunk_id,
+            contributors=int(np.count_nonzero(weights)),
+        )
+
+    def _prune(self, t: float) -> None:
+        """Drop chunks that are finished at ``t`` or no longer needed by the blend mode."""
+        if not self._chunks:
+            return
+        cur = self._chunks[-1]
+        older = [c for c in self._chunks[:-1] if c.index(t) < c.horizon]
+        keep = {"none": 0, "crossfade": 1, "ensemble": self.blend.max_chunks - 1}[self.blend.mode]
+        older = older[-keep:] if keep > 0 else []
+        self._chunks = [*older, cur]
