@@ -1,0 +1,501 @@
+"""Operator interfaces of the policy node: instruction service and action, pause/resume/stop, gripper output,
+in-process RealSense cameras. ``attach_interfaces(node)`` is called at the end of ``PolicyNode.__init__``.
+
+On the node (``~`` = ``/apt_policy``):
+
+* ``~/set_instruction`` (apt_msgs/srv/SetInstruction) -- switch to an instruction; refused with the reason.
+* ``~/follow_instruction`` (apt_msgs/action/FollowInstruction) -- follow an instruction for ``duration`` s
+  (<= 0: until cancelled). Feedback (elapsed, chunks executed for this goal, node state) at
+  ``interfaces.feedback_rate``. Ends SUCCEEDED when the duration elapses (the node then stops: hold, no
+  instruction), CANCELED on cancel (the node stops at once), ABORTED with a message when a new goal, a
+  ``~/instruction`` topic message, ``~/set_instruction`` or ``~/stop`` replaces the instruction, or on FAULT.
+* ``~/pause``, ``~/resume``, ``~/stop`` (std_srvs/srv/Trigger) -- the node's pause/resume/stop hooks.
+
+Threading: nothing here blocks the node's executor. The goal's execute callback is a coroutine that awaits an
+rclpy Future; a timer in a ReentrantCallbackGroup publishes feedback and completes that Future when the goal
+ends. The instruction listener (called from whatever thread changed the instruction) only records the change
+under a lock; the timer acts on it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+from rclpy.task import Future
+
+from apt_policy.control.gripper import GripperDecisionConfig
+from apt_policy.ros.gripper_output import OUTPUT_MODES, GripperOutput, GripperOutputSettings
+from apt_policy.ros.params import ParameterError
+from apt_policy.ros.realsense_camera import CameraNotFoundError, ColorProfile, RealSenseCamera, open_cameras
+
+# PolicyStatus constants (apt_msgs/msg/PolicyStatus), repeated to avoid importing messages for comparisons.
+IDLE, RUNNING, HOLDING, PAUSED, FAULT = 0, 1, 2, 3, 4
+
+
+class InterfaceParameterError(ParameterError):
+    """An invalid interface parameter; the message names it and says why (the node exits with it)."""
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One parameter: default (its type is the parameter type), description, numeric bounds or choices."""
+
+    name: str
+    default: Any
+    description: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+
+
+_G = GripperDecisionConfig()
+_S = GripperOutputSettings()
+
+SPECS: tuple[Spec, ...] = (
+    Spec(
+        "interfaces.feedback_rate",
+        10.0,
+        "FollowInstruction feedback and goal supervision rate (Hz).",
+        2.0,
+        100.0,
+    ),
+    # gripper
+    Spec(
+        "gripper.output",
+        _S.output,
+        "auto (franka_actions when franka_msgs imports, else width_topic), "
+        "franka_actions, width_topic, none.",
+        choices=OUTPUT_MODES,
+    ),
+    Spec(
+        "gripper.node_name", _S.node_name, "franka_gripper node name; actions <name>/move and <name>/grasp."
+    ),
+    Spec(
+        "gripper.width_topic",
+        "",
+        "std_msgs/Float64 width topic for width_topic mode "
+        "(empty: the node's gripper_command_topic, else /franka_gripper/width_command).",
+    ),
+    Spec(
+        "gripper.decision",
+        _G.mode,
+        "binary: open/close on threshold with hysteresis; width: follow the width.",
+        choices=("binary", "width"),
+    ),
+    Spec("gripper.threshold", _G.threshold, "binary: widths below it mean close (m).", 0.0, 0.2),
+    Spec("gripper.hysteresis", _G.hysteresis, "binary: total dead band around the threshold (m).", 0.0, 0.1),
+    Spec("gripper.open_width", _G.open_width, "binary: width commanded for open (m).", 0.0, 0.2),
+    Spec("gripper.closed_width", _G.closed_width, "binary: grasp target width for close (m).", 0.0, 0.2),
+    Spec("gripper.max_width", _G.max_width, "largest width ever commanded (m).", 0.001, 0.2),
+    Spec(
+        "gripper.min_width_delta",
+        _G.min_width_delta,
+        "width: smallest change that is commanded (m).",
+        0.0,
+        0.1,
+    ),
+    Spec(
+        "gripper.min_interval", _G.min_interval, "shortest time between two gripper commands (s).", 0.0, 10.0
+    ),
+    Spec("gripper.speed", _S.speed, "finger speed of move/grasp (m/s).", 0.001, 0.2),
+    Spec("gripper.force", _S.force, "grasp force (N).", 1.0, 70.0),
+    Spec(
+        "gripper.epsilon_inner",
+        _S.epsilon_inner,
+        "grasp succeeds down to width - epsilon_inner (m).",
+        0.0,
+        0.08,
+    ),
+    Spec(
+        "gripper.epsilon_outer",
+        _S.epsilon_outer,
+        "grasp succeeds up to width + epsilon_outer (m).",
+        0.0,
+        0.08,
+    ),
+    # in-process RealSense cameras
+    Spec(
+        "realsense.camera_names",
+        [""],
+        "Model camera names fed by in-process RealSense capture "
+        "(empty: none; those cameras then come from pyrealsense2, not from topics).",
+    ),
+    Spec("realsense.serial_numbers", [""], "Serial numbers, one per realsense.camera_names entry."),
+    Spec("realsense.profile", "640x480x30", "Colour stream WIDTHxHEIGHTxFPS (rgb8)."),
+)
+
+
+def _check(spec: Spec, value: Any) -> Any:
+    kind = type(spec.default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if kind is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise InterfaceParameterError(f"parameter '{spec.name}' must be a list of strings, got {value!r}")
+        return tuple(v for v in value if v)
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise InterfaceParameterError(f"parameter '{spec.name}' must be {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise InterfaceParameterError(f"parameter '{spec.name}' must be finite, got {value}")
+    if spec.choices and value not in spec.choices:
+        raise InterfaceParameterError(
+            f"parameter '{spec.name}' is {value!r}; choose one of {list(spec.choices)}"
+        )
+    if spec.low is not None and spec.high is not None and not (spec.low <= value <= spec.high):
+        raise InterfaceParameterError(
+            f"parameter '{spec.name}' = {value} is outside [{spec.low}, {spec.high}]"
+        )
+    return value
+
+
+def declare_parameters(node: Node) -> dict[str, Any]:
+    """Declare every interface parameter with a descriptor and return the checked values by name."""
+    from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
+
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        if node.has_parameter(spec.name):
+            value = node.get_parameter(spec.name).value
+        else:
+            desc = ParameterDescriptor(description=spec.description, read_only=True)
+            desc.dynamic_typing = isinstance(spec.default, float)  # accept `force: 20` for a double
+            if spec.choices:
+                desc.additional_constraints = "one of: " + ", ".join(spec.choices)
+            if spec.low is not None and spec.high is not None:
+                desc.floating_point_range = [FloatingPointRange(from_value=spec.low, to_value=spec.high)]
+            try:
+                value = node.declare_parameter(spec.name, spec.default, desc).value
+            except Exception as exc:  # InvalidParameterValueException / type mismatch from rclpy
+                raise InterfaceParameterError(f"parameter '{spec.name}': {exc}") from exc
+        values[spec.name] = _check(spec, value)
+    return values
+
+
+def gripper_configs(
+    values: Mapping[str, Any], fallback_topic: str
+) -> tuple[GripperOutputSettings, GripperDecisionConfig]:
+    """Build the gripper transport and decision configs from checked parameter values."""
+    try:
+        settings = GripperOutputSettings(
+            output=values["gripper.output"],
+            node_name=values["gripper.node_name"],
+            width_topic=values["gripper.width_topic"] or fallback_topic,
+            speed=values["gripper.speed"],
+            force=values["gripper.force"],
+            epsilon_inner=values["gripper.epsilon_inner"],
+            epsilon_outer=values["gripper.epsilon_outer"],
+        )
+        decision = GripperDecisionConfig(
+            mode=values["gripper.decision"],
+            max_width=values["gripper.max_width"],
+            open_width=values["gripper.open_width"],
+            closed_width=values["gripper.closed_width"],
+            threshold=values["gripper.threshold"],
+            hysteresis=values["gripper.hysteresis"],
+            min_width_delta=values["gripper.min_width_delta"],
+            min_interval=values["gripper.min_interval"],
+        )
+    except ValueError as exc:
+        raise InterfaceParameterError(str(exc)) from exc
+    return settings, decision
+
+
+def realsense_serials(values: Mapping[str, Any]) -> dict[str, str]:
+    """``camera name -> serial`` from the parallel ``realsense.camera_names`` / ``serial_numbers`` lists."""
+    names, serials = values["realsense.camera_names"], values["realsense.serial_numbers"]
+    if len(names) != len(serials):
+        raise InterfaceParameterError(
+            f"parameters 'realsense.camera_names' ({len(names)}) and 'realsense.serial_numbers' "
+            f"({len(serials)}) must have the same length"
+        )
+    if len(set(names)) != len(names):
+        raise InterfaceParameterError(f"parameter 'realsense.camera_names' has duplicates: {list(names)}")
+    return dict(zip(names, serials, strict=True))
+
+
+def _field(snapshot: Any, name: str, default: Any = None) -> Any:
+    """Read ``name`` from a status snapshot that is a mapping or an object."""
+    if isinstance(snapshot, Mapping):
+        return snapshot.get(name, default)
+    return getattr(snapshot, name, default)
+
+
+def _outcome(ret: Any, default: str) -> tuple[bool, str]:
+    """Normalise a hook's return value (``(ok, message)``, ``bool`` or ``None``) to ``(ok, message)``."""
+    if isinstance(ret, tuple) and len(ret) == 2:
+        return bool(ret[0]), str(ret[1])
+    if isinstance(ret, bool):
+        return ret, default if ret else "refused"
+    return True, default
+
+
+@dataclass
+class _Goal:
+    """Book-keeping of one FollowInstruction goal."""
+
+    handle: Any
+    instruction: str
+    duration: float
+    started: float
+    chunks_at_start: int
+    done: Future = field(default_factory=Future)
+    replaced_by: str | None = None  # instruction that replaced ours (set by the listener)
+    cancel_requested: bool = False
+    finished: bool = False
+    setting: bool = False  # our own set_instruction call is in progress
+
+
+class Interfaces:
+    """The services, action server, gripper output and cameras attached to one policy node."""
+
+    def __init__(self, node: Node) -> None:
+        from apt_msgs.action import FollowInstruction
+        from apt_msgs.srv import SetInstruction
+        from std_srvs.srv import Trigger
+
+        self.node = node
+        self._log = node.get_logger()
+        self._lock = threading.Lock()
+        self._goal: _Goal | None = None
+        self._action_type = FollowInstruction
+        self.cameras: list[RealSenseCamera] = []
+        self.gripper_output: GripperOutput | None = None
+
+        values = declare_parameters(node)
+        fallback_topic = (
+            node.get_parameter("gripper_command_topic").value
+            if node.has_parameter("gripper_command_topic")
+            else "/franka_gripper/width_command"
+        )
+        settings, decision = gripper_configs(values, fallback_topic)
+        serials = realsense_serials(values)
+        try:
+            profile = ColorProfile.parse(values["realsense.profile"])
+        except ValueError as exc:
+            raise InterfaceParameterError(f"parameter 'realsense.profile': {exc}") from exc
+
+        group = ReentrantCallbackGroup()
+        self.services = [
+            node.create_service(
+                SetInstruction, "~/set_instruction", self._on_set_instruction, callback_group=group
+            ),
+            node.create_service(Trigger, "~/pause", self._on_pause, callback_group=group),
+            node.create_service(Trigger, "~/resume", self._on_resume, callback_group=group),
+            node.create_service(Trigger, "~/stop", self._on_stop, callback_group=group),
+        ]
+        self.action_server = ActionServer(
+            node,
+            FollowInstruction,
+            "~/follow_instruction",
+            execute_callback=self._execute,
+            goal_callback=self._on_goal,
+            cancel_callback=self._on_cancel,
+            callback_group=group,
+        )
+        self.timer = node.create_timer(1.0 / values["interfaces.feedback_rate"], self._supervise, group)
+        node.add_instruction_listener(self._on_instruction_changed)
+
+        # The node calls gripper_sink(width_m, now_s) on every tick; ours decides when to command.
+        if settings.output == "none":
+            node.gripper_sink = None
+        else:
+            self.gripper_output = GripperOutput(node, settings, decision)
+            node.gripper_sink = self.gripper_output.submit
+        if serials:
+            unknown = sorted(set(serials) - set(getattr(node, "camera_names", serials)))
+            if unknown:
+                raise InterfaceParameterError(
+                    f"parameter 'realsense.camera_names': {unknown} are not model cameras "
+                    f"{list(node.camera_names)}"
+                )
+            try:
+                self.cameras = open_cameras(
+                    serials,
+                    profile,
+                    node.on_camera_frame,
+                    log_error=lambda msg: self._log.error(msg, throttle_duration_sec=2.0),
+                )
+            except (CameraNotFoundError, ValueError, ImportError) as exc:
+                raise InterfaceParameterError(f"parameter 'realsense.serial_numbers': {exc}") from exc
+            listing = ", ".join(f"{c.name}={c.serial}" for c in self.cameras)
+            self._log.info(f"in-process RealSense cameras streaming {profile}: {listing}")
+        node.context.on_shutdown(self.close)
+
+    # ---------------------------------------------------------------- services
+    def _on_set_instruction(self, request: Any, response: Any) -> Any:
+        response.accepted, response.message = self._call(
+            lambda: self.node.set_instruction(request.instruction), "instruction set"
+        )
+        return response
+
+    def _on_pause(self, request: Any, response: Any) -> Any:
+        response.success, response.message = self._call(self.node.pause, "paused: holding position")
+        return response
+
+    def _on_resume(self, request: Any, response: Any) -> Any:
+        response.success, response.message = self._call(self.node.resume, "resumed")
+        return response
+
+    def _on_stop(self, request: Any, response: Any) -> Any:
+        response.success, response.message = self._call(
+            self.node.stop, "stopped: holding position, instruction cleared"
+        )
+        return response
+
+    def _call(self, hook: Any, default: str) -> tuple[bool, str]:
+        try:
+            return _outcome(hook(), default)
+        except Exception as exc:  # a hook failure is reported to the caller, the node keeps running
+            self._log.error(f"interface request failed: {exc!r}")
+            return False, f"error: {exc}"
+
+    # ---------------------------------------------------------------- action
+    def _on_goal(self, goal: Any) -> GoalResponse:
+        if not goal.instruction.strip():
+            self._log.warning("FollowInstruction goal rejected: empty instruction")
+            return GoalResponse.REJECT
+        if not math.isfinite(goal.duration):
+            self._log.warning(f"FollowInstruction goal rejected: duration {goal.duration} is not finite")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def _on_cancel(self, goal_handle: Any) -> CancelResponse:
+        with self._lock:
+            goal = self._goal
+            ours = goal is not None and goal.handle is goal_handle
+            if ours:
+                goal.cancel_requested = True
+        if ours:
+            self._call(self.node.stop, "")  # hold at once; the supervisor ends the goal
+        return CancelResponse.ACCEPT
+
+    async def _execute(self, goal_handle: Any) -> Any:
+        request = goal_handle.request
+        goal = _Goal(
+            handle=goal_handle,
+            instruction=request.instruction,
+            duration=float(request.duration),
+            started=time.monotonic(),
+            chunks_at_start=self._chunks_executed(),
+        )
+        with self._lock:
+            previous, self._goal = self._goal, goal
+        if previous is not None:
+            self._finish(previous, "abort", f"pre-empted by a new goal: {request.instruction!r}")
+        goal.setting = True
+        try:
+            ok, message = self._call(
+                lambda: self.node.set_instruction(request.instruction), "instruction set"
+            )
+        finally:
+            goal.setting = False
+        if not ok:
+            self._finish(goal, "abort", f"instruction refused: {message}")
+        else:
+            self._log.info(f"following {request.instruction!r} for {goal.duration:g} s")
+            self._publish_feedback(goal)
+        kind, message = await goal.done
+        Result = self._action_type.Result
+        if kind == "succeed":
+            goal_handle.succeed()
+        elif kind == "cancel" and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        else:
+            goal_handle.abort()
+        return Result(success=(kind == "succeed"), message=message)
+
+    def _finish(self, goal: _Goal, kind: str, message: str) -> None:
+        """End ``goal`` (executor thread only): its execute coroutine resumes with ``(kind, message)``."""
+        with self._lock:
+            if goal.finished:
+                return
+            goal.finished = True
+            if self._goal is goal:
+                self._goal = None
+        (self._log.info if kind == "succeed" else self._log.warning)(f"goal {goal.instruction!r}: {message}")
+        goal.done.set_result((kind, message))
+
+    def _on_instruction_changed(self, old: str, new: str) -> None:
+        with self._lock:
+            goal = self._goal
+            if goal is None or goal.finished:
+                return
+            if goal.setting:
+                goal.instruction = new  # our own change, as the node stored it
+            elif new.strip() != goal.instruction.strip():
+                goal.replaced_by = new
+
+    def _supervise(self) -> None:
+        """Timer: end the goal when cancelled, replaced, faulted or timed out; else publish feedback."""
+        with self._lock:
+            goal = self._goal
+        if goal is None or goal.finished:
+            return
+        elapsed = time.monotonic() - goal.started
+        snapshot = self._snapshot()
+        state = _field(snapshot, "state", IDLE)
+        if goal.cancel_requested or goal.handle.is_cancel_requested:
+            self._call(self.node.stop, "")
+            self._finish(goal, "cancel", f"cancelled after {elapsed:.1f} s: holding position")
+        elif goal.replaced_by is not None:
+            by = goal.replaced_by
+            reason = f"pre-empted by instruction {by!r}" if by else "stopped: instruction cleared"
+            self._finish(goal, "abort", f"{reason} after {elapsed:.1f} s")
+        elif state == FAULT:
+            self._finish(goal, "abort", f"fault: {_field(snapshot, 'last_fault', '') or 'unknown'}")
+        elif goal.duration > 0 and elapsed >= goal.duration:
+            self._call(self.node.stop, "")
+            self._finish(goal, "succeed", f"duration {goal.duration:g} s reached; holding position")
+        else:
+            self._publish_feedback(goal, snapshot, elapsed)
+
+    def _publish_feedback(self, goal: _Goal, snapshot: Any = None, elapsed: float | None = None) -> None:
+        snapshot = snapshot if snapshot is not None else self._snapshot()
+        feedback = self._action_type.Feedback()
+        feedback.elapsed = float(time.monotonic() - goal.started if elapsed is None else elapsed)
+        feedback.chunks_executed = max(0, self._chunks_executed(snapshot) - goal.chunks_at_start)
+        feedback.state = int(_field(snapshot, "state", IDLE))
+        try:
+            goal.handle.publish_feedback(feedback)
+        except Exception as exc:  # goal no longer active (client gone): nothing to report to
+            self._log.debug(f"feedback not published: {exc}")
+
+    def _snapshot(self) -> Any:
+        try:
+            return self.node.status_snapshot()
+        except Exception as exc:
+            self._log.error(f"status_snapshot failed: {exc!r}", throttle_duration_sec=5.0)
+            return {}
+
+    def _chunks_executed(self, snapshot: Any = None) -> int:
+        snapshot = snapshot if snapshot is not None else self._snapshot()
+        value = _field(snapshot, "chunks_executed")
+        if value is None:  # older node: count produced chunks instead
+            value = _field(snapshot, "chunks_produced", 0)
+        return int(value or 0)
+
+    # ---------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Stop the cameras (idempotent); ROS entities go with the node."""
+        cameras, self.cameras = self.cameras, []
+        for camera in cameras:
+            camera.stop()
+
+
+def attach_interfaces(node: Node) -> Interfaces:
+    """Create the operator interfaces on ``node`` (see the module docstring); stored as ``node.interfaces``.
+
+    Raises :class:`InterfaceParameterError` for invalid parameters and
+    :class:`~apt_policy.ros.realsense_camera.CameraNotFoundError` when a configured RealSense is missing.
+    """
+    interfaces = Interfaces(node)
+    node.interfaces = interfaces
+    return interfaces
