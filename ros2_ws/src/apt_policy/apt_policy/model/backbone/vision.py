@@ -1,9 +1,10 @@
 """Qwen3-VL vision tower for fixed-size still images.
 
 Parameter names match transformers' ``Qwen3VLVisionModel`` so checkpoints load without renaming.
-Differences that do not change the result: the Conv3d patch embedding runs as a Conv2d with the two
-temporal kernel slices summed (a still image is the same frame repeated over the temporal patch), and
-every image attends only to itself as a batch entry instead of through ``cu_seqlens``.
+A still image is repeated over the temporal patch axis, as the processor does, and goes through the
+same Conv3d (summing the two kernel slices into a Conv2d is mathematically equal but rounds differently,
+~1e-5 off transformers after a few layers). Every image attends only to itself as one batch entry,
+which is what transformers' ``cu_seqlens`` does.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .layers import LayerNorm, activation, apply_rope, attention
 
 
 class PatchEmbed(nn.Module):
-    """Conv3d(kernel = stride = (temporal_patch, patch, patch)) applied to a still image."""
+    """Conv3d(kernel = stride = (temporal_patch, patch, patch)) applied to a still image repeated in time."""
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
@@ -26,8 +27,9 @@ class PatchEmbed(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images [N, C, H, W] -> patch features [N, D, H/p, W/p]."""
-        weight = self.proj.weight.sum(dim=2)  # identical frames: sum the temporal slices
-        return F.conv2d(images, weight, self.proj.bias, stride=self.proj.stride[1:])
+        n, c, h, w = images.shape
+        frames = images[:, :, None].expand(n, c, self.proj.kernel_size[0], h, w)
+        return self.proj(frames)[:, :, 0]
 
 
 class VisionAttention(nn.Module):

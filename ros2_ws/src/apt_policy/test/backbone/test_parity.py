@@ -1,0 +1,79 @@
+"""Our fixed-shape Qwen3-VL equals transformers' Qwen3VLModel layer by layer (fp32, max abs <= 1e-5)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from apt_policy.model.backbone import Qwen3VLBackboneConfig, VisionConfig, load_qwen3vl_checkpoint
+from hf_reference import hf_forward, normalise, random_hf_model, random_inputs, save_hf_model
+
+TOL = 1e-5
+torch.set_num_threads(2)
+
+NO_DEEPSTACK = VisionConfig(
+    **{**Qwen3VLBackboneConfig.tiny().vision.__dict__, "deepstack_visual_indexes": ()}
+)
+
+
+def _compare(tmp_path, arch: Qwen3VLBackboneConfig, num_layers: int | None, batch: int = 2, **deploy):
+    hf_model = random_hf_model(arch)
+    ckpt = save_hf_model(hf_model, tmp_path / "ckpt")
+    ours = load_qwen3vl_checkpoint(
+        ckpt,
+        num_layers=num_layers,
+        num_cameras=arch.num_cameras,
+        image_size=arch.image_size,
+        max_text_tokens=arch.max_text_tokens,
+        **deploy,
+    )
+    images, ids, mask = random_inputs(ours.config, batch)
+    with torch.no_grad():
+        out = ours(normalise(images), ids, mask)
+    reference = hf_forward(hf_model, ours.config, images, ids, mask)[: ours.config.num_layers]
+
+    assert out.hidden_states.shape == (ours.config.num_layers, batch, ours.config.sequence_length, 64)
+    valid = out.vision_mask | out.language_mask  # padded instruction positions are never compared
+    assert valid.sum() < valid.numel() or batch == 1
+    diff = (out.hidden_states - reference).abs()[:, valid]
+    scale = reference[:, valid].abs().max().item()
+    assert scale > 1.0, "activations too small for an absolute tolerance to mean anything"
+    assert diff.max().item() <= TOL, f"max abs diff {diff.max().item():.3g} (activation scale {scale:.3g})"
+    return out, reference
+
+
+@pytest.mark.parametrize("num_cameras", [1, 2])
+def test_matches_transformers_every_layer(tmp_path, num_cameras):
+    _compare(tmp_path, Qwen3VLBackboneConfig.tiny(num_cameras=num_cameras), num_layers=None)
+
+
+def test_matches_transformers_without_deepstack(tmp_path):
+    _compare(tmp_path, Qwen3VLBackboneConfig.tiny(num_cameras=2, vision=NO_DEEPSTACK), num_layers=None)
+
+
+def test_truncated_model_matches_first_layers(tmp_path):
+    # 1 layer kept of 3, while the vision tower has 2 deepstack layers: only the first one is used.
+    out, _ = _compare(tmp_path, Qwen3VLBackboneConfig.tiny(num_cameras=2), num_layers=1)
+    assert out.hidden_states.shape[0] == 1
+
+
+def test_non_square_images_match(tmp_path):
+    _compare(
+        tmp_path, Qwen3VLBackboneConfig.tiny(num_cameras=1, image_size=(32, 64)), num_layers=None, batch=1
+    )
+
+
+def test_deepstack_changes_the_result(tmp_path):
+    """Disabling deepstack on a model trained with it is a different model: layers after the first differ."""
+    arch = Qwen3VLBackboneConfig.tiny()
+    hf_model = random_hf_model(arch)
+    ckpt = save_hf_model(hf_model, tmp_path / "ckpt")
+    with_ds = load_qwen3vl_checkpoint(ckpt, image_size=arch.image_size, max_text_tokens=arch.max_text_tokens)
+    without = load_qwen3vl_checkpoint(
+        ckpt, image_size=arch.image_size, max_text_tokens=arch.max_text_tokens, use_deepstack=False
+    )
+    images, ids, mask = random_inputs(arch, 1)
+    with torch.no_grad():
+        a = with_ds(normalise(images), ids, mask).hidden_states
+        b = without(normalise(images), ids, mask).hidden_states
+    assert torch.equal(a[0], b[0])  # injection happens after layer 0's output
+    assert (a[1] - b[1]).abs().max() > 1e-2
