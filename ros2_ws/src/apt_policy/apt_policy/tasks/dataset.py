@@ -1,0 +1,223 @@
+"""Demonstration datasets for the two APT training stages, generated from the scripted expert.
+
+Each control step of an expert episode is one sample: the rendered images of every camera, the state
+(7 joint positions + gripper width), the instruction, and the expert's chunk of the next ``horizon``
+absolute targets (7 joint positions + gripper width) from that state.
+
+* Stage 1 (``stage=1``): no language (instruction ``""``); the expert reaches a random block.
+* Stage 2 (``stage=2``): the instruction names the target with a random training template.
+
+Episodes start at the ready pose perturbed by up to ``start_noise`` rad per joint; with
+``execution_noise`` > 0 the executed targets are perturbed (labels stay clean) so the data also covers
+recovering from small tracking errors.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from apt_policy.robots.franka import FR3, RobotProfile
+from apt_policy.tasks.expert import ExpertConfig, ReachingExpert, goal_configuration
+from apt_policy.tasks.instructions import make_instruction
+from apt_policy.tasks.rollout import make_cameras, observe
+from apt_policy.tasks.scene import Scene, sample_scene
+from apt_policy.tasks.sim import KinematicArm
+
+__all__ = ["DemoConfig", "DemoDataset", "action_names", "generate_dataset", "generate_episode", "state_names"]
+
+
+def state_names(profile: RobotProfile = FR3) -> tuple[str, ...]:
+    return (*profile.joint_names, "gripper_width")
+
+
+def action_names(profile: RobotProfile = FR3) -> tuple[str, ...]:
+    return (*profile.joint_names, "gripper_width")
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """How demonstrations are generated (``image_size`` is ``(height, width)``)."""
+
+    cameras: tuple[str, ...] = ("front",)
+    image_size: tuple[int, int] = (96, 96)
+    dt: float = 0.1
+    horizon: int = 16
+    steps_per_episode: int = 32
+    start_noise: float = 0.15
+    execution_noise: float = 0.0
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cameras", tuple(self.cameras))
+        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        if not self.cameras or self.horizon < 1 or self.steps_per_episode < 1 or self.dt <= 0:
+            raise ValueError(f"invalid demo config {self}")
+        if self.start_noise < 0 or self.execution_noise < 0:
+            raise ValueError("noise magnitudes must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def generate_episode(
+    seed: int, stage: int, config: DemoConfig = DemoConfig(), profile: RobotProfile = FR3
+) -> Iterator[dict[str, Any]]:
+    """Samples of one expert episode; scene, target, phrasing and start pose all follow from ``seed``."""
+    if stage not in (1, 2):
+        raise ValueError(f"stage must be 1 or 2, got {stage}")
+    rng = np.random.default_rng(seed)
+    scene = sample_scene(rng)
+    color = scene.colors[int(rng.integers(len(scene.colors)))]
+    instruction = make_instruction(color, rng) if stage == 2 else ""
+    expert = ReachingExpert(
+        goal_configuration(scene.block(color), profile), config.dt, config.horizon, profile, config.expert
+    )
+    q0 = profile.clip_position(profile.ready_pose + rng.uniform(-1, 1, 7) * config.start_noise, 0.05)
+    arm = KinematicArm(q0, config.dt, profile)
+    cams = make_cameras(config.cameras, config.image_size)
+    for step in range(config.steps_per_episode):
+        obs = observe(arm, scene, cams, instruction, step)
+        joints = expert.chunk(arm.q, arm.qd)
+        actions = np.concatenate([joints, np.full((config.horizon, 1), arm.gripper_width)], axis=1)
+        yield {
+            "images": obs.images,
+            "state": obs.state,
+            "instruction": instruction,
+            "actions": actions.astype(np.float32),
+            "target": color,
+            "scene": scene,
+            "step": step,
+        }
+        executed = (
+            joints[0] + rng.normal(0.0, config.execution_noise, 7) if config.execution_noise else joints[0]
+        )
+        arm.command(profile.clip_position(executed))
+
+
+@dataclass
+class DemoDataset:
+    """Arrays of samples: ``images[camera]`` (N, H, W, 3) uint8, ``states`` (N, 8) f32, ``actions``
+    (N, horizon, 8) f32, ``instructions``/``targets`` (N,) str, ``episode``/``step`` (N,) int."""
+
+    images: dict[str, np.ndarray]
+    states: np.ndarray
+    actions: np.ndarray
+    instructions: np.ndarray
+    targets: np.ndarray
+    episode: np.ndarray
+    step: np.ndarray
+    stage: int
+    config: dict[str, Any]
+    state_names: tuple[str, ...]
+    action_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.states.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {
+            "images": {name: frames[i] for name, frames in self.images.items()},
+            "state": self.states[i],
+            "instruction": str(self.instructions[i]),
+            "actions": self.actions[i],
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write an uncompressed ``.npz`` (fast to load) with the metadata as JSON."""
+        path = Path(path)
+        meta = {
+            "stage": self.stage,
+            "config": self.config,
+            "state_names": list(self.state_names),
+            "action_names": list(self.action_names),
+            "cameras": list(self.images),
+        }
+        arrays = {f"image_{name}": frames for name, frames in self.images.items()}
+        np.savez(
+            path,
+            states=self.states,
+            actions=self.actions,
+            instructions=self.instructions.astype(str),
+            targets=self.targets.astype(str),
+            episode=self.episode,
+            step=self.step,
+            meta=np.array(json.dumps(meta)),
+            **arrays,
+        )
+        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+    @classmethod
+    def load(cls, path: str | Path) -> DemoDataset:
+        with np.load(Path(path), allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            return cls(
+                images={name: data[f"image_{name}"] for name in meta["cameras"]},
+                states=data["states"],
+                actions=data["actions"],
+                instructions=data["instructions"],
+                targets=data["targets"],
+                episode=data["episode"],
+                step=data["step"],
+                stage=int(meta["stage"]),
+                config=meta["config"],
+                state_names=tuple(meta["state_names"]),
+                action_names=tuple(meta["action_names"]),
+            )
+
+
+def generate_dataset(
+    num_episodes: int,
+    stage: int,
+    config: DemoConfig = DemoConfig(),
+    seed: int = 0,
+    profile: RobotProfile = FR3,
+    progress: bool = True,
+) -> DemoDataset:
+    """``num_episodes`` expert episodes (episode ``i`` uses seed ``seed * 1_000_003 + i``) as one dataset."""
+    if num_episodes < 1:
+        raise ValueError("num_episodes must be >= 1")
+    n = num_episodes * config.steps_per_episode
+    h, w = config.image_size
+    images = {cam: np.empty((n, h, w, 3), np.uint8) for cam in config.cameras}
+    states = np.empty((n, 8), np.float32)
+    actions = np.empty((n, config.horizon, 8), np.float32)
+    instructions: list[str] = []
+    targets: list[str] = []
+    episode = np.empty(n, np.int64)
+    steps = np.empty(n, np.int64)
+    i = 0
+    episodes: Sequence[int] = range(num_episodes)
+    for e in tqdm(episodes, desc=f"stage-{stage} demos", unit="ep", disable=not progress):
+        for sample in generate_episode(seed * 1_000_003 + e, stage, config, profile):
+            for cam in config.cameras:
+                images[cam][i] = sample["images"][cam]
+            states[i], actions[i] = sample["state"], sample["actions"]
+            instructions.append(sample["instruction"])
+            targets.append(sample["target"])
+            episode[i], steps[i] = e, sample["step"]
+            i += 1
+    return DemoDataset(
+        images=images,
+        states=states,
+        actions=actions,
+        instructions=np.array(instructions, dtype=str),
+        targets=np.array(targets, dtype=str),
+        episode=episode,
+        step=steps,
+        stage=stage,
+        config=config.to_dict(),
+        state_names=state_names(profile),
+        action_names=action_names(profile),
+    )
+
+
+def scene_of_episode(seed: int) -> Scene:
+    """The scene used by :func:`generate_episode` for ``seed`` (for evaluating on training scenes)."""
+    return sample_scene(np.random.default_rng(seed))
