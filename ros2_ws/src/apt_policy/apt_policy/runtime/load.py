@@ -66,6 +66,6 @@ def load_policy(path: str | Path, backend: str = "auto", **options: Any) -> Poli
         return TensorRTPolicy(path, **options)
     if importlib.util.find_spec("torch") is None:
         raise BackendUnavailableError("backend 'torch' needs torch (pip install 'apt_policy[torch]')")
-    from .torch_backend import TorchPolicy
+    from .torch_backend import load_torch_policy
 
-    return TorchPolicy(path, **options)
+    return load_torch_policy(path, **options)

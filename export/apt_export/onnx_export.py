@@ -1,0 +1,362 @@
+"""Bundle -> ONNX export directory: prefix graph, one-step denoiser, unrolled sampler, manifest.
+
+Graphs (batch 1, static shapes; exporter: torch.onnx legacy TorchScript path, which gives scoped node
+names and folds constants; the dynamo path is selectable with ``exporter="dynamo"``):
+
+    prefix.onnx    pixel_values, input_ids, text_mask          -> model.prefix_names
+    denoiser.onnx  prefix..., state, x_t, t                    -> velocity
+    sampler.onnx   prefix..., state, noise                     -> actions (normalised, Euler unrolled)
+
+Inputs a graph does not use are pruned by the exporter, so the manifest records each graph's real
+inputs. fp16 exports convert weights/matmuls to float16 with onnxconverter-common, keeping softmax,
+norms, the timestep embedding and the flow integration (x_t, t, dt) in float32, and graph I/O in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import shutil
+import tempfile
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import onnx
+import torch
+from apt_policy.model.apt import APTModel
+from apt_policy.model.bundle import load_bundle
+from apt_policy.runtime.manifest import GraphSpec, Manifest, TensorSpec, hash_files
+from tqdm import tqdm
+
+OPSET = 18
+EXTERNAL_DATA_THRESHOLD = 1 << 30  # graphs with more weight bytes than this store them in <graph>.onnx.data
+TOKENIZER_FILE = "tokenizer.json"
+FP32_OPS = (
+    "Softmax",
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "ReduceMean",
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+    "Div",
+    "Sin",
+    "Cos",
+    "Exp",
+    "Erf",
+    "Clip",
+    "Range",
+    "CumSum",
+)
+_WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "LayerNormalization"}
+
+
+class ExportError(RuntimeError):
+    """The export failed a check (ONNX checker, shape inference, unexpected graph interface)."""
+
+
+class _Prefix(torch.nn.Module):
+    def __init__(self, model: APTModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, input_ids, text_mask):
+        return self.model.encode_prefix(pixel_values, input_ids, text_mask)
+
+
+class _Denoiser(torch.nn.Module):
+    def __init__(self, model: APTModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        return self.model.velocity(*args)
+
+
+class _Sampler(torch.nn.Module):
+    def __init__(self, model: APTModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        return self.model.sample(*args)
+
+
+def example_inputs(model: APTModel, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Deterministic batch-of-one inputs of the right shapes (also used by verify)."""
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    vocab = int(cfg.backbone.get("text", {}).get("vocab_size", 2) or 2)
+    ids = torch.randint(2, max(3, vocab), (1, cfg.max_instruction_tokens), generator=g)
+    mask = torch.zeros_like(ids)
+    mask[:, : max(1, (seed % cfg.max_instruction_tokens) + 1)] = 1
+    ids = torch.where(mask.bool(), ids, torch.zeros_like(ids))
+    return {
+        "pixel_values": torch.rand((1, len(cfg.cameras), 3, *cfg.image_size), generator=g) * 2 - 1,
+        "input_ids": ids,
+        "text_mask": mask,
+        "state": torch.randn((1, cfg.state_dim), generator=g),
+        "noise": torch.randn((1, cfg.horizon, cfg.action_dim), generator=g),
+        "x_t": torch.randn((1, cfg.horizon, cfg.action_dim), generator=g),
+        "t": torch.rand((1,), generator=g),
+    }
+
+
+def _tensor_specs(values: Sequence[onnx.ValueInfoProto]) -> tuple[TensorSpec, ...]:
+    specs = []
+    for v in values:
+        t = v.type.tensor_type
+        shape = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or -1) for d in t.shape.dim)
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name
+        specs.append(TensorSpec(v.name, shape, dtype))
+    return tuple(specs)
+
+
+def _integration_nodes(graph: onnx.GraphProto, state_input: str, output: str) -> set[str]:
+    """Nodes of the Euler update chain output <- Sub(x, Mul(v, dt)) <- ... <- noise/x_t, and every node
+    feeding the timestep sinusoids (Sin/Cos) that does not go through a weight op: kept in float32."""
+    producer = {out: n for n in graph.node for out in n.output}
+    keep: set[str] = set()
+    name = output
+    while name in producer:
+        node = producer[name]
+        if node.op_type in ("Identity", "Cast"):
+            keep.add(node.name)
+            name = node.input[0]
+        elif node.op_type in ("Sub", "Add"):
+            keep.add(node.name)
+            rhs = producer.get(node.input[1])
+            if rhs is not None and rhs.op_type == "Mul":
+                keep.add(rhs.name)
+            name = node.input[0]
+        else:
+            break
+    stack = [n for n in graph.node if n.op_type in ("Sin", "Cos")]
+    seen: set[str] = set()
+    while stack:
+        node = stack.pop()
+        if node.name in seen or node.op_type in _WEIGHT_OPS:
+            continue
+        seen.add(node.name)
+        keep.add(node.name)
+        stack.extend(producer[i] for i in node.input if i in producer and i != state_input)
+    return keep
+
+
+def to_fp16(model: onnx.ModelProto, output: str | None) -> onnx.ModelProto:
+    """float16 weights and matmuls; softmax, norms, timestep embedding and integration stay float32."""
+    from onnxconverter_common import float16
+
+    block = _integration_nodes(model.graph, "state", output) if output else set()
+    # onnxconverter-common 1.16's cast clean-up pass crashes on casts with several consumers
+    # ('list' object has no attribute 'input'); skip it, ONNX Runtime / TensorRT fold redundant casts.
+    with mock.patch.object(float16, "remove_unnecessary_cast_node", lambda graph: None):
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=list(FP32_OPS), node_block_list=sorted(block)
+        )
+    del converted.graph.value_info[:]  # stale float32 annotations; shape inference recomputes them
+    return converted
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    return sum(
+        int(np.prod(t.dims)) * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+        for t in model.graph.initializer
+    )
+
+
+def _export_one(
+    module: torch.nn.Module,
+    args: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    path: Path,
+    exporter: str,
+    opset: int,
+) -> None:
+    if exporter == "legacy":
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    elif exporter == "dynamo":
+        program = torch.onnx.export(
+            module, args, input_names=input_names, output_names=output_names, opset_version=opset, dynamo=True
+        )
+        program.save(str(path), external_data=True)
+    else:
+        raise ValueError(f"exporter must be 'legacy' or 'dynamo', got {exporter!r}")
+
+
+def _finish_graph(
+    tmp_path: Path, out_dir: Path, name: str, precision: str, fp16_output: str | None, threshold: int
+) -> GraphSpec:
+    """Load, convert precision, check, infer shapes, save (external data when large), describe."""
+    model = onnx.load(str(tmp_path))
+    if precision == "fp16":
+        model = to_fp16(model, fp16_output)
+    large = _weight_bytes(model) > threshold
+    file = f"{name}.onnx"
+    data = f"{file}.data"
+    if large:
+        onnx.save_model(
+            model,
+            str(out_dir / file),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=data,
+        )
+        onnx.checker.check_model(str(out_dir / file), full_check=False)
+        onnx.shape_inference.infer_shapes_path(str(out_dir / file), strict_mode=True)
+    else:
+        onnx.checker.check_model(model, full_check=False)
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+        onnx.save_model(model, str(out_dir / file))
+    return GraphSpec(
+        file=file,
+        inputs=_tensor_specs(model.graph.input),
+        outputs=_tensor_specs(model.graph.output),
+        external_data=(data,) if large else (),
+    )
+
+
+def _versions() -> dict[str, str]:
+    import apt_policy
+
+    import apt_export
+
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "apt_policy": apt_policy.__version__}
+    versions["apt_export"] = getattr(apt_export, "__version__", "0.1.0")
+    try:
+        import onnxconverter_common
+
+        versions["onnxconverter_common"] = onnxconverter_common.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def export_onnx(
+    bundle_dir: str | Path,
+    out_dir: str | Path,
+    precision: str = "fp32",
+    steps: int | None = None,
+    opset: int = OPSET,
+    exporter: str = "legacy",
+    external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Manifest:
+    """Export a bundle to ``out_dir`` (written to a temp dir first, moved in place when complete)."""
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
+    bar = tqdm(total=6, desc="apt-export onnx", unit="step", disable=not progress)
+    bar.set_postfix_str("loading bundle")
+    bundle = load_bundle(bundle_dir)
+    config = bundle.config
+    if steps is not None:
+        if steps <= 0:
+            raise ValueError(f"--steps must be > 0, got {steps}")
+        config = dataclasses.replace(config, sampling_steps=int(steps)).validate()
+    model = bundle.model.eval()
+    model.config = config
+    bar.update()
+    x = example_inputs(model)
+    prefix_names = list(model.prefix_names)
+    staging = Path(tempfile.mkdtemp(prefix=".apt-export-", dir=out.parent if out.parent.exists() else None))
+    try:
+        with torch.inference_mode():
+            prefix = model.encode_prefix(x["pixel_values"], x["input_ids"], x["text_mask"])
+        jobs = [
+            ("prefix", _Prefix(model), (x["pixel_values"], x["input_ids"], x["text_mask"]),
+             ["pixel_values", "input_ids", "text_mask"], prefix_names, None),
+            ("denoiser", _Denoiser(model), (*prefix, x["state"], x["x_t"], x["t"]),
+             [*prefix_names, "state", "x_t", "t"], ["velocity"], None),
+            ("sampler", _Sampler(model), (*prefix, x["state"], x["noise"]),
+             [*prefix_names, "state", "noise"], ["actions"], "actions"),
+        ]  # fmt: skip
+        graphs: dict[str, GraphSpec] = {}
+        with tempfile.TemporaryDirectory() as raw_dir:
+            for name, module, args, ins, outs, integrated in jobs:
+                bar.set_postfix_str(f"exporting {name}")
+                raw = Path(raw_dir) / f"{name}.onnx"
+                with torch.no_grad():
+                    _export_one(module, args, ins, outs, raw, exporter, opset)
+                try:
+                    graphs[name] = _finish_graph(
+                        raw, staging, name, precision, integrated, external_data_threshold
+                    )
+                except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+                    raise ExportError(f"{name} graph failed ONNX checks: {exc}") from exc
+                bar.update()
+        _check_interface(graphs, prefix_names)
+        bar.set_postfix_str("writing manifest")
+        shutil.copyfile(bundle.tokenizer_path, staging / TOKENIZER_FILE)
+        names = [f for g in graphs.values() for f in (g.file, *g.external_data)] + [TOKENIZER_FILE]
+        manifest = Manifest(
+            model_id=config.model_id,
+            precision=precision,
+            opset=opset,
+            steps=config.sampling_steps,
+            graphs=graphs,
+            config=config.to_dict(),
+            normalization=bundle.normalizer.to_dict(),
+            tokenizer=TOKENIZER_FILE,
+            files=hash_files(staging, names),
+            exporter={
+                "exporter": f"torch.onnx ({exporter})",
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "bundle": str(Path(bundle_dir).resolve()),
+                "versions": _versions(),
+                "fp32_ops": list(FP32_OPS) if precision == "fp16" else [],
+            },
+        )
+        manifest.write(staging)
+        bar.update()
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(out)
+        bar.update()
+    finally:
+        bar.close()
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _check_interface(graphs: dict[str, GraphSpec], prefix_names: list[str]) -> None:
+    """Every sampler/denoiser prefix input must be a prefix output of the same dtype and shape."""
+    produced = {t.name: t for t in graphs["prefix"].outputs}
+    if list(produced) != prefix_names:
+        raise ExportError(f"prefix outputs {list(produced)} != model.prefix_names {prefix_names}")
+    problems: dict[str, list[str]] = defaultdict(list)
+    for name in ("denoiser", "sampler"):
+        for t in graphs[name].inputs:
+            if t.name in produced and (produced[t.name].shape, produced[t.name].dtype) != (t.shape, t.dtype):
+                problems[name].append(f"{t.name}: {t.dtype}{list(t.shape)} vs prefix {produced[t.name]}")
+    if problems:
+        raise ExportError(f"graph interfaces disagree: {json.dumps(problems)}")
+
+
+def describe(manifest: Manifest) -> str:
+    """Human-readable summary of an export."""
+    lines = [f"{manifest.model_id}: {manifest.precision}, opset {manifest.opset}, {manifest.steps} steps"]
+    for name, g in manifest.graphs.items():
+        ins = ", ".join(f"{t.name}{list(t.shape)}" for t in g.inputs)
+        outs = ", ".join(f"{t.name}{list(t.shape)}" for t in g.outputs)
+        lines.append(f"  {name:9s} {g.file}{' (+external data)' if g.external_data else ''}: {ins} -> {outs}")
+    return "\n".join(lines)

@@ -1,0 +1,142 @@
+"""Parity of an ONNX export against the PyTorch bundle: per graph and end to end, on fixed inputs.
+
+Each case uses deterministic inputs (``example_inputs(seed)``). Per graph, both sides get the SAME
+inputs (torch's prefix outputs feed both denoisers/samplers) so an error is attributed to one graph;
+end to end, ONNX Runtime chains its own prefix into its sampler, as on the robot.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from apt_policy.model.bundle import load_bundle
+from apt_policy.runtime.manifest import load_manifest
+from apt_policy.runtime.onnx_backend import OnnxRuntimePolicy
+from tqdm import tqdm
+
+from .onnx_export import example_inputs
+
+FP32_MAX_ABS = 1e-4
+FP16_MAX_ABS = 2e-2
+FP16_MIN_COSINE = 0.999
+FP16_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Error statistics of one output over all cases."""
+
+    name: str
+    max_abs: float
+    mean_abs: float
+    cosine: float  # worst case
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    precision: str
+    providers: list[str]
+    cases: int
+    gated: bool  # False: figures are informational (no fp16-capable provider)
+    passed: bool
+    note: str
+    comparisons: list[Comparison]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    def table(self) -> str:
+        lines = [f"{'output (normalised units)':30s} {'max abs':>11s} {'mean abs':>11s} {'cosine':>10s}"]
+        for c in self.comparisons:
+            lines.append(f"{c.name:30s} {c.max_abs:11.3e} {c.mean_abs:11.3e} {c.cosine:10.6f}")
+        verdict = "PASS" if self.passed else "FAIL"
+        lines.append(
+            f"{self.precision} on {', '.join(self.providers)}, {self.cases} cases: {verdict} ({self.note})"
+        )
+        return "\n".join(lines)
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    denom = np.linalg.norm(a) * np.linalg.norm(b)
+    return 1.0 if denom == 0 else float(a @ b / denom)
+
+
+def _accumulate(store: dict[str, list], name: str, ours: np.ndarray, ref: np.ndarray) -> None:
+    if ours.shape != ref.shape:
+        raise AssertionError(f"{name}: ONNX shape {ours.shape} != torch shape {ref.shape}")
+    diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
+    store.setdefault(name, []).append((float(diff.max(initial=0.0)), float(diff.mean()), _cosine(ours, ref)))
+
+
+def verify(
+    bundle_dir: str | Path,
+    onnx_dir: str | Path,
+    cases: int = 4,
+    providers: list[str] | None = None,
+    progress: bool = True,
+) -> ParityReport:
+    """Compare torch and ONNX Runtime; gate fp32 on max abs, fp16 on cosine + max abs (GPU providers)."""
+    manifest = load_manifest(onnx_dir)
+    bundle = load_bundle(bundle_dir)
+    model = bundle.model.eval()
+    model.config = bundle.config.__class__.from_dict(manifest.config)  # same steps as the export
+    ort_policy = OnnxRuntimePolicy(onnx_dir, manifest=manifest, providers=providers)
+    sessions = {
+        name: ort_policy._sessions[name]
+        if name in ort_policy._sessions
+        else _session(onnx_dir, manifest, name, ort_policy)
+        for name in ("prefix", "denoiser", "sampler")
+    }
+    stats: dict[str, list] = {}
+    for seed in tqdm(range(cases), desc="verify", unit="case", disable=not progress):
+        x = example_inputs(model, seed=seed)
+        with torch.inference_mode():
+            prefix = model.encode_prefix(x["pixel_values"], x["input_ids"], x["text_mask"])
+            velocity = model.velocity(*prefix, x["state"], x["x_t"], x["t"])
+            actions = model.sample(*prefix, x["state"], x["noise"])
+        feeds = {k: v.numpy() for k, v in x.items()}
+        feeds.update({n: t.numpy() for n, t in zip(model.prefix_names, prefix, strict=True)})
+        ort_prefix = sessions["prefix"].run(list(model.prefix_names), _pick(sessions["prefix"], feeds))
+        for name, ours, ref in zip(model.prefix_names, ort_prefix, prefix, strict=True):
+            _accumulate(stats, f"prefix.{name}", ours, ref.numpy())
+        (v,) = sessions["denoiser"].run(None, _pick(sessions["denoiser"], feeds))
+        _accumulate(stats, "denoiser.velocity", v, velocity.numpy())
+        (a,) = sessions["sampler"].run(None, _pick(sessions["sampler"], feeds))
+        _accumulate(stats, "sampler.actions", a, actions.numpy())
+        e2e = ort_policy.run(
+            feeds["pixel_values"], feeds["input_ids"], feeds["text_mask"], feeds["state"], feeds["noise"]
+        )
+        _accumulate(stats, "end_to_end.actions", e2e, actions.numpy())
+    comparisons = [
+        Comparison(name, max(s[0] for s in v), float(np.mean([s[1] for s in v])), min(s[2] for s in v))
+        for name, v in stats.items()
+    ]
+    used = list(ort_policy.providers)
+    if manifest.precision == "fp32":
+        worst = max(c.max_abs for c in comparisons)
+        passed, gated = worst <= FP32_MAX_ABS, True
+        note = f"fp32 gate: max abs {worst:.2e} <= {FP32_MAX_ABS:g}"
+    elif any(p in used for p in FP16_PROVIDERS):
+        e2e = next(c for c in comparisons if c.name.startswith("end_to_end"))
+        passed = e2e.cosine >= FP16_MIN_COSINE and e2e.max_abs <= FP16_MAX_ABS
+        gated = True
+        note = f"fp16 gate on actions: cosine >= {FP16_MIN_COSINE}, max abs <= {FP16_MAX_ABS}"
+    else:
+        passed, gated = True, False
+        note = "fp16 gate skipped: no fp16-capable provider here (CPU); figures are informational"
+    return ParityReport(manifest.precision, used, cases, gated, passed, note, comparisons)
+
+
+def _pick(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {i.name: feeds[i.name] for i in session.get_inputs()}
+
+
+def _session(onnx_dir: str | Path, manifest, name: str, policy: OnnxRuntimePolicy):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(Path(onnx_dir) / manifest.graphs[name].file), providers=policy.providers)
