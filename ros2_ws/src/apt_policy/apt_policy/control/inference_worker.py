@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
 from apt_policy.control.observations import ObservationSet, StaleInputsError
 
 PredictFn = Callable[[Mapping[str, np.ndarray], np.ndarray, str], np.ndarray]
@@ -95,15 +96,18 @@ class InferenceWorker:
         if self._thread is not None:
             self._thread.join(timeout_s)
 
-    def set_instruction(self, instruction: str | None) -> int:
+    def set_instruction(self, instruction: str | None, epoch: int | None = None) -> int:
         """Switch to ``instruction`` (None: no instruction, worker idles); returns the new epoch.
 
-        Any inference in flight belongs to the old epoch and its result will be discarded. A request for the
-        new instruction is raised at once.
+        ``epoch``: the controller's epoch for this instruction (must increase); default: the next one. Any
+        inference in flight belongs to the old epoch and its result will be discarded. A request for the new
+        instruction is raised at once.
         """
         with self._cond:
+            if epoch is not None and epoch <= self._epoch:
+                raise ValueError(f"epoch must increase: {epoch} <= {self._epoch}")
             self._instruction = instruction
-            self._epoch += 1
+            self._epoch = self._epoch + 1 if epoch is None else int(epoch)
             self._requested = instruction is not None
             self._cond.notify_all()
             return self._epoch

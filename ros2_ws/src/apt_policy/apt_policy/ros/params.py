@@ -147,7 +147,7 @@ SPECS: tuple[Spec, ...] = (
         "Chunk switch: none, crossfade over blending_steps, or ensemble (ACT weights).",
         choices=BLENDING,
     ),
-    Spec("blending_steps", 4, "Cross-fade length (actions).", 0, 1000),
+    Spec("blending_steps", 3, "Cross-fade length (chunk actions).", 1, 1000),
     Spec("ensemble_m", 0.01, "Temporal ensembling weight decay exp(-m*i).", 0.0, 10.0),
     Spec("position_margin", 0.05, "Keep commands this far inside the joint position limits (rad).", 0.0, 0.5),
     Spec("velocity_scale", 0.5, "Fraction of the hardware velocity limits commands may use.", 0.01, 1.0),

@@ -184,3 +184,12 @@ def test_clearing_instruction_stops_requests(h: Harness) -> None:
     h.worker.set_instruction(None)
     h.worker.request()
     assert not h.policy.started.acquire(timeout=0.1)
+
+
+def test_explicit_epochs_must_increase(h: Harness) -> None:
+    assert h.worker.set_instruction("a", epoch=5) == 5
+    with pytest.raises(ValueError, match="must increase"):
+        h.worker.set_instruction("b", epoch=5)
+    h.step()
+    _wait(lambda: h.chunks)
+    assert h.chunks[0].epoch == 5

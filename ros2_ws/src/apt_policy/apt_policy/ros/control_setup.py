@@ -1,0 +1,82 @@
+"""Build the control core (controller, rate loop) from the node's parameters and the loaded policy's info.
+
+Plain translation, no decisions: every check is made by the control core's own constructors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from apt_policy.control.blending import BlendConfig
+from apt_policy.control.controller import Controller, ControllerConfig
+from apt_policy.control.limits import JointLimits
+from apt_policy.control.safety import SafetyConfig
+from apt_policy.control.semantics import ActionLayout
+from apt_policy.control.watchdog import WatchdogConfig
+from apt_policy.robots.franka import RobotProfile, get_profile
+from apt_policy.ros.params import NodeParams, ParameterError
+
+
+def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile]:
+    """The controller for robot ``p.robot`` executing chunks of the policy described by ``info``."""
+    profile = get_profile(p.robot)
+    dof = profile.dof
+    arm_names = tuple(info.action_names[:dof])
+    if arm_names != tuple(profile.joint_names):
+        raise ParameterError(
+            f"parameter 'robot' = {p.robot!r}: the model's first {dof} actions are {list(arm_names)}, "
+            f"expected the joints {list(profile.joint_names)}"
+        )
+    if p.chunk_request_threshold >= info.horizon:
+        raise ParameterError(
+            f"parameter 'chunk_request_threshold' = {p.chunk_request_threshold} must be below the model's "
+            f"horizon {info.horizon}"
+        )
+    try:
+        layout = ActionLayout.from_config(
+            info.action_semantics,
+            dof,
+            max_width=profile.max_gripper_width,
+            open_width=profile.max_gripper_width,
+        )
+        if info.action_dim < layout.min_action_dim:
+            raise ValueError(
+                f"model actions have {info.action_dim} values, the semantics need {layout.min_action_dim}"
+            )
+        config = ControllerConfig(
+            control_dt=p.period_s,
+            chunk_dt=float(info.dt),
+            request_when_left=p.chunk_request_threshold,
+            lookahead_points=p.lookahead_points,
+            blend=BlendConfig(mode=p.blending, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m),
+            safety=SafetyConfig(
+                margin=p.position_margin,
+                velocity_scale=p.velocity_scale,
+                acceleration_scale=p.acceleration_scale,
+                max_deviation=p.max_deviation,
+            ),
+            # Input ages are checked by the node's ObservationBuffer (passed as input_problem); the latency
+            # bound covers a frame up to max_image_age old at the start plus an inference up to the timeout.
+            watchdog=WatchdogConfig(
+                max_state_age=p.max_state_age,
+                max_camera_age=p.max_image_age,
+                max_inference_latency=p.inference_timeout + p.max_image_age,
+            ),
+        )
+        controller = Controller(JointLimits.from_profile(profile), layout, config)
+    except ValueError as exc:
+        raise ParameterError(f"control configuration: {exc}") from exc
+    return controller, profile
+
+
+def build_loop(
+    p: NodeParams, tick: Callable[[float], None], on_error: Callable[[BaseException], None]
+) -> Any:
+    """The control core's fixed-rate loop calling ``tick(start_time)`` every ``1/control_rate`` s."""
+    from apt_policy.control.rate_loop import FixedRateLoop, TickInfo
+
+    def callback(info: TickInfo) -> None:
+        tick(info.started)
+
+    return FixedRateLoop(p.period_s, callback, on_error=on_error, name="apt-stream")

@@ -1,0 +1,472 @@
+"""The ``apt_policy`` ROS 2 node: cameras + joint state + instruction in, safe arm commands out at fixed rate.
+
+Threads (see docs/NODE.md):
+
+* main thread      -- SingleThreadedExecutor: subscriptions hand decoded data to the ObservationBuffer, the
+                      status timer publishes ~/status and /diagnostics. Callbacks never wait on inference.
+* ``apt-inference`` -- InferenceWorker: policy.predict on the freshest observation set, chunk -> controller.
+* ``apt-stream``    -- the control core's fixed-rate loop on the monotonic clock: controller tick (schedule,
+                      blending, safety filter, watchdog) -> arm command publish, gripper, chunk requests.
+
+Everything that decides something lives in ``apt_policy.control``; this module converts and wires.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
+from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
+from apt_policy.ros import conversions
+from apt_policy.ros.control_setup import build_controller, build_loop
+from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
+from apt_policy.ros.params import NodeParams, ParameterError, declare_and_read
+
+NODE_NAME = "apt_policy"
+
+# Sensors: best effort, keep last (a newer frame replaces an undelivered older one).
+SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
+EVENT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+REJECT_LOG_PERIOD_S = 5.0
+
+
+class PolicyNode(Node):
+    """The policy node. ``policy`` may be injected (in-process use), else ``load_policy(model, backend)``."""
+
+    def __init__(self, policy: Any = None, **node_kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **node_kwargs)
+        self.params: NodeParams = declare_and_read(self)
+        p = self.params
+        if policy is None:
+            from apt_policy.runtime import load_policy
+
+            policy = load_policy(Path(p.model).expanduser(), p.backend)
+        self.policy = policy
+        info = policy.info
+        self.info = info
+        self.camera_names = self._camera_mapping(info)
+        self.controller, self.profile = build_controller(p, info)
+        self.joint_names = tuple(self.profile.joint_names)
+        self.finger_names = tuple(self.profile.gripper_joint_names)
+        self.use_gripper_state = len(info.state_names) == len(self.joint_names) + 1
+        if len(info.state_names) not in (len(self.joint_names), len(self.joint_names) + 1):
+            raise ParameterError(
+                f"model state has {len(info.state_names)} values {list(info.state_names)}; robot "
+                f"'{p.robot}' gives {len(self.joint_names)} joints (+1 gripper width)"
+            )
+        self.observations = ObservationBuffer(
+            self.camera_names,
+            joint_dim=len(self.joint_names),
+            use_gripper=self.use_gripper_state,
+            limits=FreshnessLimits(p.max_image_age, p.max_state_age, p.max_skew, p.max_gripper_age),
+        )
+        self._lock = threading.Lock()  # listeners, counters shared between threads
+        self._instruction_lock = threading.Lock()  # keeps controller and worker epochs in the same order
+        self._listeners: list[Callable[[str, str], None]] = []
+        self._rejections: dict[str, int] = {}
+        self._last_reject_log: dict[tuple[str, str], float] = {}
+        self._last_inference_error = ""
+
+        self.worker = InferenceWorker(
+            predict=self.policy.predict,
+            observe=self.observations.freshest,
+            on_chunk=self._on_chunk,
+            on_error=self._on_inference_error,
+            expected_shape=(info.horizon, info.action_dim),
+            timeout_s=p.inference_timeout,
+        )
+        self._make_publishers()
+        self._make_subscriptions()
+        self._status_timer = self.create_timer(1.0 / p.status_rate, self._publish_status)
+        self._diag_every = max(1, round(p.status_rate))
+        self._status_count = 0
+
+        self.get_logger().info(
+            f"model {info.model_id} ({info.backend}): cameras {list(self.camera_names)} <- "
+            f"{list(p.camera_topics)}, horizon {info.horizon} x {info.action_dim}, dt {info.dt} s; "
+            f"output {p.output_mode} at {p.control_rate} Hz"
+        )
+        if p.instruction and len(p.instruction.encode()) > p.max_instruction_bytes:
+            raise ParameterError("parameter 'instruction' is longer than max_instruction_bytes")
+        self.get_logger().info("warming up the policy")
+        self.policy.warmup()
+        self.worker.start()
+        self.loop = build_loop(p, self._tick, self._on_tick_error)
+        self.loop.start()
+        if p.instruction:
+            ok, why = self.set_instruction(p.instruction)
+            if not ok:
+                raise ParameterError(f"parameter 'instruction': {why}")
+        self._attach_interfaces()
+
+    # -- setup --------------------------------------------------------------------------------------------
+
+    def _camera_mapping(self, info: Any) -> tuple[str, ...]:
+        topics = self.params.camera_topics
+        names = self.params.camera_names or tuple(info.cameras)
+        if len(names) != len(topics):
+            raise ParameterError(
+                f"parameter 'camera_topics' has {len(topics)} topics but the model has cameras "
+                f"{list(info.cameras)}: set camera_names to map each topic to a model camera"
+            )
+        if set(names) != set(info.cameras):
+            raise ParameterError(
+                f"parameter 'camera_names' {list(names)} does not match the model's cameras "
+                f"{list(info.cameras)}"
+            )
+        return tuple(names)
+
+    def _make_publishers(self) -> None:
+        from apt_msgs.msg import ActionChunk, PolicyStatus
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        p = self.params
+        self.arm_output: TrajectoryOutput | PositionOutput | None = None
+        if p.output_mode == "joint_trajectory":
+            self.arm_output = TrajectoryOutput(self, p.trajectory_topic, self.joint_names)
+        elif p.output_mode == "joint_position":
+            self.arm_output = PositionOutput(self, p.position_command_topic)
+        self.gripper_output = GripperWidthOutput(
+            self, p.gripper_command_topic, self.profile.max_gripper_width
+        )
+        # The interfaces module may replace this (franka_gripper actions); called with (width_m, now_s).
+        self.gripper_sink: Callable[[float, float], None] | None = self.gripper_output
+        self._chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", EVENT_QOS)
+        self._status_pub = self.create_publisher(PolicyStatus, "~/status", EVENT_QOS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", EVENT_QOS)
+        self._chunk_msg_type, self._status_msg_type = ActionChunk, PolicyStatus
+
+    def _make_subscriptions(self) -> None:
+        from sensor_msgs.msg import CompressedImage, Image, JointState
+        from std_msgs.msg import String
+
+        p = self.params
+        for name, topic in zip(self.camera_names, p.camera_topics, strict=True):
+            compressed = topic.rstrip("/").endswith("/compressed")
+            self.create_subscription(
+                CompressedImage if compressed else Image,
+                topic,
+                self._camera_callback(name, topic, compressed),
+                SENSOR_QOS,
+            )
+        self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, SENSOR_QOS)
+        if self.use_gripper_state:
+            self.create_subscription(JointState, p.gripper_states_topic, self._on_gripper_state, SENSOR_QOS)
+        self.create_subscription(String, "~/instruction", self._on_instruction_msg, EVENT_QOS)
+
+    def _attach_interfaces(self) -> None:
+        # Guarded by file existence during development only; the lead makes this unconditional.
+        if (Path(__file__).parent / "interfaces.py").is_file():
+            from apt_policy.ros.interfaces import attach_interfaces
+
+            attach_interfaces(self)
+
+    # -- inputs (executor thread) -------------------------------------------------------------------------
+
+    def _camera_callback(self, camera: str, topic: str, compressed: bool) -> Callable[[Any], None]:
+        decode = conversions.compressed_to_rgb if compressed else conversions.image_to_rgb
+
+        def callback(msg: Any) -> None:
+            now = time.monotonic()
+            try:
+                rgb = decode(msg)
+            except conversions.ConversionError as exc:
+                self.observations.clear_camera(camera)  # never act on an older frame of a broken stream
+                self._reject(topic, str(exc))
+                return
+            self.observations.put_image(camera, rgb, conversions.stamp_to_s(msg.header.stamp), now)
+
+        return callback
+
+    def on_camera_frame(self, camera_name: str, image_rgb: np.ndarray, stamp_s: float) -> None:
+        """In-process camera frames (e.g. pyrealsense2) enter the same path as topic frames."""
+        try:
+            self.observations.put_image(camera_name, image_rgb, stamp_s, time.monotonic())
+        except (KeyError, ValueError) as exc:
+            self._reject(f"camera:{camera_name}", str(exc))
+
+    def _on_joint_state(self, msg: Any) -> None:
+        now = time.monotonic()
+        try:
+            q = conversions.joint_positions(msg, self.joint_names)
+            self.observations.put_joints(q, conversions.stamp_to_s(msg.header.stamp), now)
+        except (conversions.ConversionError, ValueError) as exc:
+            self._reject(self.params.joint_states_topic, str(exc))
+
+    def _on_gripper_state(self, msg: Any) -> None:
+        now = time.monotonic()
+        try:
+            width = conversions.gripper_width(msg, self.finger_names)
+            self.observations.put_gripper(width, conversions.stamp_to_s(msg.header.stamp), now)
+        except (conversions.ConversionError, ValueError) as exc:
+            self._reject(self.params.gripper_states_topic, str(exc))
+
+    def _on_instruction_msg(self, msg: Any) -> None:
+        ok, why = self.set_instruction(msg.data)
+        if not ok:
+            self._reject("~/instruction", why)
+
+    def _reject(self, source: str, reason: str) -> None:
+        """Count a rejected input and log it (each distinct reason at most every REJECT_LOG_PERIOD_S)."""
+        now = time.monotonic()
+        with self._lock:
+            self._rejections[source] = self._rejections.get(source, 0) + 1
+            key = (source, reason[:80])
+            if now - self._last_reject_log.get(key, -np.inf) < REJECT_LOG_PERIOD_S:
+                return
+            self._last_reject_log[key] = now
+            count = self._rejections[source]
+        self.get_logger().warning(f"rejected input from {source}: {reason} ({count} rejected so far)")
+
+    # -- hooks for the interfaces (any thread) ------------------------------------------------------------
+
+    def set_instruction(self, text: str) -> tuple[bool, str]:
+        """Follow ``text`` from now on (pre-empts the current instruction). Returns (accepted, message)."""
+        if not isinstance(text, str):
+            return False, "instruction must be a string"
+        size = len(text.encode("utf-8", errors="replace"))
+        if size > self.params.max_instruction_bytes:
+            return False, f"instruction is {size} bytes, the limit is {self.params.max_instruction_bytes}"
+        text = text.strip()
+        if not text:
+            return False, "instruction is empty (use ~/stop to stop)"
+        if not text.isprintable():
+            return False, "instruction contains control characters"
+        with self._instruction_lock:
+            old = self.controller.instruction
+            try:
+                epoch = self.controller.set_instruction(text)
+            except ValueError as exc:
+                return False, str(exc)
+            self.worker.set_instruction(text, epoch)
+        self.get_logger().info(f"instruction: {text!r} (epoch {epoch})")
+        self._notify(old, text)
+        return True, f"following {text!r}"
+
+    def pause(self) -> tuple[bool, str]:
+        """Hold (braking within limits) until resume(); buffered chunks are dropped."""
+        if self.controller.pause():
+            self.get_logger().info("paused")
+            return True, "paused: holding position"
+        return False, f"nothing to pause in state {self.controller.state.name}"
+
+    def resume(self) -> tuple[bool, str]:
+        if self.controller.resume():
+            self.worker.request()
+            self.get_logger().info("resumed")
+            return True, "resumed: waiting for a fresh chunk"
+        return False, f"not paused (state {self.controller.state.name})"
+
+    def stop(self) -> tuple[bool, str]:
+        """Hold position and clear the instruction."""
+        with self._instruction_lock:
+            old = self.controller.instruction
+            epoch = self.controller.stop()
+            self.worker.set_instruction(None, epoch)
+        self.get_logger().info("stopped: holding, no instruction")
+        self._notify(old, "")
+        return True, "stopped: holding position, instruction cleared"
+
+    def _notify(self, old: str, new: str) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for callback in listeners:
+            try:
+                callback(old, new)
+            except Exception as exc:  # a listener must not break instruction handling
+                self.get_logger().error(f"instruction listener failed: {type(exc).__name__}: {exc}")
+
+    def add_instruction_listener(self, callback: Callable[[str, str], None]) -> None:
+        """``callback(old, new)`` on every instruction change ("" = none); called from the changing thread."""
+        with self._lock:
+            self._listeners.append(callback)
+
+    def status_snapshot(self) -> dict[str, Any]:
+        """State (apt_msgs/PolicyStatus constant), instruction, counters, last fault."""
+        st = self.controller.status()
+        lat = np.array(self.worker.latencies_s) * 1e3
+        snap: dict[str, Any] = {
+            "state": int(st.state),
+            "state_name": st.state.name,
+            "reason": st.reason,
+            "instruction": st.instruction,
+            "epoch": st.epoch,
+            "actions_left": st.actions_left,
+            "chunks_executed": st.chunks_accepted,
+            "chunks_refused": st.chunks_refused,
+            "last_refusal": st.last_refusal,
+            "safety_interventions": st.safety_interventions,
+            "interventions_by_limit": {k: dict(v) for k, v in st.interventions_by_limit.items()},
+            "last_fault": st.last_fault,
+            "chunks_produced": self.worker.chunks_produced,
+            "chunks_discarded": self.worker.discarded_stale_epoch,
+            "inference_failures": self.worker.failures,
+            "inference_p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
+            "inference_p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
+            "ticks": self.loop.ticks,
+            "missed_ticks": self.loop.missed_ticks,
+            "control_rate_hz": self.loop.rate.rate(),
+            "tick_errors": self.loop.errors,
+        }
+        with self._lock:
+            snap["rejected_inputs"] = dict(self._rejections)
+            snap["last_inference_error"] = self._last_inference_error
+        return snap
+
+    # -- worker callbacks (inference thread) --------------------------------------------------------------
+
+    def _on_chunk(self, result: ChunkResult) -> None:
+        decision = self.controller.on_chunk(result, time.monotonic())
+        if not decision.accepted:
+            self.get_logger().warning(f"chunk {result.chunk_id} refused: {decision.reason}")
+            return
+        msg = self._chunk_msg_type()
+        conversions.fill_action_chunk(
+            msg,
+            stamp_s=result.stamp_s,
+            chunk_id=result.chunk_id,
+            instruction=result.instruction,
+            action_names=self.info.action_names,
+            dt=self.info.dt,
+            actions=result.actions,
+            inference_ms=result.inference_s * 1e3,
+            backend=self.info.backend,
+        )
+        self._chunk_pub.publish(msg)
+
+    def _on_inference_error(self, reason: str) -> None:
+        with self._lock:
+            self._last_inference_error = reason
+        self.controller.on_inference_error(reason)
+        self.get_logger().error(reason, throttle_duration_sec=2.0)
+
+    # -- the stream (apt-stream thread) -------------------------------------------------------------------
+
+    def _tick(self, now: float) -> None:
+        joints = self.observations.latest_joints()
+        measured = None if joints is None else joints.value
+        stale = self.observations.stale_reason(now)
+        if stale is None and self.worker.overdue(now):
+            stale = f"inference running for {self.worker.busy_for(now) * 1e3:.0f} ms"
+        command = self.controller.tick(now, measured, input_problem=stale)
+        if command.positions is None:
+            return  # no valid joint state yet (or a start outside the limits): nothing is sent
+        if isinstance(self.arm_output, TrajectoryOutput):
+            plan = self.controller.lookahead()
+            if plan is not None:
+                self.arm_output.send(plan.times, plan.positions, plan.velocities)
+        elif isinstance(self.arm_output, PositionOutput):
+            self.arm_output.send(command.positions)
+        sink = self.gripper_sink
+        if sink is not None and command.gripper is not None:
+            sink(command.gripper, now)
+        if self.controller.should_request(now):
+            self.worker.request()
+
+    def _on_tick_error(self, exc: BaseException) -> None:
+        self.get_logger().error(
+            f"control tick failed: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0
+        )
+
+    # -- status (executor thread) -------------------------------------------------------------------------
+
+    def _publish_status(self) -> None:
+        snap = self.status_snapshot()
+        msg = self._status_msg_type()
+        conversions.s_to_stamp(self.get_clock().now().nanoseconds * 1e-9, msg.header.stamp)
+        msg.state = int(snap["state"])
+        msg.instruction = snap["instruction"]
+        msg.backend = self.info.backend
+        msg.model_id = self.info.model_id
+        msg.inference_latency_p50_ms = _f32(snap["inference_p50_ms"])
+        msg.inference_latency_p99_ms = _f32(snap["inference_p99_ms"])
+        msg.control_rate_hz = _f32(snap["control_rate_hz"])
+        msg.actions_left = int(snap.get("actions_left", 0))
+        msg.ticks = int(snap["ticks"])
+        msg.missed_ticks = int(snap["missed_ticks"])
+        msg.chunks_produced = int(snap["chunks_produced"])
+        msg.safety_interventions = int(snap.get("safety_interventions", 0))
+        msg.last_fault = str(snap.get("last_fault", ""))
+        self._status_pub.publish(msg)
+        self._status_count += 1
+        if self._status_count % self._diag_every == 0:
+            self._publish_diagnostics(snap)
+
+    def _publish_diagnostics(self, snap: dict[str, Any]) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        status = DiagnosticStatus(
+            name=f"{self.get_fully_qualified_name()}: policy", hardware_id=self.info.model_id
+        )
+        state = int(snap["state"])
+        from apt_msgs.msg import PolicyStatus
+
+        if state == PolicyStatus.FAULT:
+            status.level, status.message = DiagnosticStatus.ERROR, f"FAULT: {snap.get('last_fault', '')}"
+        elif state == PolicyStatus.HOLDING:
+            status.level, status.message = DiagnosticStatus.WARN, f"HOLDING: {snap.get('last_fault', '')}"
+        else:
+            status.level = DiagnosticStatus.OK
+            status.message = {PolicyStatus.IDLE: "idle", PolicyStatus.RUNNING: "running"}.get(state, "paused")
+        flat = {k: v for k, v in snap.items() if not isinstance(v, dict)}
+        flat.update({f"rejected {k}": v for k, v in snap["rejected_inputs"].items()})
+        status.values = [KeyValue(key=k, value=v) for k, v in conversions.diagnostic_values(flat)]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(msg)
+
+    # -- shutdown -----------------------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """Stop the stream (the controllers keep the last target: JTC ends at rest) and the worker."""
+        loop = getattr(self, "loop", None)
+        if loop is not None:
+            loop.stop()
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.stop(timeout_s=2.0)
+
+
+def _f32(value: float) -> float:
+    return float(value) if np.isfinite(value) else 0.0
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point (``apt-policy-node``, ``ros2 run apt_policy policy_node``); handles --ros-args."""
+    rclpy.init(args=args)
+    node: PolicyNode | None = None
+    code = 0
+    try:
+        node = PolicyNode()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ParameterError as exc:
+        print(f"[apt_policy] invalid parameter: {exc}", file=sys.stderr, flush=True)
+        code = 2
+    except Exception as exc:  # startup failures (model missing/corrupt, interface parameters): say what
+        print(f"[apt_policy] failed to start: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""PolicyNode wiring over real DDS in one process, with a scripted policy whose actions name the instruction.
+
+A probe node plays robot and camera (static arm at the ready pose) and records what the policy node publishes.
+The closed loop with the real exported model and fake hardware processes is in tests/test_node_*.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("apt_msgs")
+
+import itertools
+
+import rclpy
+from apt_msgs.msg import ActionChunk, PolicyStatus
+from apt_policy.core.config import ActionSemantics
+from apt_policy.robots.franka import FR3
+from apt_policy.ros.outputs import COMMAND_QOS
+from apt_policy.ros.params import ParameterError
+from apt_policy.ros.policy_node import EVENT_QOS, SENSOR_QOS, PolicyNode
+from apt_policy.runtime.policy import PolicyInfo
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from trajectory_msgs.msg import JointTrajectory
+
+pytestmark = pytest.mark.ros
+
+JOINTS = FR3.joint_names
+READY = np.array(FR3.ready_pose)
+OFFSETS = {"left": 0.04, "right": -0.04}  # joint-1 offset of every action, by instruction
+
+
+class ScriptedPolicy:
+    """Actions = ready pose with joint 1 offset by the instruction's word, gripper 0.04; ~20 ms per call."""
+
+    def __init__(self) -> None:
+        self.info = PolicyInfo(
+            backend="scripted",
+            model_id="scripted-test",
+            cameras=("front",),
+            image_size=(32, 32),
+            horizon=10,
+            action_dim=8,
+            action_names=(*JOINTS, "gripper"),
+            state_names=(*JOINTS, "gripper"),
+            dt=0.05,
+            action_semantics=ActionSemantics(arm="absolute", gripper="absolute"),
+            steps=1,
+        )
+        self.calls: list[str] = []
+        self.fail = False
+
+    def warmup(self) -> None:
+        pass
+
+    def predict(self, images, state, instruction, noise=None):
+        assert images["front"].shape == (24, 32, 3) and state.shape == (8,)
+        self.calls.append(instruction)
+        time.sleep(0.02)
+        if self.fail:
+            raise RuntimeError("scripted failure")
+        actions = np.tile(np.append(READY, 0.04), (10, 1))
+        actions[:, 0] += OFFSETS.get(instruction.split()[-1], 0.0)
+        return actions.astype(np.float32)
+
+
+class Probe:
+    """Robot + camera stand-in and recorder, on its own node in the same context."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.camera_on = True
+        self.bad_image: Image | None = None
+        self.trajectories: list[tuple[float, JointTrajectory]] = []
+        self.statuses: list[PolicyStatus] = []
+        self.chunks: list[ActionChunk] = []
+        self.chunk_times: list[float] = []
+        self.joints = node.create_publisher(JointState, "/franka/joint_states", SENSOR_QOS)
+        self.gripper = node.create_publisher(JointState, "/franka_gripper/joint_states", SENSOR_QOS)
+        self.camera = node.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR_QOS)
+        self.instruction = node.create_publisher(String, "/apt_policy/instruction", EVENT_QOS)
+        node.create_subscription(
+            JointTrajectory,
+            "/fr3_arm_controller/joint_trajectory",
+            lambda m: self.trajectories.append((time.monotonic(), m)),
+            COMMAND_QOS,
+        )
+        node.create_subscription(PolicyStatus, "/apt_policy/status", self.statuses.append, EVENT_QOS)
+        node.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._on_chunk, EVENT_QOS)
+        node.create_timer(0.005, self._publish_state)
+        node.create_timer(1 / 30, self._publish_image)
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        self.chunk_times.append(time.monotonic())
+        self.chunks.append(msg)
+
+    def _publish_state(self) -> None:
+        stamp = self.node.get_clock().now().to_msg()
+        js = JointState(name=list(JOINTS), position=READY.tolist())
+        js.header.stamp = stamp
+        self.joints.publish(js)
+        g = JointState(name=list(FR3.gripper_joint_names), position=[0.02, 0.02])
+        g.header.stamp = stamp
+        self.gripper.publish(g)
+
+    def _publish_image(self) -> None:
+        if self.bad_image is not None:
+            self.camera.publish(self.bad_image)
+        elif self.camera_on:
+            msg = Image(height=24, width=32, encoding="rgb8", step=96, data=bytes(24 * 96))
+            msg.header.stamp = self.node.get_clock().now().to_msg()
+            self.camera.publish(msg)
+
+    def state(self) -> int | None:
+        return self.statuses[-1].state if self.statuses else None
+
+
+@pytest.fixture
+def running(ros_env, tmp_path: Path):
+    """(policy node, probe, scripted policy) spinning in a background executor; torn down afterwards."""
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    policy = ScriptedPolicy()
+    params = [
+        Parameter("model", value=str(tmp_path)),
+        Parameter("chunk_request_threshold", value=4),
+        Parameter("status_rate", value=20.0),
+    ]
+    node = PolicyNode(policy=policy, context=ctx, parameter_overrides=params)
+    probe = Probe(rclpy.create_node("probe", context=ctx))
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    executor.add_node(probe.node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield node, probe, policy
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        node.destroy_node()
+        probe.node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+        thread.join(5)
+
+
+def _wait(cond, timeout: float = 10.0, what: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _traj_ok(msg: JointTrajectory) -> None:
+    assert list(msg.joint_names) == list(JOINTS)
+    assert msg.header.stamp.sec == 0 and msg.header.stamp.nanosec == 0
+    times = [p.time_from_start.sec + 1e-9 * p.time_from_start.nanosec for p in msg.points]
+    assert times[0] > 0 and all(b > a for a, b in itertools.pairwise(times))
+    assert not any(msg.points[-1].velocities)
+    for p in msg.points:
+        q = np.array(p.positions)
+        assert np.all(np.isfinite(q))
+        assert np.all(q >= FR3.position_lower) and np.all(q <= FR3.position_upper)
+
+
+def test_runs_instruction_streams_safe_trajectories_and_publishes_chunks(running) -> None:
+    node, probe, _policy = running
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE status")
+    _wait(lambda: len(probe.trajectories) > 5, what="hold commands while idle")
+    ok, _ = node.set_instruction("go left")
+    assert ok
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    _wait(lambda: probe.chunks, what="an ActionChunk")
+    chunk = probe.chunks[-1]
+    assert chunk.instruction == "go left" and chunk.horizon == 10 and chunk.action_dim == 8
+    assert np.isclose(np.array(chunk.actions).reshape(10, 8)[0, 0], READY[0] + 0.04, atol=1e-6)
+    # the command heads towards +0.04 on joint 1 and never overshoots it
+    _wait(
+        lambda: probe.trajectories[-1][1].points[0].positions[0] > READY[0] + 0.03,
+        what="motion towards target",
+    )
+    for _, msg in probe.trajectories[-20:]:
+        _traj_ok(msg)
+        assert msg.points[-1].positions[0] <= READY[0] + 0.04 + 1e-9
+    snap = node.status_snapshot()
+    assert snap["state_name"] == "RUNNING" and snap["chunks_executed"] >= 1 and snap["ticks"] > 0
+
+
+def test_stale_camera_holds_and_recovers(running) -> None:
+    node, probe, _ = running
+    node.set_instruction("go left")
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    probe.camera_on = False
+    _wait(lambda: node.status_snapshot()["state_name"] == "HOLDING", timeout=1.0, what="HOLDING")
+    assert "camera:front" in node.status_snapshot()["last_fault"]
+    probe.camera_on = True
+    _wait(lambda: node.status_snapshot()["state_name"] == "RUNNING", what="RUNNING again")
+
+
+def test_instruction_change_discards_old_and_switches_direction(running) -> None:
+    node, probe, _policy = running
+    node.set_instruction("go left")
+    _wait(
+        lambda: probe.trajectories and probe.trajectories[-1][1].points[0].positions[0] > READY[0] + 0.03,
+        what="left motion",
+    )
+    node.set_instruction("go right")
+    t_switch = time.monotonic()
+    _wait(lambda: probe.trajectories[-1][1].points[0].positions[0] < READY[0] - 0.03, what="right motion")
+    # chunks arriving well after the switch are all for the new instruction
+    _wait(lambda: probe.chunk_times and probe.chunk_times[-1] > t_switch + 0.2, what="later chunks")
+    late_chunks = [c for t, c in zip(probe.chunk_times, probe.chunks, strict=False) if t > t_switch + 0.2]
+    assert late_chunks and all(c.instruction == "go right" for c in late_chunks)
+    late = [m for t, m in probe.trajectories if t > t_switch + 0.05]
+    first_right = next(i for i, m in enumerate(late) if m.points[0].positions[0] < READY[0] + 0.04 - 1e-6)
+    # once joint 1 started down it never goes up again (no old-instruction action executed)
+    q1 = [m.points[0].positions[0] for m in late[first_right:]]
+    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(q1))
+
+
+def test_bad_inputs_rejected_and_node_keeps_running(running) -> None:
+    node, probe, _ = running
+    node.set_instruction("go left")
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    probe.bad_image = Image(height=24, width=32, encoding="rgb8", step=50, data=bytes(24 * 50))
+    _wait(
+        lambda: node.status_snapshot()["rejected_inputs"].get("/camera/camera/color/image_raw", 0) > 2,
+        what="rejections",
+    )
+    _wait(lambda: node.status_snapshot()["state_name"] == "HOLDING", what="HOLDING on bad frames")
+    probe.bad_image = None
+    ok, why = node.set_instruction("x" * 5000)
+    assert not ok and "limit" in why
+    ok, why = node.set_instruction("  ")
+    assert not ok
+    probe.instruction.publish(String(data="y" * 2_000_000))
+    _wait(
+        lambda: node.status_snapshot()["rejected_inputs"].get("~/instruction", 0) == 1, what="1 MB rejected"
+    )
+    _wait(lambda: node.status_snapshot()["state_name"] == "RUNNING", what="RUNNING again")
+    assert node.status_snapshot()["instruction"] == "go left"
+
+
+def test_inference_failure_holds(running) -> None:
+    node, probe, policy = running
+    node.set_instruction("go left")
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    policy.fail = True
+    _wait(lambda: node.status_snapshot()["state_name"] == "HOLDING", what="HOLDING after failure")
+    assert "scripted failure" in node.status_snapshot()["last_fault"]
+    policy.fail = False
+    _wait(lambda: node.status_snapshot()["state_name"] == "RUNNING", what="RUNNING after recovery")
+
+
+def test_pause_resume_stop_hooks(running) -> None:
+    node, probe, _ = running
+    events = []
+    node.add_instruction_listener(lambda old, new: events.append((old, new)))
+    assert node.pause()[0] is False  # nothing to pause while idle
+    node.set_instruction("go left")
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    assert node.pause()[0]
+    _wait(lambda: probe.state() == PolicyStatus.PAUSED, what="PAUSED")
+    assert node.resume()[0]
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING after resume")
+    assert node.stop()[0]
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE after stop")
+    assert events == [("", "go left"), ("go left", "")]
+    assert node.status_snapshot()["instruction"] == ""
+
+
+def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    try:
+        with pytest.raises(ParameterError, match="output_mode"):
+            PolicyNode(
+                policy=ScriptedPolicy(),
+                context=ctx,
+                parameter_overrides=[
+                    Parameter("model", value=str(tmp_path)),
+                    Parameter("output_mode", value="velocity"),
+                ],
+            )
+        with pytest.raises(ParameterError, match="camera_names"):
+            PolicyNode(
+                policy=ScriptedPolicy(),
+                context=ctx,
+                parameter_overrides=[
+                    Parameter("model", value=str(tmp_path)),
+                    Parameter("camera_names", value=["wrist"]),
+                ],
+            )
+        with pytest.raises(ParameterError, match="chunk_request_threshold"):
+            PolicyNode(
+                policy=ScriptedPolicy(),
+                context=ctx,
+                parameter_overrides=[
+                    Parameter("model", value=str(tmp_path)),
+                    Parameter("chunk_request_threshold", value=10),
+                ],
+            )
+    finally:
+        rclpy.try_shutdown(context=ctx)
