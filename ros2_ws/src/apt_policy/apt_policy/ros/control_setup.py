@@ -48,6 +48,7 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
             control_dt=p.period_s,
             chunk_dt=float(info.dt),
             request_when_left=p.chunk_request_threshold,
+            max_tracking_error=p.max_tracking_error,
             lookahead_points=p.lookahead_points,
             blend=BlendConfig(mode=p.blending, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m),
             safety=SafetyConfig(

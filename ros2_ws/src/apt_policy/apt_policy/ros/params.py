@@ -161,6 +161,13 @@ SPECS: tuple[Spec, ...] = (
         0.001,
         3.0,
     ),
+    Spec(
+        "max_tracking_error",
+        0.3,
+        "Measured position further than this from the command on any joint (rad) -> FAULT (operator clears).",
+        0.01,
+        3.0,
+    ),
 )
 
 SPEC_BY_NAME = {s.name: s for s in SPECS}
@@ -199,6 +206,7 @@ class NodeParams:
     velocity_scale: float
     acceleration_scale: float
     max_deviation: float
+    max_tracking_error: float
 
     @property
     def period_s(self) -> float:

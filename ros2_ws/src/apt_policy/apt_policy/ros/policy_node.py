@@ -278,6 +278,18 @@ class PolicyNode(Node):
         self._notify(old, "")
         return True, "stopped: holding position, instruction cleared"
 
+    def clear_fault(self) -> tuple[bool, str]:
+        """Operator acknowledgement of a FAULT: back to IDLE (instruction cleared), restarting from the
+        measured position at rest."""
+        with self._instruction_lock:
+            old = self.controller.instruction
+            if not self.controller.clear_fault():
+                return False, f"no fault to clear (state {self.controller.state.name})"
+            self.worker.set_instruction(None, self.controller.epoch)
+        self.get_logger().warning("fault cleared by the operator: IDLE, holding the measured position")
+        self._notify(old, "")
+        return True, "fault cleared: IDLE"
+
     def _notify(self, old: str, new: str) -> None:
         with self._lock:
             listeners = list(self._listeners)
