@@ -67,9 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "verify",
         help="compare PyTorch and ONNX Runtime outputs, per graph and end to end",
-        description="Run the bundle in PyTorch and the export in ONNX Runtime on fixed inputs; print max/mean "
-        "abs error and cosine per graph and end to end; exit 1 over tolerance (fp32: max abs <= 1e-4; fp16: "
-        "cosine >= 0.999 and max abs <= 2e-2, gated only with a GPU provider).",
+        description="Run the bundle in PyTorch and the export in ONNX Runtime on fixed inputs; print "
+        "max/mean abs error and cosine per graph and end to end; exit 1 over tolerance "
+        "(fp32: max abs <= 1e-4; fp16: cosine >= 0.999 and max abs <= 2e-2, gated only with a GPU provider).",
     )
     v.add_argument("--bundle", required=True, type=Path, help="policy bundle directory")
     v.add_argument("--onnx", required=True, type=Path, help="export directory from `apt-export onnx`")
@@ -80,9 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "trt",
         help="build TensorRT engines from an export directory (needs TensorRT 10 + a GPU)",
-        description="Build one TensorRT engine per graph for THIS GPU and TensorRT version. Engines are cached "
-        "by (graph sha256, TensorRT version, GPU, compute capability, precision, profile): a second run "
-        "reuses them.",
+        description="Build one TensorRT engine per graph for THIS GPU and TensorRT version. "
+        "Engines are cached by (graph sha256, TensorRT version, GPU, compute capability, precision, "
+        "profile): a second run reuses them.",
     )
     t.add_argument("--onnx", required=True, type=Path, help="export directory from `apt-export onnx`")
     t.add_argument("--out", required=True, type=Path, help="engine directory to write")
