@@ -125,6 +125,13 @@ SPECS: tuple[Spec, ...] = (
         "std_msgs/Float64 gripper width command (m).",
     ),
     Spec("lookahead_points", 5, "JTC points sent per tick (safe look-ahead over the schedule).", 1, 100),
+    Spec(
+        "realtime_priority",
+        0,
+        "SCHED_FIFO priority of the stream thread (1-99; needs CAP_SYS_NICE or rtprio limits); 0 = normal.",
+        0,
+        99,
+    ),
     Spec("status_rate", 10.0, "~/status and /diagnostics rate (Hz).", 0.5, 100.0),
     # control
     Spec(
@@ -196,6 +203,7 @@ class NodeParams:
     position_command_topic: str
     gripper_command_topic: str
     lookahead_points: int
+    realtime_priority: int
     status_rate: float
     chunk_request_threshold: int
     inference_timeout: float

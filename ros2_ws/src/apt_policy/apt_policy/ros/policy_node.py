@@ -13,6 +13,7 @@ Everything that decides something lives in ``apt_policy.control``; this module c
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
+from apt_policy.control.stats import RollingStats
 from apt_policy.ros import conversions
 from apt_policy.ros.control_setup import build_controller, build_loop
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
@@ -39,6 +41,9 @@ NODE_NAME = "apt_policy"
 SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
 EVENT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 REJECT_LOG_PERIOD_S = 5.0
+# The stream thread needs the GIL on time: other Python threads (executor, inference pre-processing) would
+# otherwise keep it for up to the default 5 ms switch interval.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class PolicyNode(Node):
@@ -77,6 +82,8 @@ class PolicyNode(Node):
         self._rejections: dict[str, int] = {}
         self._last_reject_log: dict[tuple[str, str], float] = {}
         self._last_inference_error = ""
+        self.tick_durations = RollingStats(1000)  # s, compute time of each stream tick
+        self._rt_applied = False
 
         self.worker = InferenceWorker(
             predict=self.policy.predict,
@@ -330,6 +337,8 @@ class PolicyNode(Node):
             "missed_ticks": self.loop.missed_ticks,
             "control_rate_hz": self.loop.rate.rate(),
             "tick_errors": self.loop.errors,
+            "tick_lateness_p99_ms": self.loop.jitter.p99 * 1e3,
+            "tick_compute_p99_ms": self.tick_durations.p99 * 1e3,
         }
         with self._lock:
             snap["rejected_inputs"] = dict(self._rejections)
@@ -366,6 +375,28 @@ class PolicyNode(Node):
     # -- the stream (apt-stream thread) -------------------------------------------------------------------
 
     def _tick(self, now: float) -> None:
+        if not self._rt_applied:
+            self._rt_applied = True
+            self._apply_realtime_priority()
+        try:
+            self._stream_step(now)
+        finally:
+            self.tick_durations.add(time.monotonic() - now)
+
+    def _apply_realtime_priority(self) -> None:
+        prio = self.params.realtime_priority
+        if prio <= 0:
+            return
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))  # 0 = this thread on Linux
+            self.get_logger().info(f"stream thread runs SCHED_FIFO priority {prio}")
+        except (OSError, AttributeError) as exc:
+            self.get_logger().warning(
+                f"could not set SCHED_FIFO priority {prio} ({exc}); allow it with `ulimit -r` / "
+                "limits.conf rtprio or CAP_SYS_NICE. Continuing with normal scheduling."
+            )
+
+    def _stream_step(self, now: float) -> None:
         joints = self.observations.latest_joints()
         measured = None if joints is None else joints.value
         stale = self.observations.stale_reason(now)
@@ -457,6 +488,7 @@ def _f32(value: float) -> float:
 def main(args: list[str] | None = None) -> int:
     """Entry point (``apt-policy-node``, ``ros2 run apt_policy policy_node``); handles --ros-args."""
     rclpy.init(args=args)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     node: PolicyNode | None = None
     code = 0
     try:
