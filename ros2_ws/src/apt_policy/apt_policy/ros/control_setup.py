@@ -28,7 +28,8 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
             f"parameter 'robot' = {p.robot!r}: the model's first {dof} actions are {list(arm_names)}, "
             f"expected the joints {list(profile.joint_names)}"
         )
-    if p.chunk_request_threshold >= info.horizon:
+    threshold = info.horizon // 2 if p.chunk_request_threshold < 0 else p.chunk_request_threshold
+    if threshold >= info.horizon:
         raise ParameterError(
             f"parameter 'chunk_request_threshold' = {p.chunk_request_threshold} must be below the model's "
             f"horizon {info.horizon}"
@@ -47,7 +48,7 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
         config = ControllerConfig(
             control_dt=p.period_s,
             chunk_dt=float(info.dt),
-            request_when_left=p.chunk_request_threshold,
+            request_when_left=threshold,
             max_tracking_error=p.max_tracking_error,
             lookahead_points=p.lookahead_points,
             blend=BlendConfig(mode=p.blending, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m),

@@ -90,7 +90,7 @@ SPECS: tuple[Spec, ...] = (
     Spec(
         "max_state_age",
         0.05,
-        "Oldest joint/gripper state (s since receipt) the policy may act on.",
+        "Oldest joint state (s since receipt) the policy may act on.",
         0.001,
         10.0,
     ),
@@ -136,9 +136,9 @@ SPECS: tuple[Spec, ...] = (
     # control
     Spec(
         "chunk_request_threshold",
-        8,
-        "Request the next chunk when the executing one has this many actions left.",
-        0,
+        -1,
+        "Request the next chunk when the executing one has this many actions left (-1: half the horizon).",
+        -1,
         10000,
     ),
     Spec(
