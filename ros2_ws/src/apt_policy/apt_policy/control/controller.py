@@ -352,7 +352,7 @@ class Controller:
                 if action.gripper is not None:
                     width = self.layout.gripper_width(action.gripper)
                     if width is not None:
-                        self._gripper = width
+                        self._gripper = float(width)
                 if notes:
                     self._count(
                         {k: tuple(self.limits.names[j] for j in v) for k, v in notes.by_limit.items()}

@@ -67,7 +67,7 @@ def adversarial_target(rng: np.random.Generator, f: SafetyFilter, q: np.ndarray)
 
 
 @pytest.mark.parametrize("robot", ["fr3", "panda"])
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_random_adversarial_targets_keep_every_guarantee(robot: str, seed: int) -> None:
     rng = np.random.default_rng(seed)
     f = make_filter(robot, dt=float(rng.choice([0.002, 0.01, 0.02])), max_deviation=np.inf)
@@ -75,7 +75,7 @@ def test_random_adversarial_targets_keep_every_guarantee(robot: str, seed: int) 
     state = f.start_state(profile.ready_pose)
     target = state.positions
     counts: dict[str, int] = {}
-    for step in range(3000):
+    for step in range(2000):
         if step % int(rng.integers(1, 40)) == 0:
             target = adversarial_target(rng, f, state.positions)
         measured = state.positions + rng.normal(0, 0.01, f.dof) if rng.random() < 0.5 else None
@@ -85,7 +85,7 @@ def test_random_adversarial_targets_keep_every_guarantee(robot: str, seed: int) 
         for limit in notes.by_limit:
             counts[limit] = counts.get(limit, 0) + 1
         state = new
-        if step % 500 == 250:  # from anywhere reached, braking ends at rest inside the limits
+        if step % 400 == 200:  # from anywhere reached, braking ends at rest inside the limits
             brake_to_rest(f, state)
     # the adversary really pushed on every limit
     for limit in (NONFINITE, POSITION, VELOCITY, ACCELERATION, BRAKING):

@@ -1,0 +1,380 @@
+"""Controller on a simulated clock: state machine, watchdog holds, pause/stop/fault, semantics, look-ahead."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+from apt_policy.control.blending import BlendConfig
+from apt_policy.control.controller import (
+    WAITING_FOR_CHUNK,
+    Command,
+    Controller,
+    ControllerConfig,
+    ControllerState,
+)
+from apt_policy.control.inference_worker import ChunkResult
+from apt_policy.control.limits import JointLimits
+from apt_policy.control.schedule import Chunk
+from apt_policy.control.semantics import ActionLayout
+from apt_policy.robots.franka import get_profile
+
+PROFILE = get_profile("fr3")
+LIMITS = JointLimits.from_profile(PROFILE)
+Q0 = PROFILE.ready_pose.copy()
+CTRL_DT = 0.01
+CHUNK_DT = 0.1
+S = ControllerState
+
+
+class Sim:
+    """Simulated clock + an arm that follows the command perfectly; inputs can be made stale or wrong."""
+
+    def __init__(self, ctrl: Controller, q: np.ndarray = Q0) -> None:
+        self.ctrl = ctrl
+        self.t = 100.0
+        self.measured = q.copy()
+        self.state_stamp: float | None = self.t
+        self.cameras: dict[str, float | None] = {"wrist": self.t}
+        self.fresh_state = True
+        self.fresh_cameras = True
+        self.commands: list[Command] = []
+
+    def step(self, n: int = 1, measured_offset: np.ndarray | None = None) -> Command:
+        for _ in range(n):
+            self.t = round(self.t + CTRL_DT, 9)
+            if self.fresh_state:
+                self.state_stamp = self.t
+            if self.fresh_cameras:
+                self.cameras = {name: self.t for name in self.cameras}
+            measured = self.measured if measured_offset is None else self.measured + measured_offset
+            cmd = self.ctrl.tick(self.t, measured, state_stamp=self.state_stamp, camera_stamps=self.cameras)
+            if cmd.positions is not None:
+                self.measured = cmd.positions.copy()
+            self.commands.append(cmd)
+        return self.commands[-1]
+
+    def chunk(self, actions: np.ndarray, latency: float = 0.03, **kw) -> Chunk:
+        """A chunk whose observation was taken ``latency`` s ago, for the current epoch."""
+        return Chunk(
+            actions=actions, t_obs=self.t - latency, epoch=self.ctrl.epoch, state=self.measured, **kw
+        )
+
+    def push(self, actions: np.ndarray, latency: float = 0.03, **kw):
+        return self.ctrl.on_chunk(self.chunk(actions, latency, **kw), self.t)
+
+
+def make(arm: str = "absolute", gripper: str = "absolute", **config) -> Controller:
+    config.setdefault("blend", BlendConfig(mode="none"))
+    layout = ActionLayout(dof=7, arm=arm, gripper=gripper)
+    return Controller(LIMITS, layout, ControllerConfig(control_dt=CTRL_DT, chunk_dt=CHUNK_DT, **config))
+
+
+def constant(q: np.ndarray, horizon: int = 20, gripper: float = 0.04) -> np.ndarray:
+    return np.tile(np.r_[q, gripper], (horizon, 1))
+
+
+def assert_commands_safe(ctrl: Controller, commands: list[Command]) -> None:
+    f = ctrl.safety
+    prev = None
+    for cmd in commands:
+        if cmd.positions is None:
+            continue
+        assert np.all(cmd.positions >= f.lower - 1e-9) and np.all(cmd.positions <= f.upper + 1e-9)
+        if prev is not None:
+            assert np.all(np.abs(cmd.positions - prev.positions) <= f.v_max * f.dt + 1e-9)
+            assert np.all(np.abs(cmd.velocities - prev.velocities) <= f.a_max * f.dt + 1e-7)
+        prev = cmd
+
+
+def running_sim(**config) -> Sim:
+    sim = Sim(make(**config))
+    assert sim.step().state == S.IDLE
+    sim.ctrl.set_instruction("reach")
+    return sim
+
+
+def test_idle_instruction_first_chunk_running_and_reaching_the_target() -> None:
+    sim = Sim(make())
+    cmd = sim.step()
+    assert cmd.state == S.IDLE and cmd.reason == "no instruction"
+    np.testing.assert_allclose(cmd.positions, Q0)  # first command: measured state, at rest
+    sim.ctrl.set_instruction("reach the cube")
+    cmd = sim.step()
+    assert cmd.state == S.HOLDING and cmd.reason == WAITING_FOR_CHUNK
+    assert sim.ctrl.should_request(sim.t)
+    target = Q0 + 0.1
+    assert sim.push(constant(target, horizon=40)).accepted
+    cmd = sim.step()
+    assert cmd.state == S.RUNNING and cmd.reason == "" and cmd.gripper == pytest.approx(0.04)
+    sim.step(150)
+    np.testing.assert_allclose(sim.measured, target, atol=1e-9)
+    status = sim.ctrl.status()
+    assert status.chunks_accepted == 1 and status.ticks == 153 and status.instruction == "reach the cube"
+    assert status.last_fault == ""  # waiting for the first chunk is not a fault
+    assert_commands_safe(sim.ctrl, sim.commands)
+
+
+def test_stale_state_holds_at_rest_without_jumping_to_measured_then_recovers() -> None:
+    sim = running_sim()
+    sim.push(_ramp(Q0, speed=0.5, horizon=60))
+    sim.step(60)
+    moving = sim.commands[-1]
+    assert moving.state == S.RUNNING and np.linalg.norm(moving.velocities) > 0.1
+    sim.fresh_state = False  # joint state stops arriving
+    offset = np.full(7, 0.05)  # ... and the last one we have is off: must not be chased
+    held = [sim.step(measured_offset=offset) for _ in range(120)]
+    assert all(c.state == S.HOLDING and "joint state stale" in c.reason for c in held[11:])
+    assert all(c.state == S.RUNNING for c in held[:10])  # 0.1 s max age
+    np.testing.assert_allclose(held[-1].velocities, 0.0)
+    np.testing.assert_allclose(held[-1].positions, held[-2].positions)  # at rest, staying there
+    # deceleration only: speed never grows while holding, and no jump towards the measured state
+    speeds = [np.abs(c.velocities) for c in held[11:]]
+    assert all(np.all(b <= a + 1e-12) for a, b in itertools.pairwise(speeds))
+    assert_commands_safe(sim.ctrl, sim.commands)
+    sim.fresh_state = True
+    sim.push(constant(held[-1].positions + 0.02))
+    assert sim.step().state == S.RUNNING
+    assert "joint state stale" in sim.ctrl.status().last_fault
+    assert sim.ctrl.status().safety_interventions >= 100
+
+
+def _ramp(q: np.ndarray, speed: float, horizon: int) -> np.ndarray:
+    """Absolute targets moving every joint at ``speed`` rad/s, plus a gripper column."""
+    steps = np.arange(horizon)[:, None] * CHUNK_DT * speed
+    arm = q[None, :] + steps * np.array([1, 1, 1, 1, 1, -1, 1])
+    return np.concatenate([arm, np.full((horizon, 1), 0.08)], axis=1)
+
+
+def test_stale_or_missing_camera_holds_and_recovers() -> None:
+    sim = running_sim(max_tracking_error=np.inf)
+    sim.push(constant(Q0, horizon=100))
+    assert sim.step().state == S.RUNNING
+    sim.fresh_cameras = False
+    sim.step(30)
+    assert sim.commands[-1].state == S.HOLDING and "camera 'wrist' stale" in sim.commands[-1].reason
+    sim.fresh_cameras = True
+    assert sim.step().state == S.RUNNING
+    sim.fresh_cameras = False
+    sim.cameras = {"wrist": sim.t + CTRL_DT, "scene": None}
+    cmd = sim.step()
+    assert cmd.state == S.HOLDING and "camera 'scene' has no frame" in cmd.reason
+
+
+def test_input_problem_from_the_node_holds() -> None:
+    sim = running_sim()
+    sim.push(constant(Q0))
+    sim.step()
+    cmd = sim.ctrl.tick(sim.t + CTRL_DT, sim.measured, input_problem="image skew 0.3 s")
+    assert cmd.state == S.HOLDING and cmd.reason == "image skew 0.3 s"
+
+
+def test_inference_failure_holds_until_the_next_accepted_chunk() -> None:
+    sim = running_sim()
+    sim.push(constant(Q0, horizon=50))
+    assert sim.step().state == S.RUNNING
+    sim.ctrl.on_inference_error("CUDA out of memory")
+    cmd = sim.step()
+    assert cmd.state == S.HOLDING and cmd.reason == "inference failed: CUDA out of memory"
+    assert sim.push(constant(Q0)).accepted
+    assert sim.step().state == S.RUNNING
+
+
+def test_too_slow_inference_is_refused_and_holds() -> None:
+    sim = running_sim()
+    decision = sim.push(constant(Q0, horizon=100), latency=0.8)
+    assert not decision.accepted and "too slow" in decision.reason
+    cmd = sim.step()
+    assert cmd.state == S.HOLDING and "inference too slow" in cmd.reason
+    assert sim.ctrl.status().chunks_refused == 1
+    assert sim.push(constant(Q0), latency=0.05).accepted
+    assert sim.step().state == S.RUNNING
+
+
+def test_exhausted_buffer_holds_and_requests_at_the_threshold() -> None:
+    sim = running_sim(request_when_left=3)
+    sim.push(constant(Q0, horizon=10), latency=0.0)  # actions for [t, t + 1.0)
+    sim.step(5)
+    assert not sim.ctrl.should_request(sim.t)
+    sim.step(65)  # t_obs + 0.70: step 7, 3 left
+    assert sim.ctrl.should_request(sim.t) and sim.commands[-1].actions_left == 3
+    sim.step(30)
+    cmd = sim.commands[-1]
+    assert cmd.state == S.HOLDING and cmd.reason == "action buffer exhausted" and cmd.actions_left == 0
+
+
+def test_stale_epoch_chunks_are_refused_after_a_new_instruction_or_stop() -> None:
+    sim = running_sim()
+    old = sim.chunk(constant(Q0 + 0.1))
+    sim.ctrl.set_instruction("something else")
+    decision = sim.ctrl.on_chunk(old, sim.t)
+    assert not decision.accepted and "stale instruction epoch" in decision.reason
+    assert sim.step().reason == WAITING_FOR_CHUNK
+    current = sim.chunk(constant(Q0))
+    assert sim.ctrl.stop() > current.epoch
+    assert sim.step().state == S.IDLE
+    assert not sim.ctrl.on_chunk(current, sim.t).accepted
+    assert not sim.ctrl.should_request(sim.t)
+    assert sim.ctrl.instruction == ""
+
+
+def test_pause_holds_drops_the_buffer_and_resume_waits_for_a_fresh_chunk() -> None:
+    sim = running_sim()
+    assert not Sim(make()).ctrl.pause()  # nothing to pause in IDLE
+    sim.push(_ramp(Q0, speed=0.5, horizon=60))
+    sim.step(40)
+    assert sim.ctrl.pause()
+    paused = [sim.step() for _ in range(60)]
+    assert all(c.state == S.PAUSED for c in paused)
+    np.testing.assert_allclose(paused[-1].velocities, 0.0)
+    assert not sim.push(constant(Q0)).accepted and not sim.ctrl.should_request(sim.t)
+    assert sim.ctrl.resume() and not sim.ctrl.resume()
+    assert sim.step().reason == WAITING_FOR_CHUNK
+    sim.push(constant(paused[-1].positions))
+    assert sim.step().state == S.RUNNING
+    assert_commands_safe(sim.ctrl, sim.commands)
+
+
+def test_tracking_error_faults_and_clear_fault_restarts_from_the_measured_state() -> None:
+    sim = running_sim(max_tracking_error=0.2)
+    sim.push(constant(Q0))
+    sim.step()
+    bumped = sim.measured + np.r_[0.5, np.zeros(6)]  # the arm was pushed away (or a reflex moved it)
+    cmd = sim.ctrl.tick(sim.t + CTRL_DT, bumped, state_stamp=sim.t + CTRL_DT)
+    assert cmd.state == S.FAULT and "tracking error" in cmd.reason and "fr3_joint1" in cmd.reason
+    np.testing.assert_allclose(cmd.positions, sim.measured)  # still holding the last safe command
+    with pytest.raises(ValueError, match="FAULT"):
+        sim.ctrl.set_instruction("again")
+    assert not sim.ctrl.on_chunk(sim.chunk(constant(Q0)), sim.t).accepted
+    assert sim.ctrl.clear_fault()
+    cmd = sim.ctrl.tick(sim.t + 2 * CTRL_DT, bumped, state_stamp=sim.t + 2 * CTRL_DT)
+    assert cmd.state == S.IDLE
+    np.testing.assert_allclose(cmd.positions, bumped)  # operator-acknowledged re-synchronisation
+    np.testing.assert_allclose(cmd.velocities, 0.0)
+
+
+def test_external_fault_and_start_outside_the_safe_range() -> None:
+    sim = running_sim()
+    sim.ctrl.fault("robot reflex: joint 4 torque")
+    assert sim.step().state == S.FAULT and sim.ctrl.status().last_fault == "robot reflex: joint 4 torque"
+    q = Q0.copy()
+    q[3] = LIMITS.upper[3] - 0.01  # inside the margin
+    ctrl = make()
+    cmd = ctrl.tick(0.0, q, state_stamp=0.0)
+    assert cmd.state == S.FAULT and cmd.positions is None and "fr3_joint4" in cmd.reason
+
+
+def test_no_command_before_a_valid_joint_state_and_nan_state_holds() -> None:
+    ctrl = make()
+    cmd = ctrl.tick(0.0, None)
+    assert cmd.positions is None and "waiting for a valid joint state" in cmd.reason
+    assert ctrl.tick(0.01, np.full(7, np.nan)).positions is None
+    sim = running_sim()
+    sim.push(constant(Q0))
+    sim.step()
+    cmd = sim.ctrl.tick(sim.t + CTRL_DT, np.full(7, np.nan), state_stamp=sim.t + CTRL_DT)
+    assert cmd.state == S.HOLDING and "not finite" in cmd.reason
+    np.testing.assert_allclose(cmd.positions, sim.measured)
+
+
+def test_velocity_semantics_integrate_at_the_control_rate() -> None:
+    sim = running_sim(arm="velocity", gripper="none")
+    v = np.array([0.2, -0.1, 0.0, 0.1, 0.0, 0.0, 0.3])
+    sim.push(np.tile(v, (30, 1)))
+    sim.step(50)  # well past the acceleration ramp
+    a, b = sim.commands[-2], sim.commands[-1]
+    np.testing.assert_allclose(b.velocities, v, atol=1e-12)
+    np.testing.assert_allclose(b.positions - a.positions, v * CTRL_DT, atol=1e-12)
+    assert b.gripper is None
+
+
+def test_delta_semantics_use_the_state_of_the_chunk_observation() -> None:
+    sim = running_sim(arm="delta")
+    chunk = Chunk(np.tile(np.r_[np.full(7, 0.05), 0.0], (40, 1)), sim.t, sim.ctrl.epoch, state=Q0 - 0.02)
+    assert sim.ctrl.on_chunk(chunk, sim.t).accepted
+    sim.step(200)
+    np.testing.assert_allclose(sim.measured[:5], (Q0 + 0.03)[:5], atol=1e-9)
+
+
+def test_worker_chunk_results_are_accepted_directly() -> None:
+    sim = running_sim()
+    result = ChunkResult(
+        actions=constant(Q0 + 0.01),
+        t_obs=sim.t - 0.05,
+        stamp_s=sim.t - 0.06,
+        state=Q0,
+        instruction="reach",
+        epoch=sim.ctrl.epoch,
+        chunk_id=7,
+        inference_s=0.04,
+    )
+    assert sim.ctrl.on_chunk(result, sim.t).accepted
+    assert sim.step().chunk_id == 7
+
+
+def check_trajectory(ctrl: Controller, cmd: Command, points: int) -> None:
+    traj = ctrl.lookahead(points)
+    f = ctrl.safety
+    assert len(traj) >= points
+    assert traj.times[0] == pytest.approx(CTRL_DT) and traj.times[0] > 0
+    assert np.all(np.diff(traj.times) > 0)
+    np.testing.assert_array_equal(traj.velocities[-1], 0.0)
+    np.testing.assert_allclose(traj.positions[0], cmd.positions)  # point 1 = this tick's command
+    assert np.all(traj.positions >= f.lower - 1e-9) and np.all(traj.positions <= f.upper + 1e-9)
+    steps = np.diff(np.vstack([traj.positions]), axis=0)
+    assert np.all(np.abs(steps) <= f.v_max * f.dt + 1e-9)
+    assert np.all(np.abs(traj.velocities) <= f.v_max + 1e-9)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lookahead_contract_over_random_runs(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    sim = running_sim(max_tracking_error=np.inf, blend=BlendConfig(mode="crossfade"))
+    for k in range(200):
+        if k % 20 == 0 and rng.random() < 0.6:  # short random chunks, some beyond the limits; gaps hold
+            lo, hi = LIMITS.lower - 0.2, LIMITS.upper + 0.2
+            targets = rng.uniform(lo, hi, (2, 7)) if rng.random() < 0.3 else _ramp(Q0, 1.0, 2)[:, :7]
+            sim.push(np.c_[targets, np.zeros(2)], latency=float(rng.uniform(0, 0.05)))
+        cmd = sim.step()
+        check_trajectory(sim.ctrl, cmd, points=int(rng.integers(1, 20)))
+    assert {c.state for c in sim.commands} >= {S.RUNNING, S.HOLDING}
+    assert_commands_safe(sim.ctrl, sim.commands)
+
+
+def test_lookahead_in_hold_is_braking_to_rest() -> None:
+    sim = running_sim()
+    sim.push(_ramp(Q0, speed=1.0, horizon=60))
+    sim.step(50)
+    sim.ctrl.on_inference_error("boom")
+    cmd = sim.step()
+    traj = sim.ctrl.lookahead(10)
+    speeds = np.abs(np.diff(traj.positions, axis=0)) / CTRL_DT
+    assert np.all(np.diff(speeds, axis=0) <= 1e-9)  # never speeding up
+    np.testing.assert_allclose(traj.positions[0], cmd.positions)
+
+
+def test_concurrent_chunks_instructions_and_ticks_keep_the_guarantees() -> None:
+    ctrl = make(max_tracking_error=np.inf)
+    sim = Sim(ctrl)
+    sim.step()
+    ctrl.set_instruction("go")
+    stop = threading.Event()
+    rng = np.random.default_rng(5)
+
+    def feeder() -> None:
+        while not stop.is_set():
+            if rng.random() < 0.05:
+                ctrl.set_instruction("new")
+            ctrl.on_chunk(Chunk(np.c_[rng.uniform(-3, 3, (10, 7)), np.zeros(10)], sim.t, ctrl.epoch), sim.t)
+
+    thread = threading.Thread(target=feeder)
+    thread.start()
+    try:
+        sim.step(1500)
+    finally:
+        stop.set()
+        thread.join()
+    assert ctrl.status().chunks_accepted > 0
+    assert_commands_safe(ctrl, sim.commands)
