@@ -8,9 +8,10 @@ States match ``apt_msgs/PolicyStatus``:
              (or the first chunk has not arrived yet); back to RUNNING by itself when the cause clears.
 * PAUSED  -- paused by the operator until :meth:`Controller.resume`.
 * FAULT   -- unrecoverable until :meth:`Controller.clear_fault` (start pose outside the limits, tracking error
-             too large, or :meth:`Controller.fault` from the node, e.g. a robot reflex).
+             too large, or :meth:`Controller.fault` from the node, e.g. a robot reflex). No command is output
+             (the arm may not be where the command is); the last look-ahead sent ends at rest.
 
-In every state but RUNNING the command brakes at the acceleration limit from the last safe command and then
+In IDLE, HOLDING and PAUSED the command brakes at the acceleration limit from the last safe command and then
 stays there: never extrapolated, never a jump to the measured state. The only re-synchronisation to the
 measured state is the first tick and the first tick after :meth:`clear_fault` (an operator action).
 
@@ -92,7 +93,8 @@ class ControllerConfig:
 class Command:
     """The output of one tick.
 
-    positions/velocities  (dof,) rad, rad/s; None only before the first valid joint state (send nothing)
+    positions/velocities  (dof,) rad, rad/s; None before the first valid joint state and in FAULT: send
+                          nothing then (the last look-ahead sent already ends at rest)
     gripper               width (m) wanted now, None when the gripper is not driven (or not yet)
     reason                why the state is not RUNNING ("" when running)
     """
@@ -360,13 +362,17 @@ class Controller:
             watchdog_hold = self._state == ControllerState.HOLDING and self._reason != WAITING_FOR_CHUNK
             if watchdog_hold or (notes and self._state == ControllerState.RUNNING):
                 self._interventions += 1
+            if self._state == ControllerState.FAULT:
+                # The arm may not be where the command is (reflex, pushed away): sending the held command
+                # could yank it back once it recovers. Send nothing; the last look-ahead sent ends at rest.
+                return self._output(t_now, None, notes, self._reason)
             return self._output(t_now, self._cmd, notes, self._reason)
 
     def lookahead(self, points: int | None = None) -> Trajectory | None:
         """Trajectory from the last tick's command over the next ``points`` periods (default from config),
-        then braking to rest. None before the first command. See :mod:`.lookahead` for the contract."""
+        then braking to rest. None before the first command and in FAULT. See :mod:`.lookahead`."""
         with self._lock:
-            if self._cmd is None or self._last_t is None:
+            if self._cmd is None or self._last_t is None or self._state == ControllerState.FAULT:
                 return None
             n = self.config.lookahead_points if points is None else int(points)
             targets: list[Target | None] = []

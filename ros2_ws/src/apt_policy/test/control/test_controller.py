@@ -244,7 +244,7 @@ def test_tracking_error_faults_and_clear_fault_restarts_from_the_measured_state(
     bumped = sim.measured + np.r_[0.5, np.zeros(6)]  # the arm was pushed away (or a reflex moved it)
     cmd = sim.ctrl.tick(sim.t + CTRL_DT, bumped, state_stamp=sim.t + CTRL_DT)
     assert cmd.state == S.FAULT and "tracking error" in cmd.reason and "fr3_joint1" in cmd.reason
-    np.testing.assert_allclose(cmd.positions, sim.measured)  # still holding the last safe command
+    assert cmd.positions is None and sim.ctrl.lookahead() is None  # nothing to send: never yank it back
     with pytest.raises(ValueError, match="FAULT"):
         sim.ctrl.set_instruction("again")
     assert not sim.ctrl.on_chunk(sim.chunk(constant(Q0)), sim.t).accepted
