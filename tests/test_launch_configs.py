@@ -1,0 +1,144 @@
+"""Every parameter file in config/ and launch/ is accepted by the real node process with the exported demo
+model, and the operator interfaces answer across processes (service, action with feedback, Trigger).
+
+The model is a tiny random one-camera FR3 policy exported with apt-export (the parameter files must work with
+any exported model). No camera or arm is running here, so the node holds; the interfaces must still work.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("apt_msgs")
+
+import rclpy
+from apt_msgs.action import FollowInstruction
+from apt_msgs.msg import PolicyStatus
+from apt_msgs.srv import SetInstruction
+from rclpy.action import ActionClient
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_srvs.srv import Trigger
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAM_FILES = sorted((ROOT / "ros2_ws" / "src" / "apt_policy" / "config").glob("*.yaml")) + sorted(
+    (ROOT / "launch").glob("*.yaml")
+)
+
+
+TINY_BUNDLE = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apt_policy.core.normalize import Normalizer
+from apt_policy.core.preprocess import build_word_tokenizer
+from apt_policy.model.apt import APTModel
+from apt_policy.model.bundle import save_bundle
+from apt_policy.model.presets import tiny_policy_config
+
+torch.manual_seed(0)
+torch.set_num_threads(1)
+root = Path(sys.argv[1])
+config = tiny_policy_config("pi", cameras=("front",), model_id="apt-tiny-launch-test")
+rng = np.random.default_rng(0)
+states = rng.normal(0.0, 0.5, size=(100, config.state_dim))
+actions = rng.normal(0.0, 0.5, size=(100, config.horizon, config.action_dim))
+normalizer = Normalizer.fit(states, actions, config.normalization)
+tokenizer = root / "tokenizer.json"
+build_word_tokenizer(["reach the red block", "reach the blue block"], tokenizer)
+print(save_bundle(root / "bundle", APTModel(config), normalizer, tokenizer))
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random one-camera FR3 policy exported with apt-export (made in subprocesses: no torch here)."""
+    root = tmp_path_factory.mktemp("tiny_model")
+    exe = Path(sys.executable).parent
+    subprocess.run([sys.executable, "-c", TINY_BUNDLE, str(root)], check=True, capture_output=True)
+    out = root / "onnx"
+    subprocess.run(
+        [str(exe / "apt-export"), "onnx", "--bundle", str(root / "bundle"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    assert (out / "manifest.json").is_file()
+    return out
+
+
+def _spin_until(executor, cond, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        executor.spin_once(timeout_sec=0.05)
+
+
+@pytest.mark.parametrize("params_file", PARAM_FILES, ids=lambda p: p.name)
+def test_node_comes_up_with_param_file_and_answers(params_file: Path, tiny_export: Path, processes):
+    proc = processes.start(
+        "policy_node",
+        ["apt-policy-node", "--ros-args", "--params-file", str(params_file), "-p", f"model:={tiny_export}"],
+    )
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("launch_probe", context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    statuses: list[PolicyStatus] = []
+    qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    node.create_subscription(PolicyStatus, "/apt_policy/status", statuses.append, qos)
+    action = ActionClient(node, FollowInstruction, "/apt_policy/follow_instruction")
+    set_srv = node.create_client(SetInstruction, "/apt_policy/set_instruction")
+    stop_srv = node.create_client(Trigger, "/apt_policy/stop")
+    try:
+        _spin_until(
+            executor,
+            lambda: statuses or proc.poll() is not None,
+            120.0,
+            "the first ~/status",
+        )
+        assert proc.poll() is None, f"node exited:\n{processes.output('policy_node')[-3000:]}"
+        assert statuses[-1].model_id and statuses[-1].backend
+
+        assert set_srv.wait_for_service(timeout_sec=20.0)
+        future = set_srv.call_async(SetInstruction.Request(instruction="reach the red block"))
+        _spin_until(executor, future.done, 20.0, "set_instruction")
+        assert future.result().accepted, future.result().message
+        _spin_until(
+            executor,
+            lambda: statuses[-1].instruction == "reach the red block",
+            10.0,
+            "the instruction in ~/status",
+        )
+
+        assert action.wait_for_server(timeout_sec=20.0)
+        feedback = []
+        goal = FollowInstruction.Goal(instruction="reach the blue block", duration=1.0)
+        sent = action.send_goal_async(goal, feedback_callback=lambda m: feedback.append(m.feedback))
+        _spin_until(executor, sent.done, 20.0, "goal acceptance")
+        handle = sent.result()
+        assert handle.accepted
+        result = handle.get_result_async()
+        _spin_until(executor, result.done, 20.0, "goal result")
+        assert result.result().status == 4 and result.result().result.success, result.result().result.message
+        assert len(feedback) >= 2
+
+        future = stop_srv.call_async(Trigger.Request())
+        _spin_until(executor, future.done, 20.0, "stop")
+        assert future.result().success
+        _spin_until(executor, lambda: statuses[-1].instruction == "", 10.0, "no instruction after stop")
+        assert proc.poll() is None
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
