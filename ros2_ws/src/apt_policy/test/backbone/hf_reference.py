@@ -53,8 +53,12 @@ def hf_config(cfg: Qwen3VLBackboneConfig) -> Qwen3VLConfig:
     )
 
 
-def random_hf_model(cfg: Qwen3VLBackboneConfig, seed: int = 0) -> Qwen3VLModel:
-    """transformers' model with weights large enough that every layer matters (O(1) activations)."""
+def random_hf_model(cfg: Qwen3VLBackboneConfig, seed: int = 0, scale: float = 1.0) -> Qwen3VLModel:
+    """transformers' model with weights large enough that every layer matters.
+
+    ``scale`` 1 gives activations up to ~20 (outputs of every layer differ strongly between inputs);
+    smaller values give smaller activations, for comparisons across different kernels (ONNX Runtime).
+    """
     torch.manual_seed(seed)
     config = hf_config(cfg)
     config._attn_implementation = "eager"
@@ -69,10 +73,10 @@ def random_hf_model(cfg: Qwen3VLBackboneConfig, seed: int = 0) -> Qwen3VLModel:
             elif p.ndim == 1:
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
             elif "embed" in name:
-                p.copy_(torch.randn(p.shape, generator=gen))
+                p.copy_(scale * torch.randn(p.shape, generator=gen))
             else:
                 fan_in = int(np.prod(p.shape[1:]))
-                p.copy_(torch.randn(p.shape, generator=gen) * 1.5 / fan_in**0.5)
+                p.copy_(torch.randn(p.shape, generator=gen) * (0.5 + scale) / fan_in**0.5)
     return model
 
 
