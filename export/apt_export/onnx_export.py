@@ -19,6 +19,7 @@ import datetime
 import json
 import shutil
 import tempfile
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -179,6 +180,8 @@ def _export_one(
     opset: int,
 ) -> None:
     if exporter == "legacy":
+        # The model's shape checks are constant for fixed shapes: tracing warnings about them are expected.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         torch.onnx.export(
             module,
             args,

@@ -1,0 +1,45 @@
+"""Session-wide tiny bundles ("pi" and "groot") and their fp32 ONNX exports, made once per test run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from apt_policy.core.normalize import Normalizer  # noqa: E402
+from apt_policy.core.preprocess import build_word_tokenizer  # noqa: E402
+from apt_policy.model.apt import APTModel  # noqa: E402
+from apt_policy.model.bundle import save_bundle  # noqa: E402
+from apt_policy.model.presets import tiny_policy_config  # noqa: E402
+
+INSTRUCTIONS = ["reach the red cube", "move to the blue block", "touch the green ball"]
+
+
+def make_bundle(root: Path, architecture: str, seed: int = 0) -> Path:
+    """A random-weight tiny bundle with non-trivial normalisation statistics."""
+    torch.manual_seed(seed)
+    torch.set_num_threads(2)
+    config = tiny_policy_config(architecture)
+    model = APTModel(config)
+    rng = np.random.default_rng(seed)
+    states = rng.normal(0.3, 0.5, size=(200, config.state_dim))
+    actions = rng.normal(-0.2, 0.8, size=(200, config.horizon, config.action_dim))
+    normalizer = Normalizer.fit(states, actions, config.normalization)
+    tokenizer = root / f"tokenizer-{architecture}-{seed}.json"
+    build_word_tokenizer(INSTRUCTIONS, tokenizer)
+    return save_bundle(root / f"bundle-{architecture}-{seed}", model, normalizer, tokenizer)
+
+
+@pytest.fixture(scope="session", params=["pi", "groot"])
+def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(bundle dir, fp32 export dir) for each architecture, shared by every test of the session."""
+    from apt_export.onnx_export import export_onnx
+
+    root = tmp_path_factory.mktemp(f"export-{request.param}")
+    bundle = make_bundle(root, request.param)
+    out = root / "onnx"
+    export_onnx(bundle, out, precision="fp32", progress=False)
+    return bundle, out

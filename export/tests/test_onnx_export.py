@@ -1,0 +1,121 @@
+"""apt-export onnx + verify on tiny "pi" and "groot" bundles: graphs, manifest, parity, failure modes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from apt_export.cli import EXIT_FAILED, EXIT_MISSING_DEPENDENCY, EXIT_OK, main
+from apt_export.verify import FP32_MAX_ABS, verify
+from apt_policy.runtime.manifest import GRAPH_NAMES, load_manifest, sha256_file
+
+from .conftest import make_bundle
+
+
+def test_export_writes_checked_graphs_and_a_complete_manifest(exported: tuple[Path, Path]):
+    bundle, out = exported
+    manifest = load_manifest(out)  # verifies every sha256
+    assert set(manifest.graphs) == set(GRAPH_NAMES)
+    assert manifest.precision == "fp32" and manifest.opset == 18
+    config = json.loads((bundle / "config.json").read_text())
+    assert manifest.config["horizon"] == config["horizon"] and manifest.steps == config["sampling_steps"]
+    assert manifest.normalization == json.loads((bundle / "norm_stats.json").read_text())
+    assert manifest.files["tokenizer.json"] == sha256_file(bundle / "tokenizer.json")
+    assert {"torch", "onnx", "apt_policy"} <= set(manifest.exporter["versions"])
+    for name, graph in manifest.graphs.items():
+        model = onnx.load(str(out / graph.file))
+        onnx.checker.check_model(model, full_check=True)
+        assert [i.name for i in model.graph.input] == list(graph.input_names), name
+        assert not graph.external_data  # tiny model: one file per graph
+    sampler = manifest.graphs["sampler"]
+    assert sampler.input_names[-2:] == ("state", "noise")
+    assert sampler.outputs[0].shape == (1, config["horizon"], len(config["action_names"]))
+    prefix_out = {t.name: t for t in manifest.graphs["prefix"].outputs}
+    assert all(prefix_out[t.name] == t for t in sampler.inputs if t.name in prefix_out)
+
+
+def test_verify_passes_fp32_and_reports_every_graph(exported: tuple[Path, Path], tmp_path: Path):
+    bundle, out = exported
+    report = verify(bundle, out, cases=2, progress=False)
+    assert report.passed and report.gated
+    names = {c.name for c in report.comparisons}
+    assert {"denoiser.velocity", "sampler.actions", "end_to_end.actions"} <= names
+    assert any(n.startswith("prefix.") for n in names)
+    assert all(c.max_abs <= FP32_MAX_ABS and c.cosine > 0.9999 for c in report.comparisons)
+    report_path = tmp_path / "parity.json"
+    assert (
+        main(
+            [
+                "verify",
+                "--bundle",
+                str(bundle),
+                "--onnx",
+                str(out),
+                "--cases",
+                "2",
+                "--json",
+                str(report_path),
+            ]
+        )
+        == EXIT_OK
+    )
+    assert json.loads(report_path.read_text())["passed"] is True
+
+
+def test_verify_fails_against_other_weights(exported: tuple[Path, Path], tmp_path: Path):
+    bundle, out = exported
+    architecture = json.loads((bundle / "config.json").read_text())["architecture"]
+    other = make_bundle(tmp_path, architecture, seed=1)  # same shapes, different weights
+    assert (
+        main(
+            [
+                "verify",
+                "--bundle",
+                str(other),
+                "--onnx",
+                str(out),
+                "--cases",
+                "1",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == EXIT_FAILED
+    )
+
+
+def test_export_refuses_to_overwrite_and_reports_bad_bundles(
+    exported: tuple[Path, Path], tmp_path: Path, capsys
+):
+    bundle, out = exported
+    assert main(["onnx", "--bundle", str(bundle), "--out", str(out)]) == EXIT_FAILED
+    assert "not empty" in capsys.readouterr().err
+    assert main(["onnx", "--bundle", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == EXIT_FAILED
+    assert "not found" in capsys.readouterr().err
+
+
+def test_steps_override_changes_the_unrolled_sampler(exported: tuple[Path, Path], tmp_path: Path):
+    bundle, out = exported
+    assert main(["onnx", "--bundle", str(bundle), "--out", str(tmp_path / "s2"), "--steps", "2"]) == EXIT_OK
+    manifest = load_manifest(tmp_path / "s2")
+    assert manifest.steps == 2 and manifest.config["sampling_steps"] == 2
+    small = (tmp_path / "s2" / "sampler.onnx").stat().st_size
+    assert small < (out / "sampler.onnx").stat().st_size  # fewer unrolled steps, smaller graph
+    assert verify(bundle, tmp_path / "s2", cases=1, progress=False).passed
+
+
+def test_trt_without_tensorrt_exits_2_with_install_hint(exported: tuple[Path, Path], tmp_path: Path, capsys):
+    pytest.importorskip("numpy")
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    _, out = exported
+    assert main(["trt", "--onnx", str(out), "--out", str(tmp_path / "engines")]) == EXIT_MISSING_DEPENDENCY
+    assert "TensorRT 10" in capsys.readouterr().err
+    assert not np.any([p.suffix == ".engine" for p in tmp_path.rglob("*")])
