@@ -37,8 +37,8 @@ def _session(path) -> ort.InferenceSession:
 
 
 def _run(session, inputs):
-    feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs)}
-    return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), feeds)))
+    feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs, strict=True)}
+    return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), feeds), strict=True))
 
 
 def test_fp32_onnx_matches_pytorch(model, inputs, tmp_path):
@@ -72,7 +72,8 @@ def test_fp16_onnx_keeps_softmax_and_norms_in_fp32(model, inputs, tmp_path):
     types = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
     types.update({t.name: t.data_type for t in graph.initializer})
     fp32_ops = [n for n in graph.node if n.op_type in ("Softmax", "LayerNormalization", "ReduceMean")]
-    assert len([n for n in fp32_ops if n.op_type == "Softmax"]) == ARCH.vision.depth + ARCH.text.num_hidden_layers
+    softmaxes = [n for n in fp32_ops if n.op_type == "Softmax"]
+    assert len(softmaxes) == ARCH.vision.depth + ARCH.text.num_hidden_layers
     for node in fp32_ops:
         assert types[node.input[0]] == onnx.TensorProto.FLOAT, f"{node.op_type} {node.name} not in float32"
     assert any(types.get(t.name) == onnx.TensorProto.FLOAT16 for t in graph.initializer), "weights not fp16"

@@ -1,4 +1,4 @@
-"""load_qwen3vl_checkpoint: real safetensors checkpoints written by transformers, and every way they can be wrong."""
+"""load_qwen3vl_checkpoint on real checkpoints written by transformers, and every way they can be wrong."""
 
 from __future__ import annotations
 
@@ -104,10 +104,10 @@ def test_wrong_shape_is_named_with_both_shapes(checkpoint, tmp_path):
 
 
 def test_missing_files_are_clear(checkpoint, tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
         load_qwen3vl_checkpoint(tmp_path)
     shutil.copy(checkpoint / "config.json", tmp_path / "config.json")
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
         load_qwen3vl_checkpoint(tmp_path)
 
 
