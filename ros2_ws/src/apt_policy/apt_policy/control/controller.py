@@ -60,6 +60,7 @@ class ControllerConfig:
     chunk_dt            step between a chunk's actions (the bundle's control_dt)       default 0.1
     request_when_left   request the next chunk when this many actions are left         default 5
     action_lead         the command of a tick targets the action at t_now + lead       default 0.0
+    interpolate         position targets move linearly between a chunk's actions      default True
     max_tracking_error  |measured - command| above this on any joint -> FAULT (inf: off) default 0.3
     lookahead_points    planned points per look-ahead trajectory (before braking)      default 10
     """
@@ -68,6 +69,7 @@ class ControllerConfig:
     chunk_dt: float = 0.1
     request_when_left: int = 5
     action_lead: float = 0.0
+    interpolate: bool = True
     max_tracking_error: float = 0.3
     lookahead_points: int = 10
     blend: BlendConfig = field(default_factory=BlendConfig)
@@ -141,7 +143,9 @@ class Controller:
         self.limits = limits
         self.layout = layout
         self.safety = SafetyFilter(limits, self.config.safety, self.config.control_dt)
-        self.schedule = ChunkSchedule(layout, self.config.chunk_dt, self.config.blend)
+        self.schedule = ChunkSchedule(
+            layout, self.config.chunk_dt, self.config.blend, interpolate=self.config.interpolate
+        )
         self._lock = threading.RLock()
         self._state = ControllerState.IDLE
         self._reason = "no instruction"

@@ -128,7 +128,14 @@ class SafetyFilter:
         self.v_max = limits.velocity * self.config.velocity_scale
         self.a_max = limits.acceleration * self.config.acceleration_scale
         self.dv = self.a_max * self.dt  # largest velocity change per step
-        for arr in (self.lower, self.upper, self.v_max, self.a_max, self.dv):
+        self._dv2 = self.dv * self.dv
+        self._two_a = 2.0 * self.a_max
+        self._neg_v_max = -self.v_max
+        self._zeros = np.zeros(limits.dof)
+        self._check_deviation = bool(np.isfinite(self.config.max_deviation))
+        for arr in (self.lower, self.upper, self.v_max, self.a_max, self.dv, self._dv2, self._two_a):
+            arr.setflags(write=False)
+        for arr in (self._neg_v_max, self._zeros):
             arr.setflags(write=False)
 
     @property
@@ -181,7 +188,7 @@ class SafetyFilter:
 
     def brake(self, state: CommandState) -> CommandState:
         """One step of braking at ``a_max`` towards rest (stays put once at rest)."""
-        return self._step(state, np.zeros(self.dof), {})[0]
+        return self._step(state, self._zeros, {})[0]
 
     def track(
         self,
@@ -193,36 +200,36 @@ class SafetyFilter:
         """One step towards ``target`` (rad) with optional feed-forward ``target_velocity`` (rad/s)."""
         notes: dict[str, tuple[int, ...]] = {}
         target = np.asarray(target, dtype=np.float64)
-        if target.shape != (self.dof,) or not np.all(np.isfinite(target)):
+        if target.shape != (self.dof,) or not np.isfinite(target).all():
             notes[NONFINITE] = tuple(range(self.dof))
-            return self._step(state, np.zeros(self.dof), notes)
+            return self._step(state, self._zeros, notes)
         q0 = state.positions
-        clamped = np.zeros(self.dof, dtype=bool)
-        if measured is not None and np.isfinite(self.config.max_deviation):
-            m = np.asarray(measured, dtype=np.float64)
-            if m.shape == (self.dof,) and np.all(np.isfinite(m)):
-                d = self.config.max_deviation
-                near = np.clip(target, m - d, m + d)
-                changed = np.abs(near - target) > _TOL
-                _note(notes, DEVIATION, changed)
-                clamped |= changed
-                target = near
-        inside = np.clip(target, self.lower, self.upper)
-        changed = np.abs(inside - target) > _TOL
-        _note(notes, POSITION, changed)
-        clamped |= changed
+        clamped = None
+        m = self._usable_measured(measured)
+        if m is not None:
+            d = self.config.max_deviation
+            near = np.minimum(np.maximum(target, m - d), m + d)
+            clamped = near != target
+            if clamped.any():
+                _note(notes, DEVIATION, clamped)
+            target = near
+        inside = np.minimum(np.maximum(target, self.lower), self.upper)
+        changed = inside != target
+        if changed.any():
+            _note(notes, POSITION, changed)
+        clamped = changed if clamped is None else clamped | changed
         target = inside
 
-        ff = np.zeros(self.dof)
+        err = target - q0
+        abs_err = np.abs(err)
+        approach = np.minimum(abs_err / self.dt, np.sqrt(self._dv2 + self._two_a * abs_err) - self.dv)
+        v_des = np.sign(err) * approach
         if target_velocity is not None:
             tv = np.asarray(target_velocity, dtype=np.float64)
             if tv.shape == (self.dof,):
-                ff = np.where(np.isfinite(tv) & ~clamped, np.clip(tv, -self.v_max, self.v_max), 0.0)
-        err = target - q0
-        approach = np.minimum(
-            np.abs(err) / self.dt, np.sqrt(self.dv * self.dv + 2 * self.a_max * np.abs(err)) - self.dv
-        )
-        return self._step(state, ff + np.sign(err) * approach, notes)
+                ok = np.isfinite(tv) & ~clamped
+                v_des = v_des + np.where(ok, np.minimum(np.maximum(tv, -self.v_max), self.v_max), 0.0)
+        return self._step(state, v_des, notes)
 
     def follow_velocity(
         self, state: CommandState, velocity: np.ndarray, measured: np.ndarray | None = None
@@ -230,53 +237,66 @@ class SafetyFilter:
         """One step at the desired joint ``velocity`` (rad/s), integrated over ``dt`` from the command."""
         notes: dict[str, tuple[int, ...]] = {}
         v = np.asarray(velocity, dtype=np.float64)
-        if v.shape != (self.dof,) or not np.all(np.isfinite(v)):
+        if v.shape != (self.dof,) or not np.isfinite(v).all():
             notes[NONFINITE] = tuple(range(self.dof))
-            return self._step(state, np.zeros(self.dof), notes)
-        if measured is not None and np.isfinite(self.config.max_deviation):
-            m = np.asarray(measured, dtype=np.float64)
-            if m.shape == (self.dof,) and np.all(np.isfinite(m)):
-                d, q0 = self.config.max_deviation, state.positions
-                # keep the next command within d of the measured state (no effect if already beyond it
-                # in the direction of motion: then only moving back is allowed)
-                v_hi = np.maximum((m + d - q0) / self.dt, 0.0)
-                v_lo = np.minimum((m - d - q0) / self.dt, 0.0)
-                near = np.clip(v, v_lo, v_hi)
-                _note(notes, DEVIATION, np.abs(near - v) > _TOL)
-                v = near
+            return self._step(state, self._zeros, notes)
+        m = self._usable_measured(measured)
+        if m is not None:
+            d, q0 = self.config.max_deviation, state.positions
+            # keep the next command within d of the measured state (if already beyond it, only moving back
+            # towards it is allowed)
+            v_hi = np.maximum((m + d - q0) / self.dt, 0.0)
+            v_lo = np.minimum((m - d - q0) / self.dt, 0.0)
+            near = np.minimum(np.maximum(v, v_lo), v_hi)
+            changed = near != v
+            if changed.any():
+                _note(notes, DEVIATION, changed)
+            v = near
         return self._step(state, v, notes)
+
+    def _usable_measured(self, measured: np.ndarray | None) -> np.ndarray | None:
+        if measured is None or not self._check_deviation:
+            return None
+        m = np.asarray(measured, dtype=np.float64)
+        return m if m.shape == (self.dof,) and np.isfinite(m).all() else None
 
     def _step(
         self, state: CommandState, v_des: np.ndarray, notes: dict[str, tuple[int, ...]]
     ) -> tuple[CommandState, Interventions]:
         q0, v0 = state.positions, state.velocities
-        dv, a = self.dv, self.a_max
+        dv = self.dv
         # Largest speed towards each limit that still allows stopping inside it after this step.
-        room_up = np.maximum(self.upper - q0, 0.0)
-        room_down = np.maximum(q0 - self.lower, 0.0)
-        stop_up = np.sqrt(dv * dv + 2 * a * room_up) - dv
-        stop_down = np.sqrt(dv * dv + 2 * a * room_down) - dv
-        highs = np.stack([self.v_max, v0 + dv, stop_up])  # VELOCITY, ACCELERATION, BRAKING
-        lows = np.stack([-self.v_max, v0 - dv, -stop_down])
-        hi, lo = highs.min(axis=0), lows.max(axis=0)
+        stop_up = np.sqrt(self._dv2 + self._two_a * np.maximum(self.upper - q0, 0.0)) - dv
+        stop_down = np.sqrt(self._dv2 + self._two_a * np.maximum(q0 - self.lower, 0.0)) - dv
+        acc_hi, acc_lo = v0 + dv, v0 - dv
+        hi = np.minimum(np.minimum(self.v_max, acc_hi), stop_up)
+        lo = np.maximum(np.maximum(self._neg_v_max, acc_lo), -stop_down)
+        v1 = np.minimum(np.maximum(v_des, lo), hi)
         infeasible = lo > hi
-        v1 = np.clip(v_des, lo, hi)
-        brake = v0 - np.clip(v0, -dv, dv)
-        v1 = np.where(infeasible, brake, v1)
-        q1 = np.clip(q0 + v1 * self.dt, self.lower, self.upper)
+        if infeasible.any():  # only if the previous command broke the invariant (rounding): brake
+            brake = v0 - np.minimum(np.maximum(v0, -dv), dv)
+            v1 = np.where(infeasible, brake, v1)
+            _note(notes, INFEASIBLE, infeasible)
+        q1 = np.minimum(np.maximum(q0 + v1 * self.dt, self.lower), self.upper)
         v1 = (q1 - q0) / self.dt
 
-        bound = ~infeasible & ((v_des > hi + _TOL) | (v_des < lo - _TOL))
-        if np.any(bound):
-            which_hi, which_lo = highs.argmin(axis=0), lows.argmax(axis=0)
-            which = np.where(v_des > hi, which_hi, which_lo)
-            for k, name in enumerate((VELOCITY, ACCELERATION, BRAKING)):
-                _note(notes, name, bound & (which == k))
-        _note(notes, INFEASIBLE, infeasible)
-        return CommandState(q1, v1), Interventions(dict(notes))
+        over, under = v_des > hi + _TOL, v_des < lo - _TOL
+        bound = (over | under) & ~infeasible
+        if bound.any():
+            # which bound was the binding one, per joint
+            for name, up, down in (
+                (VELOCITY, hi == self.v_max, lo == self._neg_v_max),
+                (ACCELERATION, hi == acc_hi, lo == acc_lo),
+                (BRAKING, hi == stop_up, lo == -stop_down),
+            ):
+                mask = bound & ((over & up) | (under & down))
+                if mask.any():
+                    _note(notes, name, mask)
+                    bound = bound & ~mask
+        return CommandState(q1, v1), Interventions(notes)
 
 
 def _note(notes: dict[str, tuple[int, ...]], name: str, mask: np.ndarray) -> None:
     joints = tuple(int(j) for j in np.flatnonzero(mask))
     if joints:
-        notes[name] = tuple(sorted(set(notes.get(name, ())) | set(joints)))
+        notes[name] = tuple(sorted(set(notes.get(name, ())).union(joints)))

@@ -1,8 +1,12 @@
 """The chunk schedule: which action applies at time ``t``, how many are left, when to ask for the next chunk.
 
 A chunk computed from an observation taken at ``t_obs`` with step ``dt`` applies action
-``floor((t - t_obs) / dt)`` at time ``t``: the actions whose time passed while the policy was inferring are
-skipped (latency compensation). A chunk is refused when it belongs to an older instruction epoch (the
+``i = floor((t - t_obs) / dt)`` at time ``t``: the actions whose time passed while the policy was
+inferring are skipped (latency compensation). With ``interpolate`` (default) a position target moves
+linearly from action ``i`` (reached at ``t_obs + i dt``) to action ``i + 1`` over the step, and its slope is
+the feed-forward velocity; without it each action is held for ``dt`` (zero-order hold, no feed-forward).
+Velocity actions and the gripper are always held.
+A chunk is refused when it belongs to an older instruction epoch (the
 instruction changed after its observation was taken), is malformed or non-finite, is older than the executing
 chunk, or has no action left. Overlapping chunks are combined as configured in :mod:`.blending`.
 """
@@ -52,8 +56,8 @@ class ScheduledAction:
     """The (blended) action for one instant.
 
     arm           positions (rad) for absolute/delta semantics, velocities (rad/s) for velocity semantics
-    arm_velocity  velocity of the position target within its chunk (rad/s), for feed-forward; zeros when the
-                  arm semantics are velocity
+    arm_velocity  velocity of the position target (rad/s), for feed-forward; zeros without interpolation
+                  and for velocity semantics
     gripper       raw (blended) gripper value, None when unused
     index         step of the executing (newest) chunk; actions_left counts that step and the rest
     """
@@ -84,6 +88,13 @@ class _Resolved:
     def index(self, t: float) -> int:
         return max(0, math.floor((t - self.t_obs) / self.dt + _EPS))
 
+    def at(self, t: float, i: int, interpolate: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Target and its velocity at ``t`` within step ``i``."""
+        if not interpolate:
+            return self.arm[i], np.zeros_like(self.arm[i])
+        into = min(max(t - (self.t_obs + i * self.dt), 0.0), self.dt)
+        return self.arm[i] + into * self.arm_velocity[i], self.arm_velocity[i]
+
     def end(self) -> float:
         return self.t_obs + self.horizon * self.dt
 
@@ -91,12 +102,15 @@ class _Resolved:
 class ChunkSchedule:
     """Holds the executing chunk (and, for blending, the ones it overlaps). Not thread-safe on its own."""
 
-    def __init__(self, layout: ActionLayout, dt: float, blend: BlendConfig | None = None) -> None:
+    def __init__(
+        self, layout: ActionLayout, dt: float, blend: BlendConfig | None = None, interpolate: bool = True
+    ) -> None:
         if not (math.isfinite(dt) and dt > 0):
             raise ValueError(f"chunk dt must be a finite number of seconds > 0, got {dt}")
         self.layout = layout
         self.dt = float(dt)
         self.blend = blend or BlendConfig()
+        self.interpolate = bool(interpolate) and layout.arm != "velocity"
         self._chunks: list[_Resolved] = []  # oldest first; the last one is the executing chunk
 
     @property
@@ -189,8 +203,9 @@ class ChunkSchedule:
         gripper = 0.0 if cur.gripper is not None else None
         for c, w in zip(parts, weights, strict=True):
             i = c.index(t)
-            arm += w * c.arm[i]
-            arm_velocity += w * c.arm_velocity[i]
+            value, velocity = c.at(t, i, self.interpolate)
+            arm += w * value
+            arm_velocity += w * velocity
             if gripper is not None and c.gripper is not None:
                 gripper += w * float(c.gripper[i])
         return ScheduledAction(

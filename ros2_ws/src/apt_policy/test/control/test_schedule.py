@@ -21,8 +21,12 @@ def ramp_chunk(t_obs: float, epoch: int = 1, horizon: int = 10, offset: float = 
     return Chunk(actions=np.stack([i, -i], axis=1), t_obs=t_obs, epoch=epoch, **kw)
 
 
-def schedule(mode: str = "none", layout: ActionLayout | None = None, **blend) -> ChunkSchedule:
-    return ChunkSchedule(layout or ActionLayout(dof=DOF), DT, BlendConfig(mode=mode, **blend))
+def schedule(
+    mode: str = "none", layout: ActionLayout | None = None, interpolate: bool = False, **blend
+) -> ChunkSchedule:
+    """Zero-order hold by default, so values read back are the chunk's actions themselves."""
+    layout = layout or ActionLayout(dof=DOF)
+    return ChunkSchedule(layout, DT, BlendConfig(mode=mode, **blend), interpolate=interpolate)
 
 
 def test_latency_compensation_skips_the_actions_whose_time_passed() -> None:
@@ -37,6 +41,26 @@ def test_latency_compensation_skips_the_actions_whose_time_passed() -> None:
     assert s.sample(10.0 + 3 * DT - 1e-6).index == 2
     assert s.sample(10.99).index == 9 and s.actions_left(10.99) == 1
     assert s.sample(11.0) is None and s.actions_left(11.0) == 0
+
+
+def test_interpolation_moves_linearly_between_actions_with_matching_feed_forward() -> None:
+    s = schedule(interpolate=True)
+    actions = np.array([[0.0, 0.0], [1.0, -2.0], [1.5, -2.0]])
+    s.push(Chunk(actions, 10.0, 1), t_now=10.0, epoch=1)
+    for t, expected, velocity in [
+        (10.0, [0.0, 0.0], [10.0, -20.0]),
+        (10.025, [0.25, -0.5], [10.0, -20.0]),
+        (10.1, [1.0, -2.0], [5.0, 0.0]),  # at a step instant the target IS the action (floor index)
+        (10.15, [1.25, -2.0], [5.0, 0.0]),
+        (10.25, [1.5, -2.0], [0.0, 0.0]),  # last action is held
+    ]:
+        a = s.sample(t)
+        np.testing.assert_allclose(a.arm, expected, atol=1e-12, err_msg=str(t))
+        np.testing.assert_allclose(a.arm_velocity, velocity, atol=1e-9, err_msg=str(t))
+    hold = schedule(interpolate=False)
+    hold.push(Chunk(actions, 10.0, 1), t_now=10.0, epoch=1)
+    np.testing.assert_allclose(hold.sample(10.05).arm, [0.0, 0.0])
+    np.testing.assert_allclose(hold.sample(10.05).arm_velocity, 0.0)  # no feed-forward with a hold
 
 
 def test_should_request_when_the_configured_number_of_actions_is_left() -> None:
@@ -126,7 +150,7 @@ def test_averaging_two_modes_gives_an_action_neither_chunk_proposed() -> None:
 
 def test_delta_semantics_are_relative_to_the_state_at_observation() -> None:
     layout = ActionLayout(dof=DOF, arm="delta", arm_scale=0.5)
-    s = schedule(layout=layout)
+    s = schedule(layout=layout, interpolate=True)
     q_obs = np.array([1.0, 2.0])
     s.push(ramp_chunk(0.0, state=q_obs), t_now=0.0, epoch=1)
     np.testing.assert_allclose(s.sample(0.2).arm, q_obs + 0.5 * np.array([2.0, -2.0]))
@@ -138,7 +162,7 @@ def test_delta_semantics_are_relative_to_the_state_at_observation() -> None:
 
 def test_velocity_semantics_scale_and_gripper_modes() -> None:
     layout = ActionLayout(dof=DOF, arm="velocity", arm_scale=0.2, gripper="binary")
-    s = schedule(layout=layout)
+    s = schedule(layout=layout, interpolate=True)  # ignored: velocities are held
     actions = np.array([[1.0, -1.0, 0.9], [0.5, 0.0, 0.1]])
     s.push(Chunk(actions, 0.0, 1), t_now=0.0, epoch=1)
     a = s.sample(0.0)
