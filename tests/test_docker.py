@@ -366,13 +366,14 @@ def test_constraints_are_compatible_with_declared_ranges() -> None:
         assert version in req.specifier and all(version in r.specifier for r in declared[name])
 
 
+_WITHOUT_TORCH = "import sys\nfor m in ('torch', 'transformers', 'onnxscript'): sys.modules[m] = None\n"
+
+
 def test_exporter_trt_command_runs_without_torch(tmp_path: Path) -> None:
     """The images install apt_export with --no-deps (no torch): `apt-export trt` must not need torch."""
     if importlib.util.find_spec("apt_export.cli") is None:
         pytest.skip("apt_export.cli not installed")
-    code = (
-        "import sys\n"
-        "for m in ('torch', 'transformers', 'onnxscript'): sys.modules[m] = None\n"
+    code = _WITHOUT_TORCH + (
         "from apt_export.cli import main\n"
         f"sys.exit(main(['trt', '--onnx', {str(tmp_path)!r}, '--out', {str(tmp_path / 'e')!r}]))\n"
     )
@@ -380,6 +381,16 @@ def test_exporter_trt_command_runs_without_torch(tmp_path: Path) -> None:
     # Here TensorRT is missing: exit 2 with the install hint, and no ImportError of torch on the way.
     assert result.returncode == 2, result.stderr
     assert "TensorRT" in result.stderr and "torch" not in result.stderr.lower()
+
+
+def test_latency_benchmark_loads_without_torch() -> None:
+    """docs/DEPLOY.md runs `apt-bench` in the torch-free runtime image."""
+    if importlib.util.find_spec("apt_export.bench") is None:
+        pytest.skip("apt_export.bench not installed")
+    code = _WITHOUT_TORCH + "from apt_export.bench import main\nmain(['--help'])\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "--vs-model" in result.stdout  # the option docs/DEPLOY.md uses
 
 
 # --- compose -----------------------------------------------------------------------------------------------
