@@ -629,3 +629,25 @@ def test_entrypoint_refuses_a_missing_model_and_skips_non_onnx_dirs(container: d
     assert not container["calls"].exists()
     no_ros = _run_entrypoint(container, "backend:=auto", APT_ROS_SETUP=str(tmp_path / "none.bash"))
     assert no_ros.returncode == 1 and "ROS 2 setup file not found" in no_ros.stderr
+
+
+def test_deploy_guide_parameters_exist_in_the_node() -> None:
+    """The settings the dry run and first motion (docs/DEPLOY.md 8-9) put in the parameter file exist."""
+    pytest.importorskip("rclpy")
+    from apt_policy.ros import interfaces, params
+
+    specs = {s.name: s for s in (*params.SPECS, *interfaces.SPECS)}
+    guide = (REPO / "docs" / "DEPLOY.md").read_text()
+    steps = guide[guide.index("## 8. ") : guide.index("## 10. ")]
+    settings = [(n, v) for n, v in re.findall(r"`([a-z_.]+): ([a-z0-9_.]+)`", steps) if n != "state"]
+    assert {"output_mode", "gripper.output", "velocity_scale", "max_tracking_error"} <= {
+        n for n, _ in settings
+    }
+    for name, value in settings:
+        assert name in specs, f"docs/DEPLOY.md sets unknown node parameter {name}"
+        if specs[name].choices:
+            assert value in specs[name].choices, f"{name}: {value} not in {specs[name].choices}"
+        else:
+            low = -float("inf") if specs[name].low is None else specs[name].low
+            high = float("inf") if specs[name].high is None else specs[name].high
+            assert low <= float(value) <= high, f"{name}: {value} outside [{low}, {high}]"
