@@ -139,9 +139,11 @@ def pip_installs(stage: Stage) -> tuple[list[str], list[list[str]]]:
     return explicit, generated
 
 
-def _generated_requirements(argv: list[str]) -> list[str]:
-    args = [a for a in argv if not a.startswith(">")]
-    argv = [a for a in args if not a.startswith("/tmp/")]  # the image's copy of setup.py is SETUP_PY
+def _generated_requirements(argv: list[str], stages: list[Stage]) -> list[str]:
+    """What `requirements.py ARGV` prints in the image (its --setup must be a copy of setup.py)."""
+    setup_in_image = argv[argv.index("--setup") + 1]
+    copies = [rest.split() for s in stages for ins, rest in s.instructions if ins == "COPY"]
+    assert [SETUP_PY.relative_to(REPO).as_posix(), setup_in_image] in copies, "--setup is not setup.py"
     extras = argv[argv.index("--extras") + 1] if "--extras" in argv else ""
     drops = [argv[i + 1] for i, a in enumerate(argv) if a == "--drop"]
     return requirements.select(SETUP_PY, [e for e in extras.split(",") if e], drops)
@@ -321,7 +323,7 @@ def test_images_install_the_declared_python_packages(dockerfile: Path) -> None:
                     assert version in spec.specifier, f"{dockerfile}: {text} outside declared {spec}"
             names.add(name)
         for argv in generated:
-            names |= {requirements.requirement_name(r) for r in _generated_requirements(argv)}
+            names |= {requirements.requirement_name(r) for r in _generated_requirements(argv, stages)}
         per_stage[stage.name] = names
     runtime_names = set().union(*(per_stage[s.name] for s in stage_chain(stages, "runtime")))
     expected = {requirements.requirement_name(r) for r in install + extras["ort"]}
