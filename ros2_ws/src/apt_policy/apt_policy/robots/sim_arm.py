@@ -37,7 +37,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -322,12 +323,25 @@ class SimArm:
         self.accepted: Counter[str] = Counter({"trajectory": 0, "position": 0, "gripper": 0})
         self._last_forward: tuple[float, np.ndarray] | None = None
         self._lock = threading.Lock()
+        self._notes: list[tuple[str, str]] = []
 
     # ------------------------------------------------------------------------------------------ commands
     def _violation(self, kind: str, message: str) -> None:
         self.violations[kind] += 1
-        if self.on_violation is not None:
-            self.on_violation(kind, message)
+        self._notes.append((kind, message))
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the lock; report violations found meanwhile after releasing it (callbacks may call back)."""
+        try:
+            with self._lock:
+                yield
+        finally:
+            with self._lock:
+                notes, self._notes = self._notes, []
+            if self.on_violation is not None:
+                for kind, message in notes:
+                    self.on_violation(kind, message)
 
     def submit_trajectory(
         self,
@@ -339,7 +353,7 @@ class SimArm:
         now: float,
     ) -> bool:
         """Accept (True) or reject (False, counted) a JTC trajectory; ``stamp == 0`` starts it now."""
-        with self._lock:
+        with self._locked():
             try:
                 prepared = self.follower.prepare(joint_names, times, positions, velocities, stamp, now)
             except ContractViolationError as exc:
@@ -357,7 +371,7 @@ class SimArm:
 
     def submit_positions(self, values: Sequence[float], now: float) -> bool:
         """Forward position controller command (profile joint order); held until the next one."""
-        with self._lock:
+        with self._locked():
             q = np.asarray(values, dtype=np.float64).reshape(-1)
             if q.shape != (self.profile.dof,):
                 self._violation(
@@ -389,7 +403,7 @@ class SimArm:
 
     def submit_gripper(self, width: float) -> bool:
         """Gripper width command (m), clipped into ``[0, max_gripper_width]`` if outside (counted)."""
-        with self._lock:
+        with self._locked():
             if not math.isfinite(width):
                 self._violation("non_finite", "gripper width command rejected: NaN or infinite")
                 return False
@@ -407,7 +421,7 @@ class SimArm:
     def step(self, now: float, dt: float) -> None:
         """Advance the simulation by ``dt`` seconds, with the desired state sampled at ``now``."""
         p = self.profile
-        with self._lock:
+        with self._locked():
             (q_des, v_des), note = self.follower.desired(now)
             if note:
                 self._violation("too_fast", f"trajectory started, tracking will saturate: {note}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from apt_policy.robots.franka import FR3
@@ -182,3 +184,19 @@ def test_violation_callback_and_arrival_stats() -> None:
     assert stats["count"] == 4
     assert stats["max_ms"] == pytest.approx(20.0)
     assert stats["p50_ms"] == pytest.approx(10.0)
+
+
+def test_violation_callback_may_call_back_into_the_arm() -> None:
+    # The ROS node publishes a report (reading the counters) from inside the callback.
+    reports = []
+    arm = SimArm(on_violation=lambda kind, msg: reports.append(arm.violation_counts()[kind]))
+    done = threading.Event()
+
+    def submit() -> None:
+        arm.submit_trajectory(NAMES, [1.0, 1.0], [READY, READY], None, 0.0, 0.0)
+        arm.submit_positions([np.nan] * 7, 0.0)
+        done.set()
+
+    threading.Thread(target=submit, daemon=True).start()
+    assert done.wait(5.0), "deadlock: the callback could not read the counters"
+    assert reports == [1, 1]

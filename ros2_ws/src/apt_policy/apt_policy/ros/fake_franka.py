@@ -1,0 +1,323 @@
+"""fake_franka: a simulated FR3 behind the topics of franka_ros2 + ros2_controllers (for tests and demos).
+
+The arm logic is :class:`apt_policy.robots.sim_arm.SimArm` (JTC semantics, forward position controller,
+limit-saturated tracking, violation counting); this node only moves messages and owns the physics thread.
+
+Subscribes (topic names are parameters):
+  /fr3_arm_controller/joint_trajectory   trajectory_msgs/JointTrajectory   (joint_trajectory_controller)
+  /fr3_position_controller/commands      std_msgs/Float64MultiArray         (forward position controller)
+  /franka_gripper/width_command          std_msgs/Float64                   (gripper width, m)
+Publishes:
+  /franka/joint_states                   sensor_msgs/JointState (publish_rate, default 200 Hz, stamped)
+  /franka_gripper/joint_states           sensor_msgs/JointState, finger joints at width/2 (15 Hz)
+  ~/violations                           std_msgs/String JSON: counters, last violation, command arrival
+                                         statistics (reliable, transient local; on every violation + 1 Hz)
+  /diagnostics                           diagnostic_msgs/DiagnosticArray (1 Hz)
+
+The simulation is integrated at ``physics_rate`` (1 kHz) on its own monotonic-clock thread. On shutdown
+the node prints a summary, and writes every command's receive time to ``arrival_log`` if set (JSON:
+``{"clock": "monotonic", "topics": {topic: [t, ...]}, "stamps": {topic: [header stamp, ...]}}``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64, Float64MultiArray, String
+from trajectory_msgs.msg import JointTrajectory
+
+from apt_policy.robots.franka import get_profile
+from apt_policy.robots.sim_arm import ArrivalLog, SimArm
+
+_PARAMS: tuple[tuple[str, Any, str], ...] = (
+    ("robot", "fr3", "Robot profile: fr3 | panda (joint names, limits, ready pose)."),
+    ("initial_positions", [0.0], "Initial joint positions (7 values); anything else = the ready pose."),
+    ("joint_states_topic", "/franka/joint_states", "Arm joint states (sensor_msgs/JointState)."),
+    ("gripper_states_topic", "/franka_gripper/joint_states", "Finger joint states (width/2 each)."),
+    ("trajectory_topic", "/fr3_arm_controller/joint_trajectory", "JTC command topic."),
+    ("position_command_topic", "/fr3_position_controller/commands", "Forward position controller topic."),
+    (
+        "gripper_command_topic",
+        "/franka_gripper/width_command",
+        "Gripper width command (std_msgs/Float64, m).",
+    ),
+    ("publish_rate", 200.0, "Joint state publish rate (Hz)."),
+    ("gripper_publish_rate", 15.0, "Gripper joint state rate (Hz); franka_gripper publishes at 15 Hz."),
+    ("physics_rate", 1000.0, "Simulation integration rate (Hz) on a monotonic-clock thread."),
+    ("bandwidth", 40.0, "Tracking natural frequency (rad/s), critically damped, limit-saturated."),
+    ("gripper_speed", 0.1, "Gripper finger opening speed (m/s)."),
+    (
+        "allow_nonzero_velocity_at_trajectory_end",
+        False,
+        "JTC option: accept trajectories whose last point has non-zero velocity (jazzy default: false).",
+    ),
+    ("status_rate", 1.0, "Rate (Hz) of ~/violations and /diagnostics."),
+    ("arrival_log", "", "File to write command receive times to on shutdown (JSON); empty = none."),
+    ("max_logged_violations", 50, "Violations logged individually per kind; later ones only counted."),
+)
+
+
+def _stamp_s(stamp: Any) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def _set_stamp(stamp: Any, seconds: float) -> None:
+    sec = int(seconds)
+    stamp.sec, stamp.nanosec = sec, min(round((seconds - sec) * 1e9), 999_999_999)
+
+
+class FakeFranka(Node):
+    """Thin ROS shell around :class:`SimArm`; see the module docstring for the interface."""
+
+    def __init__(self) -> None:
+        super().__init__("fake_franka")
+        p = {name: self._declare(name, default, text) for name, default, text in _PARAMS}
+        for name in ("publish_rate", "gripper_publish_rate", "physics_rate", "status_rate", "bandwidth"):
+            if not p[name] > 0:
+                raise ValueError(f"parameter {name} must be > 0, got {p[name]}")
+        self.profile = get_profile(p["robot"])
+        q0 = list(p["initial_positions"])
+        self.arm = SimArm(
+            self.profile,
+            q0 if len(q0) == self.profile.dof else None,
+            bandwidth=p["bandwidth"],
+            gripper_speed=p["gripper_speed"],
+            allow_nonzero_velocity_at_trajectory_end=p["allow_nonzero_velocity_at_trajectory_end"],
+            on_violation=self._on_violation,
+        )
+        self.params = p
+        self._max_logged = int(p["max_logged_violations"])
+        self._last_violation: dict[str, str] | None = None
+        self.arrivals = {
+            p["trajectory_topic"]: ArrivalLog(),
+            p["position_command_topic"]: ArrivalLog(),
+            p["gripper_command_topic"]: ArrivalLog(),
+        }
+        self.stamps: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
+
+        command_qos = QoSProfile(
+            depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST
+        )
+        state_qos = QoSProfile(
+            depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST
+        )
+        latched = QoSProfile(
+            depth=1,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+            history=HistoryPolicy.KEEP_LAST,
+        )
+        self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], state_qos)
+        self.gripper_pub = self.create_publisher(JointState, p["gripper_states_topic"], state_qos)
+        self.violations_pub = self.create_publisher(String, "~/violations", latched)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(JointTrajectory, p["trajectory_topic"], self._on_trajectory, command_qos)
+        self.create_subscription(
+            Float64MultiArray, p["position_command_topic"], self._on_positions, command_qos
+        )
+        self.create_subscription(Float64, p["gripper_command_topic"], self._on_gripper, command_qos)
+        self.create_timer(1.0 / p["status_rate"], self._publish_status)
+
+        self._stop = threading.Event()
+        self.overruns = 0
+        self._thread = threading.Thread(target=self._physics_loop, name="fake_franka_physics", daemon=True)
+        self._thread.start()
+        self._publish_status()
+        self.get_logger().info(
+            f"simulated {self.profile.name}: joint states on {p['joint_states_topic']}"
+            f" at {p['publish_rate']:.0f} Hz,"
+            f" JTC on {p['trajectory_topic']}, forward positions on {p['position_command_topic']}"
+        )
+
+    def _declare(self, name: str, default: Any, description: str) -> Any:
+        return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+
+    # --------------------------------------------------------------------------------- command inputs
+    def _arrived(self, topic: str, stamp: float | None = None) -> None:
+        self.arrivals[topic].add(time.monotonic())
+        if stamp is not None:
+            self.stamps[topic].append(stamp)
+
+    def _on_trajectory(self, msg: JointTrajectory) -> None:
+        stamp = _stamp_s(msg.header.stamp)
+        self._arrived(self.params["trajectory_topic"], stamp)
+        points = msg.points
+        with_vel = [len(pt.velocities) > 0 for pt in points]
+        velocities = [list(pt.velocities) for pt in points] if points and all(with_vel) else None
+        if any(with_vel) and not all(with_vel):
+            velocities = [list(pt.velocities) for pt in points]  # ragged: rejected as malformed
+        self.arm.submit_trajectory(
+            list(msg.joint_names),
+            [_stamp_s(pt.time_from_start) for pt in points],
+            [list(pt.positions) for pt in points],
+            velocities,
+            stamp,
+            time.time(),
+        )
+
+    def _on_positions(self, msg: Float64MultiArray) -> None:
+        self._arrived(self.params["position_command_topic"])
+        self.arm.submit_positions(list(msg.data), time.time())
+
+    def _on_gripper(self, msg: Float64) -> None:
+        self._arrived(self.params["gripper_command_topic"])
+        self.arm.submit_gripper(float(msg.data))
+
+    def _on_violation(self, kind: str, message: str) -> None:
+        count = self.arm.violations[kind]
+        if count <= self._max_logged:
+            suffix = " (further ones of this kind are only counted)" if count == self._max_logged else ""
+            self.get_logger().warning(f"contract violation #{count} [{kind}] {message}{suffix}")
+        self._last_violation = {"kind": kind, "message": message}
+        self._publish_violations()
+
+    # ---------------------------------------------------------------------------------------- physics
+    def _physics_loop(self) -> None:
+        try:
+            self._run_physics()
+        except Exception:
+            if self.context.ok():  # a real failure, not the context going away at shutdown
+                raise
+
+    def _run_physics(self) -> None:
+        """Fixed-step integration on the monotonic clock; states are stamped with their simulated time.
+
+        Simulated time = system (ROS) time at start + monotonic time elapsed, so stamps are evenly spaced
+        by the physics period and comparable with command header stamps. After a stall of more than
+        50 ms the loop skips ahead instead of fast-forwarding (counted in ``physics_overruns``).
+        """
+        period = 1.0 / self.params["physics_rate"]
+        pub_period = 1.0 / self.params["publish_rate"]
+        grip_period = 1.0 / self.params["gripper_publish_rate"]
+        offset = time.time() - time.monotonic()
+        next_step = next_pub = next_grip = time.monotonic()
+        t_sim = next_step + offset
+        last_pub = last_grip = -1.0
+        while not self._stop.is_set():
+            now_m = time.monotonic()
+            if now_m - next_step > 0.05:
+                self.overruns += 1
+                next_step = now_m
+            while next_step <= now_m:
+                t_sim = next_step + offset
+                self.arm.step(t_sim, period)
+                next_step += period
+            # Late publishes are caught up (one per new physics step) so the average rate holds; a state
+            # is never published twice.
+            if now_m >= next_pub and t_sim > last_pub:
+                self._publish_joints(t_sim)
+                last_pub = t_sim
+                next_pub = max(next_pub + pub_period, now_m - 0.05)
+            if now_m >= next_grip and t_sim > last_grip:
+                self._publish_gripper(t_sim)
+                last_grip = t_sim
+                next_grip = max(next_grip + grip_period, now_m - 0.05)
+            delay = next_step - time.monotonic()  # publishing happens on physics steps
+            if delay > 0:
+                time.sleep(delay)
+
+    def _publish_joints(self, stamp: float) -> None:
+        q, qd, _ = self.arm.state()
+        msg = JointState()
+        _set_stamp(msg.header.stamp, stamp)
+        msg.name = list(self.profile.joint_names)
+        msg.position = q.tolist()
+        msg.velocity = qd.tolist()
+        msg.effort = [0.0] * self.profile.dof
+        self.joint_pub.publish(msg)
+
+    def _publish_gripper(self, stamp: float) -> None:
+        _, _, width = self.arm.state()
+        msg = JointState()
+        _set_stamp(msg.header.stamp, stamp)
+        msg.name = list(self.profile.gripper_joint_names)
+        msg.position = [width / 2, width / 2]
+        msg.velocity = [0.0, 0.0]
+        msg.effort = [0.0, 0.0]
+        self.gripper_pub.publish(msg)
+
+    # ----------------------------------------------------------------------------------------- status
+    def report(self) -> dict[str, Any]:
+        counts = self.arm.violation_counts()
+        return {
+            "violations": counts,
+            "total_violations": sum(counts.values()),
+            "accepted": dict(self.arm.accepted),
+            "last_violation": self._last_violation,
+            "arrivals": {topic: log.stats() for topic, log in self.arrivals.items()},
+            "physics_overruns": self.overruns,
+        }
+
+    def _publish_violations(self) -> None:
+        self.violations_pub.publish(String(data=json.dumps(self.report())))
+
+    def _publish_status(self) -> None:
+        report = self.report()
+        self.violations_pub.publish(String(data=json.dumps(report)))
+        status = DiagnosticStatus()
+        status.name = "fake_franka: command contract"
+        status.hardware_id = f"fake_{self.profile.name}"
+        total = report["total_violations"]
+        status.level = DiagnosticStatus.OK if total == 0 else DiagnosticStatus.WARN
+        status.message = "no violations" if total == 0 else f"{total} contract violations"
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in report["violations"].items()]
+        status.values += [KeyValue(key=f"accepted_{k}", value=str(v)) for k, v in report["accepted"].items()]
+        diag = DiagnosticArray()
+        diag.header.stamp = self.get_clock().now().to_msg()
+        diag.status = [status]
+        self.diag_pub.publish(diag)
+
+    def shutdown(self) -> None:
+        """Stop the physics thread, print a summary and write the arrival log (if configured)."""
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        report = self.report()
+        print(f"[fake_franka] summary: {json.dumps(report, sort_keys=True)}", flush=True)
+        path = self.params["arrival_log"]
+        if path:
+            data = {
+                "clock": "monotonic",
+                "topics": {topic: list(log.times) for topic, log in self.arrivals.items()},
+                "stamps": self.stamps,
+            }
+            Path(path).write_text(json.dumps(data))
+            print(f"[fake_franka] wrote command arrival times to {path}", flush=True)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point (``apt-fake-franka``, ``ros2 run apt_policy fake_franka``); accepts --ros-args."""
+    rclpy.init(args=args)
+    node: FakeFranka | None = None
+    code = 0
+    try:
+        node = FakeFranka()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except ValueError as exc:
+        print(f"[fake_franka] invalid parameter: {exc}", file=sys.stderr, flush=True)
+        code = 2
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

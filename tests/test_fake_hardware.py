@@ -1,0 +1,303 @@
+"""fake_franka and fake_camera as real processes, talked to over real DDS from an in-process rclpy node."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ros
+
+rclpy = pytest.importorskip("rclpy")
+
+from apt_policy.robots.franka import FR3  # noqa: E402
+from builtin_interfaces.msg import Duration  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import (  # noqa: E402
+    DurabilityPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
+from std_msgs.msg import Float64, Float64MultiArray, String  # noqa: E402
+from std_srvs.srv import SetBool  # noqa: E402
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
+
+NAMES = list(FR3.joint_names)
+LATCHED = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
+)
+
+
+class Probe:
+    """An in-process rclpy node that records what the fake hardware publishes."""
+
+    def __init__(self) -> None:
+        self.context = rclpy.context.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("fake_hw_probe", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.joints: list[tuple[float, float, np.ndarray]] = []  # (receive time, stamp, positions)
+        self.gripper: list[float] = []
+        self.images: list[Image] = []
+        self.infos: list[CameraInfo] = []
+        self.reports: list[dict[str, Any]] = []
+        n = self.node
+        n.create_subscription(JointState, "/franka/joint_states", self._on_joints, 50)
+        n.create_subscription(JointState, "/franka_gripper/joint_states", self._on_gripper, 10)
+        n.create_subscription(String, "/fake_franka/violations", self._on_report, LATCHED)
+        self.trajectory = n.create_publisher(JointTrajectory, "/fr3_arm_controller/joint_trajectory", 10)
+        self.positions = n.create_publisher(Float64MultiArray, "/fr3_position_controller/commands", 10)
+        self.width = n.create_publisher(Float64, "/franka_gripper/width_command", 10)
+
+    def watch_camera(self) -> None:
+        # Best effort, like a policy node that only wants the latest frame.
+        self.node.create_subscription(
+            Image, "/camera/camera/color/image_raw", self.images.append, qos_profile_sensor_data
+        )
+        self.node.create_subscription(CameraInfo, "/camera/camera/color/camera_info", self.infos.append, 10)
+
+    def _on_joints(self, msg: JointState) -> None:
+        assert list(msg.name) == NAMES
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self.joints.append((time.monotonic(), stamp, np.array(msg.position)))
+
+    def _on_gripper(self, msg: JointState) -> None:
+        assert list(msg.name) == list(FR3.gripper_joint_names)
+        self.gripper.append(msg.position[0] + msg.position[1])
+
+    def _on_report(self, msg: String) -> None:
+        self.reports.append(json.loads(msg.data))
+
+    def spin_until(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.02)
+            if predicate():
+                return
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+    def spin_for(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self.executor.spin_once(timeout_sec=0.02)
+
+    @property
+    def q(self) -> np.ndarray:
+        return self.joints[-1][2]
+
+    def send_trajectory(
+        self, times: list[float], positions: list[np.ndarray], names: list[str] = NAMES, stamp: float = 0.0
+    ) -> None:
+        msg = JointTrajectory()
+        if stamp:
+            msg.header.stamp.sec = int(stamp)
+            msg.header.stamp.nanosec = int((stamp - int(stamp)) * 1e9)
+        msg.joint_names = names
+        for t, q in zip(times, positions, strict=True):
+            point = JointTrajectoryPoint()
+            point.positions = [float(v) for v in q]
+            point.time_from_start = Duration(sec=int(t), nanosec=round((t - int(t)) * 1e9))
+            msg.points.append(point)
+        self.trajectory.publish(msg)
+
+    def wait_subscribed(self, publisher: Any, timeout: float = 10.0) -> None:
+        self.spin_until(
+            lambda: publisher.get_subscription_count() > 0, timeout, "the fake hardware to subscribe"
+        )
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture
+def probe(ros_env: dict[str, str]) -> Iterator[Probe]:
+    p = Probe()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def start_franka(processes: Any, probe: Probe, *extra: str) -> None:
+    processes.start("fake_franka", ["apt-fake-franka", "--ros-args", *extra])
+    probe.spin_until(lambda: len(probe.joints) > 5, 20.0, "joint states from fake_franka")
+    probe.wait_subscribed(probe.trajectory)
+
+
+def offset(delta: float, joint: int = 0) -> np.ndarray:
+    q = FR3.ready_pose.copy()
+    q[joint] += delta
+    return q
+
+
+def test_joint_states_arrive_at_200_hz_with_stamps(processes: Any, probe: Probe) -> None:
+    start_franka(processes, probe)
+    first = len(probe.joints)
+    probe.spin_for(2.0)
+    batch = probe.joints[first:]
+    stamps = np.array([s for _, s, _ in batch])
+    assert np.all(np.diff(stamps) > 0), "header stamps must increase"
+    rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    assert rate >= 190.0, f"published at {rate:.1f} Hz"
+    assert abs(stamps[-1] - time.time()) < 1.0  # stamped with the (system) ROS clock
+    np.testing.assert_allclose(probe.q, FR3.ready_pose, atol=1e-9)
+    probe.spin_until(lambda: len(probe.gripper) > 0, 5.0, "gripper joint states")
+    assert probe.gripper[-1] == pytest.approx(0.08)
+
+
+def test_jtc_trajectory_moves_the_arm_and_the_gripper_follows_width_commands(
+    processes: Any, probe: Probe, tmp_path: Path
+) -> None:
+    log = tmp_path / "arrivals.json"
+    start_franka(processes, probe, "-p", f"arrival_log:={log}")
+    goal = offset(0.3) + offset(-0.2, joint=3) - FR3.ready_pose
+    shuffled = [6, 2, 0, 4, 1, 5, 3]  # joints matched by name, any order
+    probe.send_trajectory(
+        [0.5, 1.0], [((FR3.ready_pose + goal) / 2)[shuffled], goal[shuffled]], [NAMES[i] for i in shuffled]
+    )
+    probe.spin_until(
+        lambda: np.allclose(probe.q, goal, atol=1e-3), 10.0, "the arm to reach the trajectory end"
+    )
+    probe.wait_subscribed(probe.width)
+    probe.width.publish(Float64(data=0.04))
+    probe.spin_until(
+        lambda: probe.gripper and abs(probe.gripper[-1] - 0.04) < 1e-6, 10.0, "the gripper to close"
+    )
+    probe.spin_until(
+        lambda: probe.reports and probe.reports[-1]["accepted"]["trajectory"] == 1, 5.0, "report"
+    )
+    assert probe.reports[-1]["total_violations"] == 0
+    processes.stop_all()
+    out = processes.output("fake_franka")
+    assert '"total_violations": 0' in out and "summary" in out
+    arrivals = json.loads(log.read_text())
+    assert len(arrivals["topics"]["/fr3_arm_controller/joint_trajectory"]) == 1
+    assert len(arrivals["topics"]["/franka_gripper/width_command"]) == 1
+
+
+def test_bad_trajectories_are_counted_and_ignored(processes: Any, probe: Probe) -> None:
+    start_franka(processes, probe)
+    probe.send_trajectory([0.5, 0.5], [offset(0.2), offset(0.3)])  # time_from_start not increasing
+    probe.send_trajectory([0.5], [offset(0.2)[:6]], NAMES[:6])  # a joint missing
+    probe.send_trajectory([0.5], [offset(np.nan)])
+    probe.send_trajectory([0.5], [offset(4.0)])  # outside the joint 1 limit
+    probe.send_trajectory([0.5], [offset(0.2)], stamp=time.time() - 5.0)  # ended in the past
+
+    def counted() -> bool:
+        return bool(probe.reports) and probe.reports[-1]["total_violations"] >= 5
+
+    probe.spin_until(counted, 10.0, "five violations")
+    counts = probe.reports[-1]["violations"]
+    for kind in ("time_not_increasing", "joint_names", "non_finite", "outside_limits", "ends_in_past"):
+        assert counts[kind] == 1, counts
+    assert probe.reports[-1]["accepted"]["trajectory"] == 0
+    probe.spin_for(0.7)
+    np.testing.assert_allclose(probe.q, FR3.ready_pose, atol=1e-9)  # nothing moved
+    assert "contract violation" in processes.output("fake_franka")
+
+
+def test_new_trajectory_replaces_the_running_one(processes: Any, probe: Probe) -> None:
+    start_franka(processes, probe)
+    probe.send_trajectory([3.0], [offset(0.6)])  # slow: 0.2 rad/s
+    probe.spin_until(lambda: probe.q[0] > FR3.ready_pose[0] + 0.03, 10.0, "the first trajectory to start")
+    probe.send_trajectory([1.0], [offset(-0.2)])  # replaces it at once
+    mark = len(probe.joints)
+    probe.spin_until(
+        lambda: np.allclose(probe.q, offset(-0.2), atol=1e-3), 10.0, "the replacement's end point"
+    )
+    peak = max(q[0] for _, _, q in probe.joints[mark:])
+    assert peak < FR3.ready_pose[0] + 0.2, "the first trajectory kept running"
+    probe.spin_for(0.5)
+    np.testing.assert_allclose(probe.q, offset(-0.2), atol=1e-3)
+    assert probe.reports[-1]["total_violations"] == 0
+
+
+def test_forward_position_commands_and_jumps(processes: Any, probe: Probe) -> None:
+    start_franka(processes, probe)
+    probe.wait_subscribed(probe.positions)
+    probe.positions.publish(Float64MultiArray(data=offset(0.1).tolist()))
+    probe.spin_until(lambda: np.allclose(probe.q, offset(0.1), atol=1e-3), 10.0, "the forward command target")
+    probe.positions.publish(Float64MultiArray(data=offset(1.5).tolist()))  # a 1.4 rad jump
+    probe.spin_until(
+        lambda: probe.reports and probe.reports[-1]["violations"]["too_fast"] == 1,
+        10.0,
+        "the jump to be counted",
+    )
+    # Executed with tracking saturated at the velocity limit.
+    probe.spin_until(lambda: np.allclose(probe.q, offset(1.5), atol=1e-3), 10.0, "the saturated move")
+    times = np.array([s for _, s, _ in probe.joints[-300:]])
+    q1 = np.array([q[0] for _, _, q in probe.joints[-300:]])
+    assert np.max(np.abs(np.diff(q1) / np.diff(times))) <= FR3.velocity[0] * 1.05
+
+
+def test_camera_publishes_rgb_frames_that_follow_the_arm(processes: Any, probe: Probe) -> None:
+    probe.watch_camera()
+    start_franka(processes, probe)
+    processes.start("fake_camera", ["apt-fake-camera", "--ros-args", "-p", "scene_seed:=3"])
+    probe.spin_until(lambda: len(probe.images) >= 3 and probe.infos, 30.0, "camera frames")
+    img = probe.images[-1]
+    assert (img.encoding, img.width, img.height, img.step) == ("rgb8", 640, 480, 640 * 3)
+    assert img.header.frame_id == "camera_color_optical_frame"
+    info = probe.infos[-1]
+    assert (info.width, info.height) == (640, 480)
+    assert info.k[0] == pytest.approx(615.0) and info.k[2] == pytest.approx(319.5)
+
+    def pixels(msg: Image) -> np.ndarray:
+        return np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
+
+    before = pixels(img).copy()
+    probe.send_trajectory([1.0], [offset(0.6) + offset(0.4, joint=1) - FR3.ready_pose])
+    probe.spin_until(lambda: probe.q[0] > FR3.ready_pose[0] + 0.59, 10.0, "the arm to move")
+    count = len(probe.images)
+    probe.spin_until(lambda: len(probe.images) > count + 2, 10.0, "frames after the move")
+    after = pixels(probe.images[-1])
+    changed = np.any(before != after, axis=2).mean()
+    assert changed > 0.01, f"only {changed:.4f} of the pixels changed when the arm moved"
+
+
+def test_camera_can_be_stopped_and_scene_set(processes: Any, probe: Probe) -> None:
+    probe.watch_camera()
+    processes.start("fake_camera", ["apt-fake-camera", "--ros-args", "-p", "width:=160", "-p", "height:=120"])
+    probe.spin_until(lambda: len(probe.images) >= 2, 30.0, "camera frames")
+    assert (probe.images[-1].width, probe.images[-1].height) == (160, 120)
+    client = probe.node.create_client(SetBool, "/fake_camera/enable")
+    assert client.wait_for_service(timeout_sec=10.0)
+
+    def call(enabled: bool) -> None:
+        future = client.call_async(SetBool.Request(data=enabled))
+        probe.spin_until(future.done, 5.0, "~/enable")
+        assert future.result().success
+
+    call(False)
+    probe.spin_for(0.3)  # frames already in flight
+    count = len(probe.images)
+    probe.spin_for(1.0)
+    assert len(probe.images) == count, "frames kept coming while disabled"
+    call(True)
+    probe.spin_until(lambda: len(probe.images) > count + 1, 5.0, "frames after re-enabling")
+
+    scene_pub = probe.node.create_publisher(String, "/fake_camera/scene", 10)
+    probe.wait_subscribed(scene_pub)
+    before = np.frombuffer(probe.images[-1].data, np.uint8).copy()
+    layout = {"blocks": [{"color": "red", "x": 0.5, "y": 0.0}, {"color": "blue", "x": 0.4, "y": 0.2}]}
+    scene_pub.publish(String(data=json.dumps(layout)))
+    scene_pub.publish(String(data="{not json"))  # logged and ignored
+    current: list[dict] = []
+    probe.node.create_subscription(
+        String, "/fake_camera/current_scene", lambda m: current.append(json.loads(m.data)), LATCHED
+    )
+    probe.spin_until(lambda: current and len(current[-1]["blocks"]) == 2, 10.0, "the new scene")
+    count = len(probe.images)
+    probe.spin_until(lambda: len(probe.images) > count + 2, 5.0, "frames of the new scene")
+    assert not np.array_equal(before, np.frombuffer(probe.images[-1].data, np.uint8))
+    assert "ignored ~/scene message" in processes.output("fake_camera")
