@@ -38,6 +38,7 @@ class OnnxRuntimePolicy:
         providers: Sequence[str] | None = None,
         intra_op_threads: int = 0,
         seed: int | None = None,
+        allow_spinning: bool = True,
     ) -> None:
         import onnxruntime as ort
 
@@ -51,6 +52,8 @@ class OnnxRuntimePolicy:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(intra_op_threads)
+        if not allow_spinning:  # idle worker threads sleep instead of spinning (shared CPUs, benchmarks)
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = choose_providers(ort.get_available_providers(), providers)
         self._sessions = {
             name: ort.InferenceSession(
