@@ -25,7 +25,8 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check . || { echo "ruff format: run '$(VENV)/bin/ruff format .'"; exit 1; }
 	$(VENV)/bin/vermin -q --no-tips --violations --eval-annotations -t=3.10- $$(git ls-files -co --exclude-standard '*.py')
-	@if ls docker/*/Dockerfile >/dev/null 2>&1; then $(VENV)/bin/hadolint docker/*/Dockerfile; fi
+	$(VENV)/bin/hadolint docker/*/Dockerfile
+	$(VENV)/bin/shellcheck docker/*.sh tools/*.sh .ci/run
 
 test: lint
 	ROS_LOG_DIR=$${ROS_LOG_DIR:-$$(mktemp -d)} $(PY) -m pytest -q $(PYTEST_ARGS)

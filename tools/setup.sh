@@ -65,9 +65,9 @@ if [ "$(cat "$VENV/.apt-msgs" 2>/dev/null)" != "$msgs_hash" ]; then
       -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_INSTALL_PREFIX="$prefix" \
       -DPython3_EXECUTABLE="$prefix/bin/python" >build/apt_msgs.log 2>&1 ||
       { tail -30 build/apt_msgs.log; echo "apt_msgs: cmake configure failed (log: build/apt_msgs.log)" >&2; exit 1; }
-    cmake --build build/apt_msgs -j "$(nproc)" >>build/apt_msgs.log 2>&1 &&
-      cmake --install build/apt_msgs >>build/apt_msgs.log 2>&1 ||
-      { tail -30 build/apt_msgs.log; echo "apt_msgs: build failed (log: build/apt_msgs.log)" >&2; exit 1; }
+    if ! { cmake --build build/apt_msgs -j "$(nproc)" && cmake --install build/apt_msgs; } >>build/apt_msgs.log 2>&1; then
+      tail -30 build/apt_msgs.log; echo "apt_msgs: build failed (log: build/apt_msgs.log)" >&2; exit 1
+    fi
     "$py" -c "from apt_msgs.msg import ActionChunk, PolicyStatus; from apt_msgs.srv import SetInstruction; from apt_msgs.action import FollowInstruction" ||
       { echo "apt_msgs built but does not import" >&2; exit 1; }
   fi

