@@ -4,7 +4,8 @@ The node sends it each tick with ``header.stamp = 0`` ("start now"). Contract (j
 ``time_from_start`` strictly increasing and > 0 for the first point (a first point at 0 is a jump); the last
 point at rest (velocity 0: Jazzy rejects a non-zero final velocity unless told otherwise). The planned points
 are followed by braking points until rest, so if the stream stops the arm stops inside the limits too.
-Velocities are given at each point for cubic interpolation: the mean of the step velocities on either side.
+Each point carries the filter's velocity at that point; the JTC's cubic through (position, velocity) points is
+then exactly the filter's constant-acceleration motion between them, within every limit.
 """
 
 from __future__ import annotations
@@ -61,8 +62,6 @@ def plan_lookahead(
     else:  # pragma: no cover - braking reaches rest in ceil(v_max / (a_max dt)) steps
         raise RuntimeError("look-ahead did not come to rest")
     positions = np.stack([s.positions for s in states])
-    step_v = np.stack([s.velocities for s in states])
-    knots = np.zeros_like(step_v)
-    knots[:-1] = 0.5 * (step_v[:-1] + step_v[1:])
+    velocities = np.stack([s.velocities for s in states])
     times = safety.dt * np.arange(1, len(states) + 1, dtype=np.float64)
-    return Trajectory(times=times, positions=positions, velocities=knots)
+    return Trajectory(times=times, positions=positions, velocities=velocities)

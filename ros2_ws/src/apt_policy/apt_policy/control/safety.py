@@ -1,22 +1,27 @@
 """The safety filter: turns any target (even NaN or absurd) into a command that is safe to send.
 
-State carried from tick to tick is the previous COMMAND (positions and the velocity of the last step), never
-the measured state. One step of length ``dt`` produces ``q1 = q0 + v1 * dt`` with ``v1`` chosen inside:
+State carried from tick to tick is the previous COMMAND (positions ``q`` and velocities ``u`` at the command
+point), never the measured state. Between two commands the motion is one of constant acceleration: a step of
+length ``dt`` picks the next velocity ``u1`` and ``q1 = q0 + dt (u0 + u1) / 2``. That is exactly the cubic a
+joint_trajectory_controller builds from (positions, velocities) points, so the guarantees below hold for the
+interpolated path the arm executes, not only at the points. ``u1`` is chosen inside:
 
-* ``|v1| <= v_max``                                       (velocity limit)
-* ``|v1 - v0| <= a_max * dt``                             (acceleration limit, vs. the previous command)
-* ``q1 + v1 * |v1| / (2 a_max)`` inside ``[lower, upper]``  (braking: it can still stop inside the limits)
+* ``|u1| <= v_max``                                            (velocity limit)
+* ``|u1 - u0| <= a_max dt``                                    (acceleration limit, vs. the previous command)
+* ``q1 + u1 |u1| / (2 a_max) + u1 dt / 2`` inside ``[lower, upper]``  (braking: can still stop inside)
 
-where ``[lower, upper]`` are the joint limits shrunk by ``margin``. If the previous command satisfies the
-braking condition, braking at ``a_max`` (``v1 = v0 - clip(v0, ±a_max dt)``) satisfies all three, so the set is
-never empty and the invariant holds forever by induction: every command is finite, inside the limits, within
-the velocity/acceleration limits, and the arm can always come to rest inside the limits.
+where ``[lower, upper]`` are the joint limits shrunk by ``margin``. The braking term bounds the distance of
+braking at ``a_max`` in whole steps. If the previous command satisfies it, braking (``u1 = u0 - clip(u0,
+±a_max dt)``) satisfies all three, so the set is never empty and the invariant holds forever by induction:
+every command is finite, inside the limits, within the velocity and acceleration limits (also between the
+points), and the arm can always come to rest inside the limits.
 
-Targets are first cleaned: a non-finite target (or one of the wrong shape) becomes a brake; a target outside
-the limits is clamped into them; a target farther than ``max_deviation`` from the measured state is clamped
-to that distance (this bounds the *target*: the command itself must respect the acceleration limit and may
-brake past it). The velocity towards the target is limited so that the command can stop on it
-(``sqrt((a dt)² + 2 a |e|) - a dt``), plus an optional feed-forward velocity of the target itself.
+Targets are first cleaned: a non-finite target (or one of the wrong shape) becomes a brake; a target farther
+than ``max_deviation`` from the measured state is clamped to that distance, then into the limits (this bounds
+the *target*: the command itself must respect the acceleration limit and may brake past it). The tracking
+law asks for ``u = ff + sign(e) min(k |e|, sqrt(2 a_track |e|))`` (``e`` = target - command, ``ff`` the
+target's own velocity, ``k = 0.34 / dt`` critically damped in discrete time, ``a_track = a_max / 2``), which
+lands on a still target without overshoot; the limits above then clip it.
 
 Every clamp is reported as an intervention: limit name -> indices of the joints it changed.
 """
@@ -72,7 +77,7 @@ class SafetyConfig:
 
 @dataclass(frozen=True, eq=False)
 class CommandState:
-    """A command: joint positions (rad) and the velocity of the step that reached them (rad/s)."""
+    """A command: joint positions (rad) and joint velocities at that point (rad/s)."""
 
     positions: np.ndarray
     velocities: np.ndarray
@@ -130,6 +135,8 @@ class SafetyFilter:
         self.dv = self.a_max * self.dt  # largest velocity change per step
         self._dv2 = self.dv * self.dv
         self._two_a = 2.0 * self.a_max
+        self._two_a_track = self.a_max  # 2 * a_track with a_track = a_max / 2
+        self._gain = 0.34 / self.dt  # discrete critical damping of the linear zone (real poles)
         self._neg_v_max = -self.v_max
         self._zeros = np.zeros(limits.dof)
         self._check_deviation = bool(np.isfinite(self.config.max_deviation))
@@ -170,16 +177,16 @@ class SafetyFilter:
 
     def is_safe(self, state: CommandState, tol: float = 1e-9) -> bool:
         """The invariant: finite, inside the limits, within v_max, and able to stop inside the limits."""
-        q, v = state.positions, state.velocities
-        if q.shape != (self.dof,) or v.shape != (self.dof,):
+        q, u = state.positions, state.velocities
+        if q.shape != (self.dof,) or u.shape != (self.dof,):
             return False
-        if not (np.all(np.isfinite(q)) and np.all(np.isfinite(v))):
+        if not (np.isfinite(q).all() and np.isfinite(u).all()):
             return False
-        stop = q + v * np.abs(v) / (2 * self.a_max)
+        stop = q + u * np.abs(u) / (2 * self.a_max) + u * self.dt / 2
         return bool(
             np.all(q >= self.lower - tol)
             and np.all(q <= self.upper + tol)
-            and np.all(np.abs(v) <= self.v_max + tol)
+            and np.all(np.abs(u) <= self.v_max + tol)
             and np.all(stop >= self.lower - tol)
             and np.all(stop <= self.upper + tol)
         )
@@ -222,8 +229,7 @@ class SafetyFilter:
 
         err = target - q0
         abs_err = np.abs(err)
-        approach = np.minimum(abs_err / self.dt, np.sqrt(self._dv2 + self._two_a * abs_err) - self.dv)
-        v_des = np.sign(err) * approach
+        v_des = np.sign(err) * np.minimum(self._gain * abs_err, np.sqrt(self._two_a_track * abs_err))
         if target_velocity is not None:
             tv = np.asarray(target_velocity, dtype=np.float64)
             if tv.shape == (self.dof,):
@@ -234,7 +240,7 @@ class SafetyFilter:
     def follow_velocity(
         self, state: CommandState, velocity: np.ndarray, measured: np.ndarray | None = None
     ) -> tuple[CommandState, Interventions]:
-        """One step at the desired joint ``velocity`` (rad/s), integrated over ``dt`` from the command."""
+        """One step towards the joint ``velocity`` (rad/s), integrated over ``dt`` from the command."""
         notes: dict[str, tuple[int, ...]] = {}
         v = np.asarray(velocity, dtype=np.float64)
         if v.shape != (self.dof,) or not np.isfinite(v).all():
@@ -242,11 +248,11 @@ class SafetyFilter:
             return self._step(state, self._zeros, notes)
         m = self._usable_measured(measured)
         if m is not None:
-            d, q0 = self.config.max_deviation, state.positions
-            # keep the next command within d of the measured state (if already beyond it, only moving back
-            # towards it is allowed)
-            v_hi = np.maximum((m + d - q0) / self.dt, 0.0)
-            v_lo = np.minimum((m - d - q0) / self.dt, 0.0)
+            d, q0, u0 = self.config.max_deviation, state.positions, state.velocities
+            # keep the next command within d of the measured state (if already beyond it, only slowing down
+            # and moving back towards it are allowed)
+            v_hi = np.maximum(2 * (m + d - q0) / self.dt - u0, np.minimum(u0, 0.0))
+            v_lo = np.minimum(2 * (m - d - q0) / self.dt - u0, np.maximum(u0, 0.0))
             near = np.minimum(np.maximum(v, v_lo), v_hi)
             changed = near != v
             if changed.any():
@@ -261,26 +267,27 @@ class SafetyFilter:
         return m if m.shape == (self.dof,) and np.isfinite(m).all() else None
 
     def _step(
-        self, state: CommandState, v_des: np.ndarray, notes: dict[str, tuple[int, ...]]
+        self, state: CommandState, u_des: np.ndarray, notes: dict[str, tuple[int, ...]]
     ) -> tuple[CommandState, Interventions]:
-        q0, v0 = state.positions, state.velocities
-        dv = self.dv
-        # Largest speed towards each limit that still allows stopping inside it after this step.
-        stop_up = np.sqrt(self._dv2 + self._two_a * np.maximum(self.upper - q0, 0.0)) - dv
-        stop_down = np.sqrt(self._dv2 + self._two_a * np.maximum(q0 - self.lower, 0.0)) - dv
-        acc_hi, acc_lo = v0 + dv, v0 - dv
+        q0, u0 = state.positions, state.velocities
+        dv, half_dt = self.dv, 0.5 * self.dt
+        # Largest speed towards each limit that still allows braking inside it after this step.
+        room_up = np.maximum(self.upper - q0 - half_dt * u0, 0.0)
+        room_down = np.maximum(q0 + half_dt * u0 - self.lower, 0.0)
+        stop_up = np.sqrt(self._dv2 + self._two_a * room_up) - dv
+        stop_down = np.sqrt(self._dv2 + self._two_a * room_down) - dv
+        acc_hi, acc_lo = u0 + dv, u0 - dv
         hi = np.minimum(np.minimum(self.v_max, acc_hi), stop_up)
         lo = np.maximum(np.maximum(self._neg_v_max, acc_lo), -stop_down)
-        v1 = np.minimum(np.maximum(v_des, lo), hi)
+        u1 = np.minimum(np.maximum(u_des, lo), hi)
         infeasible = lo > hi
         if infeasible.any():  # only if the previous command broke the invariant (rounding): brake
-            brake = v0 - np.minimum(np.maximum(v0, -dv), dv)
-            v1 = np.where(infeasible, brake, v1)
+            brake = u0 - np.minimum(np.maximum(u0, -dv), dv)
+            u1 = np.where(infeasible, brake, u1)
             _note(notes, INFEASIBLE, infeasible)
-        q1 = np.minimum(np.maximum(q0 + v1 * self.dt, self.lower), self.upper)
-        v1 = (q1 - q0) / self.dt
+        q1 = np.minimum(np.maximum(q0 + half_dt * (u0 + u1), self.lower), self.upper)
 
-        over, under = v_des > hi + _TOL, v_des < lo - _TOL
+        over, under = u_des > hi + _TOL, u_des < lo - _TOL
         bound = (over | under) & ~infeasible
         if bound.any():
             # which bound was the binding one, per joint
@@ -293,7 +300,7 @@ class SafetyFilter:
                 if mask.any():
                     _note(notes, name, mask)
                     bound = bound & ~mask
-        return CommandState(q1, v1), Interventions(notes)
+        return CommandState(q1, u1), Interventions(notes)
 
 
 def _note(notes: dict[str, tuple[int, ...]], name: str, mask: np.ndarray) -> None:

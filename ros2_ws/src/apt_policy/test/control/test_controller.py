@@ -77,15 +77,22 @@ def constant(q: np.ndarray, horizon: int = 20, gripper: float = 0.04) -> np.ndar
 
 
 def assert_commands_safe(ctrl: Controller, commands: list[Command]) -> None:
+    """Limits on every command and on the motion between consecutive ones (relative to the command)."""
     f = ctrl.safety
-    prev = None
+    prev = prev_step = None
     for cmd in commands:
         if cmd.positions is None:
+            prev = prev_step = None
             continue
         assert np.all(cmd.positions >= f.lower - 1e-9) and np.all(cmd.positions <= f.upper + 1e-9)
+        assert np.all(np.abs(cmd.velocities) <= f.v_max + 1e-9)
         if prev is not None:
-            assert np.all(np.abs(cmd.positions - prev.positions) <= f.v_max * f.dt + 1e-9)
-            assert np.all(np.abs(cmd.velocities - prev.velocities) <= f.a_max * f.dt + 1e-7)
+            step = cmd.positions - prev.positions
+            assert np.all(np.abs(step) <= f.v_max * f.dt + 1e-9)
+            assert np.all(np.abs(cmd.velocities - prev.velocities) <= f.a_max * f.dt + 1e-9)
+            if prev_step is not None:  # finite-difference acceleration of the positions
+                assert np.all(np.abs(step - prev_step) <= f.a_max * f.dt**2 + 1e-9)
+            prev_step = step
         prev = cmd
 
 
@@ -326,6 +333,17 @@ def check_trajectory(ctrl: Controller, cmd: Command, points: int) -> None:
     steps = np.diff(np.vstack([traj.positions]), axis=0)
     assert np.all(np.abs(steps) <= f.v_max * f.dt + 1e-9)
     assert np.all(np.abs(traj.velocities) <= f.v_max + 1e-9)
+    # What the JTC makes of it (cubic Hermite between points): the filter's constant-acceleration motion,
+    # inside the limits and within a_max everywhere, not only at the points.
+    p0, p1 = traj.positions[:-1], traj.positions[1:]
+    m0, m1 = traj.velocities[:-1] * f.dt, traj.velocities[1:] * f.dt
+    for u in (0.25, 0.5, 0.75):
+        h00, h10, h01, h11 = 2 * u**3 - 3 * u**2 + 1, u**3 - 2 * u**2 + u, -2 * u**3 + 3 * u**2, u**3 - u**2
+        mid = h00 * p0 + h10 * m0 + h01 * p1 + h11 * m1
+        assert np.all(mid >= f.lower - 1e-9) and np.all(mid <= f.upper + 1e-9)
+    for u in (0.0, 1.0):
+        acc = ((12 * u - 6) * p0 + (6 * u - 4) * m0 + (6 - 12 * u) * p1 + (6 * u - 2) * m1) / f.dt**2
+        assert np.all(np.abs(acc) <= f.a_max * (1 + 1e-6) + 1e-6)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
