@@ -276,6 +276,8 @@ class Controller:
         with self._lock:
             if not self._instruction or self._state not in (ControllerState.RUNNING, ControllerState.HOLDING):
                 return False
+            if self._inference_problem is not None:
+                return True  # holding for want of a good chunk: ask again at once
             return self.schedule.should_request(
                 t_now + self.config.action_lead, self.config.request_when_left
             )

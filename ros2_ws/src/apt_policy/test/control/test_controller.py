@@ -182,9 +182,11 @@ def test_inference_failure_holds_until_the_next_accepted_chunk() -> None:
     sim = running_sim()
     sim.push(constant(Q0, horizon=50))
     assert sim.step().state == S.RUNNING
+    assert not sim.ctrl.should_request(sim.t)  # plenty of actions left
     sim.ctrl.on_inference_error("CUDA out of memory")
     cmd = sim.step()
     assert cmd.state == S.HOLDING and cmd.reason == "inference failed: CUDA out of memory"
+    assert sim.ctrl.should_request(sim.t)  # a good chunk is wanted at once
     assert sim.push(constant(Q0)).accepted
     assert sim.step().state == S.RUNNING
 
