@@ -100,6 +100,20 @@ def node_overrides(values: dict[str, str]) -> dict[str, object]:
     return out
 
 
+def realsense_arguments(values: dict[str, str]) -> dict[str, str]:
+    """rs_launch.py arguments from the non-empty launch arguments; a digits-only serial gets realsense-ros'
+    ``_`` prefix, or launch would turn it into an integer (and drop leading zeros)."""
+    out = {}
+    for arg, rs_arg in REALSENSE_ARGUMENTS.items():
+        text = values.get(arg, "").strip()
+        if not text:
+            continue
+        if rs_arg == "serial_no" and text.isdigit():
+            text = "_" + text
+        out[rs_arg] = text
+    return out
+
+
 def _truthy(text: str) -> bool:
     return text.strip().lower() in ("1", "true", "yes", "on")
 
@@ -125,11 +139,10 @@ def _launch_setup(context, *args, **kwargs):
         if share is None:
             actions.append(LogInfo(msg="realsense2_camera is not installed: not starting the camera driver"))
         else:
-            rs_args = {v: values[k] for k, v in REALSENSE_ARGUMENTS.items() if values[k]}
             actions.append(
                 IncludeLaunchDescription(
                     PythonLaunchDescriptionSource(os.path.join(share, "launch", "rs_launch.py")),
-                    launch_arguments=rs_args.items(),
+                    launch_arguments=realsense_arguments(values).items(),
                 )
             )
     params_file = values["params_file"] or default_params_file("franka.yaml")

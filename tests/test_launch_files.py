@@ -154,6 +154,15 @@ def test_node_overrides_are_typed_and_skip_empty_arguments():
     }
 
 
+def test_realsense_serial_keeps_its_digits():
+    ns = pure_functions(ROOT / "launch" / "franka.launch.py", ("realsense_arguments",))
+    assert ns["realsense_arguments"]({"camera_serial": "012345678901", "color_profile": "1280x720x15"}) == {
+        "serial_no": "_012345678901",
+        "rgb_camera.color_profile": "1280x720x15",
+    }
+    assert ns["realsense_arguments"]({"camera_serial": "", "color_profile": ""}) == {}
+
+
 def test_default_params_file_found_in_source_tree():
     ns = pure_functions(ROOT / "launch" / "franka.launch.py", ("default_params_file", "package_share"))
     ns["os"], ns["Path"] = __import__("os"), Path
