@@ -79,20 +79,24 @@ class PinholeCamera:
 
 
 def make_camera(name: str = "front", width: int = 640, height: int = 480) -> PinholeCamera:
-    """A preset camera at any resolution; the field of view of a D435 at 640x480 fits inside the image."""
+    """A preset camera at any resolution, always with the field of view of a D435 at 640x480.
+
+    At another size the intrinsics are those of the 640x480 image resized to ``width x height`` (pixels
+    may be non-square), so a frame rendered small for training matches what the policy sees after it
+    resizes a 640x480 camera frame (``core.preprocess`` resizes without cropping).
+    """
     if name not in CAMERA_PRESETS:
         raise ValueError(f"unknown camera {name!r}; presets: {sorted(CAMERA_PRESETS)}")
     if width <= 0 or height <= 0:
         raise ValueError(f"camera size must be positive, got {width}x{height}")
     eye, target = CAMERA_PRESETS[name]
     ref_h, ref_w = _REFERENCE_SIZE
-    focal = _REFERENCE_FOCAL * min(width / ref_w, height / ref_h)
     return PinholeCamera(
         name=name,
         width=int(width),
         height=int(height),
-        fx=focal,
-        fy=focal,
+        fx=_REFERENCE_FOCAL * width / ref_w,
+        fy=_REFERENCE_FOCAL * height / ref_h,
         cx=(width - 1) / 2,
         cy=(height - 1) / 2,
         world_from_camera=look_at(np.array(eye), np.array(target)),

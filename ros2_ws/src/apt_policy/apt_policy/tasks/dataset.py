@@ -26,7 +26,7 @@ from tqdm import tqdm
 from apt_policy.robots.franka import FR3, RobotProfile
 from apt_policy.tasks.expert import ExpertConfig, ReachingExpert, goal_configuration
 from apt_policy.tasks.instructions import make_instruction
-from apt_policy.tasks.rollout import make_cameras, observe
+from apt_policy.tasks.rollout import NATIVE_SIZE, make_cameras, observe
 from apt_policy.tasks.scene import Scene, sample_scene
 from apt_policy.tasks.sim import KinematicArm
 
@@ -47,6 +47,7 @@ class DemoConfig:
 
     cameras: tuple[str, ...] = ("front",)
     image_size: tuple[int, int] = (96, 96)
+    render_size: tuple[int, int] | None = NATIVE_SIZE  # None: render at image_size (faster, approximate)
     dt: float = 0.1
     horizon: int = 16
     steps_per_episode: int = 32
@@ -57,6 +58,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "cameras", tuple(self.cameras))
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        if self.render_size is not None:
+            object.__setattr__(self, "render_size", tuple(int(v) for v in self.render_size))
         if not self.cameras or self.horizon < 1 or self.steps_per_episode < 1 or self.dt <= 0:
             raise ValueError(f"invalid demo config {self}")
         if self.start_noise < 0 or self.execution_noise < 0:
@@ -81,7 +84,7 @@ def generate_episode(
     )
     q0 = profile.clip_position(profile.ready_pose + rng.uniform(-1, 1, 7) * config.start_noise, 0.05)
     arm = KinematicArm(q0, config.dt, profile)
-    cams = make_cameras(config.cameras, config.image_size)
+    cams = make_cameras(config.cameras, config.image_size, config.render_size)
     for step in range(config.steps_per_episode):
         obs = observe(arm, scene, cams, instruction, step)
         joints = expert.chunk(arm.q, arm.qd)

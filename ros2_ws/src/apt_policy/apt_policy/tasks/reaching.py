@@ -36,6 +36,8 @@ from apt_policy.tasks.instructions import (
 )
 from apt_policy.tasks.render import block_pixel, render
 from apt_policy.tasks.rollout import (
+    NATIVE_SIZE,
+    CameraRig,
     Observation,
     PolicyFn,
     RolloutResult,
@@ -62,10 +64,12 @@ __all__ = [
     "COLORS",
     "HELD_OUT_INSTRUCTIONS",
     "HELD_OUT_TEMPLATE",
+    "NATIVE_SIZE",
     "REACH_HEIGHT",
     "SUCCESS_RADIUS",
     "TRAIN_TEMPLATES",
     "Block",
+    "CameraRig",
     "CommandViolations",
     "DemoConfig",
     "DemoDataset",

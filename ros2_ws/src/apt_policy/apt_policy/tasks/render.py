@@ -6,6 +6,7 @@ anti-aliased OpenCV drawing; about a millisecond per frame at 640x480. Output: R
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -130,7 +131,7 @@ def _draw(img: np.ndarray, cam: PinholeCamera, T_cw: np.ndarray, prim: _Prim) ->
     if np.any(pc[:, 2] < _NEAR):
         return
     uv = np.round(cam.project_camera_points(pc) * _SCALE).astype(np.int32)
-    r_px = cam.fx * prim.radius / float(pc[:, 2].mean())
+    r_px = math.sqrt(cam.fx * cam.fy) * prim.radius / float(pc[:, 2].mean())
     if prim.kind == "disk":
         cv2.circle(img, tuple(uv[0]), int(r_px * _SCALE), prim.color, -1, cv2.LINE_AA, _SHIFT)
         return

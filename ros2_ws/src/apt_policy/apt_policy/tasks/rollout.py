@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from apt_policy.robots.franka import FR3, RobotProfile
@@ -21,7 +22,16 @@ from apt_policy.tasks.render import render
 from apt_policy.tasks.scene import SUCCESS_RADIUS, Scene, distance_to_block
 from apt_policy.tasks.sim import CommandViolations, KinematicArm
 
-__all__ = ["Observation", "PolicyFn", "RolloutResult", "expert_policy", "make_cameras", "rollout"]
+__all__ = [
+    "NATIVE_SIZE",
+    "CameraRig",
+    "Observation",
+    "PolicyFn",
+    "RolloutResult",
+    "expert_policy",
+    "make_cameras",
+    "rollout",
+]
 
 
 @dataclass(frozen=True)
@@ -56,16 +66,49 @@ class RolloutResult:
     frames: list[dict[str, np.ndarray]] = field(default_factory=list)  # per query, if recorded
 
 
-def make_cameras(names: Sequence[str], image_size: tuple[int, int]) -> dict[str, PinholeCamera]:
-    """Preset cameras rendering ``image_size = (height, width)`` images."""
-    height, width = image_size
-    return {name: make_camera(name, width=width, height=height) for name in names}
+NATIVE_SIZE = (480, 640)  # (height, width) of the fake camera / a RealSense colour stream
 
 
-def observe(
-    arm: KinematicArm, scene: Scene, cameras: Mapping[str, PinholeCamera], instruction: str, step: int
-) -> Observation:
-    images = {name: render(scene, arm.q, cam, arm.gripper_width) for name, cam in cameras.items()}
+@dataclass(frozen=True)
+class CameraRig:
+    """Cameras rendering at ``render_size`` whose frames are resized to ``image_size`` (both (h, w)).
+
+    Rendering at the camera's native 640x480 and shrinking with ``INTER_AREA`` reproduces exactly what
+    the policy sees at deployment (fake camera at 640x480, resized by ``core.preprocess``).
+    ``render_size=None`` renders directly at ``image_size``: about 2.5x faster, slightly different
+    (thin lines and edges do not thin out as they do when a large frame is shrunk).
+    """
+
+    cameras: Mapping[str, PinholeCamera]
+    image_size: tuple[int, int]
+
+    def render(self, scene: Scene, q: np.ndarray, gripper_width: float) -> dict[str, np.ndarray]:
+        h, w = self.image_size
+        out = {}
+        for name, cam in self.cameras.items():
+            img = render(scene, q, cam, gripper_width)
+            if img.shape[:2] != (h, w):
+                shrink = h <= img.shape[0] and w <= img.shape[1]
+                img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            out[name] = img
+        return out
+
+
+def make_cameras(
+    names: Sequence[str],
+    image_size: tuple[int, int],
+    render_size: tuple[int, int] | None = NATIVE_SIZE,
+) -> CameraRig:
+    """Preset cameras producing ``image_size = (height, width)`` frames, rendered at ``render_size``."""
+    if not names:
+        raise ValueError("at least one camera is needed")
+    rh, rw = image_size if render_size is None else render_size
+    cams = {name: make_camera(name, width=int(rw), height=int(rh)) for name in names}
+    return CameraRig(cams, (int(image_size[0]), int(image_size[1])))
+
+
+def observe(arm: KinematicArm, scene: Scene, rig: CameraRig, instruction: str, step: int) -> Observation:
+    images = rig.render(scene, arm.q, arm.gripper_width)
     state = np.append(arm.q, arm.gripper_width).astype(np.float32)
     return Observation(images, state, instruction, step, step * arm.dt, arm.qd.copy())
 
@@ -96,6 +139,7 @@ def rollout(
     target: str | None = None,
     cameras: Sequence[str] = ("front",),
     image_size: tuple[int, int] = (96, 96),
+    render_size: tuple[int, int] | None = NATIVE_SIZE,
     dt: float = 0.1,
     max_steps: int = 60,
     actions_per_chunk: int = 8,
@@ -106,7 +150,8 @@ def rollout(
 ) -> RolloutResult:
     """Run ``policy_fn`` closed loop; success = TCP settles within ``SUCCESS_RADIUS`` of ``target``.
 
-    ``target`` defaults to the colour named in ``instruction``. The policy's chunk rows are absolute joint
+    ``target`` defaults to the colour named in ``instruction``. Images are ``image_size`` (h, w), rendered
+    at ``render_size`` (see :class:`CameraRig`). The policy's chunk rows are absolute joint
     targets (7 joints, optionally an 8th gripper width column); only the first ``actions_per_chunk`` rows
     of each chunk are executed. The episode ends early once the TCP is within the radius and every joint
     moves slower than ``settle_speed`` rad/s.
@@ -117,7 +162,7 @@ def rollout(
     scene.block(color)  # KeyError early if the scene lacks it
     if actions_per_chunk < 1 or max_steps < 1:
         raise ValueError("actions_per_chunk and max_steps must be >= 1")
-    cams = make_cameras(cameras, image_size)
+    cams = make_cameras(cameras, image_size, render_size)
     arm = KinematicArm(q0, dt, profile)
     qs, tcps, commands, frames = [arm.q.copy()], [arm.tcp_position], [], []
     step = queries = 0

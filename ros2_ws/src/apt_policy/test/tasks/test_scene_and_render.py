@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import cv2
 import numpy as np
 import pytest
 from apt_policy.robots.franka import FR3
@@ -17,6 +18,7 @@ from apt_policy.tasks.reaching import (
     block_pixel,
     is_success,
     make_camera,
+    make_cameras,
     render,
     sample_scene,
 )
@@ -69,8 +71,11 @@ def test_camera_projects_the_optical_axis_target_to_the_image_centre() -> None:
     np.testing.assert_allclose(uv, [319.5, 239.5], atol=1e-9)
     assert depth == pytest.approx(1.5)
     # Intrinsics scale with resolution: a D435-like 615 px focal length at 640x480.
-    assert cam.fx == pytest.approx(615.0)
+    assert cam.fx == pytest.approx(615.0) and cam.fy == pytest.approx(615.0)
     assert make_camera("front", 320, 240).fx == pytest.approx(307.5)
+    # Any size keeps the 640x480 field of view (the policy resizes without cropping).
+    square = make_camera("front", 96, 96)
+    assert (square.fx, square.fy) == (pytest.approx(615.0 * 96 / 640), pytest.approx(615.0 * 96 / 480))
 
 
 @pytest.mark.parametrize("size", [(480, 640), (96, 96), (64, 80)])
@@ -124,3 +129,17 @@ def test_render_changes_when_the_arm_moves_and_rejects_bad_joints() -> None:
     assert np.any(render(scene, q, cam) != render(scene, FR3.ready_pose, cam))
     with pytest.raises(ValueError, match="7 finite"):
         render(scene, np.full(7, np.nan), cam)
+
+
+def test_camera_rig_matches_a_resized_native_frame() -> None:
+    scene = sample_scene(0)
+    native = render(scene, FR3.ready_pose, make_camera("front", 640, 480))
+    expected = cv2.resize(native, (96, 72), interpolation=cv2.INTER_AREA)
+    rig = make_cameras(["front"], (72, 96))
+    np.testing.assert_array_equal(rig.render(scene, FR3.ready_pose, 0.08)["front"], expected)
+    # Rendering directly at the small size is an approximation of the same view.
+    direct = make_cameras(["front"], (72, 96), render_size=None).render(scene, FR3.ready_pose, 0.08)["front"]
+    other = make_cameras(["front"], (72, 96), render_size=None).render(sample_scene(9), FR3.ready_pose, 0.08)
+    error = np.abs(direct.astype(int) - expected).mean()
+    assert error < 6.0
+    assert error < np.abs(other["front"].astype(int) - expected).mean()
