@@ -141,7 +141,8 @@ def offset(delta: float, joint: int = 0) -> np.ndarray:
 
 
 def test_joint_states_arrive_at_200_hz_with_stamps(processes: Any, probe: Probe) -> None:
-    start_franka(processes, probe)
+    start = offset(0.1, joint=2)
+    start_franka(processes, probe, "-p", f"initial_positions:={start.tolist()}")
     first = len(probe.joints)
     probe.spin_for(2.0)
     batch = probe.joints[first:]
@@ -150,7 +151,7 @@ def test_joint_states_arrive_at_200_hz_with_stamps(processes: Any, probe: Probe)
     rate = (len(stamps) - 1) / (stamps[-1] - stamps[0])
     assert rate >= 190.0, f"published at {rate:.1f} Hz"
     assert abs(stamps[-1] - time.time()) < 1.0  # stamped with the (system) ROS clock
-    np.testing.assert_allclose(probe.q, FR3.ready_pose, atol=1e-9)
+    np.testing.assert_allclose(probe.q, start, atol=1e-9)
     probe.spin_until(lambda: len(probe.gripper) > 0, 5.0, "gripper joint states")
     assert probe.gripper[-1] == pytest.approx(0.08)
 
@@ -200,6 +201,7 @@ def test_bad_trajectories_are_counted_and_ignored(processes: Any, probe: Probe) 
     counts = probe.reports[-1]["violations"]
     for kind in ("time_not_increasing", "joint_names", "non_finite", "outside_limits", "ends_in_past"):
         assert counts[kind] == 1, counts
+    assert counts["too_fast"] == 0
     assert probe.reports[-1]["accepted"]["trajectory"] == 0
     probe.spin_for(0.7)
     np.testing.assert_allclose(probe.q, FR3.ready_pose, atol=1e-9)  # nothing moved

@@ -28,11 +28,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
@@ -43,7 +45,7 @@ from apt_policy.robots.sim_arm import ArrivalLog, SimArm
 
 _PARAMS: tuple[tuple[str, Any, str], ...] = (
     ("robot", "fr3", "Robot profile: fr3 | panda (joint names, limits, ready pose)."),
-    ("initial_positions", [0.0], "Initial joint positions (7 values); anything else = the ready pose."),
+    ("initial_positions", None, "Initial joint positions (7 values, rad); unset = the ready pose."),
     ("joint_states_topic", "/franka/joint_states", "Arm joint states (sensor_msgs/JointState)."),
     ("gripper_states_topic", "/franka_gripper/joint_states", "Finger joint states (width/2 each)."),
     ("trajectory_topic", "/fr3_arm_controller/joint_trajectory", "JTC command topic."),
@@ -88,10 +90,14 @@ class FakeFranka(Node):
             if not p[name] > 0:
                 raise ValueError(f"parameter {name} must be > 0, got {p[name]}")
         self.profile = get_profile(p["robot"])
-        q0 = list(p["initial_positions"])
+        q0 = p["initial_positions"]
+        if q0 is not None and not self.profile.within_limits(np.asarray(q0, dtype=np.float64)):
+            raise ValueError(
+                f"initial_positions must be {self.profile.dof} finite values inside the limits, got {q0}"
+            )
         self.arm = SimArm(
             self.profile,
-            q0 if len(q0) == self.profile.dof else None,
+            None if q0 is None else np.asarray(q0, dtype=np.float64),
             bandwidth=p["bandwidth"],
             gripper_speed=p["gripper_speed"],
             allow_nonzero_velocity_at_trajectory_end=p["allow_nonzero_velocity_at_trajectory_end"],
@@ -142,7 +148,8 @@ class FakeFranka(Node):
         )
 
     def _declare(self, name: str, default: Any, description: str) -> Any:
-        return self.declare_parameter(name, default, ParameterDescriptor(description=description)).value
+        value = Parameter.Type.DOUBLE_ARRAY if default is None else default  # typed, no default
+        return self.declare_parameter(name, value, ParameterDescriptor(description=description)).value
 
     # --------------------------------------------------------------------------------- command inputs
     def _arrived(self, topic: str, stamp: float | None = None) -> None:
