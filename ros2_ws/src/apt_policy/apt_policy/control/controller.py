@@ -60,7 +60,7 @@ class ControllerConfig:
     chunk_dt            step between a chunk's actions (the bundle's control_dt)       default 0.1
     request_when_left   request the next chunk when this many actions are left         default 5
     action_lead         the command of a tick targets the action at t_now + lead       default 0.0
-    interpolate         position targets move linearly between a chunk's actions      default True
+    interpolation       target between a chunk's actions: cubic | linear | hold       default "cubic"
     max_tracking_error  |measured - command| above this on any joint -> FAULT (inf: off) default 0.3
     lookahead_points    planned points per look-ahead trajectory (before braking)      default 10
     """
@@ -69,7 +69,7 @@ class ControllerConfig:
     chunk_dt: float = 0.1
     request_when_left: int = 5
     action_lead: float = 0.0
-    interpolate: bool = True
+    interpolation: str = "cubic"
     max_tracking_error: float = 0.3
     lookahead_points: int = 10
     blend: BlendConfig = field(default_factory=BlendConfig)
@@ -144,7 +144,7 @@ class Controller:
         self.layout = layout
         self.safety = SafetyFilter(limits, self.config.safety, self.config.control_dt)
         self.schedule = ChunkSchedule(
-            layout, self.config.chunk_dt, self.config.blend, interpolate=self.config.interpolate
+            layout, self.config.chunk_dt, self.config.blend, interpolation=self.config.interpolation
         )
         self._lock = threading.RLock()
         self._state = ControllerState.IDLE

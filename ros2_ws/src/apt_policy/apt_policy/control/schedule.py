@@ -2,9 +2,14 @@
 
 A chunk computed from an observation taken at ``t_obs`` with step ``dt`` applies action
 ``i = floor((t - t_obs) / dt)`` at time ``t``: the actions whose time passed while the policy was
-inferring are skipped (latency compensation). With ``interpolate`` (default) a position target moves
-linearly from action ``i`` (reached at ``t_obs + i dt``) to action ``i + 1`` over the step, and its slope is
-the feed-forward velocity; without it each action is held for ``dt`` (zero-order hold, no feed-forward).
+inferring are skipped (latency compensation). Between two actions a position target is shaped by
+``interpolation`` and its velocity is fed forward to the safety filter:
+
+* ``cubic`` (default) -- Catmull-Rom through the actions (action ``i`` reached at ``t_obs + i dt``):
+  continuous velocity, so a smooth chunk asks for a bounded acceleration;
+* ``linear`` -- straight segments: the velocity jumps at every action;
+* ``hold`` -- each action held for ``dt`` (zero-order hold, no feed-forward: the arm moves in steps).
+
 Velocity actions and the gripper are always held.
 A chunk is refused when it belongs to an older instruction epoch (the
 instruction changed after its observation was taken), is malformed or non-finite, is older than the executing
@@ -22,6 +27,7 @@ import numpy as np
 from apt_policy.control.blending import BlendConfig, crossfade_alpha, ensemble_weights
 from apt_policy.control.semantics import ActionLayout
 
+INTERPOLATIONS = ("cubic", "linear", "hold")
 _EPS = 1e-9  # tolerance on (t - t_obs) / dt so that t = t_obs + k * dt maps to step k despite rounding
 
 
@@ -56,8 +62,8 @@ class ScheduledAction:
     """The (blended) action for one instant.
 
     arm           positions (rad) for absolute/delta semantics, velocities (rad/s) for velocity semantics
-    arm_velocity  velocity of the position target (rad/s), for feed-forward; zeros without interpolation
-                  and for velocity semantics
+    arm_velocity  velocity of the position target (rad/s), for feed-forward; zeros for "hold" and for
+                  velocity semantics
     gripper       raw (blended) gripper value, None when unused
     index         step of the executing (newest) chunk; actions_left counts that step and the rest
     """
@@ -74,7 +80,7 @@ class ScheduledAction:
 @dataclass(eq=False)
 class _Resolved:
     arm: np.ndarray
-    arm_velocity: np.ndarray
+    tangents: np.ndarray  # Catmull-Rom velocities at the actions (one-sided at the ends), rad/s
     gripper: np.ndarray | None
     t_obs: float
     dt: float
@@ -88,12 +94,22 @@ class _Resolved:
     def index(self, t: float) -> int:
         return max(0, math.floor((t - self.t_obs) / self.dt + _EPS))
 
-    def at(self, t: float, i: int, interpolate: bool) -> tuple[np.ndarray, np.ndarray]:
+    def at(self, t: float, i: int, interpolation: str) -> tuple[np.ndarray, np.ndarray]:
         """Target and its velocity at ``t`` within step ``i``."""
-        if not interpolate:
+        if interpolation == "hold" or i >= self.horizon - 1:
             return self.arm[i], np.zeros_like(self.arm[i])
-        into = min(max(t - (self.t_obs + i * self.dt), 0.0), self.dt)
-        return self.arm[i] + into * self.arm_velocity[i], self.arm_velocity[i]
+        s = min(max((t - (self.t_obs + i * self.dt)) / self.dt, 0.0), 1.0)
+        p0, p1 = self.arm[i], self.arm[i + 1]
+        if interpolation == "linear":
+            slope = (p1 - p0) / self.dt
+            return p0 + s * (p1 - p0), slope
+        m0, m1 = self.tangents[i] * self.dt, self.tangents[i + 1] * self.dt
+        s2, s3 = s * s, s * s * s
+        value = (2 * s3 - 3 * s2 + 1) * p0 + (s3 - 2 * s2 + s) * m0 + (3 * s2 - 2 * s3) * p1 + (s3 - s2) * m1
+        velocity = (
+            (6 * s2 - 6 * s) * (p0 - p1) + (3 * s2 - 4 * s + 1) * m0 + (3 * s2 - 2 * s) * m1
+        ) / self.dt
+        return value, velocity
 
     def end(self) -> float:
         return self.t_obs + self.horizon * self.dt
@@ -103,14 +119,20 @@ class ChunkSchedule:
     """Holds the executing chunk (and, for blending, the ones it overlaps). Not thread-safe on its own."""
 
     def __init__(
-        self, layout: ActionLayout, dt: float, blend: BlendConfig | None = None, interpolate: bool = True
+        self,
+        layout: ActionLayout,
+        dt: float,
+        blend: BlendConfig | None = None,
+        interpolation: str = "cubic",
     ) -> None:
         if not (math.isfinite(dt) and dt > 0):
             raise ValueError(f"chunk dt must be a finite number of seconds > 0, got {dt}")
         self.layout = layout
         self.dt = float(dt)
         self.blend = blend or BlendConfig()
-        self.interpolate = bool(interpolate) and layout.arm != "velocity"
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
+        self.interpolation = "hold" if layout.arm == "velocity" else interpolation
         self._chunks: list[_Resolved] = []  # oldest first; the last one is the executing chunk
 
     @property
@@ -146,14 +168,10 @@ class ChunkSchedule:
                 False, f"all {horizon} actions already in the past ({(t_now - t_obs) * 1e3:.0f} ms late)"
             )
         arm = self.layout.resolve_arm(actions, state)
-        if self.layout.arm == "velocity":
-            arm_velocity = np.zeros_like(arm)
-        else:
-            arm_velocity = np.zeros_like(arm)
-            arm_velocity[:-1] = np.diff(arm, axis=0) / dt
+        tangents = np.gradient(arm, dt, axis=0) if horizon > 1 else np.zeros_like(arm)
         resolved = _Resolved(
             arm=arm,
-            arm_velocity=arm_velocity,
+            tangents=tangents,
             gripper=self.layout.raw_gripper(actions),
             t_obs=t_obs,
             dt=dt,
@@ -203,7 +221,7 @@ class ChunkSchedule:
         gripper = 0.0 if cur.gripper is not None else None
         for c, w in zip(parts, weights, strict=True):
             i = c.index(t)
-            value, velocity = c.at(t, i, self.interpolate)
+            value, velocity = c.at(t, i, self.interpolation)
             arm += w * value
             arm_velocity += w * velocity
             if gripper is not None and c.gripper is not None:

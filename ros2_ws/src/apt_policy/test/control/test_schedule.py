@@ -22,11 +22,11 @@ def ramp_chunk(t_obs: float, epoch: int = 1, horizon: int = 10, offset: float = 
 
 
 def schedule(
-    mode: str = "none", layout: ActionLayout | None = None, interpolate: bool = False, **blend
+    mode: str = "none", layout: ActionLayout | None = None, interpolation: str = "hold", **blend
 ) -> ChunkSchedule:
     """Zero-order hold by default, so values read back are the chunk's actions themselves."""
     layout = layout or ActionLayout(dof=DOF)
-    return ChunkSchedule(layout, DT, BlendConfig(mode=mode, **blend), interpolate=interpolate)
+    return ChunkSchedule(layout, DT, BlendConfig(mode=mode, **blend), interpolation=interpolation)
 
 
 def test_latency_compensation_skips_the_actions_whose_time_passed() -> None:
@@ -43,8 +43,8 @@ def test_latency_compensation_skips_the_actions_whose_time_passed() -> None:
     assert s.sample(11.0) is None and s.actions_left(11.0) == 0
 
 
-def test_interpolation_moves_linearly_between_actions_with_matching_feed_forward() -> None:
-    s = schedule(interpolate=True)
+def test_linear_interpolation_between_actions_with_matching_feed_forward() -> None:
+    s = schedule(interpolation="linear")
     actions = np.array([[0.0, 0.0], [1.0, -2.0], [1.5, -2.0]])
     s.push(Chunk(actions, 10.0, 1), t_now=10.0, epoch=1)
     for t, expected, velocity in [
@@ -57,10 +57,28 @@ def test_interpolation_moves_linearly_between_actions_with_matching_feed_forward
         a = s.sample(t)
         np.testing.assert_allclose(a.arm, expected, atol=1e-12, err_msg=str(t))
         np.testing.assert_allclose(a.arm_velocity, velocity, atol=1e-9, err_msg=str(t))
-    hold = schedule(interpolate=False)
+    hold = schedule(interpolation="hold")
     hold.push(Chunk(actions, 10.0, 1), t_now=10.0, epoch=1)
     np.testing.assert_allclose(hold.sample(10.05).arm, [0.0, 0.0])
     np.testing.assert_allclose(hold.sample(10.05).arm_velocity, 0.0)  # no feed-forward with a hold
+
+
+def test_cubic_interpolation_passes_through_the_actions_with_continuous_velocity() -> None:
+    s = schedule(interpolation="cubic")
+    times = 0.1 * np.arange(12)
+    wave = 0.3 * np.sin(2.0 * times)  # a smooth motion sampled by the policy every 0.1 s
+    s.push(Chunk(np.stack([wave, -wave], axis=1), 0.0, 1), t_now=0.0, epoch=1)
+    for i in range(1, 11):  # at every action instant: the action itself, and the same velocity either side
+        np.testing.assert_allclose(s.sample(0.1 * i).arm, [wave[i], -wave[i]], atol=1e-12)
+        before, after = s.sample(0.1 * i - 1e-7).arm_velocity, s.sample(0.1 * i + 1e-7).arm_velocity
+        np.testing.assert_allclose(before, after, atol=1e-4)
+    fine = np.arange(0.1, 1.0, 0.005)
+    values = np.array([s.sample(t).arm[0] for t in fine])
+    np.testing.assert_allclose(values, 0.3 * np.sin(2.0 * fine), atol=2e-3)  # close to the motion itself
+    accel = np.diff([s.sample(t).arm_velocity[0] for t in fine]) / 0.005
+    assert np.max(np.abs(accel)) < 2.0  # true peak 1.2 rad/s²; linear segments would ask for ~infinity
+    with pytest.raises(ValueError, match="interpolation"):
+        ChunkSchedule(ActionLayout(dof=DOF), DT, interpolation="spline")
 
 
 def test_should_request_when_the_configured_number_of_actions_is_left() -> None:
@@ -150,7 +168,7 @@ def test_averaging_two_modes_gives_an_action_neither_chunk_proposed() -> None:
 
 def test_delta_semantics_are_relative_to_the_state_at_observation() -> None:
     layout = ActionLayout(dof=DOF, arm="delta", arm_scale=0.5)
-    s = schedule(layout=layout, interpolate=True)
+    s = schedule(layout=layout, interpolation="linear")
     q_obs = np.array([1.0, 2.0])
     s.push(ramp_chunk(0.0, state=q_obs), t_now=0.0, epoch=1)
     np.testing.assert_allclose(s.sample(0.2).arm, q_obs + 0.5 * np.array([2.0, -2.0]))
@@ -162,7 +180,7 @@ def test_delta_semantics_are_relative_to_the_state_at_observation() -> None:
 
 def test_velocity_semantics_scale_and_gripper_modes() -> None:
     layout = ActionLayout(dof=DOF, arm="velocity", arm_scale=0.2, gripper="binary")
-    s = schedule(layout=layout, interpolate=True)  # ignored: velocities are held
+    s = schedule(layout=layout, interpolation="cubic")  # ignored: velocities are held
     actions = np.array([[1.0, -1.0, 0.9], [0.5, 0.0, 0.1]])
     s.push(Chunk(actions, 0.0, 1), t_now=0.0, epoch=1)
     a = s.sample(0.0)
