@@ -161,3 +161,21 @@ def test_fp16_module_keeps_fp32_tables_and_stays_close():
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
     cos = torch.nn.functional.cosine_similarity(out.float(), ref, dim=-1)
     assert cos.min() > 0.999
+
+
+def test_qwen_patchify_equals_the_transformers_processor():
+    """IMAGE_MEAN / IMAGE_STD and the documented patch layout reproduce the processor's pixel_values."""
+    from apt_policy.model.backbone import IMAGE_MEAN, IMAGE_STD
+    from apt_policy.model.backbone.layout import qwen_patchify
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    image = np.random.default_rng(0).integers(0, 256, size=(64, 96, 3), dtype=np.uint8)
+    processor = Qwen2VLImageProcessorPil(
+        patch_size=16, merge_size=2, temporal_patch_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
+    processor.do_resize = False
+    expected = processor([image], return_tensors="np")["pixel_values"]
+    mean = np.array(IMAGE_MEAN, np.float32)[:, None, None]
+    std = np.array(IMAGE_STD, np.float32)[:, None, None]
+    chw = (image.astype(np.float32).transpose(2, 0, 1) / 255 - mean) / std
+    np.testing.assert_allclose(qwen_patchify(chw), expected, atol=1e-6)

@@ -93,3 +93,19 @@ def patch_rows_cols(config: Qwen3VLBackboneConfig) -> tuple[np.ndarray, np.ndarr
         rows.reshape(shape).transpose(0, 2, 1, 3).ravel(),
         cols.reshape(shape).transpose(0, 2, 1, 3).ravel(),
     )
+
+
+def qwen_patchify(
+    image: np.ndarray, patch_size: int = 16, merge_size: int = 2, temporal: int = 2
+) -> np.ndarray:
+    """transformers' Qwen2-VL/Qwen3-VL ``pixel_values`` rows for one normalised image [3, H, W].
+
+    Rows are patches in merge-block order, each laid out (channel, temporal copies, patch, patch):
+    [H/p * W/p, 3 * temporal * p * p]. The backbone takes the image itself; this documents (and the
+    tests check) how the two input formats correspond.
+    """
+    c, h, w = image.shape
+    gh, gw, m, p = h // patch_size, w // patch_size, merge_size, patch_size
+    patches = image.reshape(c, gh // m, m, p, gw // m, m, p).transpose(1, 4, 2, 5, 0, 3, 6)
+    frames = np.broadcast_to(patches[:, :, :, :, :, None], (*patches.shape[:5], temporal, p, p))
+    return frames.reshape(gh * gw, c * temporal * p * p)
