@@ -10,6 +10,7 @@ Pieces (each its own module):
 * ``sim``          – kinematic arm tracking joint targets within velocity limits
 * ``rollout``      – closed-loop rollout of any ``policy_fn(Observation) -> chunk``
 * ``dataset``      – Stage-1 (no language) and Stage-2 (labelled) demonstration datasets
+* ``evaluation``   – success rates with training / held-out phrasings
 
 See docs/SIMULATION.md.
 """
@@ -26,6 +27,7 @@ from apt_policy.tasks.dataset import (
     scene_of_episode,
     state_names,
 )
+from apt_policy.tasks.evaluation import INSTRUCTION_MODES, EvaluationResult, evaluate, held_out_gap
 from apt_policy.tasks.expert import ExpertConfig, ReachingExpert, goal_configuration
 from apt_policy.tasks.instructions import (
     HELD_OUT_INSTRUCTIONS,
@@ -64,6 +66,7 @@ __all__ = [
     "COLORS",
     "HELD_OUT_INSTRUCTIONS",
     "HELD_OUT_TEMPLATE",
+    "INSTRUCTION_MODES",
     "NATIVE_SIZE",
     "REACH_HEIGHT",
     "SUCCESS_RADIUS",
@@ -73,6 +76,7 @@ __all__ = [
     "CommandViolations",
     "DemoConfig",
     "DemoDataset",
+    "EvaluationResult",
     "ExpertConfig",
     "KinematicArm",
     "Observation",
@@ -84,10 +88,12 @@ __all__ = [
     "action_names",
     "block_pixel",
     "distance_to_block",
+    "evaluate",
     "expert_policy",
     "generate_dataset",
     "generate_episode",
     "goal_configuration",
+    "held_out_gap",
     "is_success",
     "make_camera",
     "make_cameras",
