@@ -179,3 +179,68 @@ def test_qwen_patchify_equals_the_transformers_processor():
     std = np.array(IMAGE_STD, np.float32)[:, None, None]
     chw = (image.astype(np.float32).transpose(2, 0, 1) / 255 - mean) / std
     np.testing.assert_allclose(qwen_patchify(chw), expected, atol=1e-6)
+
+
+# config.json of Qwen/Qwen3-VL-2B-Instruct as published (transformers 4.57 layout: rope under rope_scaling).
+QWEN3VL_2B_CONFIG_JSON = {
+    "architectures": ["Qwen3VLForConditionalGeneration"],
+    "image_token_id": 151655,
+    "model_type": "qwen3_vl",
+    "text_config": {
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "dtype": "bfloat16",
+        "eos_token_id": 151645,
+        "head_dim": 128,
+        "hidden_act": "silu",
+        "hidden_size": 2048,
+        "initializer_range": 0.02,
+        "intermediate_size": 6144,
+        "max_position_embeddings": 262144,
+        "model_type": "qwen3_vl_text",
+        "num_attention_heads": 16,
+        "num_hidden_layers": 28,
+        "num_key_value_heads": 8,
+        "rms_norm_eps": 1e-06,
+        "rope_scaling": {"mrope_interleaved": True, "mrope_section": [24, 20, 20], "rope_type": "default"},
+        "rope_theta": 5000000,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "vocab_size": 151936,
+    },
+    "tie_word_embeddings": True,
+    "video_token_id": 151656,
+    "vision_config": {
+        "deepstack_visual_indexes": [5, 11, 17],
+        "depth": 24,
+        "hidden_act": "gelu_pytorch_tanh",
+        "hidden_size": 1024,
+        "in_channels": 3,
+        "initializer_range": 0.02,
+        "intermediate_size": 4096,
+        "model_type": "qwen3_vl",
+        "num_heads": 16,
+        "num_position_embeddings": 2304,
+        "out_hidden_size": 2048,
+        "patch_size": 16,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    },
+    "vision_end_token_id": 151653,
+    "vision_start_token_id": 151652,
+}
+
+
+def test_qwen3vl_2b_preset_is_the_published_config():
+    cfg = Qwen3VLBackboneConfig.from_hf_config(QWEN3VL_2B_CONFIG_JSON, num_cameras=2)
+    assert cfg == Qwen3VLBackboneConfig.qwen3vl_2b(num_cameras=2)
+
+
+def test_importing_the_backbone_does_not_need_transformers():
+    import subprocess
+    import sys
+
+    code = "import sys, apt_policy.model.backbone.loading; assert 'transformers' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
