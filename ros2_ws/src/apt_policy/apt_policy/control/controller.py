@@ -61,7 +61,9 @@ class ControllerConfig:
     request_when_left   request the next chunk when this many actions are left         default 5
     action_lead         the command of a tick targets the action at t_now + lead       default 0.0
     interpolation       target between a chunk's actions: cubic | linear | hold       default "cubic"
-    max_tracking_error  |measured - command| above this on any joint -> FAULT (inf: off) default 0.3
+    max_tracking_error  |measured - command| above this on any joint -> FAULT (inf: off) default 0.2
+                        (keep it above v_max x the arm's tracking lag and below max_deviation, so that an
+                        arm that does not follow faults before the target clamp would park the command)
     lookahead_points    planned points per look-ahead trajectory (before braking)      default 10
     """
 
@@ -70,7 +72,7 @@ class ControllerConfig:
     request_when_left: int = 5
     action_lead: float = 0.0
     interpolation: str = "cubic"
-    max_tracking_error: float = 0.3
+    max_tracking_error: float = 0.2
     lookahead_points: int = 10
     blend: BlendConfig = field(default_factory=BlendConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
@@ -325,15 +327,6 @@ class Controller:
                     return self._output(t_now, None, Interventions(), self._reason)
                 self._cmd = self.safety.start_state(q)
 
-            if self._state != ControllerState.FAULT and q is not None and stale is None:
-                err = np.abs(q - self._cmd.positions)
-                if float(err.max()) > self.config.max_tracking_error:
-                    j = int(err.argmax())
-                    self._enter_fault(
-                        f"tracking error {err[j]:.3f} rad on {self.limits.names[j]} "
-                        f"> {self.config.max_tracking_error:.3f} rad"
-                    )
-
             notes = Interventions()
             action = None
             if self._state in (ControllerState.RUNNING, ControllerState.HOLDING):
@@ -368,6 +361,14 @@ class Controller:
             watchdog_hold = self._state == ControllerState.HOLDING and self._reason != WAITING_FOR_CHUNK
             if watchdog_hold or (notes and self._state == ControllerState.RUNNING):
                 self._interventions += 1
+            if self._state != ControllerState.FAULT and q is not None and stale is None:
+                err = np.abs(q - self._cmd.positions)
+                if float(err.max()) > self.config.max_tracking_error:  # checked on the command to send
+                    j = int(err.argmax())
+                    self._enter_fault(
+                        f"tracking error {err[j]:.3f} rad on {self.limits.names[j]} "
+                        f"> {self.config.max_tracking_error:.3f} rad"
+                    )
             if self._state == ControllerState.FAULT:
                 # The arm may not be where the command is (reflex, pushed away): sending the held command
                 # could yank it back once it recovers. Send nothing; the last look-ahead sent ends at rest.

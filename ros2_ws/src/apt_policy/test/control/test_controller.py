@@ -398,3 +398,32 @@ def test_concurrent_chunks_instructions_and_ticks_keep_the_guarantees() -> None:
         thread.join()
     assert ctrl.status().chunks_accepted > 0
     assert_commands_safe(ctrl, sim.commands)
+
+
+def test_a_lagging_arm_runs_and_an_arm_that_does_not_follow_faults() -> None:
+    """Closed loop with default limits: the measured state trails the command by 5 ticks (50 ms)."""
+    ctrl = make()
+    t, history = 0.0, [Q0.copy()] * 5
+    ctrl.tick(t, Q0, state_stamp=t)
+    ctrl.set_instruction("sweep")
+    far = _ramp(Q0, speed=2.0, horizon=30)  # faster than the scaled velocity limit: the filter caps it
+    ctrl.on_chunk(Chunk(far, t, ctrl.epoch), t)
+    states = []
+    for k in range(1, 300):
+        t = k * CTRL_DT
+        cmd = ctrl.tick(t, history[-5], state_stamp=t)
+        states.append(cmd.state)
+        history.append(cmd.positions)
+    assert set(states[1:]) <= {S.RUNNING, S.HOLDING} and S.FAULT not in states
+    assert np.max(np.abs(history[-1] - Q0)) > 1.0  # it really moved, at v_max
+    # the same with an arm that never moves (controller inactive, brakes on): FAULT, then no command
+    ctrl = make()
+    ctrl.tick(0.0, Q0, state_stamp=0.0)
+    ctrl.set_instruction("sweep")
+    ctrl.on_chunk(Chunk(far, 0.0, ctrl.epoch), 0.0)
+    for k in range(1, 100):
+        cmd = ctrl.tick(k * CTRL_DT, Q0, state_stamp=k * CTRL_DT)
+        if cmd.state == S.FAULT:
+            break
+        assert np.max(np.abs(cmd.positions - Q0)) <= ctrl.config.max_tracking_error + 1e-9
+    assert cmd.state == S.FAULT and "tracking error" in cmd.reason and cmd.positions is None
