@@ -8,8 +8,10 @@ names and folds constants; the dynamo path is selectable with ``exporter="dynamo
     sampler.onnx   prefix..., state, noise                     -> actions (normalised, Euler unrolled)
 
 Inputs a graph does not use are pruned by the exporter, so the manifest records each graph's real
-inputs. fp16 exports convert weights/matmuls to float16 with onnxconverter-common, keeping softmax,
-norms, the timestep embedding and the flow integration (x_t, t, dt) in float32, and graph I/O in float32.
+inputs. fp16 exports trace the model in float16 (weights, matmuls, activations) while softmax, norms,
+rotary and timestep embeddings and the flow integration (x, t, dt) stay float32 (the model computes
+them so; plain LayerNorms are kept float32 here). Observation inputs, noise, state, t and the actions
+stay float32 at the graph boundary; prefix keys/values travel between graphs in float16.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import onnx
@@ -36,24 +37,14 @@ from tqdm import tqdm
 OPSET = 18
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # graphs with more weight bytes than this store them in <graph>.onnx.data
 TOKENIZER_FILE = "tokenizer.json"
-FP32_OPS = (
-    "Softmax",
-    "LayerNormalization",
-    "SimplifiedLayerNormalization",
-    "ReduceMean",
-    "Pow",
-    "Sqrt",
-    "Reciprocal",
-    "Div",
-    "Sin",
-    "Cos",
-    "Exp",
-    "Erf",
-    "Clip",
-    "Range",
-    "CumSum",
+FP32_COMPUTED = (
+    "softmax",
+    "RMSNorm",
+    "LayerNorm",
+    "rotary embedding",
+    "timestep embedding",
+    "Euler integration",
 )
-_WEIGHT_OPS = {"MatMul", "Gemm", "Conv", "LayerNormalization"}
 
 
 class ExportError(RuntimeError):
@@ -117,50 +108,37 @@ def _tensor_specs(values: Sequence[onnx.ValueInfoProto]) -> tuple[TensorSpec, ..
     return tuple(specs)
 
 
-def _integration_nodes(graph: onnx.GraphProto, state_input: str, output: str) -> set[str]:
-    """Nodes of the Euler update chain output <- Sub(x, Mul(v, dt)) <- ... <- noise/x_t, and every node
-    feeding the timestep sinusoids (Sin/Cos) that does not go through a weight op: kept in float32."""
-    producer = {out: n for n in graph.node for out in n.output}
-    keep: set[str] = set()
-    name = output
-    while name in producer:
-        node = producer[name]
-        if node.op_type in ("Identity", "Cast"):
-            keep.add(node.name)
-            name = node.input[0]
-        elif node.op_type in ("Sub", "Add"):
-            keep.add(node.name)
-            rhs = producer.get(node.input[1])
-            if rhs is not None and rhs.op_type == "Mul":
-                keep.add(rhs.name)
-            name = node.input[0]
-        else:
-            break
-    stack = [n for n in graph.node if n.op_type in ("Sin", "Cos")]
-    seen: set[str] = set()
-    while stack:
-        node = stack.pop()
-        if node.name in seen or node.op_type in _WEIGHT_OPS:
-            continue
-        seen.add(node.name)
-        keep.add(node.name)
-        stack.extend(producer[i] for i in node.input if i in producer and i != state_input)
-    return keep
+_HALF_INPUTS = frozenset({"pixel_values", "state", "noise", "x_t"})
 
 
-def to_fp16(model: onnx.ModelProto, output: str | None) -> onnx.ModelProto:
-    """float16 weights and matmuls; softmax, norms, timestep embedding and integration stay float32."""
-    from onnxconverter_common import float16
+class _Half(torch.nn.Module):
+    """Graph I/O in float32 around a float16 model: casts the float inputs that feed weights to float16
+    (the timestep t and prefix tensors stay as they are) and float16 outputs back to float32."""
 
-    block = _integration_nodes(model.graph, "state", output) if output else set()
-    # onnxconverter-common 1.16's cast clean-up pass crashes on casts with several consumers
-    # ('list' object has no attribute 'input'); skip it, ONNX Runtime / TensorRT fold redundant casts.
-    with mock.patch.object(float16, "remove_unnecessary_cast_node", lambda graph: None):
-        converted = float16.convert_float_to_float16(
-            model, keep_io_types=True, op_block_list=list(FP32_OPS), node_block_list=sorted(block)
-        )
-    del converted.graph.value_info[:]  # stale float32 annotations; shape inference recomputes them
-    return converted
+    def __init__(self, inner: torch.nn.Module, input_names: Sequence[str]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.half_inputs = [name in _HALF_INPUTS for name in input_names]
+
+    def forward(self, *args):
+        args = tuple(a.half() if cast else a for a, cast in zip(args, self.half_inputs, strict=True))
+        out = self.inner(*args)
+        if isinstance(out, torch.Tensor):
+            return out.float()
+        return out  # prefix tensors keep their dtype (keys/values float16, masks float32)
+
+
+def to_half(model: APTModel) -> APTModel:
+    """float16 weights and matmuls. The model computes softmax, RMSNorm, rotary and the timestep embedding
+    in float32 itself and integrates x in float32 (APTModel.sample); plain LayerNorms are kept float32
+    here with casts around them."""
+    model = model.half()
+    for module in model.modules():
+        if type(module) is torch.nn.LayerNorm:
+            module.float()
+            module.register_forward_pre_hook(lambda _m, args: tuple(a.float() for a in args))
+            module.register_forward_hook(lambda _m, _args, out: out.half())
+    return model
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
@@ -201,13 +179,9 @@ def _export_one(
         raise ValueError(f"exporter must be 'legacy' or 'dynamo', got {exporter!r}")
 
 
-def _finish_graph(
-    tmp_path: Path, out_dir: Path, name: str, precision: str, fp16_output: str | None, threshold: int
-) -> GraphSpec:
-    """Load, convert precision, check, infer shapes, save (external data when large), describe."""
+def _finish_graph(tmp_path: Path, out_dir: Path, name: str, threshold: int) -> GraphSpec:
+    """Load, check, infer shapes, save (external data when large), describe."""
     model = onnx.load(str(tmp_path))
-    if precision == "fp16":
-        model = to_fp16(model, fp16_output)
     large = _weight_bytes(model) > threshold
     file = f"{name}.onnx"
     data = f"{file}.data"
@@ -240,12 +214,6 @@ def _versions() -> dict[str, str]:
 
     versions = {"torch": torch.__version__, "onnx": onnx.__version__, "apt_policy": apt_policy.__version__}
     versions["apt_export"] = getattr(apt_export, "__version__", "0.1.0")
-    try:
-        import onnxconverter_common
-
-        versions["onnxconverter_common"] = onnxconverter_common.__version__
-    except ImportError:
-        pass
     return versions
 
 
@@ -276,32 +244,38 @@ def export_onnx(
         config = dataclasses.replace(config, sampling_steps=int(steps)).validate()
     model = bundle.model.eval()
     model.config = config
+    if precision == "fp16":
+        model = to_half(model)
     bar.update()
     x = example_inputs(model)
     prefix_names = list(model.prefix_names)
     staging = Path(tempfile.mkdtemp(prefix=".apt-export-", dir=out.parent if out.parent.exists() else None))
     try:
+        wrap = (lambda m, names: _Half(m, names)) if precision == "fp16" else (lambda m, names: m)
+        prefix_in = ["pixel_values", "input_ids", "text_mask"]
         with torch.inference_mode():
-            prefix = model.encode_prefix(x["pixel_values"], x["input_ids"], x["text_mask"])
+            prefix = wrap(_Prefix(model), prefix_in)(x["pixel_values"], x["input_ids"], x["text_mask"])
+        prefix = tuple(t.clone() for t in prefix)  # inference tensors cannot be traced
         jobs = [
-            ("prefix", _Prefix(model), (x["pixel_values"], x["input_ids"], x["text_mask"]),
-             ["pixel_values", "input_ids", "text_mask"], prefix_names, None),
-            ("denoiser", _Denoiser(model), (*prefix, x["state"], x["x_t"], x["t"]),
-             [*prefix_names, "state", "x_t", "t"], ["velocity"], None),
-            ("sampler", _Sampler(model), (*prefix, x["state"], x["noise"]),
-             [*prefix_names, "state", "noise"], ["actions"], "actions"),
-        ]  # fmt: skip
+            ("prefix", (x["pixel_values"], x["input_ids"], x["text_mask"]), prefix_in, prefix_names),
+            (
+                "denoiser",
+                (*prefix, x["state"], x["x_t"], x["t"]),
+                [*prefix_names, "state", "x_t", "t"],
+                ["velocity"],
+            ),
+            ("sampler", (*prefix, x["state"], x["noise"]), [*prefix_names, "state", "noise"], ["actions"]),
+        ]
+        modules = {"prefix": _Prefix(model), "denoiser": _Denoiser(model), "sampler": _Sampler(model)}
         graphs: dict[str, GraphSpec] = {}
         with tempfile.TemporaryDirectory() as raw_dir:
-            for name, module, args, ins, outs, integrated in jobs:
+            for name, args, ins, outs in jobs:
                 bar.set_postfix_str(f"exporting {name}")
                 raw = Path(raw_dir) / f"{name}.onnx"
                 with torch.no_grad():
-                    _export_one(module, args, ins, outs, raw, exporter, opset)
+                    _export_one(wrap(modules[name], ins), args, ins, outs, raw, exporter, opset)
                 try:
-                    graphs[name] = _finish_graph(
-                        raw, staging, name, precision, integrated, external_data_threshold
-                    )
+                    graphs[name] = _finish_graph(raw, staging, name, external_data_threshold)
                 except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
                     raise ExportError(f"{name} graph failed ONNX checks: {exc}") from exc
                 bar.update()
@@ -324,7 +298,7 @@ def export_onnx(
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "bundle": str(Path(bundle_dir).resolve()),
                 "versions": _versions(),
-                "fp32_ops": list(FP32_OPS) if precision == "fp16" else [],
+                "fp32_compute": list(FP32_COMPUTED) if precision == "fp16" else [],
             },
         )
         manifest.write(staging)

@@ -132,8 +132,15 @@ def verify(
     return ParityReport(manifest.precision, used, cases, gated, passed, note, comparisons)
 
 
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
 def _pick(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {i.name: feeds[i.name] for i in session.get_inputs()}
+    """The session's inputs from ``feeds``, cast to the dtype the graph declares (fp16 prefix tensors)."""
+    return {
+        i.name: feeds[i.name].astype(_ORT_TYPES.get(i.type, feeds[i.name].dtype))
+        for i in session.get_inputs()
+    }
 
 
 def _session(onnx_dir: str | Path, manifest, name: str, policy: OnnxRuntimePolicy):

@@ -119,3 +119,24 @@ def test_trt_without_tensorrt_exits_2_with_install_hint(exported: tuple[Path, Pa
     assert main(["trt", "--onnx", str(out), "--out", str(tmp_path / "engines")]) == EXIT_MISSING_DEPENDENCY
     assert "TensorRT 10" in capsys.readouterr().err
     assert not np.any([p.suffix == ".engine" for p in tmp_path.rglob("*")])
+
+
+def test_fp16_export_keeps_io_float32_and_stays_close(tmp_path: Path):
+    bundle = make_bundle(tmp_path, "pi")
+    out = tmp_path / "fp16"
+    assert main(["onnx", "--bundle", str(bundle), "--out", str(out), "--precision", "fp16"]) == EXIT_OK
+    manifest = load_manifest(out)
+    assert manifest.precision == "fp16"
+    prefix = {t.name: t.dtype for t in manifest.graphs["prefix"].outputs}
+    assert prefix["prefix_keys"] == "float16" and prefix["prefix_values"] == "float16"
+    sampler = {
+        t.name: t.dtype for t in (*manifest.graphs["sampler"].inputs, *manifest.graphs["sampler"].outputs)
+    }
+    assert sampler["noise"] == sampler["state"] == sampler["actions"] == "float32"
+    weights = [i for i in onnx.load(str(out / "sampler.onnx")).graph.initializer if len(i.dims) == 2]
+    assert weights and all(w.data_type == onnx.TensorProto.FLOAT16 for w in weights)  # matmul weights halved
+    report = verify(bundle, out, cases=2, progress=False)
+    e2e = next(c for c in report.comparisons if c.name == "end_to_end.actions")
+    assert e2e.cosine >= 0.999 and e2e.max_abs <= 2e-2  # the fp16 tolerance, checked even where not gated
+    assert e2e.max_abs > 0  # it really ran in reduced precision
+    assert report.gated == ("CUDAExecutionProvider" in report.providers)
