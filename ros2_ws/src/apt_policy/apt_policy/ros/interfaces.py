@@ -307,7 +307,10 @@ class Interfaces:
         if settings.output == "none":
             node.gripper_sink = None
         else:
-            self.gripper_output = GripperOutput(node, settings, decision)
+            try:
+                self.gripper_output = GripperOutput(node, settings, decision)
+            except RuntimeError as exc:  # franka_actions requested but franka_msgs missing
+                raise InterfaceParameterError(f"parameter 'gripper.output': {exc}") from exc
             node.gripper_sink = self.gripper_output.submit
         if serials:
             unknown = sorted(set(serials) - set(getattr(node, "camera_names", serials)))

@@ -346,6 +346,15 @@ def test_invalid_parameters_raise_named_errors(ctx, overrides, match):
     assert isinstance(err.value, ParameterError)  # the node's main exits cleanly on it
 
 
+def test_franka_actions_without_franka_msgs_is_a_parameter_error(ctx):
+    from apt_policy.ros.gripper_output import franka_msgs_available
+
+    if franka_msgs_available():
+        pytest.skip("franka_msgs is importable here")
+    with pytest.raises(InterfaceParameterError, match=r"gripper.output.*franka_msgs cannot be imported"):
+        HookNode(ctx, [Parameter("gripper.output", value="franka_actions")])
+
+
 def test_missing_realsense_serial_lists_connected_devices(ctx):
     try:
         import_pyrealsense2()
