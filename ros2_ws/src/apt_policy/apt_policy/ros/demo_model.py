@@ -1,21 +1,33 @@
-"""The demo model for integration tests and the streaming benchmark: trained and exported once, then cached.
+"""The demo model for integration tests, the streaming benchmark and ``make demo``: trained and exported
+once, then cached.
 
 ``ensure_demo_export()`` returns an ONNX export directory of the Stage-2 demo policy, building it on first
 use with the project's own tools (``apt-train demo`` then ``apt-export onnx``) in subprocesses, so the caller
-never imports torch. Cache: ``$APT_CACHE`` or ``<repo>/.cache`` (``demo/bundle``, ``demo/onnx``); delete it
-to rebuild. A file lock makes concurrent callers wait for one build.
+never imports torch. ``ensure_demo_bundle()`` returns the trained Stage-2 bundle alone.
+
+Cache: ``$APT_CACHE`` or ``<repo>/.cache``, under ``demo/train-<key>/`` where ``key`` hashes the source of
+everything that decides the trained weights (``apt_policy`` core, robots, tasks, model, training); the
+export sits beside it in ``onnx-<key>`` keyed on that plus the exporter and runtime source. Changing that code
+therefore rebuilds on the next call; delete the cache to force it. A file lock makes concurrent callers wait
+for one build.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 MANIFEST = "manifest.json"
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # apt_policy/
+TRAIN_SOURCES = ("core", "robots", "tasks", "model", "training")  # decide the trained weights
+EXPORT_SOURCES = ("runtime",)  # plus the apt_export package: decide the exported graphs
 
 
 def cache_dir() -> Path:
@@ -35,6 +47,44 @@ def _tool(name: str) -> str:
     return found
 
 
+def source_hash(dirs: Iterable[Path], length: int = 12) -> str:
+    """sha256 over the relative paths and contents of every ``*.py`` under ``dirs`` (sorted)."""
+    digest = hashlib.sha256()
+    for root in dirs:
+        root = Path(root)
+        for path in sorted(root.rglob("*.py")):
+            if "__pycache__" in path.parts:
+                continue
+            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    return digest.hexdigest()[:length]
+
+
+def _export_package_dir() -> Path | None:
+    spec = importlib.util.find_spec("apt_export")  # locates the package without importing it (or torch)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def train_key() -> str:
+    return source_hash(PACKAGE_DIR / name for name in TRAIN_SOURCES)
+
+
+def export_key() -> str:
+    dirs = [PACKAGE_DIR / name for name in EXPORT_SOURCES]
+    package = _export_package_dir()
+    if package is not None:
+        dirs.append(package)
+    return f"{train_key()}-{source_hash(dirs, 8)}"
+
+
+def demo_root(cache: Path | None = None) -> Path:
+    """The cache directory of the current training code (``demo/train-<key>``)."""
+    return (cache or cache_dir()) / "demo" / f"train-{train_key()}"
+
+
 def _find_bundle(root: Path) -> Path:
     """The Stage-2 bundle written by ``apt-train demo`` (a dir with config.json), preferring ``stage2``."""
     for candidate in (root / "stage2", root):
@@ -46,10 +96,44 @@ def _find_bundle(root: Path) -> Path:
     raise FileNotFoundError(f"no Stage-2 bundle (config.json) under {root}")
 
 
+def _has_bundle(bundle_root: Path) -> bool:
+    try:
+        _find_bundle(bundle_root)
+    except FileNotFoundError:
+        return False
+    return (bundle_root / ".complete").is_file()
+
+
+def _build_bundle(root: Path, verbose: bool) -> Path:
+    """Train into ``root/bundle`` unless complete (caller holds the lock); returns the Stage-2 bundle."""
+    bundle_root = root / "bundle"
+    if not _has_bundle(bundle_root):
+        if verbose:
+            print(f"[demo_model] training the demo policy into {bundle_root} (cached afterwards)", flush=True)
+        shutil.rmtree(bundle_root, ignore_errors=True)  # a half-finished run of older code
+        out = None if verbose else subprocess.DEVNULL
+        subprocess.run([_tool("apt-train"), "demo", "--out", str(bundle_root)], check=True, stdout=out)
+        _find_bundle(bundle_root)
+        (bundle_root / ".complete").write_text(train_key() + "\n")
+    return _find_bundle(bundle_root)
+
+
+def ensure_demo_bundle(cache: Path | None = None, verbose: bool = True) -> Path:
+    """The trained Stage-2 demo bundle (``apt-train demo`` on first use; see the module docstring)."""
+    root = demo_root(cache)
+    bundle_root = root / "bundle"
+    if _has_bundle(bundle_root):
+        return _find_bundle(bundle_root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_bundle(root, verbose)
+
+
 def ensure_demo_export(cache: Path | None = None, verbose: bool = True) -> Path:
     """ONNX export dir of the demo policy (built on first use; see the module docstring)."""
-    root = (cache or cache_dir()) / "demo"
-    onnx_dir = root / "onnx"
+    root = demo_root(cache)
+    onnx_dir = root / f"onnx-{export_key()}"
     if (onnx_dir / MANIFEST).is_file():
         return onnx_dir
     root.mkdir(parents=True, exist_ok=True)
@@ -57,16 +141,8 @@ def ensure_demo_export(cache: Path | None = None, verbose: bool = True) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (onnx_dir / MANIFEST).is_file():
             return onnx_dir
+        bundle = _build_bundle(root, verbose)
         out = None if verbose else subprocess.DEVNULL
-        bundle_root = root / "bundle"
-        if not any(bundle_root.rglob("config.json")) if bundle_root.exists() else True:
-            if verbose:
-                print(
-                    f"[demo_model] training the demo policy into {bundle_root} (cached afterwards)",
-                    flush=True,
-                )
-            subprocess.run([_tool("apt-train"), "demo", "--out", str(bundle_root)], check=True, stdout=out)
-        bundle = _find_bundle(bundle_root)
         tmp = root / "onnx.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         if verbose:
@@ -76,7 +152,8 @@ def ensure_demo_export(cache: Path | None = None, verbose: bool = True) -> Path:
         )
         if not (tmp / MANIFEST).is_file():
             raise RuntimeError(f"apt-export onnx wrote no {MANIFEST} in {tmp}")
-        shutil.rmtree(onnx_dir, ignore_errors=True)
+        for old in root.glob("onnx-*"):  # exports of older exporter code
+            shutil.rmtree(old, ignore_errors=True)
         tmp.rename(onnx_dir)
     return onnx_dir
 

@@ -1,0 +1,185 @@
+"""The demo's own ROS 2 node: sends instructions and scenes, and records what the system does.
+
+It talks to the other processes only over DDS, like an operator's tool would:
+
+* publishes ``/apt_policy/instruction`` (std_msgs/String) and ``/fake_camera/scene`` (scene JSON)
+* records ``/franka/joint_states``, ``/apt_policy/action_chunk``, ``/apt_policy/status``, the node's
+  ``/diagnostics`` values, ``/fake_franka/violations`` and (down-sampled) camera frames
+
+Every callback only appends to lists under a lock; :meth:`DemoProbe.take` hands an episode's samples over.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+import rclpy
+from apt_msgs.msg import ActionChunk, PolicyStatus
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from apt_policy.robots.franka import FR3
+from apt_policy.ros import conversions
+
+__all__ = ["DemoProbe"]
+
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+LATCHED = QoSProfile(
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    history=HistoryPolicy.KEEP_LAST,
+)
+SENSOR = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
+
+
+class DemoProbe:
+    """rclpy node on its own context and executor thread (see the module docstring)."""
+
+    def __init__(self, video_fps: float = 15.0, video_width: int = 400) -> None:
+        self.context = rclpy.context.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("apt_demo", context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._lock = threading.Lock()
+        self._frame_period = 1.0 / video_fps if video_fps > 0 else float("inf")
+        self._video_width = video_width
+        self.clear()
+        self.scene: dict[str, Any] | None = None
+        self.robot_report: dict[str, Any] = {}
+        self.node_stats: dict[str, float] = {}
+        n = self.node
+        self.instruction_pub = n.create_publisher(String, "/apt_policy/instruction", RELIABLE)
+        self.scene_pub = n.create_publisher(String, "/fake_camera/scene", RELIABLE)
+        n.create_subscription(JointState, "/franka/joint_states", self._on_joints, RELIABLE)
+        n.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._on_chunk, RELIABLE)
+        n.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, RELIABLE)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE)
+        n.create_subscription(String, "/fake_franka/violations", self._on_violations, LATCHED)
+        n.create_subscription(String, "/fake_camera/current_scene", self._on_scene, LATCHED)
+        n.create_subscription(Image, "/camera/camera/color/image_raw", self._on_image, SENSOR)
+        self._thread = threading.Thread(target=self._spin, name="apt-demo-probe", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # the context going away at shutdown
+            if self.context.ok():
+                raise
+
+    # ------------------------------------------------------------------------------------------ records
+    def clear(self) -> None:
+        """Forget every sample (start of an episode)."""
+        with getattr(self, "_lock", threading.Lock()):
+            self.joints: list[tuple[float, np.ndarray]] = []
+            self.chunks: list[tuple[float, float, str]] = []
+            self.statuses: list[tuple[float, int, int, int]] = []
+            self.frames: list[tuple[float, np.ndarray]] = []
+            self._last_frame = -np.inf
+            self.status_instruction = ""
+            self.status_fault = ""
+            self.robot_report = {}
+            self.node_stats = {}
+
+    def _on_joints(self, msg: JointState) -> None:
+        try:
+            q = conversions.joint_positions(msg, FR3.joint_names)
+        except conversions.ConversionError:
+            return
+        with self._lock:
+            self.joints.append((time.monotonic(), np.asarray(q, dtype=np.float64)))
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        with self._lock:
+            self.chunks.append((time.monotonic(), float(msg.inference_time_ms), str(msg.instruction)))
+
+    def _on_status(self, msg: PolicyStatus) -> None:
+        with self._lock:
+            self.statuses.append(
+                (time.monotonic(), int(msg.state), int(msg.safety_interventions), int(msg.missed_ticks))
+            )
+            self.status_instruction = str(msg.instruction)
+            self.status_fault = str(msg.last_fault)
+
+    def _on_diagnostics(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if "apt_policy" not in status.name:
+                continue
+            values: dict[str, float] = {}
+            for kv in status.values:
+                try:
+                    values[kv.key] = float(kv.value)
+                except ValueError:
+                    continue
+            with self._lock:
+                self.node_stats = values
+
+    def _on_violations(self, msg: String) -> None:
+        try:
+            report = json.loads(msg.data)
+        except ValueError:
+            return
+        with self._lock:
+            self.robot_report = report
+
+    def _on_scene(self, msg: String) -> None:
+        try:
+            scene = json.loads(msg.data)
+        except ValueError:
+            return
+        with self._lock:
+            self.scene = scene
+
+    def _on_image(self, msg: Image) -> None:
+        now = time.monotonic()
+        if now - self._last_frame < self._frame_period * 0.9:
+            return
+        try:
+            rgb = conversions.image_to_rgb(msg)
+        except conversions.ConversionError:
+            return
+        h, w = rgb.shape[:2]
+        small = cv2.resize(
+            rgb, (self._video_width, round(h * self._video_width / w)), interpolation=cv2.INTER_AREA
+        )
+        with self._lock:
+            self._last_frame = now
+            self.frames.append((now, small))
+
+    # ----------------------------------------------------------------------------------------- actions
+    def send_instruction(self, text: str) -> None:
+        self.instruction_pub.publish(String(data=text))
+
+    def send_scene(self, seed: int) -> None:
+        self.scene_pub.publish(String(data=json.dumps({"seed": int(seed)})))
+
+    def latest_status(self) -> tuple[float, int] | None:
+        with self._lock:
+            return (self.statuses[-1][0], self.statuses[-1][1]) if self.statuses else None
+
+    def latest_joints(self) -> tuple[float, np.ndarray] | None:
+        with self._lock:
+            return self.joints[-1] if self.joints else None
+
+    def joints_since(self, t: float) -> list[tuple[float, np.ndarray]]:
+        with self._lock:
+            return [item for item in self.joints if item[0] >= t]
+
+    def subscriber_count(self, publisher: Any) -> int:
+        return int(publisher.get_subscription_count())
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=2.0)

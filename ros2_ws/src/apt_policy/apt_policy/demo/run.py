@@ -1,0 +1,448 @@
+"""``make demo``: trained APT weights -> ONNX export (verified) -> ROS 2 policy node -> simulated FR3.
+
+Steps (each prints a header; any failure ends the demo with a message naming the log file):
+
+1. model    the cached Stage-2 demo bundle, or ``apt-train demo`` (minutes on 2 cores, once)
+2. export   ``apt-export onnx`` (cached with the bundle), then ``apt-export verify`` (PyTorch vs ONNX Runtime)
+3. robot    ``apt-fake-camera`` on its own ROS_DOMAIN_ID, loopback only; logs in ``<out>/logs``
+4. episodes per episode: the camera gets the episode's scene, ``apt-fake-franka`` starts at the ready pose
+            and ``apt-policy-node`` (config/sim.yaml, ONNX Runtime) starts; once the node is IDLE the demo
+            publishes the instruction(s) on ``/apt_policy/instruction`` and records until the arm settles at
+            the named block or the episode times out; then the node and the arm are stopped (SIGINT)
+5. report   ``report.json``, ``report.png``, ``episode.mp4``, ``recording.npz`` (raw data; --report-only)
+
+The demo process itself never imports torch: training, export and verification run as subprocesses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from apt_policy.demo.episodes import plan_episodes
+from apt_policy.demo.processes import ManagedProcesses, ProcessDiedError, log_tail
+from apt_policy.demo.recording import EpisodePlan, EpisodeRecording, load_recordings, save_recordings
+from apt_policy.demo.report import (
+    build_report,
+    format_summary,
+    nan_to_none,
+    plot_report,
+    tcp_positions,
+    video_frame_count,
+    write_video,
+)
+from apt_policy.tasks.scene import SUCCESS_RADIUS, Scene
+
+__all__ = ["DemoError", "DemoOptions", "make_report", "run_demo"]
+
+TRAJECTORY_TOPIC = "/fr3_arm_controller/joint_trajectory"
+SETTLE_SPEED = 0.03  # rad/s: every joint slower than this counts as at rest
+SETTLE_TIME_S = 0.4  # at rest within the success radius this long ends the episode
+STUCK_TIME_S = 2.0  # at rest elsewhere this long (after the last instruction) ends it too
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message says which and where its log is."""
+
+
+@dataclass
+class DemoOptions:
+    out: Path = Path("demo_out")
+    model: Path | None = None  # an export dir to use instead of the cached demo model (skips steps 1-2)
+    bundle: Path | None = None  # the bundle of ``model`` (for verify); None with ``model`` = skip verify
+    seed: int = 20_000
+    switch_after_s: float = 1.0
+    timeout_s: float = 12.0
+    startup_timeout_s: float = 120.0
+    domain_id: int | None = None
+    video_fps: float = 15.0
+    params_file: Path | None = None
+    cache: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _tool(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else name
+
+
+def _header(step: int, total: int, title: str) -> None:
+    print(f"\n==> [{step}/{total}] {title}", flush=True)
+
+
+def default_params_file() -> Path:
+    """config/sim.yaml of the apt_policy package (source tree, or the installed share dir)."""
+    source = Path(__file__).resolve().parents[2] / "config" / "sim.yaml"
+    if source.is_file():
+        return source
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("apt_policy")) / "config" / "sim.yaml"
+    except Exception as exc:  # not installed with colcon either
+        raise DemoError(f"cannot find config/sim.yaml of apt_policy ({exc})") from exc
+
+
+def control_rate_of(params_file: Path) -> float:
+    import yaml
+
+    data = yaml.safe_load(params_file.read_text()) or {}
+    for node in data.values():
+        rate = (node or {}).get("ros__parameters", {}).get("control_rate")
+        if rate:
+            return float(rate)
+    return 100.0
+
+
+# ---------------------------------------------------------------------------------------- model + export
+
+
+def obtain_model(opts: DemoOptions) -> tuple[Path, Path, dict[str, Any]]:
+    """(bundle, export dir, training evaluation) from the cache, training/exporting on first use."""
+    from apt_policy.ros import demo_model
+
+    t = time.monotonic()
+    try:
+        bundle = demo_model.ensure_demo_bundle(opts.cache, verbose=True)
+        opts.timings["model_s"] = time.monotonic() - t
+        _header(2, 5, "export: apt-export onnx (cached) + apt-export verify")
+        t = time.monotonic()
+        export = demo_model.ensure_demo_export(opts.cache, verbose=True)
+    except subprocess.CalledProcessError as exc:
+        raise DemoError(
+            f"`{' '.join(map(str, exc.cmd))}` failed with status {exc.returncode} (output above)"
+        ) from exc
+    except FileNotFoundError as exc:
+        raise DemoError(str(exc)) from exc
+    opts.timings["export_s"] = time.monotonic() - t
+    return bundle, export, training_evaluation(bundle)
+
+
+def training_evaluation(bundle: Path) -> dict[str, Any]:
+    """The success rates ``apt-train demo`` wrote next to the bundles (simulated rollouts, no ROS)."""
+    found: dict[str, Any] = {}
+    for path in sorted(bundle.parent.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and "success" in json.dumps(data)[:100_000]:
+            found[path.name] = data
+    return found
+
+
+def verify_export(bundle: Path, export: Path, out: Path, log_dir: Path) -> dict[str, Any]:
+    """``apt-export verify``; raises DemoError (with the log) when parity is over tolerance."""
+    report_path = out / "parity.json"
+    log = log_dir / "verify.log"
+    cmd = [
+        _tool("apt-export"),
+        "verify",
+        "--bundle",
+        str(bundle),
+        "--onnx",
+        str(export),
+        "--json",
+        str(report_path),
+    ]
+    with log.open("wb") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+    tail = log_tail(log, 12)
+    if code != 0:
+        raise DemoError(f"apt-export verify failed (status {code}); see {log}\n--- last lines ---\n{tail}")
+    print(tail, flush=True)
+    try:
+        return json.loads(report_path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# ------------------------------------------------------------------------------------------------ episodes
+
+
+def _wait(predicate, timeout_s: float, what: str, procs: ManagedProcesses, period: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        procs.check_alive()
+        if time.monotonic() > deadline:
+            logs = ", ".join(str(c.log) for c in procs.children)
+            raise DemoError(f"timed out after {timeout_s:.0f} s waiting for {what}; logs: {logs}")
+        time.sleep(period)
+
+
+def _at_rest(joints: list[tuple[float, np.ndarray]], window_s: float) -> bool:
+    if len(joints) < 2 or joints[-1][0] - joints[0][0] < window_s * 0.9:
+        return False
+    t = np.array([j[0] for j in joints])
+    q = np.stack([j[1] for j in joints])
+    speed = np.abs(np.diff(q, axis=0)) / np.maximum(np.diff(t), 1e-3)[:, None]
+    return bool(np.max(speed) < SETTLE_SPEED)
+
+
+def _robot_summary(log: Path) -> dict[str, Any]:
+    """The ``[fake_franka] summary: {...}`` line fake_franka prints at shutdown."""
+    try:
+        for line in reversed(log.read_text(errors="replace").splitlines()):
+            if line.startswith("[fake_franka] summary: "):
+                return json.loads(line.split(": ", 1)[1])
+    except (OSError, ValueError):
+        pass
+    return {}
+
+
+def run_episode(
+    plan: EpisodePlan, probe: Any, procs: ManagedProcesses, export: Path, params_file: Path, opts: DemoOptions
+) -> EpisodeRecording:
+    """One episode (see the module docstring, step 4)."""
+    probe.send_scene(plan.scene_seed)
+    _wait(
+        lambda: (probe.scene or {}).get("seed") == plan.scene_seed,
+        15.0,
+        "fake_camera to set the scene",
+        procs,
+    )
+    scene = Scene.from_dict(probe.scene)
+    target = scene.block(plan.target)
+    probe.clear()
+    arrivals = procs.log_dir / f"{plan.name}_arrivals.json"
+    q0 = "[" + ",".join(f"{v:.6f}" for v in plan.start_q) + "]"
+    procs.start(
+        "fake_franka",
+        [
+            _tool("apt-fake-franka"),
+            "--ros-args",
+            "-p",
+            f"initial_positions:={q0}",
+            "-p",
+            f"arrival_log:={arrivals}",
+        ],
+        log_name=f"{plan.name}_fake_franka",
+    )
+    node = procs.start(
+        "policy_node",
+        [_tool("apt-policy-node"), "--ros-args", "--params-file", str(params_file), "-p", f"model:={export}"],
+        log_name=f"{plan.name}_policy_node",
+    )
+    _wait(
+        lambda: (
+            probe.latest_status() is not None
+            and probe.latest_status()[1] == 0
+            and probe.latest_joints() is not None
+            and probe.instruction_pub.get_subscription_count() > 0
+        ),
+        opts.startup_timeout_s,
+        f"the policy node to be ready (IDLE); log {node.log}",
+        procs,
+    )
+    probe.clear()
+    t0 = time.monotonic()
+    pending = list(plan.instructions)
+    last_instruction_t = max(t for t, _ in plan.instructions)
+    rest_since: float | None = None
+    print(f"    {plan.name}: {plan.label}  (target {plan.target}, scene seed {plan.scene_seed})", flush=True)
+    while True:
+        now = time.monotonic() - t0
+        while pending and pending[0][0] <= now:
+            probe.send_instruction(pending.pop(0)[1])
+        procs.check_alive()
+        if now > plan.timeout_s:
+            break
+        if now > last_instruction_t + 0.5:
+            recent = probe.joints_since(t0 + now - 0.25)
+            latest = probe.latest_joints()
+            if latest is not None and _at_rest(recent, 0.25):
+                rest_since = now if rest_since is None else rest_since
+                tcp = tcp_positions(latest[1][None])[0]
+                near = float(np.linalg.norm(tcp - target.reach_point)) < SUCCESS_RADIUS
+                if (near and now - rest_since >= SETTLE_TIME_S) or now - rest_since >= STUCK_TIME_S:
+                    break
+            else:
+                rest_since = None
+        time.sleep(0.02)
+    duration = time.monotonic() - t0
+    if plan.instructions[-1][1] != probe.status_instruction and probe.status_instruction != "":
+        print(f"    warning: the node reports instruction {probe.status_instruction!r}", flush=True)
+    procs.stop("policy_node")
+    procs.stop("fake_franka")
+    return _recording(
+        plan, probe, scene, t0, duration, arrivals, procs.log_dir / f"{plan.name}_fake_franka.log"
+    )
+
+
+def _recording(
+    plan: EpisodePlan, probe: Any, scene: Scene, t0: float, duration: float, arrivals: Path, robot_log: Path
+) -> EpisodeRecording:
+    with probe._lock:
+        joints = [j for j in probe.joints if t0 - 0.2 <= j[0] <= t0 + duration]
+        chunks = [c for c in probe.chunks if t0 <= c[0] <= t0 + duration]
+        statuses = [s for s in probe.statuses if s[0] <= t0 + duration]
+        frames = [f for f in probe.frames if t0 <= f[0] <= t0 + duration]
+        node_stats = dict(probe.node_stats)
+        robot_report = dict(probe.robot_report)
+    try:
+        command_t = np.asarray(json.loads(arrivals.read_text())["topics"][TRAJECTORY_TOPIC], dtype=np.float64)
+    except (OSError, ValueError, KeyError):
+        command_t = np.zeros(0)
+    robot_report = _robot_summary(robot_log) or robot_report
+    if not joints:
+        raise DemoError(f"{plan.name}: no joint states were received; see {robot_log}")
+    return EpisodeRecording(
+        plan=plan,
+        scene=scene.to_dict(),
+        joint_t=np.array([j[0] - t0 for j in joints]),
+        joint_q=np.stack([j[1] for j in joints]),
+        chunk_t=np.array([c[0] - t0 for c in chunks]),
+        chunk_ms=np.array([c[1] for c in chunks]),
+        chunk_instruction=[c[2] for c in chunks],
+        command_t=command_t - t0,
+        status_t=np.array([s[0] - t0 for s in statuses]),
+        status_state=np.array([s[1] for s in statuses], dtype=np.int64),
+        status_interventions=np.array([s[2] for s in statuses], dtype=np.int64),
+        status_missed_ticks=np.array([s[3] for s in statuses], dtype=np.int64),
+        robot_report=robot_report,
+        node_stats=node_stats,
+        duration_s=duration,
+        frame_t=np.array([f[0] - t0 for f in frames]),
+        frames=np.stack([f[1] for f in frames]) if frames else np.zeros((0, 1, 1, 3), np.uint8),
+    )
+
+
+def ros_environment(out: Path, domain_id: int | None) -> dict[str, str]:
+    """This demo's own DDS domain, loopback discovery and ROS logs under ``<out>/logs/ros``."""
+    domain = domain_id if domain_id is not None else 101 + os.getpid() % 100
+    env = {
+        "ROS_DOMAIN_ID": str(domain),
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_LOG_DIR": str((out / "logs" / "ros").resolve()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    os.environ.update(env)
+    return env
+
+
+def run_episodes(
+    plans: list[EpisodePlan], export: Path, params_file: Path, opts: DemoOptions, procs: ManagedProcesses
+) -> list[EpisodeRecording]:
+    from apt_policy.demo.probe import DemoProbe
+
+    probe = DemoProbe(video_fps=opts.video_fps)
+    try:
+        camera = procs.start(
+            "fake_camera",
+            [_tool("apt-fake-camera"), "--ros-args", "-p", f"scene_seed:={plans[0].scene_seed}"],
+        )
+        _wait(lambda: probe.scene is not None, 60.0, f"fake_camera to start; log {camera.log}", procs)
+        _header(4, 5, f"episodes: {len(plans)} instructions on the simulated FR3")
+        recordings = []
+        for plan in plans:
+            t = time.monotonic()
+            rec = run_episode(plan, probe, procs, export, params_file, opts)
+            recordings.append(rec)
+            tcp = tcp_positions(rec.joint_q[-1:])[0]
+            dist = float(np.linalg.norm(tcp - Scene.from_dict(rec.scene).block(plan.target).reach_point))
+            verdict = "success" if dist < SUCCESS_RADIUS else "FAIL"
+            print(
+                f"    {plan.name}: {verdict}, {dist * 100:.1f} cm from the {plan.target} block after"
+                f" {rec.duration_s:.1f} s, {len(rec.chunk_t)} chunks"
+                f" ({time.monotonic() - t:.1f} s with process restarts)",
+                flush=True,
+            )
+        return recordings
+    finally:
+        procs.stop_all()
+        probe.shutdown()
+
+
+# -------------------------------------------------------------------------------------------------- report
+
+
+def make_report(
+    recordings: list[EpisodeRecording], out: Path, nominal_rate_hz: float, context: dict[str, Any], fps: float
+) -> dict[str, Any]:
+    """Write report.json, report.png and episode.mp4 (checked readable) in ``out``; returns the report."""
+    report = build_report(recordings, nominal_rate_hz, context)
+    plot_report(recordings, report, out / "report.png")
+    video = out / "episode.mp4"
+    written = write_video(recordings, video, fps)
+    readable = video_frame_count(video)
+    if readable == 0:
+        raise DemoError(f"{video} was written ({written} frames) but cv2.VideoCapture cannot read it back")
+    report["video"] = {"path": video.name, "frames_written": written, "frames_readable": readable, "fps": fps}
+    (out / "report.json").write_text(json.dumps(nan_to_none(report), indent=2) + "\n")
+    return report
+
+
+def run_demo(opts: DemoOptions) -> int:
+    out = opts.out.resolve()
+    log_dir = out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    params_file = (opts.params_file or default_params_file()).resolve()
+    if opts.model is None:
+        _header(1, 5, "model: Stage-2 demo bundle (apt-train demo on first use, cached afterwards)")
+        bundle, export, evaluation = obtain_model(opts)
+        print(f"    bundle {bundle}\n    export {export}", flush=True)
+    else:
+        _header(1, 5, f"model: using --model {opts.model} (no training)")
+        bundle, export, evaluation = opts.bundle, opts.model.resolve(), {}
+        _header(2, 5, "export: given")
+    parity: dict[str, Any] = {}
+    if bundle is not None:
+        t = time.monotonic()
+        print("    apt-export verify (PyTorch vs ONNX Runtime)", flush=True)
+        parity = verify_export(bundle, export, out, log_dir)
+        opts.timings["verify_s"] = time.monotonic() - t
+    env = ros_environment(out, opts.domain_id)
+    _header(3, 5, f"robot: fake_camera on ROS_DOMAIN_ID {env['ROS_DOMAIN_ID']} (logs in {log_dir})")
+    plans = plan_episodes(opts.seed, opts.switch_after_s, opts.timeout_s)
+    t = time.monotonic()
+    with ManagedProcesses(log_dir, env={**os.environ, **env}) as procs:
+        try:
+            recordings = run_episodes(plans, export, params_file, opts, procs)
+        except ProcessDiedError as exc:
+            raise DemoError(str(exc)) from exc
+    opts.timings["episodes_s"] = time.monotonic() - t
+    save_recordings(recordings, out / "recording.npz")
+    _header(5, 5, f"report: {out}")
+    opts.timings["total_s"] = time.monotonic() - started
+    context = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "model": str(export),
+        "bundle": None if bundle is None else str(bundle),
+        "params_file": str(params_file),
+        "parity": parity.get("summary", parity) if isinstance(parity, dict) else parity,
+        "training_evaluation": evaluation,
+        "timings_s": dict(opts.timings),
+    }
+    report = make_report(recordings, out, control_rate_of(params_file), context, opts.video_fps)
+    print(format_summary(report), flush=True)
+    print(
+        f"\nwrote {out / 'report.json'}, {out / 'report.png'}, {out / 'episode.mp4'}"
+        f" ({report['video']['frames_readable']} frames); logs in {log_dir}"
+        f"\ntotal {opts.timings['total_s']:.0f} s",
+        flush=True,
+    )
+    return 0
+
+
+def rebuild_report(out: Path, params_file: Path | None, fps: float) -> int:
+    """--report-only: rebuild the report from ``<out>/recording.npz`` (keeps the saved context)."""
+    recordings = load_recordings(out / "recording.npz")
+    context: dict[str, Any] = {}
+    old = out / "report.json"
+    if old.is_file():
+        context = json.loads(old.read_text()).get("context", {})
+    rate = control_rate_of((params_file or default_params_file()).resolve())
+    report = make_report(recordings, out, rate, context, fps)
+    print(format_summary(report), flush=True)
+    return 0
