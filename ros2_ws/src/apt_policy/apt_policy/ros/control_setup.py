@@ -73,12 +73,13 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
 
 
 def build_loop(
-    p: NodeParams, tick: Callable[[float], None], on_error: Callable[[BaseException], None]
+    p: NodeParams, tick: Callable[[float, float], None], on_error: Callable[[BaseException], None]
 ) -> Any:
-    """The control core's fixed-rate loop calling ``tick(start_time)`` every ``1/control_rate`` s."""
+    """The control core's fixed-rate loop calling ``tick(started, deadline)`` (monotonic s) every
+    ``1/control_rate`` s."""
     from apt_policy.control.rate_loop import FixedRateLoop, TickInfo
 
     def callback(info: TickInfo) -> None:
-        tick(info.started)
+        tick(info.started, info.deadline)
 
     return FixedRateLoop(p.period_s, callback, on_error=on_error, name="apt-stream")

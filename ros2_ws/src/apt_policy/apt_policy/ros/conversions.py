@@ -110,13 +110,14 @@ def fill_trajectory(
     positions: np.ndarray,
     velocities: np.ndarray | None,
     point_type,
+    stamp_s: float = 0.0,
 ) -> None:
-    """Fill a trajectory_msgs/JointTrajectory (header stamp 0 = start now) from plain arrays.
+    """Fill a trajectory_msgs/JointTrajectory from plain arrays.
 
-    ``times_s`` (n,) strictly increasing and > 0; ``positions``/``velocities`` (n, dof).
+    ``times_s`` (n,) strictly increasing and > 0; ``positions``/``velocities`` (n, dof); ``stamp_s`` the
+    header stamp (0 = "start now" for a joint_trajectory_controller).
     """
-    msg.header.stamp.sec = 0
-    msg.header.stamp.nanosec = 0
+    s_to_stamp(stamp_s, msg.header.stamp)
     msg.joint_names = list(joint_names)
     points = []
     for k in range(positions.shape[0]):

@@ -32,7 +32,7 @@ def _finite(values: np.ndarray, what: str) -> None:
 
 
 class TrajectoryOutput:
-    """trajectory_msgs/JointTrajectory with header stamp 0 ("start now") for a joint_trajectory_controller."""
+    """trajectory_msgs/JointTrajectory for a joint_trajectory_controller (stamp 0: start now)."""
 
     mode = "joint_trajectory"
 
@@ -44,8 +44,11 @@ class TrajectoryOutput:
         self.publisher = node.create_publisher(JointTrajectory, topic, COMMAND_QOS)
         self.sent = 0
 
-    def send(self, times_s: np.ndarray, positions: np.ndarray, velocities: np.ndarray | None) -> None:
-        """Publish a look-ahead: ``times_s`` (n,) from now, ``positions``/``velocities`` (n, dof)."""
+    def send(
+        self, times_s: np.ndarray, positions: np.ndarray, velocities: np.ndarray | None, stamp_s: float = 0.0
+    ) -> None:
+        """Publish a look-ahead: ``times_s`` (n,) from ``stamp_s`` (0: from receipt), positions/velocities
+        (n, dof)."""
         _finite(positions, "trajectory positions")
         if velocities is not None:
             _finite(velocities, "trajectory velocities")
@@ -55,7 +58,7 @@ class TrajectoryOutput:
                 f"trajectory times must be > 0 and strictly increasing: {times_s.tolist()}"
             )
         msg = self._msg_type()
-        fill_trajectory(msg, self.joint_names, times_s, positions, velocities, self._point_type)
+        fill_trajectory(msg, self.joint_names, times_s, positions, velocities, self._point_type, stamp_s)
         self.publisher.publish(msg)
         self.sent += 1
 

@@ -126,6 +126,13 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec("lookahead_points", 5, "JTC points sent per tick (safe look-ahead over the schedule).", 1, 100),
     Spec(
+        "trajectory_stamp",
+        "zero",
+        "zero: header.stamp 0, the JTC starts each look-ahead on receipt (no clock sync needed); tick: "
+        "stamped with the tick's deadline, immune to delivery jitter (controller clock must be synced).",
+        choices=("zero", "tick"),
+    ),
+    Spec(
         "realtime_priority",
         0,
         "SCHED_FIFO priority of the stream thread (1-99; needs CAP_SYS_NICE or rtprio limits); 0 = normal.",
@@ -203,6 +210,7 @@ class NodeParams:
     position_command_topic: str
     gripper_command_topic: str
     lookahead_points: int
+    trajectory_stamp: str
     realtime_priority: int
     status_rate: float
     chunk_request_threshold: int

@@ -374,12 +374,12 @@ class PolicyNode(Node):
 
     # -- the stream (apt-stream thread) -------------------------------------------------------------------
 
-    def _tick(self, now: float) -> None:
+    def _tick(self, now: float, deadline: float) -> None:
         if not self._rt_applied:
             self._rt_applied = True
             self._apply_realtime_priority()
         try:
-            self._stream_step(now)
+            self._stream_step(now, deadline)
         finally:
             self.tick_durations.add(time.monotonic() - now)
 
@@ -396,7 +396,7 @@ class PolicyNode(Node):
                 "limits.conf rtprio or CAP_SYS_NICE. Continuing with normal scheduling."
             )
 
-    def _stream_step(self, now: float) -> None:
+    def _stream_step(self, now: float, deadline: float) -> None:
         joints = self.observations.latest_joints()
         measured = None if joints is None else joints.value
         stale = self.observations.stale_reason(now)
@@ -408,7 +408,10 @@ class PolicyNode(Node):
         if isinstance(self.arm_output, TrajectoryOutput):
             plan = self.controller.lookahead()
             if plan is not None:
-                self.arm_output.send(plan.times, plan.positions, plan.velocities)
+                stamp = 0.0
+                if self.params.trajectory_stamp == "tick":  # the deadline on the ROS clock
+                    stamp = self.get_clock().now().nanoseconds * 1e-9 - (time.monotonic() - deadline)
+                self.arm_output.send(plan.times, plan.positions, plan.velocities, stamp)
         elif isinstance(self.arm_output, PositionOutput):
             self.arm_output.send(command.positions)
         sink = self.gripper_sink

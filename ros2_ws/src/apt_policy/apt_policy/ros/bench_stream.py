@@ -1,0 +1,269 @@
+"""Streaming benchmark: how regularly do the node's commands reach the robot while inference runs?
+
+    python -m apt_policy.ros.bench_stream [--model DIR] [--rates 50 100 200] [--ticks 6000] [--json FILE]
+
+For each rate, three processes on a private ROS domain: ``apt-fake-franka`` (records the receive time of
+every command on the monotonic clock, ``arrival_log``), ``apt-fake-camera`` (640x480 rgb8 at 30 Hz) and
+``apt-policy-node`` (``control_rate`` = the rate, ``output_mode`` joint_trajectory, an instruction set and
+``chunk_request_threshold`` = horizon - 1 so inference runs back to back all the time). After the node is
+RUNNING, ``--ticks`` commands are measured at fake_franka:
+
+* achieved rate      (n - 1) / (t_last - t_first)
+* jitter             |inter-arrival - period|: p50 / p99 / max (ms)
+* missed ticks       sum over gaps of round(gap / period) - 1 (a command that never arrived)
+
+The node's own view (loop lateness p99, missed ticks, inference p50) comes from its ~/status and
+/diagnostics. Model: ``--model`` or the cached demo export (``apt_policy.ros.demo_model``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+TRAJECTORY_TOPIC = "/fr3_arm_controller/joint_trajectory"
+
+
+@dataclass
+class StreamResult:
+    """Figures for one rate, measured at the receiver (fake_franka) unless named node_*."""
+
+    rate_hz: float
+    commands: int
+    achieved_hz: float
+    jitter_p50_ms: float
+    jitter_p99_ms: float
+    jitter_max_ms: float
+    missed_ticks: int
+    node_lateness_p99_ms: float
+    node_missed_ticks: int
+    node_tick_compute_p99_ms: float
+    inference_p50_ms: float
+    chunks: int
+
+
+def arrival_stats(times: np.ndarray, period: float) -> dict[str, float]:
+    """Receiver-side figures of a command stream with nominal ``period`` (s); ``times`` monotonic seconds."""
+    times = np.asarray(times, dtype=np.float64)
+    if times.size < 2:
+        raise ValueError("need at least two arrivals")
+    gaps = np.diff(times)
+    jitter = np.abs(gaps - period) * 1e3
+    missed = int(np.sum(np.maximum(0, np.round(gaps / period) - 1)))
+    return {
+        "commands": int(times.size),
+        "achieved_hz": float((times.size - 1) / (times[-1] - times[0])),
+        "jitter_p50_ms": float(np.percentile(jitter, 50)),
+        "jitter_p99_ms": float(np.percentile(jitter, 99)),
+        "jitter_max_ms": float(jitter.max()),
+        "missed_ticks": missed,
+    }
+
+
+class _Watcher:
+    """In-process rclpy subscriber to the node's status and diagnostics (own context, own thread)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import rclpy
+        from apt_msgs.msg import PolicyStatus
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.executors import SingleThreadedExecutor
+
+        self._ctx = rclpy.Context()
+        rclpy.init(context=self._ctx)
+        self.node = rclpy.create_node("bench_stream_watcher", context=self._ctx)
+        self.status = None
+        self.diag: dict[str, str] = {}
+        self.node.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, 10)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self._executor = SingleThreadedExecutor(context=self._ctx)
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
+        self._thread.start()
+
+    def _on_status(self, msg) -> None:
+        self.status = msg
+
+    def _on_diag(self, msg) -> None:
+        for st in msg.status:
+            if "apt_policy" in st.name:
+                self.diag = {kv.key: kv.value for kv in st.values}
+
+    def close(self) -> None:
+        import rclpy
+
+        self._executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self._ctx)
+        self._thread.join(2)
+
+
+def _exe(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else name
+
+
+def _stop(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_rate(model: Path, rate: float, ticks: int, horizon: int, workdir: Path, domain: int) -> StreamResult:
+    """Run the three processes at ``rate`` and measure ``ticks`` commands at fake_franka."""
+    env = {
+        **os.environ,
+        "ROS_DOMAIN_ID": str(domain),
+        "ROS_LOG_DIR": str(workdir / "ros_log"),
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "PYTHONUNBUFFERED": "1",
+    }
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
+    arrivals = workdir / f"arrivals_{rate:g}.json"
+    logs = {name: (workdir / f"{name}_{rate:g}.log").open("wb") for name in ("franka", "camera", "node")}
+    procs = [
+        subprocess.Popen(
+            [_exe("apt-fake-franka"), "--ros-args", "-p", f"arrival_log:={arrivals}"],
+            env=env, stdout=logs["franka"], stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [_exe("apt-fake-camera"), "--ros-args", "-p", "scene_seed:=3"],
+            env=env, stdout=logs["camera"], stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [
+                _exe("apt-policy-node"), "--ros-args",
+                "-p", f"model:={model}",
+                "-p", f"control_rate:={float(rate)}",
+                "-p", "instruction:=reach the red block",
+                "-p", f"chunk_request_threshold:={horizon - 1}",
+                "-p", "inference_timeout:=5.0",
+                "-p", "max_image_age:=0.5",
+                "-p", "max_state_age:=0.2",
+                "-p", "max_skew:=0.5",
+            ],
+            env=env, stdout=logs["node"], stderr=subprocess.STDOUT,
+        ),
+    ]  # fmt: skip
+    watcher = _Watcher()
+    try:
+        deadline = time.monotonic() + 120
+        while watcher.status is None or watcher.status.chunks_produced < 2:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"node did not start streaming; see logs in {workdir}")
+            time.sleep(0.2)
+        t_start = time.monotonic()
+        duration = ticks / rate
+        end = t_start + duration + 1.0
+        while time.monotonic() < end:
+            if any(p.poll() is not None for p in procs):
+                raise RuntimeError(f"a process exited during the run; see logs in {workdir}")
+            time.sleep(0.2)
+        status, diag = watcher.status, dict(watcher.diag)
+    finally:
+        watcher.close()
+        _stop(procs)
+        for f in logs.values():
+            f.close()
+    data = json.loads(arrivals.read_text())
+    times = np.array(data["topics"][TRAJECTORY_TOPIC])
+    times = times[times >= t_start][:ticks]
+    stats = arrival_stats(times, 1.0 / rate)
+
+    def num(key: str) -> float:
+        try:
+            return float(diag[key])
+        except (KeyError, ValueError):
+            return float("nan")
+
+    return StreamResult(
+        rate_hz=rate,
+        node_lateness_p99_ms=num("tick_lateness_p99_ms"),
+        node_missed_ticks=int(status.missed_ticks),
+        node_tick_compute_p99_ms=num("tick_compute_p99_ms"),
+        inference_p50_ms=float(status.inference_latency_p50_ms),
+        chunks=int(status.chunks_produced),
+        **stats,
+    )
+
+
+def format_table(results: list[StreamResult]) -> str:
+    head = (
+        "| rate (Hz) | commands | achieved (Hz) | jitter p50 (ms) | jitter p99 (ms) | jitter max (ms) "
+        "| missed | node lateness p99 (ms) | node tick p99 (ms) | inference p50 (ms) | chunks |"
+    )
+    rows = [head, "|" + "---|" * 11]
+    for r in results:
+        rows.append(
+            f"| {r.rate_hz:g} | {r.commands} | {r.achieved_hz:.2f} | {r.jitter_p50_ms:.3f} | "
+            f"{r.jitter_p99_ms:.3f} | {r.jitter_max_ms:.2f} | {r.missed_ticks} | "
+            f"{r.node_lateness_p99_ms:.3f} | "
+            f"{r.node_tick_compute_p99_ms:.3f} | {r.inference_p50_ms:.1f} | {r.chunks} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, help="exported model dir (default: the cached demo export)")
+    parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 100.0, 200.0], help="rates (Hz)")
+    parser.add_argument("--ticks", type=int, default=6000, help="commands measured per rate (default 6000)")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the process logs (printed path)")
+    args = parser.parse_args(argv)
+    if args.ticks < 10:
+        parser.error("--ticks must be >= 10")
+
+    from apt_policy.runtime.manifest import load_manifest
+
+    if args.model is None:
+        from apt_policy.ros.demo_model import ensure_demo_export
+
+        args.model = ensure_demo_export()
+    horizon = int(load_manifest(args.model, verify=False).config["horizon"])
+    workdir = Path(tempfile.mkdtemp(prefix="apt_bench_stream_"))
+    results = []
+    for i, rate in enumerate(args.rates):
+        print(
+            f"[bench_stream] {rate:g} Hz: {args.ticks} commands (~{args.ticks / rate:.0f} s) ...", flush=True
+        )
+        domain = 1 + (os.getpid() + 17 * i) % 100
+        results.append(run_rate(args.model, rate, args.ticks, horizon, workdir, domain))
+        print(format_table(results[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(f"model {args.model} | {os.cpu_count()} CPUs | load average {os.getloadavg()[0]:.1f} (1 min)")
+    print(format_table(results))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    if args.keep:
+        print(f"logs in {workdir}")
+    else:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
