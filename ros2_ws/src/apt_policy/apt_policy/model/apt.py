@@ -96,12 +96,20 @@ class APTModel(nn.Module):
         return self.project_prefix(out.hidden_states, out.vision_mask, out.language_mask)
 
     def project_prefix(
-        self, hidden_states: torch.Tensor, vision_mask: torch.Tensor, language_mask: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        vision_mask: torch.Tensor,
+        language_mask: torch.Tensor,
+        preselected: bool = False,
     ) -> tuple[torch.Tensor, ...]:
-        """Backbone outputs (hidden [L, B, S, D], masks [B, S]) -> the prefix tuple (see module doc)."""
+        """Backbone outputs (hidden [L, B, S, D], masks [B, S]) -> the prefix tuple (see module doc).
+
+        With ``preselected`` the hidden states hold only the ``layer_map`` layers, in that order
+        (the trainer's feature cache).
+        """
         keys, values = [], []
         for i, vlm_layer in enumerate(self.config.layer_map):
-            hidden = hidden_states[vlm_layer]
+            hidden = hidden_states[i if preselected else vlm_layer]
             k, v = self.contexts[i](hidden)
             keys.append(k)
             values.append(v)

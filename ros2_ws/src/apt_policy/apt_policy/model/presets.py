@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from ..core.config import ActionSemantics, ExpertConfig, PolicyConfig
 from .backbone import IMAGE_MEAN, IMAGE_STD, Qwen3VLBackboneConfig
@@ -25,22 +26,30 @@ def tiny_policy_config(
     action_semantics: ActionSemantics | None = None,
     normalization: str = "quantile",
     model_id: str = "apt-tiny",
+    backbone: Mapping[str, Any] | None = None,
 ) -> PolicyConfig:
-    """A Stage-1 config around ``Qwen3VLBackboneConfig.tiny`` (random weights; seconds on a CPU)."""
-    tiny = Qwen3VLBackboneConfig.tiny()
-    backbone = tiny.replace(
-        num_cameras=len(cameras),
-        image_size=tuple(image_size),
-        max_text_tokens=max_instruction_tokens,
-        text=tiny.text.__class__(**{**tiny.text.__dict__, "num_hidden_layers": vlm_layers}),
-    )
+    """A Stage-1 config around ``Qwen3VLBackboneConfig.tiny`` (random weights; seconds on a CPU).
+
+    Pass ``backbone`` (a ``Qwen3VLBackboneConfig.to_dict()``) to use another backbone, e.g. a loaded
+    Qwen3-VL checkpoint; its deployment fields must match cameras/image_size/max_instruction_tokens.
+    """
+    if backbone is None:
+        tiny = Qwen3VLBackboneConfig.tiny()
+        backbone = tiny.replace(
+            num_cameras=len(cameras),
+            image_size=tuple(image_size),
+            max_text_tokens=max_instruction_tokens,
+            num_layers=vlm_layers,
+            text=tiny.text.__class__(**{**tiny.text.__dict__, "num_hidden_layers": vlm_layers}),
+        ).to_dict()
+    vlm_layers = int(backbone["num_layers"])
     expert = expert or ExpertConfig(width=64, num_heads=4, head_dim=16, mlp_dim=128, num_layers=2)
     if layer_map is None:  # spread the expert layers over the VLM depth, ending at the last layer
         n = expert.num_layers
         layer_map = [round((i + 1) * vlm_layers / n) - 1 for i in range(n)]
     return PolicyConfig(
         architecture=architecture,
-        backbone=backbone.to_dict(),
+        backbone=dict(backbone),
         expert=expert,
         layer_map=tuple(int(i) for i in layer_map),
         cameras=tuple(cameras),

@@ -34,10 +34,12 @@ def export_backbone_onnx(
     *,
     batch_size: int = 1,
     dtype: torch.dtype | None = None,
+    dynamic_batch: bool = False,
     opset: int = 18,
 ) -> Path:
-    """Write ``model`` as one static-shape ONNX graph with inputs INPUT_NAMES and outputs OUTPUT_NAMES.
+    """Write ``model`` as one ONNX graph with inputs INPUT_NAMES and outputs OUTPUT_NAMES.
 
+    Every shape is static except, with ``dynamic_batch``, the batch axis (named "batch").
     ``dtype`` (e.g. ``torch.float16``) casts a copy of the weights; ``pixel_values`` stays float32 and
     ``hidden_states`` comes out in ``dtype``. Large models get their weights in ``<path>.data``.
     """
@@ -46,6 +48,10 @@ def export_backbone_onnx(
     if dtype is not None:
         model = copy.deepcopy(model).to(dtype)
     model = model.eval()
+    dynamic_shapes = None
+    if dynamic_batch:
+        batch = torch.export.Dim("batch", min=1, max=64)
+        dynamic_shapes = tuple({0: batch} for _ in INPUT_NAMES)
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -59,6 +65,7 @@ def export_backbone_onnx(
                 output_names=list(OUTPUT_NAMES),
                 opset_version=opset,
                 dynamo=True,
+                dynamic_shapes=dynamic_shapes,
                 external_data=model.num_parameters() * 4 > 1_500_000_000,
                 verbose=False,
             )

@@ -1,0 +1,210 @@
+"""apt-train: train the APT policy in two stages, or run the small CPU demo end to end.
+
+    apt-train stage1 --data DEMOS.npz --out runs/stage1 [--arch pi|groot] [--steps N] ...
+    apt-train stage2 --init runs/stage1 --data LABELLED.npz --out runs/stage2 [--train inserted|expert]
+    apt-train demo   --out demo_out/model [--arch pi|groot] [--force]
+
+``--data`` is a ``DemoDataset`` .npz (apt_policy.tasks.dataset); cameras, image size, horizon, control
+period and state/action names are read from it. Checkpoints go to ``OUT/checkpoints`` every
+``--checkpoint-every`` steps; ``--resume`` continues from the latest one exactly. The output directory
+is a policy bundle (config.json, model.safetensors, norm_stats.json, tokenizer.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..core.config import ActionSemantics, ExpertConfig
+
+DEFAULT_SEED = 0
+
+
+def _train_args(p: argparse.ArgumentParser, steps: int, lr: float) -> None:
+    p.add_argument("--data", required=True, type=Path, help="DemoDataset .npz (apt_policy.tasks.dataset)")
+    p.add_argument("--out", required=True, type=Path, help="output bundle directory (checkpoints inside)")
+    p.add_argument("--steps", type=int, default=steps, help="optimiser steps (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=lr, help="peak learning rate (warm-up, cosine decay)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seeds init, batches, noise and flow times")
+    p.add_argument("--checkpoint-every", type=int, default=500)
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="apt-train", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s1 = sub.add_parser("stage1", help="VLM frozen, language masked: learn the vision-action prior")
+    _train_args(s1, steps=3000, lr=1e-3)
+    s1.add_argument("--arch", choices=("pi", "groot"), default="pi", help="expert architecture")
+    s1.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: a small word-level one)")
+    s1.add_argument("--backbone-checkpoint", type=Path, help="Qwen3-VL checkpoint dir (default: tiny random)")
+    s1.add_argument("--vlm-layers", type=int, default=3, help="decoder layers kept (truncation)")
+    s1.add_argument("--layer-map", default="", help="VLM layer per Stage-1 expert layer, e.g. '0,1'")
+    s1.add_argument("--layers", type=int, default=2, help="Stage-1 expert layers (Stage 2 doubles them)")
+    s1.add_argument("--width", type=int, default=64)
+    s1.add_argument("--heads", type=int, default=4)
+    s1.add_argument("--mlp-dim", type=int, default=0, help="default 2 x width")
+    s1.add_argument("--max-instruction-tokens", type=int, default=8)
+    s1.add_argument("--sampling-steps", type=int, default=5, help="Euler steps at inference")
+    s1.add_argument("--normalization", choices=("quantile", "mean_std"), default="quantile")
+    s1.add_argument("--model-id", default="apt-reaching")
+
+    s2 = sub.add_parser("stage2", help="insert gated layers after each Stage-1 layer and unmask language")
+    _train_args(s2, steps=2000, lr=1e-3)
+    s2.add_argument("--init", required=True, type=Path, help="Stage-1 bundle directory")
+    s2.add_argument(
+        "--train",
+        choices=("inserted", "expert"),
+        default="inserted",
+        help="inserted: only inserted layers + gates; expert: the whole action expert",
+    )
+
+    demo = sub.add_parser("demo", help="train both stages of a small model on the reaching task, evaluate")
+    demo.add_argument("--out", required=True, type=Path)
+    demo.add_argument("--arch", choices=("pi", "groot"), default="pi")
+    demo.add_argument("--eval-episodes", type=int, default=60, help="per policy and phrasing set (>= 50)")
+    demo.add_argument(
+        "--force", action="store_true", help="retrain even if a finished demo is cached in --out"
+    )
+    demo.add_argument("--threads", type=int, default=2)
+    demo.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _train_config(args: argparse.Namespace, train: str = "expert"):
+    from .trainer import TrainConfig
+
+    return TrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        train=train,
+    )
+
+
+def _stage1(args: argparse.Namespace) -> Path:
+    from ..model.presets import tiny_policy_config
+    from ..tasks.dataset import DemoDataset
+    from .stages import run_stage1
+    from .vocabulary import write_default_tokenizer
+
+    data = DemoDataset.load(args.data)
+    cameras = tuple(data.images)
+    image_size = tuple(next(iter(data.images.values())).shape[1:3])
+    horizon = int(data.actions.shape[1])
+    mlp = args.mlp_dim or 2 * args.width
+    if args.width % args.heads:
+        raise SystemExit(f"--width {args.width} must be divisible by --heads {args.heads}")
+    expert = ExpertConfig(args.width, args.heads, args.width // args.heads, mlp, args.layers)
+    layer_map = tuple(int(v) for v in args.layer_map.split(",")) if args.layer_map else None
+    backbone = None
+    if args.backbone_checkpoint is not None:
+        from ..model.backbone import load_qwen3vl_checkpoint
+
+        backbone = load_qwen3vl_checkpoint(
+            args.backbone_checkpoint,
+            num_layers=args.vlm_layers,
+            num_cameras=len(cameras),
+            image_size=image_size,
+            max_text_tokens=args.max_instruction_tokens,
+        )
+    config = tiny_policy_config(
+        args.arch,
+        cameras=cameras,
+        image_size=image_size,
+        max_instruction_tokens=args.max_instruction_tokens,
+        state_names=data.state_names,
+        action_names=data.action_names,
+        horizon=horizon,
+        control_dt=float(data.config.get("dt", 0.1)),
+        sampling_steps=args.sampling_steps,
+        expert=expert,
+        layer_map=layer_map,
+        vlm_layers=args.vlm_layers,
+        action_semantics=ActionSemantics(arm="absolute", gripper="absolute"),
+        normalization=args.normalization,
+        model_id=args.model_id,
+        backbone=None if backbone is None else backbone.config.to_dict(),
+    )
+    tokenizer = args.tokenizer
+    if tokenizer is None:
+        tokenizer = write_default_tokenizer(args.out.parent / f"{args.out.name}_tokenizer.json")
+    bundle, result = run_stage1(
+        data,
+        config,
+        tokenizer,
+        args.out,
+        _train_config(args),
+        resume=args.resume,
+        progress=not args.quiet,
+        backbone=backbone,
+    )
+    _report(bundle, result)
+    return bundle
+
+
+def _stage2(args: argparse.Namespace) -> Path:
+    from ..tasks.dataset import DemoDataset
+    from .stages import run_stage2
+
+    data = DemoDataset.load(args.data)
+    bundle, result = run_stage2(
+        args.init,
+        data,
+        args.out,
+        _train_config(args, args.train),
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    _report(bundle, result)
+    return bundle
+
+
+def _report(bundle: Path, result) -> None:
+    losses = result.losses
+    if losses:
+        k = max(1, min(50, len(losses) // 5))
+        print(f"loss: first {k} steps {sum(losses[:k]) / k:.4f} -> last {k} steps {sum(losses[-k:]) / k:.4f}")
+    print(f"bundle written to {bundle}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, args.threads))
+    try:
+        if args.command == "stage1":
+            _stage1(args)
+        elif args.command == "stage2":
+            _stage2(args)
+        else:
+            from .demo import run_demo
+
+            report = run_demo(
+                args.out,
+                arch=args.arch,
+                eval_episodes=args.eval_episodes,
+                force=args.force,
+                progress=not args.quiet,
+            )
+            print(json.dumps(report["summary"], indent=2))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"apt-train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
