@@ -1,0 +1,163 @@
+"""The demo's process handling: every child stopped on failure, on Ctrl-C and when a child ignores SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from apt_policy.demo.processes import ManagedProcesses, ProcessDiedError
+
+# A child that ignores SIGINT and starts a grandchild in its own process group (like a node's helpers).
+STUBBORN = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print("grandchild", child.pid, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1][0] != "Z"  # a zombie is dead
+    except FileNotFoundError:
+        return False
+
+
+def _wait_for_line(path: Path, prefix: str, timeout: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+            if line.startswith(prefix):
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"no line starting with {prefix!r} in {path}")
+
+
+def test_stop_all_kills_children_that_ignore_sigint_and_their_groups(tmp_path: Path) -> None:
+    procs = ManagedProcesses(tmp_path, grace_s=1.0)
+    child = procs.start("stubborn", [sys.executable, "-c", STUBBORN])
+    grandchild = int(_wait_for_line(child.log, "grandchild").split()[1])
+    assert _alive(child.proc.pid) and _alive(grandchild)
+    t = time.monotonic()
+    procs.stop_all()
+    assert time.monotonic() - t < 5.0
+    assert child.proc.returncode == -signal.SIGKILL
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+    assert procs.children == []
+
+
+def test_a_clean_child_gets_sigint_first(tmp_path: Path) -> None:
+    code = "import time\ntry:\n    time.sleep(600)\nexcept KeyboardInterrupt:\n    print('clean exit')\n"
+    with ManagedProcesses(tmp_path, grace_s=5.0) as procs:
+        child = procs.start("polite", [sys.executable, "-c", code])
+        time.sleep(0.5)
+    assert child.proc.returncode == 0
+    assert "clean exit" in child.log.read_text()
+
+
+def test_a_dead_child_is_reported_with_its_log(tmp_path: Path) -> None:
+    with ManagedProcesses(tmp_path) as procs:
+        procs.start("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"])
+        dead = procs.start(
+            "crasher", [sys.executable, "-c", "print('model file missing'); raise SystemExit(3)"]
+        )
+        dead.proc.wait(10)
+        with pytest.raises(ProcessDiedError) as info:
+            procs.check_alive()
+        sleeper = procs.get("sleeper").proc
+    message = str(info.value)
+    assert "crasher exited with status 3" in message
+    assert str(tmp_path / "crasher.log") in message and "model file missing" in message
+    assert sleeper.returncode is not None  # the context manager stopped the survivor too
+
+
+def _processes_with_env(key: str, value: str) -> list[int]:
+    """PIDs whose environment has ``key=value`` (our own children only: the value is a unique temp path)."""
+    found = []
+    needle = f"{key}={value}".encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                if needle in f.read().split(b"\0") and _alive(int(entry)):
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.ros
+def test_demo_fails_clearly_and_leaves_no_process_when_the_node_cannot_start(
+    ros_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A model dir without an export: the policy node exits, the demo says so, names the log, stops the
+    camera and the simulated arm, and returns 1."""
+    bad_model = tmp_path / "not_an_export"
+    bad_model.mkdir()
+    out = tmp_path / "demo_out"
+    cmd = [sys.executable, "-m", "apt_policy.demo", "--out", str(out), "--model", str(bad_model)]
+    cmd += ["--domain-id", ros_env["ROS_DOMAIN_ID"], "--startup-timeout", "60"]
+    result = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "demo FAILED" in result.stderr and "policy_node exited" in result.stderr
+    assert str(out / "logs" / "ep1_policy_node.log") in result.stderr
+    assert (out / "logs" / "fake_camera.log").is_file()
+    assert _processes_with_env("ROS_LOG_DIR", str((out / "logs" / "ros").resolve())) == []
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_ctrl_c_during_an_episode_stops_every_process(ros_env: dict[str, str], tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from apt_export.onnx_export import export_onnx
+    from apt_policy.core.normalize import Normalizer
+    from apt_policy.core.preprocess import build_word_tokenizer
+    from apt_policy.model.apt import APTModel
+    from apt_policy.model.bundle import save_bundle
+    from apt_policy.model.presets import tiny_policy_config
+    from apt_policy.tasks.dataset import action_names, state_names
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    config = tiny_policy_config(
+        cameras=("front",), state_names=state_names(), action_names=action_names(), horizon=8
+    )
+    states = np.random.default_rng(0).normal(0.0, 0.01, (50, 8)) + np.append(np.zeros(7), 0.08)
+    normalizer = Normalizer.fit(states, np.repeat(states[:, None], 8, axis=1), config.normalization)
+    build_word_tokenizer(["reach the red block"], tmp_path / "tok.json")
+    bundle = save_bundle(tmp_path / "bundle", APTModel(config), normalizer, tmp_path / "tok.json")
+    export = tmp_path / "onnx"
+    export_onnx(bundle, export, precision="fp32", progress=False)
+
+    out = tmp_path / "demo_out"
+    cmd = [sys.executable, "-m", "apt_policy.demo", "--out", str(out), "--model", str(export)]
+    cmd += ["--domain-id", ros_env["ROS_DOMAIN_ID"], "--timeout", "60"]
+    log = tmp_path / "demo.log"
+    with log.open("w") as f:
+        demo = subprocess.Popen(cmd, env=ros_env, stdout=f, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for_line(log, "    ep1: reach", timeout=120)  # the instruction was sent: mid-episode
+        ros_log = str((out / "logs" / "ros").resolve())
+        assert len(_processes_with_env("ROS_LOG_DIR", ros_log)) >= 3  # camera, arm, node
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(60) == 130
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert "every process it started has been stopped" in log.read_text()
+    assert _processes_with_env("ROS_LOG_DIR", ros_log) == []
