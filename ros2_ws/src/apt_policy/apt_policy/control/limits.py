@@ -1,4 +1,4 @@
-"""Joint limits the safety filter enforces (rad, rad/s, rad/s²), from a robot profile or plain arrays."""
+"""Joint limits the safety filter enforces (rad, rad/s, rad/s², rad/s³), from a robot profile or arrays."""
 
 from __future__ import annotations
 
@@ -8,18 +8,20 @@ from typing import Any
 
 import numpy as np
 
-_ARRAYS = ("lower", "upper", "velocity", "acceleration")
+_ARRAYS = ("lower", "upper", "velocity", "acceleration", "jerk")
 
 
 @dataclass(frozen=True, eq=False)
 class JointLimits:
-    """Per-joint position range, velocity and acceleration limits; float64 ``(dof,)`` read-only arrays."""
+    """Per-joint position range, velocity, acceleration and (optional) jerk limits; float64 ``(dof,)``
+    read-only arrays. ``jerk`` None: no jerk limit."""
 
     names: tuple[str, ...]
     lower: np.ndarray
     upper: np.ndarray
     velocity: np.ndarray
     acceleration: np.ndarray
+    jerk: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         names = tuple(str(n) for n in self.names)
@@ -28,6 +30,8 @@ class JointLimits:
         if dof == 0:
             raise ValueError("JointLimits needs at least one joint name")
         for field in _ARRAYS:
+            if field == "jerk" and self.jerk is None:
+                continue
             arr = np.array(getattr(self, field), dtype=np.float64)
             if arr.ndim == 0:
                 arr = np.full(dof, float(arr))
@@ -41,6 +45,8 @@ class JointLimits:
             raise ValueError("JointLimits: lower must be < upper on every joint")
         if np.any(self.velocity <= 0) or np.any(self.acceleration <= 0):
             raise ValueError("JointLimits: velocity and acceleration limits must be > 0")
+        if self.jerk is not None and np.any(self.jerk <= 0):
+            raise ValueError("JointLimits: jerk limits must be > 0")
 
     @property
     def dof(self) -> int:
@@ -84,4 +90,5 @@ class JointLimits:
             upper=profile.position_upper,
             velocity=vel,
             acceleration=acc,
+            jerk=getattr(profile, "jerk", None),
         )

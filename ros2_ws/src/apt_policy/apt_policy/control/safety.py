@@ -1,26 +1,31 @@
 """The safety filter: turns any target (even NaN or absurd) into a command that is safe to send.
 
-State carried from tick to tick is the previous COMMAND (positions ``q`` and velocities ``u`` at the command
-point), never the measured state. Between two commands the motion is one of constant acceleration: a step of
-length ``dt`` picks the next velocity ``u1`` and ``q1 = q0 + dt (u0 + u1) / 2``. That is exactly the cubic a
-joint_trajectory_controller builds from (positions, velocities) points, so the guarantees below hold for the
-interpolated path the arm executes, not only at the points. ``u1`` is chosen inside:
+State carried from tick to tick is the previous COMMAND (positions ``q``, velocities ``u`` at the command
+point and the acceleration ``α`` of the last step), never the measured state. Between two commands the
+motion has constant acceleration: a step of length ``dt`` picks the next velocity ``u1``,
+``α1 = (u1 - u0) / dt`` and ``q1 = q0 + dt (u0 + u1) / 2``. That is exactly the cubic a
+joint_trajectory_controller builds from (position, velocity) points, so the limits hold on the interpolated
+path the arm executes, not only at the points. ``u1`` is chosen inside:
 
-* ``|u1| <= v_max``                                            (velocity limit)
-* ``|u1 - u0| <= a_max dt``                                    (acceleration limit, vs. the previous command)
-* ``q1 + u1 |u1| / (2 a_max) + u1 dt / 2`` inside ``[lower, upper]``  (braking: can still stop inside)
+* ``|u1| <= v_max``                                        (velocity limit)
+* ``|α1| <= A`` and ``|α1 - α0| <= J``                     (acceleration; its jump at a point, see below)
+* braking: ``q1 + u1²/(2A) + u1 dt/2 (+ u1 dt if α1 > J - A)`` inside ``[lower, upper]`` for ``u1 > 0``
+  (mirrored for ``u1 < 0``): braking at ``A`` in whole steps, after at most one step spent ramping the
+  acceleration down, stops inside the limits.
 
-where ``[lower, upper]`` are the joint limits shrunk by ``margin``. The braking term bounds the distance of
-braking at ``a_max`` in whole steps. If the previous command satisfies it, braking (``u1 = u0 - clip(u0,
-±a_max dt)``) satisfies all three, so the set is never empty and the invariant holds forever by induction:
-every command is finite, inside the limits, within the velocity and acceleration limits (also between the
-points), and the arm can always come to rest inside the limits.
+``[lower, upper]`` are the joint limits shrunk by ``margin``. The acceleration jumps at each point; the robot
+samples the interpolated path every ``robot_period`` (1 ms on a Franka), so a jump ``J`` there is a jerk of
+``J / robot_period``: ``J = jerk * jerk_scale * robot_period``, and ``A = min(a_max * acceleration_scale, J)``
+(with ``A <= J`` full braking is always reachable within one step). If the previous command satisfies the
+braking condition, braking (``α1 = max(α0 - J, -A, -u0/dt)`` for ``u0 > 0``) satisfies all bounds, so the
+feasible set is never empty and the invariant holds forever by induction: every command is finite, inside the
+limits, within the velocity, acceleration and jerk limits, and the arm can always come to rest inside them.
 
 Targets are first cleaned: a non-finite target (or one of the wrong shape) becomes a brake; a target farther
 than ``max_deviation`` from the measured state is clamped to that distance, then into the limits (this bounds
 the *target*: the command itself must respect the acceleration limit and may brake past it). The tracking
 law asks for ``u = ff + sign(e) min(k |e|, sqrt(2 a_track |e|))`` (``e`` = target - command, ``ff`` the
-target's own velocity, ``k = 0.34 / dt`` critically damped in discrete time, ``a_track = a_max / 2``), which
+target's own velocity, ``k = 0.34 / dt`` critically damped in discrete time, ``a_track = A / 2``), which
 lands on a still target without overshoot; the limits above then clip it.
 
 Every clamp is reported as an intervention: limit name -> indices of the joints it changed.
@@ -40,7 +45,7 @@ NONFINITE = "nonfinite"  # target NaN/inf or wrong shape: braked instead
 POSITION = "position"  # target outside [lower + margin, upper - margin]: clamped
 DEVIATION = "deviation"  # target farther than max_deviation from the measured state: clamped
 VELOCITY = "velocity"  # velocity limit bound the step
-ACCELERATION = "acceleration"  # acceleration limit bound the step
+ACCELERATION = "acceleration"  # acceleration (or jerk: its change per step) limit bound the step
 BRAKING = "braking"  # stopping distance to a position limit bound the step
 INFEASIBLE = "infeasible"  # previous command violated the invariant (never expected): braked
 LIMIT_NAMES = (NONFINITE, POSITION, DEVIATION, VELOCITY, ACCELERATION, BRAKING, INFEASIBLE)
@@ -52,22 +57,28 @@ _TOL = 1e-12
 class SafetyConfig:
     """Parameters of :class:`SafetyFilter`.
 
-    margin          rad, kept from each position limit (scalar or per joint)        default 0.05
-    velocity_scale  fraction of the profile's velocity limits used                  default 0.5
-    accel_scale     fraction of the profile's acceleration limits used              default 0.5
-    max_deviation   rad, largest |target - measured| per joint (inf disables)       default 0.25
+    margin              rad, kept from each position limit (scalar or per joint)       default 0.05
+    velocity_scale      fraction of the profile's velocity limits used                 default 0.5
+    acceleration_scale  fraction of the profile's acceleration limits used             default 0.5
+    jerk_scale          fraction of the profile's jerk limits used (if it has some)    default 0.8
+    robot_period        s, the robot's command period the jerk is judged at            default 0.001
+    max_deviation       rad, largest |target - measured| per joint (inf disables)      default 0.25
     """
 
     margin: float | tuple[float, ...] = 0.05
     velocity_scale: float = 0.5
     acceleration_scale: float = 0.5
+    jerk_scale: float = 0.8
+    robot_period: float = 0.001
     max_deviation: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("velocity_scale", "acceleration_scale"):
+        for name in ("velocity_scale", "acceleration_scale", "jerk_scale"):
             value = getattr(self, name)
             if not (np.isfinite(value) and 0 < value <= 1):
                 raise ValueError(f"SafetyConfig.{name} must be in (0, 1], got {value}")
+        if not (np.isfinite(self.robot_period) and self.robot_period > 0):
+            raise ValueError(f"SafetyConfig.robot_period must be > 0 s, got {self.robot_period}")
         margin = np.asarray(self.margin, dtype=np.float64)
         if not np.all(np.isfinite(margin)) or np.any(margin < 0):
             raise ValueError(f"SafetyConfig.margin must be finite and >= 0, got {self.margin}")
@@ -77,13 +88,19 @@ class SafetyConfig:
 
 @dataclass(frozen=True, eq=False)
 class CommandState:
-    """A command: joint positions (rad) and joint velocities at that point (rad/s)."""
+    """A command: joint positions (rad), velocities at that point (rad/s) and the acceleration of the step
+    that reached it (rad/s²; zeros when unknown, e.g. at rest)."""
 
     positions: np.ndarray
     velocities: np.ndarray
+    accelerations: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.accelerations is None:
+            object.__setattr__(self, "accelerations", np.zeros_like(self.velocities))
 
     def copy(self) -> CommandState:
-        return CommandState(self.positions.copy(), self.velocities.copy())
+        return CommandState(self.positions.copy(), self.velocities.copy(), self.accelerations.copy())
 
 
 @dataclass(frozen=True)
@@ -131,18 +148,24 @@ class SafetyFilter:
         if np.any(self.lower >= self.upper):
             raise ValueError("SafetyConfig.margin leaves no room between the position limits")
         self.v_max = limits.velocity * self.config.velocity_scale
-        self.a_max = limits.acceleration * self.config.acceleration_scale
+        a_max = limits.acceleration * self.config.acceleration_scale
+        if limits.jerk is None:
+            self.j_step = np.full(limits.dof, np.inf)  # largest change of acceleration per step
+        else:
+            self.j_step = limits.jerk * self.config.jerk_scale * self.config.robot_period
+        self.a_max = np.minimum(a_max, self.j_step)  # A <= J: full braking is reachable within one step
         self.dv = self.a_max * self.dt  # largest velocity change per step
         self._dv2 = self.dv * self.dv
         self._two_a = 2.0 * self.a_max
-        self._two_a_track = self.a_max  # 2 * a_track with a_track = a_max / 2
+        self._ramp = (self.j_step - self.a_max) * self.dt  # u1 - u0 above this: one ramp step before braking
+        self._two_a_track = self.a_max  # 2 * a_track with a_track = A / 2
         self._gain = 0.34 / self.dt  # discrete critical damping of the linear zone (real poles)
         self._neg_v_max = -self.v_max
         self._zeros = np.zeros(limits.dof)
         self._check_deviation = bool(np.isfinite(self.config.max_deviation))
-        for arr in (self.lower, self.upper, self.v_max, self.a_max, self.dv, self._dv2, self._two_a):
+        for arr in (self.lower, self.upper, self.v_max, self.a_max, self.j_step, self.dv, self._dv2):
             arr.setflags(write=False)
-        for arr in (self._neg_v_max, self._zeros):
+        for arr in (self._two_a, self._ramp, self._neg_v_max, self._zeros):
             arr.setflags(write=False)
 
     @property
@@ -176,26 +199,29 @@ class SafetyFilter:
         return CommandState(q, np.zeros(self.dof))
 
     def is_safe(self, state: CommandState, tol: float = 1e-9) -> bool:
-        """The invariant: finite, inside the limits, within v_max, and able to stop inside the limits."""
-        q, u = state.positions, state.velocities
-        if q.shape != (self.dof,) or u.shape != (self.dof,):
+        """The invariant: finite, inside the limits, within v_max and A, able to stop inside the limits."""
+        q, u, acc = state.positions, state.velocities, state.accelerations
+        if q.shape != (self.dof,) or u.shape != (self.dof,) or acc.shape != (self.dof,):
             return False
-        if not (np.isfinite(q).all() and np.isfinite(u).all()):
+        if not (np.isfinite(q).all() and np.isfinite(u).all() and np.isfinite(acc).all()):
             return False
-        stop = q + u * np.abs(u) / (2 * self.a_max) + u * self.dt / 2
+        # braking starts a step late after accelerating by more than J - A (1e-9: rounding of acc)
+        ramp = np.where(np.sign(u) * acc * self.dt > self._ramp + 1e-9, np.abs(u) * self.dt, 0.0)
+        reach = u * np.abs(u) / (2 * self.a_max) + u * self.dt / 2 + np.sign(u) * ramp
         return bool(
             np.all(q >= self.lower - tol)
             and np.all(q <= self.upper + tol)
             and np.all(np.abs(u) <= self.v_max + tol)
-            and np.all(stop >= self.lower - tol)
-            and np.all(stop <= self.upper + tol)
+            and np.all(np.abs(acc) <= self.a_max + tol)
+            and np.all(q + reach >= self.lower - tol)
+            and np.all(q + reach <= self.upper + tol)
         )
 
     # --------------------------------------------------------------------------------------------- steps
 
     def brake(self, state: CommandState) -> CommandState:
         """One step of braking at ``a_max`` towards rest (stays put once at rest)."""
-        return self._step(state, self._zeros, {})[0]
+        return self._step(state, self._zeros, {})[0]  # u_des = 0, clipped into the jerk/accel bounds
 
     def track(
         self,
@@ -269,20 +295,20 @@ class SafetyFilter:
     def _step(
         self, state: CommandState, u_des: np.ndarray, notes: dict[str, tuple[int, ...]]
     ) -> tuple[CommandState, Interventions]:
-        q0, u0 = state.positions, state.velocities
-        dv, half_dt = self.dv, 0.5 * self.dt
-        # Largest speed towards each limit that still allows braking inside it after this step.
-        room_up = np.maximum(self.upper - q0 - half_dt * u0, 0.0)
-        room_down = np.maximum(q0 + half_dt * u0 - self.lower, 0.0)
-        stop_up = np.sqrt(self._dv2 + self._two_a * room_up) - dv
-        stop_down = np.sqrt(self._dv2 + self._two_a * room_down) - dv
-        acc_hi, acc_lo = u0 + dv, u0 - dv
+        q0, u0, acc0 = state.positions, state.velocities, state.accelerations
+        dt, half_dt = self.dt, 0.5 * self.dt
+        # acceleration and its change per step (jerk at the point)
+        acc_hi = u0 + np.minimum(self.a_max, acc0 + self.j_step) * dt
+        acc_lo = u0 + np.maximum(-self.a_max, acc0 - self.j_step) * dt
+        # largest speed towards each limit that still allows braking inside it after this step
+        stop_up = self._brake_bound(np.maximum(self.upper - q0 - half_dt * u0, 0.0), u0 + self._ramp)
+        stop_down = self._brake_bound(np.maximum(q0 + half_dt * u0 - self.lower, 0.0), -u0 + self._ramp)
         hi = np.minimum(np.minimum(self.v_max, acc_hi), stop_up)
         lo = np.maximum(np.maximum(self._neg_v_max, acc_lo), -stop_down)
         u1 = np.minimum(np.maximum(u_des, lo), hi)
         infeasible = lo > hi
         if infeasible.any():  # only if the previous command broke the invariant (rounding): brake
-            brake = u0 - np.minimum(np.maximum(u0, -dv), dv)
+            brake = np.minimum(np.maximum(0.0, acc_lo), acc_hi)
             u1 = np.where(infeasible, brake, u1)
             _note(notes, INFEASIBLE, infeasible)
         q1 = np.minimum(np.maximum(q0 + half_dt * (u0 + u1), self.lower), self.upper)
@@ -300,7 +326,16 @@ class SafetyFilter:
                 if mask.any():
                     _note(notes, name, mask)
                     bound = bound & ~mask
-        return CommandState(q1, u1), Interventions(notes)
+        return CommandState(q1, u1, (u1 - u0) / dt), Interventions(notes)
+
+    def _brake_bound(self, room: np.ndarray, ramp_from: np.ndarray) -> np.ndarray:
+        """Largest speed towards a limit ``room`` away (after half a step at ``u0``) that can still brake
+        inside it: ``u²/(2A) + u dt <= room``, or ``u²/(2A) + 2 u dt <= room`` when reaching ``u`` needs an
+        acceleration above ``J - A`` (``u > ramp_from``), because braking then starts one step later."""
+        dv = self.dv
+        direct = np.sqrt(self._dv2 + self._two_a * room) - dv
+        delayed = np.sqrt(4.0 * self._dv2 + self._two_a * room) - 2.0 * dv
+        return np.maximum(np.minimum(direct, ramp_from), delayed)
 
 
 def _note(notes: dict[str, tuple[int, ...]], name: str, mask: np.ndarray) -> None:

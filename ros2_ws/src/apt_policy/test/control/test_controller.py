@@ -79,17 +79,21 @@ def constant(q: np.ndarray, horizon: int = 20, gripper: float = 0.04) -> np.ndar
 def assert_commands_safe(ctrl: Controller, commands: list[Command]) -> None:
     """Limits on every command and on the motion between consecutive ones (relative to the command)."""
     f = ctrl.safety
-    prev = prev_step = None
+    prev = prev_step = prev_dv = None
     for cmd in commands:
         if cmd.positions is None:
-            prev = prev_step = None
+            prev = prev_step = prev_dv = None
             continue
         assert np.all(cmd.positions >= f.lower - 1e-9) and np.all(cmd.positions <= f.upper + 1e-9)
         assert np.all(np.abs(cmd.velocities) <= f.v_max + 1e-9)
         if prev is not None:
             step = cmd.positions - prev.positions
             assert np.all(np.abs(step) <= f.v_max * f.dt + 1e-9)
-            assert np.all(np.abs(cmd.velocities - prev.velocities) <= f.a_max * f.dt + 1e-9)
+            dv = cmd.velocities - prev.velocities
+            assert np.all(np.abs(dv) <= f.a_max * f.dt + 1e-9)
+            if prev_dv is not None:  # acceleration jump at a point (jerk at the robot's 1 kHz)
+                assert np.all(np.abs(dv - prev_dv) <= f.j_step * f.dt + 1e-9)
+            prev_dv = dv
             if prev_step is not None:  # finite-difference acceleration of the positions
                 assert np.all(np.abs(step - prev_step) <= f.a_max * f.dt**2 + 1e-9)
             prev_step = step

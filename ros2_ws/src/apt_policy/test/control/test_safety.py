@@ -33,6 +33,8 @@ def assert_step_safe(f: SafetyFilter, prev: CommandState, new: CommandState) -> 
     assert np.all(np.abs(q1 - q0) <= f.v_max * f.dt + TOL)  # |dq| <= v_max dt
     np.testing.assert_allclose(q1, q0 + 0.5 * f.dt * (u0 + u1), atol=1e-12)  # constant acceleration
     assert np.all(np.abs(u1 - u0) <= f.a_max * f.dt + 1e-9)  # |ddq| <= a_max (dt per tick), vs the command
+    np.testing.assert_allclose(new.accelerations, (u1 - u0) / f.dt, atol=1e-9)
+    assert np.all(np.abs(new.accelerations - prev.accelerations) <= f.j_step + 1e-6)  # jump of ddq (jerk)
     assert f.is_safe(new, tol=1e-9)  # can still stop inside the limits
 
 
