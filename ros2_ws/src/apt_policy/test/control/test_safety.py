@@ -78,7 +78,7 @@ def test_random_adversarial_targets_keep_every_guarantee(robot: str, seed: int) 
     state = f.start_state(profile.ready_pose)
     target = state.positions
     counts: dict[str, int] = {}
-    for step in range(2000):
+    for step in range(1500):
         if step % int(rng.integers(1, 40)) == 0:
             target = adversarial_target(rng, f, state.positions)
         measured = state.positions + rng.normal(0, 0.01, f.dof) if rng.random() < 0.5 else None
@@ -88,7 +88,7 @@ def test_random_adversarial_targets_keep_every_guarantee(robot: str, seed: int) 
         for limit in notes.by_limit:
             counts[limit] = counts.get(limit, 0) + 1
         state = new
-        if step % 400 == 200:  # from anywhere reached, braking ends at rest inside the limits
+        if step % 300 == 150:  # from anywhere reached, braking ends at rest inside the limits
             brake_to_rest(f, state)
     # the adversary really pushed on every limit
     for limit in (NONFINITE, POSITION, VELOCITY, ACCELERATION, BRAKING):
@@ -101,7 +101,7 @@ def test_random_velocity_commands_keep_every_guarantee(seed: int) -> None:
     f = make_filter("fr3", dt=0.01)
     state = f.start_state(get_profile("fr3").ready_pose)
     v = np.zeros(f.dof)
-    for step in range(3000):
+    for step in range(1500):
         if step % 25 == 0:
             v = rng.normal(0, 4, f.dof)
             if rng.random() < 0.1:
