@@ -42,10 +42,11 @@ def _run(session, inputs):
 
 
 def test_fp32_onnx_matches_pytorch(model, inputs, tmp_path):
-    path = export_backbone_onnx(model, tmp_path / "backbone.onnx")
+    path = export_backbone_onnx(model, tmp_path / "backbone.onnx", dynamic_batch=True)
     session = _session(path)
     assert [i.name for i in session.get_inputs()] == list(INPUT_NAMES)
-    assert all(isinstance(d, int) for i in session.get_inputs() for d in i.shape), "shapes must be static"
+    for graph_input in session.get_inputs():  # only the batch axis is symbolic
+        assert graph_input.shape[0] == "batch" and all(isinstance(d, int) for d in graph_input.shape[1:])
     got = _run(session, inputs)
     with torch.no_grad():
         ref = model(*inputs)
@@ -64,6 +65,12 @@ def test_fp32_onnx_matches_pytorch(model, inputs, tmp_path):
     assert np.abs(got2["hidden_states"] - ref2.hidden_states.numpy()).max() <= 1e-5
     assert np.abs(got2["hidden_states"] - got["hidden_states"]).max() > 1e-2
     np.testing.assert_array_equal(got2["language_mask"], ref2.language_mask.numpy())
+
+    # Batch of both: each sample gives what it gives alone.
+    both = _run(session, tuple(torch.cat([a, b]) for a, b in zip(inputs, other, strict=True)))
+    assert both["hidden_states"].shape[1] == 2
+    assert np.abs(both["hidden_states"][:, :1] - got["hidden_states"]).max() <= 1e-5
+    assert np.abs(both["hidden_states"][:, 1:] - got2["hidden_states"]).max() <= 1e-5
 
 
 def test_fp16_onnx_keeps_softmax_and_norms_in_fp32(model, inputs, tmp_path):
