@@ -44,6 +44,9 @@ REJECT_LOG_PERIOD_S = 5.0
 # The stream thread needs the GIL on time: other Python threads (executor, inference pre-processing) would
 # otherwise keep it for up to the default 5 ms switch interval.
 GIL_SWITCH_INTERVAL_S = 0.0005
+# Stamped look-aheads (trajectory_stamp: tick) last at least this long (resting at their final point), so a
+# message delivered late still ends in the future and is not rejected by the controller.
+STAMPED_MIN_SPAN_S = 0.25
 
 
 class PolicyNode(Node):
@@ -408,10 +411,15 @@ class PolicyNode(Node):
         if isinstance(self.arm_output, TrajectoryOutput):
             plan = self.controller.lookahead()
             if plan is not None:
+                times, positions, velocities = plan.times, plan.positions, plan.velocities
                 stamp = 0.0
                 if self.params.trajectory_stamp == "tick":  # the deadline on the ROS clock
                     stamp = self.get_clock().now().nanoseconds * 1e-9 - (time.monotonic() - deadline)
-                self.arm_output.send(plan.times, plan.positions, plan.velocities, stamp)
+                    if times[-1] < STAMPED_MIN_SPAN_S:  # rest at the last point: a late message still counts
+                        times = np.append(times, STAMPED_MIN_SPAN_S)
+                        positions = np.vstack([positions, positions[-1]])
+                        velocities = np.vstack([velocities, np.zeros_like(velocities[-1])])
+                self.arm_output.send(times, positions, velocities, stamp)
         elif isinstance(self.arm_output, PositionOutput):
             self.arm_output.send(command.positions)
         sink = self.gripper_sink
