@@ -244,21 +244,15 @@ class Controller:
     # ----------------------------------------------------------------------------- inference side API
 
     def on_chunk(self, chunk: Any, t_now: float) -> ChunkDecision:
-        """Offer a chunk (``schedule.Chunk`` or the worker's ``ChunkResult``) that arrived at ``t_now``."""
+        """Offer a chunk (``schedule.Chunk`` or the worker's ``ChunkResult``) that arrived at ``t_now``.
+
+        Never raises: a malformed chunk is refused with the reason (the caller logs it).
+        """
         with self._lock:
-            if self._state in (ControllerState.IDLE, ControllerState.PAUSED, ControllerState.FAULT):
-                decision = ChunkDecision(False, f"not accepting chunks in {self._state.name}")
-            else:
-                latency = t_now - float(chunk.t_obs)
-                limit = self.config.watchdog.max_inference_latency
-                if latency > limit:
-                    decision = ChunkDecision(
-                        False, f"inference too slow ({latency * 1e3:.0f} ms > {limit * 1e3:.0f} ms)"
-                    )
-                    if int(chunk.epoch) == self._epoch:
-                        self._inference_problem = decision.reason
-                else:
-                    decision = self.schedule.push(chunk, t_now, self._epoch)
+            try:
+                decision = self._decide(chunk, float(t_now))
+            except (AttributeError, TypeError, ValueError) as exc:
+                decision = ChunkDecision(False, f"malformed chunk: {type(exc).__name__}: {exc}")
             if decision.accepted:
                 self._accepted += 1
                 self._chunk_seen = True
@@ -267,6 +261,20 @@ class Controller:
                 self._refused += 1
                 self._last_refusal = decision.reason
             return decision
+
+    def _decide(self, chunk: Any, t_now: float) -> ChunkDecision:
+        if self._state in (ControllerState.IDLE, ControllerState.PAUSED, ControllerState.FAULT):
+            return ChunkDecision(False, f"not accepting chunks in {self._state.name}")
+        latency = t_now - float(chunk.t_obs)
+        limit = self.config.watchdog.max_inference_latency
+        if latency > limit:
+            decision = ChunkDecision(
+                False, f"inference too slow ({latency * 1e3:.0f} ms > {limit * 1e3:.0f} ms)"
+            )
+            if int(chunk.epoch) == self._epoch:
+                self._inference_problem = decision.reason
+            return decision
+        return self.schedule.push(chunk, t_now, self._epoch)
 
     def on_inference_error(self, reason: str) -> None:
         """Inference failed: HOLD until the next accepted chunk."""

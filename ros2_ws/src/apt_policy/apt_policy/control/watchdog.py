@@ -46,7 +46,7 @@ def stale_input_reason(
     for the state and "no frame yet" for a camera. A stamp in the future counts as fresh.
     """
     if state_stamp is not None:
-        age = t_now - float(state_stamp)
+        age = t_now - _seconds(state_stamp)
         if not math.isfinite(age) or age > config.max_state_age:
             return f"joint state stale ({_ms(age)} > {config.max_state_age * 1e3:.0f} ms)"
     if camera_stamps is None:
@@ -56,10 +56,18 @@ def stale_input_reason(
         stamp = camera_stamps.get(name)
         if stamp is None:
             return f"camera '{name}' has no frame"
-        age = t_now - float(stamp)
+        age = t_now - _seconds(stamp)
         if not math.isfinite(age) or age > config.max_camera_age:
             return f"camera '{name}' stale ({_ms(age)} > {config.max_camera_age * 1e3:.0f} ms)"
     return None
+
+
+def _seconds(stamp: object) -> float:
+    """A stamp as float seconds; NaN (-> stale) when it is not a number."""
+    try:
+        return float(stamp)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _ms(age: float) -> str:

@@ -311,6 +311,21 @@ def test_delta_semantics_use_the_state_of_the_chunk_observation() -> None:
     np.testing.assert_allclose(sim.measured[:5], (Q0 + 0.03)[:5], atol=1e-9)
 
 
+def test_malformed_chunks_are_refused_without_raising() -> None:
+    sim = running_sim()
+    for bad in (
+        object(),  # no fields at all
+        Chunk(actions=[["a", "b"]], t_obs=sim.t, epoch=sim.ctrl.epoch),  # not numbers
+        Chunk(actions=constant(Q0), t_obs="soon", epoch=sim.ctrl.epoch),  # type: ignore[arg-type]
+        Chunk(actions=np.zeros((0, 8)), t_obs=sim.t, epoch=sim.ctrl.epoch),  # empty
+    ):
+        decision = sim.ctrl.on_chunk(bad, sim.t)
+        assert not decision.accepted and decision.reason
+    assert sim.ctrl.status().chunks_refused == 4
+    assert sim.push(constant(Q0)).accepted  # and it keeps working
+    assert sim.step().state == S.RUNNING
+
+
 def test_worker_chunk_results_are_accepted_directly() -> None:
     sim = running_sim()
     result = ChunkResult(

@@ -17,6 +17,7 @@ def test_state_and_camera_ages() -> None:
     assert stale_input_reason(cfg, 10.0, None, None) is None  # nothing to check
     assert stale_input_reason(cfg, 10.0, 10.5, {"wrist": 10.2}) is None  # future stamps count as fresh
     assert "invalid stamp" in (stale_input_reason(cfg, 10.0, math.nan, None) or "")
+    assert "invalid stamp" in (stale_input_reason(cfg, 10.0, 9.99, {"wrist": "later"}) or "")
 
 
 def test_required_cameras_must_have_frames() -> None:
