@@ -76,20 +76,8 @@ class Qwen3VLBackbone(nn.Module):
     ) -> BackboneOutput:
         cfg = self.config
         b, n_cam = pixel_values.shape[0], pixel_values.shape[1]
-        expected_pixels = (n_cam, 3, *cfg.image_size)
-        if n_cam != cfg.num_cameras or tuple(pixel_values.shape[1:]) != (cfg.num_cameras, 3, *cfg.image_size):
-            raise ValueError(
-                f"pixel_values must be [B, {cfg.num_cameras}, 3, {cfg.image_size[0]}, {cfg.image_size[1]}],"
-                f" got {tuple(pixel_values.shape)} (expected per-sample {expected_pixels})"
-            )
-        if tuple(input_ids.shape) != (b, cfg.max_text_tokens) or tuple(text_mask.shape) != (
-            b,
-            cfg.max_text_tokens,
-        ):
-            raise ValueError(
-                f"input_ids and text_mask must be [B={b}, {cfg.max_text_tokens}],"
-                f" got {tuple(input_ids.shape)} and {tuple(text_mask.shape)}"
-            )
+        if not torch.jit.is_tracing():  # shapes are Python ints here; under tracing they would be baked in
+            _check_shapes(cfg, pixel_values, input_ids, text_mask)
         embed = self.language_model.embed_tokens
         dtype = embed.weight.dtype
         h, w = cfg.image_size
@@ -140,3 +128,20 @@ class Qwen3VLBackbone(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _check_shapes(
+    cfg: Qwen3VLBackboneConfig, pixel_values: torch.Tensor, input_ids: torch.Tensor, text_mask: torch.Tensor
+) -> None:
+    pixels_ok = tuple(pixel_values.shape[1:]) == (cfg.num_cameras, 3, *cfg.image_size)
+    if pixel_values.ndim != 5 or not pixels_ok:
+        raise ValueError(
+            f"pixel_values must be [B, {cfg.num_cameras}, 3, {cfg.image_size[0]}, {cfg.image_size[1]}],"
+            f" got {tuple(pixel_values.shape)}"
+        )
+    text_shape = (pixel_values.shape[0], cfg.max_text_tokens)
+    if tuple(input_ids.shape) != text_shape or tuple(text_mask.shape) != text_shape:
+        raise ValueError(
+            f"input_ids and text_mask must be [B={text_shape[0]}, {cfg.max_text_tokens}],"
+            f" got {tuple(input_ids.shape)} and {tuple(text_mask.shape)}"
+        )
