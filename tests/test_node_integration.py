@@ -361,3 +361,19 @@ def test_bad_inputs_are_rejected_and_node_keeps_running(processes, probe, model_
     # content violations: none; timing ones (a late message on a loaded machine) are test 1's business
     content = {k: v for k, v in probe.violations["violations"].items() if k not in TIMING_VIOLATIONS}
     assert not any(content.values()), probe.violations
+
+
+@pytest.mark.parametrize(
+    ("param", "message"),
+    [
+        ("control_rate:=5000.0", "parameter 'control_rate'"),
+        ("output_mode:=velocity", "parameter 'output_mode' is 'velocity'; choose one of"),
+        ("camera_names:=[wrist, side]", "parameter 'camera_names'"),
+    ],
+)
+def test_invalid_parameter_stops_the_node_with_its_name(processes, model_dir, param, message) -> None:
+    proc = processes.start(
+        "policy_node", ["apt-policy-node", "--ros-args", "-p", f"model:={model_dir}", "-p", param]
+    )
+    assert proc.wait(60) == 2
+    assert f"[apt_policy] invalid parameter: {message}" in processes.output("policy_node")
