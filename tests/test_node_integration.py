@@ -368,7 +368,7 @@ def test_bad_inputs_are_rejected_and_node_keeps_running(processes, probe, model_
     [
         ("control_rate:=5000.0", "parameter 'control_rate'"),
         ("output_mode:=velocity", "parameter 'output_mode' is 'velocity'; choose one of"),
-        ("camera_names:=[wrist, side]", "parameter 'camera_names'"),
+        ("camera_names:=[wrist]", "parameter 'camera_names' ['wrist'] does not match the model's cameras"),
     ],
 )
 def test_invalid_parameter_stops_the_node_with_its_name(processes, model_dir, param, message) -> None:
