@@ -237,6 +237,12 @@ def test_qwen3vl_2b_preset_is_the_published_config():
     assert cfg == Qwen3VLBackboneConfig.qwen3vl_2b(num_cameras=2)
 
 
+def test_other_model_families_are_rejected_by_name():
+    for model_type in ("qwen2_5_vl", "qwen3_vl_moe"):
+        with pytest.raises(ValueError, match=f"model_type='{model_type}'"):
+            Qwen3VLBackboneConfig.from_hf_config({**QWEN3VL_2B_CONFIG_JSON, "model_type": model_type})
+
+
 def test_importing_the_backbone_does_not_need_transformers():
     import subprocess
     import sys

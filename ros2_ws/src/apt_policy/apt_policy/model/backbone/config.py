@@ -237,6 +237,9 @@ class Qwen3VLBackboneConfig:
         """Build from a Qwen3-VL ``config.json`` dict (or ``PretrainedConfig.to_dict()``)."""
         if hasattr(hf, "to_dict"):
             hf = hf.to_dict()
+        model_type = hf.get("model_type", "qwen3_vl")
+        if model_type != "qwen3_vl":
+            raise ValueError(f"not a Qwen3-VL (dense) config: model_type={model_type!r}, expected 'qwen3_vl'")
         if "text_config" not in hf or "vision_config" not in hf:
             raise ValueError("not a Qwen3-VL config: 'text_config' and 'vision_config' are required")
         return cls(
