@@ -15,8 +15,10 @@ JTC semantics implemented (the contract a streaming client must satisfy):
 * ``time_from_start`` must strictly increase (``time_not_increasing``); joints are matched by name in any
   order and every joint of the arm must be present exactly once (``joint_names``).
 * Interpolation starts from the current *desired* state (``open_loop_control`` /
-  ``interpolate_from_desired_state``), toward the first point; points already in the past are skipped; a
-  point due now is a jump. Positions only: linear; positions + velocities: cubic Hermite.
+  ``interpolate_from_desired_state``), toward the first point. A stamped trajectory whose first points
+  are already due when it arrives is sampled at the current time, as JTC does; if that moves the desired
+  position faster than the velocity limit within one control cycle, it is a jump (``too_fast``).
+  Positions only: linear; positions + velocities: cubic Hermite.
 * The last point must have zero velocity unless ``allow_nonzero_velocity_at_trajectory_end``
   (``nonzero_end_velocity``; the jazzy default is to reject).
 * After the last point the arm holds its final position.
@@ -96,7 +98,7 @@ class _Knots:
         times = self.times
         if t >= times[-1]:
             return self.positions[-1].copy(), np.zeros(self.positions.shape[1])
-        if t <= times[0]:
+        if t < times[0]:
             return self.positions[0].copy(), np.zeros(self.positions.shape[1])
         i = int(np.searchsorted(times, t, side="right")) - 1
         h = times[i + 1] - times[i]
@@ -218,32 +220,41 @@ class TrajectoryFollower:
         self.last_desired = (self._hold.copy(), np.zeros(self.profile.dof))
 
     def _activate(self, now: float) -> str | None:
+        """Make the pending trajectory active at ``now``; return a note if that is a jump for the arm.
+
+        As in JTC: before the first point the desired state is interpolated from the current desired
+        state (at ``now``) to the first point; once points are due (a stamped trajectory that arrived
+        late), the desired state is the trajectory itself sampled at ``now``. A change of the desired
+        position within less than one control cycle (``jump_period``) faster than the velocity limit
+        is reported.
+        """
         prepared = self._pending
         assert prepared is not None
         self._pending = None
-        q_d, v_d = self.sample_active(now)
+        q_old, v_old = self.sample_active(now)
         abs_times = prepared.start + prepared.times
-        due = abs_times <= now + 1e-9
-        jump = None
-        if due.any():  # points due now or in the past: the latest of them is a jump target
-            k = int(np.nonzero(due)[0][-1])
-            distance = np.abs(prepared.positions[k] - q_d)
-            if np.any(distance > self.profile.velocity * self.jump_period):
-                jump = f"point {k} is due now but {distance.max():.3f} rad away (a jump)"
-            q_d = prepared.positions[k].copy()
-            v_d = np.zeros(self.profile.dof) if prepared.velocities is None else prepared.velocities[k].copy()
-        future = ~due
-        times = np.concatenate([[now], abs_times[future]])
-        positions = np.vstack([q_d[None], prepared.positions[future]])
-        velocities = None
-        if prepared.velocities is not None:
-            velocities = np.vstack([v_d[None], prepared.velocities[future]])
-        if len(times) > 1:
-            first = np.abs(positions[1] - positions[0]) / (times[1] - times[0])
-            if jump is None and np.any(first > self.profile.velocity * (1 + 1e-6)):
-                jump = f"first segment from the desired state needs {first.max():.2f} rad/s"
+        due = np.nonzero(abs_times <= now)[0]
+        if len(due) == 0:
+            times = np.concatenate([[now], abs_times])
+            positions = np.vstack([q_old[None], prepared.positions])
+            velocities = None
+            if prepared.velocities is not None:
+                velocities = np.vstack([v_old[None], prepared.velocities])
+        else:  # sample the trajectory itself from the last due point on
+            k = int(due[-1])
+            times, positions = abs_times[k:], prepared.positions[k:]
+            velocities = None if prepared.velocities is None else prepared.velocities[k:]
         self._active = _Knots(times, positions, velocities)
-        return jump
+        q_new, _ = self._active.sample(now)
+        step = np.abs(q_new - q_old)
+        if np.any(step > self.profile.velocity * self.jump_period * (1 + 1e-6)):
+            return f"the desired position jumps by {step.max():.4f} rad on arrival"
+        if len(times) > 1 and len(due) == 0:
+            span = max(times[1] - times[0], self.jump_period)
+            first = np.abs(positions[1] - positions[0]) / span
+            if np.any(first > self.profile.velocity * (1 + 1e-6)):
+                return f"first segment from the desired state needs {first.max():.2f} rad/s"
+        return None
 
     def sample_active(self, now: float) -> tuple[np.ndarray, np.ndarray]:
         if self._active is None:

@@ -71,6 +71,9 @@ _PARAMS: tuple[tuple[str, Any, str], ...] = (
 )
 
 
+_MAX_CATCH_UP = 0.25  # s of simulation replayed after a stall; longer stalls are skipped
+
+
 def _stamp_s(stamp: Any) -> float:
     return stamp.sec + stamp.nanosec * 1e-9
 
@@ -202,8 +205,8 @@ class FakeFranka(Node):
         """Fixed-step integration on the monotonic clock; states are stamped with their simulated time.
 
         Simulated time = system (ROS) time at start + monotonic time elapsed, so stamps are evenly spaced
-        by the physics period and comparable with command header stamps. After a stall of more than
-        50 ms the loop skips ahead instead of fast-forwarding (counted in ``physics_overruns``).
+        by the physics period and comparable with command header stamps. A stall (a loaded machine) is caught
+        up step by step; one longer than ``_MAX_CATCH_UP`` is skipped (counted in ``physics_overruns``).
         """
         period = 1.0 / self.params["physics_rate"]
         pub_period = 1.0 / self.params["publish_rate"]
@@ -214,7 +217,7 @@ class FakeFranka(Node):
         last_pub = last_grip = -1.0
         while not self._stop.is_set():
             now_m = time.monotonic()
-            if now_m - next_step > 0.05:
+            if now_m - next_step > _MAX_CATCH_UP:
                 self.overruns += 1
                 next_step = now_m
             while next_step <= now_m:
@@ -226,11 +229,11 @@ class FakeFranka(Node):
             if now_m >= next_pub and t_sim > last_pub:
                 self._publish_joints(t_sim)
                 last_pub = t_sim
-                next_pub = max(next_pub + pub_period, now_m - 0.05)
+                next_pub = max(next_pub + pub_period, now_m - _MAX_CATCH_UP)
             if now_m >= next_grip and t_sim > last_grip:
                 self._publish_gripper(t_sim)
                 last_grip = t_sim
-                next_grip = max(next_grip + grip_period, now_m - 0.05)
+                next_grip = max(next_grip + grip_period, now_m - _MAX_CATCH_UP)
             delay = next_step - time.monotonic()  # publishing happens on physics steps
             if delay > 0:
                 time.sleep(delay)

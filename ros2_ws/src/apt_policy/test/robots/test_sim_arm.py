@@ -200,3 +200,25 @@ def test_violation_callback_may_call_back_into_the_arm() -> None:
     threading.Thread(target=submit, daemon=True).start()
     assert done.wait(5.0), "deadlock: the callback could not read the counters"
     assert reports == [1, 1]
+
+
+def test_late_stamped_trajectory_is_sampled_at_the_current_time() -> None:
+    """Stamped look-aheads delayed in transport continue the plan without a jump (as in JTC)."""
+
+    def plan(t: float, shift: float = 0.0) -> np.ndarray:
+        return target(0.3 * t + shift)  # 0.3 rad/s on joint 1
+
+    arm = SimArm()
+    ahead = [0.01 * (j + 1) for j in range(10)]
+    arm.submit_trajectory(NAMES, ahead, [plan(a) for a in ahead], None, stamp=0.0, now=100.0)
+    # The next look-ahead was stamped at 100.02 but arrives at 100.05: three points are already due.
+    arm.submit_trajectory(NAMES, ahead, [plan(0.02 + a) for a in ahead], None, stamp=100.02, now=100.05)
+    (q, v), _ = arm.follower.desired(100.05)
+    np.testing.assert_allclose(q, plan(0.05), atol=1e-12)
+    assert v[0] == pytest.approx(0.3)
+    assert sum(arm.violation_counts().values()) == 0
+    # A late look-ahead that disagrees with the plan by 0.05 rad makes the desired position jump.
+    arm.submit_trajectory(NAMES, ahead, [plan(0.03 + a, 0.05) for a in ahead], None, stamp=100.03, now=100.06)
+    assert arm.violation_counts()["too_fast"] == 1
+    (q, _), _ = arm.follower.desired(100.06)
+    np.testing.assert_allclose(q, plan(0.06, 0.05), atol=1e-12)
