@@ -121,6 +121,7 @@ class FakeCamera(Node):
         self._publish_scene()
 
         self._stop = threading.Event()
+        self._started = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="fake_camera_render", daemon=True)
         self._thread.start()
         self.get_logger().info(
@@ -225,7 +226,9 @@ class FakeCamera(Node):
     def shutdown(self) -> None:
         self._stop.set()
         self._thread.join(timeout=2.0)
-        print(f"[fake_camera] published {self.frames} frames", flush=True)
+        elapsed = time.monotonic() - self._started
+        rate = self.frames / elapsed if elapsed > 0 else 0.0
+        print(f"[fake_camera] published {self.frames} frames in {elapsed:.1f} s ({rate:.1f} Hz)", flush=True)
 
 
 def main(args: list[str] | None = None) -> int:
