@@ -221,7 +221,13 @@ class SafetyFilter:
 
     def brake(self, state: CommandState) -> CommandState:
         """One step of braking at ``a_max`` towards rest (stays put once at rest)."""
-        return self._step(state, self._zeros, {})[0]  # u_des = 0, clipped into the jerk/accel bounds
+        # = self._step(state, 0): from a state satisfying the invariant, braking needs no other bound
+        q0, u0, acc0 = state.positions, state.velocities, state.accelerations
+        acc_hi = u0 + np.minimum(self.a_max, acc0 + self.j_step) * self.dt
+        acc_lo = u0 + np.maximum(-self.a_max, acc0 - self.j_step) * self.dt
+        u1 = np.minimum(np.maximum(0.0, acc_lo), acc_hi)
+        q1 = np.minimum(np.maximum(q0 + 0.5 * self.dt * (u0 + u1), self.lower), self.upper)
+        return CommandState(q1, u1, (u1 - u0) / self.dt)
 
     def track(
         self,

@@ -44,6 +44,9 @@ def brake_to_rest(f: SafetyFilter, state: CommandState) -> CommandState:
             return state
         nxt = f.brake(state)
         assert_step_safe(f, state, nxt)
+        full, _ = f.follow_velocity(state, np.zeros(f.dof))  # the fast brake is the full filter's brake
+        np.testing.assert_array_equal(nxt.positions, full.positions)
+        np.testing.assert_array_equal(nxt.velocities, full.velocities)
         state = nxt
     raise AssertionError("did not come to rest")
 
