@@ -1,0 +1,97 @@
+"""make bench: the report writer and the deployment-shaped config (measurements run in `make bench`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+
+from apt_export import bench_all
+
+
+def _results() -> dict:
+    stage = {"p50": 10.0, "p90": 12.0, "p99": 20.0}
+    return {
+        "context": {
+            "machine": "x86_64, 2 CPUs",
+            "load_start": 1.0,
+            "load_end": 2.0,
+            "threads": 2,
+            "total_s": 60,
+        },
+        "errors": {},
+        "demo_model": {
+            "params_M": 0.4,
+            "cameras": 1,
+            "image_size": [96, 96],
+            "horizon": 16,
+            "sampling_steps": 5,
+            "flops": 2_000_000_000,
+            "apt_bench": {
+                "iters": 30,
+                "results": {
+                    "torch": {"preprocess": stage, "inference": {**stage, "p50": 40.0}, "total": stage},
+                    "onnxruntime": {"preprocess": stage, "inference": {**stage, "p50": 10.0}, "total": stage},
+                },
+            },
+        },
+        "deployment": {
+            "config": {
+                "backbone": "Qwen3-VL-2B shape, 14 of 28 decoder layers",
+                "cameras": 2,
+                "image_size": [224, 224],
+                "instruction_tokens": 32,
+                "horizon": 16,
+                "sampling_steps": 10,
+                "expert": {"width": 1024, "stage2_layers": 18},
+            },
+            "params_M": 1728.0,
+            "backbone_params_M": 1423.0,
+            "expert_params_M": 306.0,
+            "flops": 556e9,
+            "latency_skipped": "needs ~9.0 GB, 3.0 GB available",
+        },
+        "preprocessing": {"decode 2 msgs (image_to_rgb)": {"p50": 0.01, "p90": 0.02, "p99": 0.03, "n": 100}},
+        "control": [
+            {
+                "rate_hz": 100.0,
+                "commands": 1500,
+                "achieved_hz": 99.9,
+                "jitter_p50_ms": 0.1,
+                "jitter_p99_ms": 2.5,
+                "jitter_max_ms": 9.0,
+                "missed_ticks": 0,
+                "node_lateness_p99_ms": 0.8,
+                "inference_p50_ms": 12.0,
+                "chunks": 50,
+            }
+        ],
+    }
+
+
+def test_markdown_has_every_section_and_the_measured_ratio(tmp_path: Path) -> None:
+    results = _results()
+    plots = bench_all._plots(results, tmp_path)
+    assert (tmp_path / plots[0]).stat().st_size > 10_000
+    text = bench_all.write_markdown(results, tmp_path, plots).read_text()
+    assert "inference p50 ratio torch/onnxruntime: **4.00x**" in text
+    assert "| onnxruntime | inference | 10.00 | 12.00 | 20.00 | 200.0 |" in text  # 2 GFLOP / 10 ms
+    assert "| 1728M | 1423M | 306M | 556 | - | - | - |" in text
+    assert "PyTorch latency not measured: needs ~9.0 GB" in text
+    assert "| 100 | 1500 | 99.9 | 0.10 | 2.50 | 9.0 | 0 | 0.80 | 12.0 | 50 |" in text
+    assert "TensorRT" in text and "apt-export trt" in text and "![bench.png](bench.png)" in text
+
+
+def test_deployment_shape_is_qwen3vl_2b_truncated_with_a_300m_expert() -> None:
+    import torch
+    from apt_policy.model.apt import APTModel
+
+    config = bench_all.deployment_config()
+    assert config.stage == 2 and config.horizon == 16 and len(config.cameras) == 2
+    assert config.backbone["num_layers"] == 14 and config.backbone["text"]["hidden_size"] == 2048
+    with torch.device("meta"):
+        model = APTModel(config)
+    expert = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.backbone.parameters())
+    assert 250e6 < expert < 350e6
