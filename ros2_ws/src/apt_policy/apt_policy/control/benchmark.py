@@ -22,18 +22,24 @@ from apt_policy.control.stats import RollingStats
 from apt_policy.robots.franka import get_profile
 
 
-def _controller(robot: str, rate: float, blend: str, lookahead: int) -> Controller:
+def _controller(robot: str, rate: float, blend: str, lookahead: int, interpolation: str) -> Controller:
     profile = get_profile(robot)
     layout = ActionLayout(dof=profile.dof, gripper="absolute")
     config = ControllerConfig(
-        control_dt=1.0 / rate, chunk_dt=0.1, lookahead_points=lookahead, blend=BlendConfig(mode=blend)
+        control_dt=1.0 / rate,
+        chunk_dt=0.1,
+        lookahead_points=lookahead,
+        blend=BlendConfig(mode=blend),
+        interpolation=interpolation,
     )
     return Controller(JointLimits.from_profile(profile), layout, config)
 
 
-def bench_tick(robot: str, ticks: int, rate: float, blend: str, lookahead: int) -> dict[str, float]:
+def bench_tick(
+    robot: str, ticks: int, rate: float, blend: str, lookahead: int, interpolation: str = "cubic"
+) -> dict[str, float]:
     """Simulated clock, perfect tracking, smooth chunks: wall cost of tick and look-ahead, interventions."""
-    ctrl = _controller(robot, rate, blend, lookahead)
+    ctrl = _controller(robot, rate, blend, lookahead, interpolation)
     q = get_profile(robot).ready_pose.copy()
     dt = 1.0 / rate
     t = 0.0
@@ -108,11 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ticks", type=int, default=5000, help="simulated ticks per configuration")
     parser.add_argument("--rate", type=float, default=100.0, help="control rate, Hz")
     parser.add_argument("--lookahead", type=int, default=10, help="look-ahead points")
+    parser.add_argument("--interpolation", default="cubic", choices=["cubic", "linear", "hold"])
     parser.add_argument("--loop-seconds", type=float, default=2.0, help="real-clock loop run, s (0: skip)")
     args = parser.parse_args(argv)
     for blend in ("none", "crossfade", "ensemble"):
-        res = bench_tick(args.robot, args.ticks, args.rate, blend, args.lookahead)
-        print(f"tick [{args.robot}, {args.rate:.0f} Hz, blend={blend}]: " + _fmt(res))
+        res = bench_tick(args.robot, args.ticks, args.rate, blend, args.lookahead, args.interpolation)
+        label = f"{args.robot}, {args.rate:.0f} Hz, {args.interpolation}, blend={blend}"
+        print(f"tick [{label}]: " + _fmt(res))
     if args.loop_seconds > 0:
         print(
             f"loop [{args.rate:.0f} Hz, {args.loop_seconds:.1f} s, real clock]: "
