@@ -43,6 +43,18 @@ SPECS: tuple[Spec, ...] = (
         "Inference backend: auto picks tensorrt, then onnxruntime, then torch.",
         choices=BACKENDS,
     ),
+    Spec(
+        "inference_threads",
+        0,
+        "ONNX Runtime intra-op threads (0: one per core). Leave a core for the stream on small CPUs.",
+        0,
+        256,
+    ),
+    Spec(
+        "inference_spinning",
+        False,
+        "Let idle ONNX Runtime threads spin (lower latency, but they steal CPU from the command stream).",
+    ),
     Spec("robot", "fr3", "Robot profile (joint names and hardware limits).", choices=ROBOTS),
     Spec(
         "control_rate",
@@ -193,6 +205,8 @@ class NodeParams:
 
     model: str
     backend: str
+    inference_threads: int
+    inference_spinning: bool
     robot: str
     control_rate: float
     output_mode: str

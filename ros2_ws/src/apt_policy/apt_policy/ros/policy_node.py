@@ -57,9 +57,7 @@ class PolicyNode(Node):
         self.params: NodeParams = declare_and_read(self)
         p = self.params
         if policy is None:
-            from apt_policy.runtime import load_policy
-
-            policy = load_policy(Path(p.model).expanduser(), p.backend)
+            policy = _load_policy(p)
         self.policy = policy
         info = policy.info
         self.info = info
@@ -490,6 +488,17 @@ class PolicyNode(Node):
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.stop(timeout_s=2.0)
+
+
+def _load_policy(p: NodeParams) -> Any:
+    """load_policy with the CPU thread options when the model runs on ONNX Runtime."""
+    from apt_policy.runtime.load import detect_kind, load_policy
+
+    path = Path(p.model).expanduser()
+    options: dict[str, Any] = {}
+    if p.backend == "onnxruntime" or (p.backend == "auto" and detect_kind(path) == "onnx"):
+        options = {"intra_op_threads": p.inference_threads, "allow_spinning": p.inference_spinning}
+    return load_policy(path, p.backend, **options)
 
 
 def _f32(value: float) -> float:

@@ -134,6 +134,10 @@ def running(ros_env, tmp_path: Path):
         Parameter("model", value=str(tmp_path)),
         Parameter("chunk_request_threshold", value=4),
         Parameter("status_rate", value=20.0),
+        # a loaded CI machine delays the probe's 200 Hz state: only the camera age is tight here
+        Parameter("max_state_age", value=0.5),
+        Parameter("max_gripper_age", value=0.5),
+        Parameter("max_skew", value=0.5),
     ]
     node = PolicyNode(policy=policy, context=ctx, parameter_overrides=params)
     probe = Probe(rclpy.create_node("probe", context=ctx))
@@ -147,10 +151,10 @@ def running(ros_env, tmp_path: Path):
     finally:
         node.shutdown()
         executor.shutdown()
+        thread.join(5)
         node.destroy_node()
         probe.node.destroy_node()
         rclpy.try_shutdown(context=ctx)
-        thread.join(5)
 
 
 def _wait(cond, timeout: float = 10.0, what: str = "condition") -> None:
@@ -200,8 +204,12 @@ def test_stale_camera_holds_and_recovers(running) -> None:
     node.set_instruction("go left")
     _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
     probe.camera_on = False
-    _wait(lambda: node.status_snapshot()["state_name"] == "HOLDING", timeout=1.0, what="HOLDING")
-    assert "camera:front" in node.status_snapshot()["last_fault"]
+
+    def holding_for_camera() -> bool:
+        snap = node.status_snapshot()
+        return snap["state_name"] == "HOLDING" and "camera:front" in snap["reason"]
+
+    _wait(holding_for_camera, timeout=2.0, what="HOLDING for the camera")
     probe.camera_on = True
     _wait(lambda: node.status_snapshot()["state_name"] == "RUNNING", what="RUNNING again")
 
@@ -209,9 +217,14 @@ def test_stale_camera_holds_and_recovers(running) -> None:
 def test_instruction_change_discards_old_and_switches_direction(running) -> None:
     node, probe, _policy = running
     node.set_instruction("go left")
+    # at rest on the left target first (braking after the switch would otherwise continue upwards a little)
     _wait(
-        lambda: probe.trajectories and probe.trajectories[-1][1].points[0].positions[0] > READY[0] + 0.03,
-        what="left motion",
+        lambda: (
+            probe.trajectories
+            and probe.trajectories[-1][1].points[0].positions[0] > READY[0] + 0.04 - 1e-6
+            and not any(probe.trajectories[-1][1].points[0].velocities)
+        ),
+        what="rest at the left target",
     )
     node.set_instruction("go right")
     t_switch = time.monotonic()
@@ -224,7 +237,8 @@ def test_instruction_change_discards_old_and_switches_direction(running) -> None
     first_right = next(i for i, m in enumerate(late) if m.points[0].positions[0] < READY[0] + 0.04 - 1e-6)
     # once joint 1 started down it never goes up again (no old-instruction action executed)
     q1 = [m.points[0].positions[0] for m in late[first_right:]]
-    assert all(b <= a + 1e-9 for a, b in itertools.pairwise(q1))
+    rises = [b - a for a, b in itertools.pairwise(q1) if b > a + 1e-6]
+    assert not rises, f"joint 1 moved back up by {max(rises):.2e} rad after the switch"
 
 
 def test_bad_inputs_rejected_and_node_keeps_running(running) -> None:
@@ -255,8 +269,13 @@ def test_inference_failure_holds(running) -> None:
     node.set_instruction("go left")
     _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
     policy.fail = True
-    _wait(lambda: node.status_snapshot()["state_name"] == "HOLDING", what="HOLDING after failure")
-    assert "scripted failure" in node.status_snapshot()["last_fault"]
+    _wait(
+        lambda: (
+            "scripted failure" in node.status_snapshot()["reason"]
+            and node.status_snapshot()["state_name"] == "HOLDING"
+        ),
+        what="HOLDING after the failure",
+    )
     policy.fail = False
     _wait(lambda: node.status_snapshot()["state_name"] == "RUNNING", what="RUNNING after recovery")
 
