@@ -158,18 +158,19 @@ def _export_one(
     opset: int,
 ) -> None:
     if exporter == "legacy":
-        # The model's shape checks are constant for fixed shapes: tracing warnings about them are expected.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=input_names,
-            output_names=output_names,
-            opset_version=opset,
-            dynamo=False,
-            do_constant_folding=True,
-        )
+        with warnings.catch_warnings():
+            # The model's shape checks are constants for fixed shapes: the tracer's warnings are expected.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                module,
+                args,
+                str(path),
+                input_names=input_names,
+                output_names=output_names,
+                opset_version=opset,
+                dynamo=False,
+                do_constant_folding=True,
+            )
     elif exporter == "dynamo":
         program = torch.onnx.export(
             module, args, input_names=input_names, output_names=output_names, opset_version=opset, dynamo=True

@@ -140,3 +140,31 @@ def test_fp16_export_keeps_io_float32_and_stays_close(tmp_path: Path):
     assert e2e.cosine >= 0.999 and e2e.max_abs <= 2e-2  # the fp16 tolerance, checked even where not gated
     assert e2e.max_abs > 0  # it really ran in reduced precision
     assert report.gated == ("CUDAExecutionProvider" in report.providers)
+
+
+def test_external_data_is_hashed_loaded_and_protected(exported: tuple[Path, Path], tmp_path: Path):
+    from apt_policy.runtime import IntegrityError, load_policy
+
+    bundle, out = exported
+    ext = tmp_path / "ext"
+    assert main(["onnx", "--bundle", str(bundle), "--out", str(ext), "--external-data-mb", "0"]) == EXIT_OK
+    manifest = load_manifest(ext)
+    for name, graph in manifest.graphs.items():
+        assert graph.external_data == (f"{name}.onnx.data",)
+        assert graph.external_data[0] in manifest.files
+        assert (ext / graph.file).stat().st_size < (ext / graph.external_data[0]).stat().st_size
+    rng = np.random.default_rng(0)
+    policy, reference = load_policy(ext), load_policy(out)
+    h, w = policy.info.image_size
+    images = {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in policy.info.cameras}
+    state = rng.normal(size=len(policy.info.state_names)).astype(np.float32)
+    noise = rng.standard_normal((policy.info.horizon, policy.info.action_dim)).astype(np.float32)
+    np.testing.assert_array_equal(
+        policy.predict(images, state, "reach", noise), reference.predict(images, state, "reach", noise)
+    )
+    data = ext / "sampler.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[-1] ^= 0x01
+    data.write_bytes(bytes(raw))
+    with pytest.raises(IntegrityError, match=r"sampler\.onnx\.data"):
+        load_policy(ext)
