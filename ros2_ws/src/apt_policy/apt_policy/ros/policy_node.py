@@ -105,18 +105,17 @@ class PolicyNode(Node):
             f"{list(p.camera_topics)}, horizon {info.horizon} x {info.action_dim}, dt {info.dt} s; "
             f"output {p.output_mode} at {p.control_rate} Hz"
         )
-        if p.instruction and len(p.instruction.encode()) > p.max_instruction_bytes:
-            raise ParameterError("parameter 'instruction' is longer than max_instruction_bytes")
         self.get_logger().info("warming up the policy")
         self.policy.warmup()
-        self.worker.start()
         self.loop = build_loop(p, self._tick, self._on_tick_error)
+        self._attach_interfaces()  # before any thread runs: a failure here leaves nothing behind
+        self.worker.start()
         self.loop.start()
         if p.instruction:
             ok, why = self.set_instruction(p.instruction)
             if not ok:
+                self.shutdown()
                 raise ParameterError(f"parameter 'instruction': {why}")
-        self._attach_interfaces()
 
     # -- setup --------------------------------------------------------------------------------------------
 
