@@ -92,6 +92,11 @@ def _parser() -> argparse.ArgumentParser:
         "--cache-dir", type=Path, default=None, help="engine/timing cache (default ~/.cache/apt_export)"
     )
     t.add_argument("--workspace-mb", type=int, default=None, help="builder workspace limit in MB")
+    t.add_argument(
+        "--with-denoiser",
+        action="store_true",
+        help="also build the one-step denoiser (the runtime does not use it)",
+    )
     return p
 
 
@@ -133,7 +138,7 @@ def _trt(args: argparse.Namespace) -> int:
     except TensorRTUnavailableError as exc:
         print(f"apt-export trt: {exc}", file=sys.stderr)
         return EXIT_MISSING_DEPENDENCY
-    from .trt import DEFAULT_CACHE, build_engines
+    from .trt import DEFAULT_CACHE, ENGINE_GRAPHS, build_engines
 
     manifest = build_engines(
         args.onnx,
@@ -142,6 +147,7 @@ def _trt(args: argparse.Namespace) -> int:
         force=args.force,
         cache_dir=args.cache_dir or DEFAULT_CACHE,
         workspace_bytes=(args.workspace_mb << 20) if args.workspace_mb else None,
+        graphs=(*ENGINE_GRAPHS, "denoiser") if args.with_denoiser else ENGINE_GRAPHS,
     )
     for name, e in manifest.engines.items():
         target = f"TensorRT {e.tensorrt_version}, {e.gpu_name} sm_{e.compute_capability}"

@@ -29,7 +29,7 @@ from apt_policy.runtime.trt_plan import build_plan, engine_cache_key, profile_to
 from tqdm import tqdm
 
 DEFAULT_CACHE = Path(os.environ.get("APT_ENGINE_CACHE", Path.home() / ".cache" / "apt_export" / "engines"))
-ENGINE_GRAPHS = ("prefix", "sampler", "denoiser")
+ENGINE_GRAPHS = ("prefix", "sampler")  # what the runtime runs; the denoiser is for parity and custom loops
 
 
 def _progress_monitor(trt: Any) -> Any | None:
