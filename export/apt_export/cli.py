@@ -89,7 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=("fp16", "bf16", "fp8"), default="fp16", help="engine precision")
     t.add_argument("--force", action="store_true", help="rebuild even if a cached engine matches")
     t.add_argument(
-        "--cache-dir", type=Path, default=None, help="engine/timing cache (default ~/.cache/apt_export)"
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="engine + timing cache (default $APT_ENGINE_CACHE or ~/.cache/apt_export/engines)",
     )
     t.add_argument("--workspace-mb", type=int, default=None, help="builder workspace limit in MB")
     t.add_argument(
