@@ -423,7 +423,11 @@ class Interfaces:
             goal.finished = True
             if self._goal is goal:
                 self._goal = None
-        (self._log.info if kind == "succeed" else self._log.warning)(f"goal {goal.instruction!r}: {message}")
+        # one call site per severity: rclpy refuses a severity change at the same call site
+        if kind == "succeed":
+            self._log.info(f"goal {goal.instruction!r}: {message}")
+        else:
+            self._log.warning(f"goal {goal.instruction!r}: {message}")
         goal.done.set_result((kind, message))
 
     def _on_instruction_changed(self, old: str, new: str) -> None:
@@ -438,6 +442,12 @@ class Interfaces:
 
     def _supervise(self) -> None:
         """Timer: end the goal when cancelled, replaced, faulted or timed out; else publish feedback."""
+        try:
+            self._supervise_once()
+        except Exception as exc:  # an exception here would stop the node's executor: log it instead
+            self._log.error(f"goal supervision failed: {exc!r}", throttle_duration_sec=2.0)
+
+    def _supervise_once(self) -> None:
         with self._lock:
             goal = self._goal
         if goal is None or goal.finished:

@@ -242,6 +242,24 @@ def test_cancel_stops_and_holds(h):
     assert h.server.instruction == "" and "stop" in h.server.calls
 
 
+def test_goals_ending_differently_in_one_node_lifetime(h):
+    """Regression: succeed, then cancel, then abort in the same node (rclpy once refused the logger
+    severity change at a shared call site and the exception stopped the node's executor)."""
+    done = h.send_goal("reach the red block", 0.3)
+    assert h.wait(done.get_result_async()).status == STATUS["SUCCEEDED"]
+    cancelled = h.send_goal("reach the red block", 0.0)
+    h.spin_for(0.3)
+    h.wait(cancelled.cancel_goal_async())
+    assert h.wait(cancelled.get_result_async()).status == STATUS["CANCELED"]
+    aborted = h.send_goal("reach the red block", 0.0)
+    h.spin_for(0.3)
+    h.trigger("stop")
+    assert h.wait(aborted.get_result_async()).status == STATUS["ABORTED"]
+    again = h.send_goal("reach the green block", 0.3)
+    assert h.wait(again.get_result_async()).status == STATUS["SUCCEEDED"]
+    assert h.thread.is_alive()
+
+
 def test_new_goal_preempts_old_one(h):
     first = h.send_goal("reach the red block", 0.0)
     h.spin_for(0.3)
