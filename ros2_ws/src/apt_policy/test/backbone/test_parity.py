@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from apt_policy.model.backbone import Qwen3VLBackboneConfig, VisionConfig, load_qwen3vl_checkpoint
+from apt_policy.model.backbone import Qwen3VLBackboneConfig, TextConfig, VisionConfig, load_qwen3vl_checkpoint
 from hf_reference import hf_forward, normalise, random_hf_model, random_inputs, save_hf_model
 
 TOL = 1e-5
@@ -15,7 +15,9 @@ NO_DEEPSTACK = VisionConfig(
 )
 
 
-def _compare(tmp_path, arch: Qwen3VLBackboneConfig, num_layers: int | None, batch: int = 2, **deploy):
+def _compare(
+    tmp_path, arch: Qwen3VLBackboneConfig, num_layers: int | None, batch: int = 2, hidden_size=64, **deploy
+):
     hf_model = random_hf_model(arch)
     ckpt = save_hf_model(hf_model, tmp_path / "ckpt")
     ours = load_qwen3vl_checkpoint(
@@ -31,7 +33,12 @@ def _compare(tmp_path, arch: Qwen3VLBackboneConfig, num_layers: int | None, batc
         out = ours(normalise(images), ids, mask)
     reference = hf_forward(hf_model, ours.config, images, ids, mask)[: ours.config.num_layers]
 
-    assert out.hidden_states.shape == (ours.config.num_layers, batch, ours.config.sequence_length, 64)
+    assert out.hidden_states.shape == (
+        ours.config.num_layers,
+        batch,
+        ours.config.sequence_length,
+        hidden_size,
+    )
     valid = out.vision_mask | out.language_mask  # padded instruction positions are never compared
     assert valid.sum() < valid.numel() or batch == 1
     diff = (out.hidden_states - reference).abs()[:, valid]
@@ -77,3 +84,36 @@ def test_deepstack_changes_the_result(tmp_path):
         b = without(normalise(images), ids, mask).hidden_states
     assert torch.equal(a[0], b[0])  # injection happens after layer 0's output
     assert (a[1] - b[1]).abs().max() > 1e-2
+
+
+def test_matches_transformers_at_qwen3vl_geometry(tmp_path):
+    """Qwen3-VL-2B's per-head geometry at 224x224: patch 16, 48x48 learned positions resampled to 14x14,
+    vision head dim 64, text head dim 128 with mrope_section (24, 20, 20), GQA 2:1, rope theta 5e6."""
+    arch = Qwen3VLBackboneConfig(
+        vision=VisionConfig(
+            depth=2,
+            hidden_size=128,
+            intermediate_size=256,
+            num_heads=2,
+            out_hidden_size=256,
+            num_position_embeddings=2304,
+            deepstack_visual_indexes=(0, 1),
+        ),
+        text=TextConfig(
+            vocab_size=1024,
+            hidden_size=256,
+            intermediate_size=512,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=128,
+        ),
+        image_token_id=1000,
+        vision_start_token_id=1001,
+        vision_end_token_id=1002,
+        num_cameras=2,
+        image_size=(224, 224),
+        max_text_tokens=8,
+    )
+    out, _ = _compare(tmp_path, arch, num_layers=None, hidden_size=256)
+    assert out.hidden_states.shape[2] == 2 * (49 + 2) + 8

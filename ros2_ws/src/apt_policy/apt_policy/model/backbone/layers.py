@@ -65,9 +65,14 @@ def attention(
 ) -> torch.Tensor:
     """softmax(q k^T * scale + mask) v with [B, H, S, hd] inputs; scores and softmax in float32.
 
-    ``q`` is scaled before the product so fp16 scores stay in range; ``mask`` is an additive float32 mask.
+    In float32 the scale is applied after the product, as transformers does (bit-identical results);
+    in fp16/bf16 ``q`` is scaled first so the half-precision scores stay in range. ``mask`` is additive
+    float32.
     """
-    scores = torch.matmul(q * scale, k.transpose(-1, -2)).float()
+    if q.dtype == torch.float32:
+        scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    else:
+        scores = torch.matmul(q * scale, k.transpose(-1, -2)).float()
     if mask is not None:
         scores = scores + mask
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
