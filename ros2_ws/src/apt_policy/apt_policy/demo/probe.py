@@ -38,7 +38,8 @@ LATCHED = QoSProfile(
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
     history=HistoryPolicy.KEEP_LAST,
 )
-SENSOR = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
+# Reliable like the camera itself: best-effort 900 kB frames are often dropped on a loaded loopback.
+FRAMES = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
 class DemoProbe:
@@ -66,7 +67,7 @@ class DemoProbe:
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE)
         n.create_subscription(String, "/fake_franka/violations", self._on_violations, LATCHED)
         n.create_subscription(String, "/fake_camera/current_scene", self._on_scene, LATCHED)
-        n.create_subscription(Image, "/camera/camera/color/image_raw", self._on_image, SENSOR)
+        n.create_subscription(Image, "/camera/camera/color/image_raw", self._on_image, FRAMES)
         self._thread = threading.Thread(target=self._spin, name="apt-demo-probe", daemon=True)
         self._thread.start()
 

@@ -203,13 +203,18 @@ def run_episode(
     plan: EpisodePlan, probe: Any, procs: ManagedProcesses, export: Path, params_file: Path, opts: DemoOptions
 ) -> EpisodeRecording:
     """One episode (see the module docstring, step 4)."""
+    sent = [time.monotonic()]
     probe.send_scene(plan.scene_seed)
-    _wait(
-        lambda: (probe.scene or {}).get("seed") == plan.scene_seed,
-        15.0,
-        "fake_camera to set the scene",
-        procs,
-    )
+
+    def scene_set() -> bool:
+        if (probe.scene or {}).get("seed") == plan.scene_seed:
+            return True
+        if time.monotonic() - sent[-1] > 2.0:  # idempotent: ask again rather than trust one message
+            sent.append(time.monotonic())
+            probe.send_scene(plan.scene_seed)
+        return False
+
+    _wait(scene_set, 30.0, "fake_camera to set the scene", procs)
     scene = Scene.from_dict(probe.scene)
     target = scene.block(plan.target)
     probe.clear()
@@ -243,6 +248,8 @@ def run_episode(
         f"the policy node to be ready (IDLE); log {node.log}",
         procs,
     )
+    with probe._lock:  # counters are cumulative since the node started: the episode counts from here
+        baseline = probe.statuses[-1]
     probe.clear()
     t0 = time.monotonic()
     pending = list(plan.instructions)
@@ -273,13 +280,19 @@ def run_episode(
         print(f"    warning: the node reports instruction {probe.status_instruction!r}", flush=True)
     procs.stop("policy_node")
     procs.stop("fake_franka")
-    return _recording(
-        plan, probe, scene, t0, duration, arrivals, procs.log_dir / f"{plan.name}_fake_franka.log"
-    )
+    robot_log = procs.log_dir / f"{plan.name}_fake_franka.log"
+    return _recording(plan, probe, scene, t0, duration, arrivals, robot_log, baseline)
 
 
 def _recording(
-    plan: EpisodePlan, probe: Any, scene: Scene, t0: float, duration: float, arrivals: Path, robot_log: Path
+    plan: EpisodePlan,
+    probe: Any,
+    scene: Scene,
+    t0: float,
+    duration: float,
+    arrivals: Path,
+    robot_log: Path,
+    baseline: tuple[float, int, int, int],
 ) -> EpisodeRecording:
     with probe._lock:
         joints = [j for j in probe.joints if t0 - 0.2 <= j[0] <= t0 + duration]
@@ -306,8 +319,8 @@ def _recording(
         command_t=command_t - t0,
         status_t=np.array([s[0] - t0 for s in statuses]),
         status_state=np.array([s[1] for s in statuses], dtype=np.int64),
-        status_interventions=np.array([s[2] for s in statuses], dtype=np.int64),
-        status_missed_ticks=np.array([s[3] for s in statuses], dtype=np.int64),
+        status_interventions=np.array([s[2] - baseline[2] for s in statuses], dtype=np.int64),
+        status_missed_ticks=np.array([s[3] - baseline[3] for s in statuses], dtype=np.int64),
         robot_report=robot_report,
         node_stats=node_stats,
         duration_s=duration,
