@@ -2,7 +2,9 @@
 
 Each case uses deterministic inputs (``example_inputs(seed)``). Per graph, both sides get the SAME
 inputs (torch's prefix outputs feed both denoisers/samplers) so an error is attributed to one graph;
-end to end, ONNX Runtime chains its own prefix into its sampler, as on the robot.
+end to end, ONNX Runtime chains its own prefix into its sampler, as on the robot; ``predict`` runs
+both policies from camera images, robot state and text through the shared preprocessing (compared
+after normalising the actions, so every figure is in normalised units).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from apt_policy.model.bundle import load_bundle
+from apt_policy.model.policy import APTPolicy
 from apt_policy.runtime.manifest import load_manifest
 from apt_policy.runtime.onnx_backend import OnnxRuntimePolicy
 from tqdm import tqdm
@@ -92,6 +95,7 @@ def verify(
         else _session(onnx_dir, manifest, name, ort_policy)
         for name in ("prefix", "denoiser", "sampler")
     }
+    torch_policy = APTPolicy(model, bundle.normalizer, bundle.tokenizer_path)
     stats: dict[str, list] = {}
     for seed in tqdm(range(cases), desc="verify", unit="case", disable=not progress):
         x = example_inputs(model, seed=seed)
@@ -112,6 +116,11 @@ def verify(
             feeds["pixel_values"], feeds["input_ids"], feeds["text_mask"], feeds["state"], feeds["noise"]
         )
         _accumulate(stats, "end_to_end.actions", e2e, actions.numpy())
+        images, state, instruction = _observation(torch_policy, seed)
+        ours = ort_policy.predict(images, state, instruction, feeds["noise"][0])
+        ref = torch_policy.predict(images, state, instruction, feeds["noise"][0])
+        norm = bundle.normalizer.normalize_actions
+        _accumulate(stats, "predict.actions", norm(ours), norm(ref))
     comparisons = [
         Comparison(name, max(s[0] for s in v), float(np.mean([s[1] for s in v])), min(s[2] for s in v))
         for name, v in stats.items()
@@ -133,6 +142,19 @@ def verify(
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def _observation(policy: APTPolicy, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, str]:
+    """Camera-sized uint8 images (resized by the shared preprocessing), a state near the data, a phrase."""
+    rng = np.random.default_rng(1000 + seed)
+    h, w = policy.config.image_size
+    images = {
+        c: rng.integers(0, 256, (2 * h + 7, 2 * w + 5, 3), dtype=np.uint8) for c in policy.config.cameras
+    }
+    stats = policy.normalizer.state
+    state = (stats.mean + stats.std * rng.standard_normal(stats.dim)).astype(np.float32)
+    words = ["reach", "the", "red", "blue", "cube", "block", "left", "right"]
+    return images, state, " ".join(rng.choice(words, size=1 + seed % 5))
 
 
 def _pick(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -42,7 +42,7 @@ def test_verify_passes_fp32_and_reports_every_graph(exported: tuple[Path, Path],
     report = verify(bundle, out, cases=2, progress=False)
     assert report.passed and report.gated
     names = {c.name for c in report.comparisons}
-    assert {"denoiser.velocity", "sampler.actions", "end_to_end.actions"} <= names
+    assert {"denoiser.velocity", "sampler.actions", "end_to_end.actions", "predict.actions"} <= names
     assert any(n.startswith("prefix.") for n in names)
     assert all(c.max_abs <= FP32_MAX_ABS and c.cosine > 0.9999 for c in report.comparisons)
     report_path = tmp_path / "parity.json"
