@@ -94,6 +94,12 @@ SPECS: tuple[Spec, ...] = (
         "joint_states_topic", "/franka/joint_states", "sensor_msgs/JointState of the arm (reordered by name)."
     ),
     Spec(
+        "poll_joint_states",
+        True,
+        "Take the newest joint state in the stream thread each tick instead of an executor callback per "
+        "message (franka publishes at 1 kHz: callbacks would cost the executor most of a core).",
+    ),
+    Spec(
         "gripper_states_topic",
         "/franka_gripper/joint_states",
         "sensor_msgs/JointState of the gripper fingers; width = sum of finger positions.",
@@ -215,6 +221,7 @@ class NodeParams:
     camera_names: tuple[str, ...]
     camera_topics: tuple[str, ...]
     joint_states_topic: str
+    poll_joint_states: bool
     gripper_states_topic: str
     max_image_age: float
     max_state_age: float

@@ -34,6 +34,7 @@ from apt_policy.ros import conversions
 from apt_policy.ros.control_setup import build_controller, build_loop
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
 from apt_policy.ros.params import NodeParams, ParameterError, declare_and_read
+from apt_policy.ros.polling import PolledSubscription
 
 NODE_NAME = "apt_policy"
 
@@ -167,7 +168,16 @@ class PolicyNode(Node):
                 self._camera_callback(name, topic, compressed),
                 SENSOR_QOS,
             )
-        self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, SENSOR_QOS)
+        self._joint_poller: PolledSubscription | None = None
+        if p.poll_joint_states:  # read by the stream thread each tick (see ros/polling.py)
+            self._poll_node = rclpy.create_node(
+                f"{NODE_NAME}_state_poll", context=self.context, start_parameter_services=False
+            )
+            self._joint_poller = PolledSubscription(
+                self._poll_node, JointState, p.joint_states_topic, SENSOR_QOS
+            )
+        else:
+            self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, SENSOR_QOS)
         if self.use_gripper_state:
             self.create_subscription(JointState, p.gripper_states_topic, self._on_gripper_state, SENSOR_QOS)
         self.create_subscription(String, "~/instruction", self._on_instruction_msg, EVENT_QOS)
@@ -397,6 +407,11 @@ class PolicyNode(Node):
             )
 
     def _stream_step(self, now: float, deadline: float) -> None:
+        if self._joint_poller is not None:
+            msg = self._joint_poller.take_latest()
+            if msg is not None:
+                self._on_joint_state(msg)
+                now = time.monotonic()  # the sample was received just now; ages are measured from here
         joints = self.observations.latest_joints()
         measured = None if joints is None else joints.value
         stale = self.observations.stale_reason(now)
@@ -487,6 +502,12 @@ class PolicyNode(Node):
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.stop(timeout_s=2.0)
+
+    def destroy_node(self) -> None:
+        poll_node = getattr(self, "_poll_node", None)
+        if poll_node is not None:
+            poll_node.destroy_node()
+        super().destroy_node()
 
 
 def _load_policy(p: NodeParams) -> Any:

@@ -125,8 +125,10 @@ class Probe:
 
 
 @pytest.fixture
-def running(ros_env, tmp_path: Path):
-    """(policy node, probe, scripted policy) spinning in a background executor; torn down afterwards."""
+def running(ros_env, tmp_path: Path, request):
+    """(policy node, probe, scripted policy) spinning in a background executor; torn down afterwards.
+
+    Indirect parameter: poll_joint_states (default True)."""
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     policy = ScriptedPolicy()
@@ -138,6 +140,7 @@ def running(ros_env, tmp_path: Path):
         Parameter("max_state_age", value=0.5),
         Parameter("max_gripper_age", value=0.5),
         Parameter("max_skew", value=0.5),
+        Parameter("poll_joint_states", value=getattr(request, "param", True)),
     ]
     node = PolicyNode(policy=policy, context=ctx, parameter_overrides=params)
     probe = Probe(rclpy.create_node("probe", context=ctx))
@@ -176,6 +179,7 @@ def _traj_ok(msg: JointTrajectory) -> None:
         assert np.all(q >= FR3.position_lower) and np.all(q <= FR3.position_upper)
 
 
+@pytest.mark.parametrize("running", [True, False], indirect=True, ids=["polled_state", "state_callback"])
 def test_runs_instruction_streams_safe_trajectories_and_publishes_chunks(running) -> None:
     node, probe, _policy = running
     _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE status")
