@@ -18,7 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default demo_out)")
     p.add_argument("--model", type=Path, default=None, help="use this export dir instead of the demo model")
-    p.add_argument("--bundle", type=Path, default=None, help="bundle of --model, to run apt-export verify")
+    p.add_argument(
+        "--bundle", type=Path, default=None, help="a trained bundle: export it (unless --model) and verify"
+    )
     p.add_argument("--seed", type=int, default=20_000, help="scene seed of the first episode (default 20000)")
     p.add_argument("--switch-after", type=float, default=1.0, help="s before the instruction switch (1.0)")
     p.add_argument("--timeout", type=float, default=12.0, help="max seconds per episode (default 12)")

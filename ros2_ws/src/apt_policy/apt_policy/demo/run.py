@@ -140,6 +140,19 @@ def training_evaluation(bundle: Path) -> dict[str, Any]:
     return found
 
 
+def export_bundle(bundle: Path, out: Path, log_dir: Path) -> Path:
+    """``apt-export onnx --bundle B --out OUT --force``; raises DemoError (with the log) on failure."""
+    log = log_dir / "export.log"
+    cmd = [_tool("apt-export"), "onnx", "--bundle", str(bundle), "--out", str(out), "--force"]
+    with log.open("wb") as f:
+        code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+    if code != 0:
+        raise DemoError(
+            f"apt-export onnx failed (status {code}); see {log}\n--- last lines ---\n{log_tail(log)}"
+        )
+    return out
+
+
 def verify_export(bundle: Path, export: Path, out: Path, log_dir: Path) -> dict[str, Any]:
     """``apt-export verify``; raises DemoError (with the log) when parity is over tolerance."""
     report_path = out / "parity.json"
@@ -400,7 +413,14 @@ def run_demo(opts: DemoOptions) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     params_file = (opts.params_file or default_params_file()).resolve()
-    if opts.model is None:
+    if opts.model is None and opts.bundle is not None:
+        _header(1, 5, f"model: using --bundle {opts.bundle} (no training)")
+        bundle, evaluation = opts.bundle.resolve(), training_evaluation(opts.bundle.resolve())
+        _header(2, 5, f"export: apt-export onnx -> {out / 'export'} + apt-export verify")
+        t = time.monotonic()
+        export = export_bundle(bundle, out / "export", log_dir)
+        opts.timings["export_s"] = time.monotonic() - t
+    elif opts.model is None:
         _header(1, 5, "model: Stage-2 demo bundle (apt-train demo on first use, cached afterwards)")
         bundle, export, evaluation = obtain_model(opts)
         print(f"    bundle {bundle}\n    export {export}", flush=True)
