@@ -29,7 +29,16 @@ class BackboneOutput(NamedTuple):
     language_mask: torch.Tensor
 
 
-_TABLES = ("vision_cos", "vision_sin", "pos_indices", "pos_weights", "text_cos", "text_sin", "attn_mask")
+_TABLES = (
+    "vision_cos",
+    "vision_sin",
+    "pos_indices",
+    "pos_weights",
+    "text_cos",
+    "text_sin",
+    "attn_mask",
+    "vision_positions",
+)
 
 
 class Qwen3VLBackbone(nn.Module):
@@ -46,19 +55,18 @@ class Qwen3VLBackbone(nn.Module):
         self.config = config
         self.visual = VisionTower(config.vision, config.num_deepstack_layers)
         self.language_model = TextDecoder(config.text, config.num_layers)
-        layout = sequence_layout(config)
-        self._vision_positions = torch.from_numpy(layout.vision_mask.copy())
         self._build_tables(torch.device("cpu"))
 
     # ------------------------------------------------------------------------------------- tables
     def _build_tables(self, device: torch.device) -> None:
-        """(Re)compute the constant float32 tables; they never follow a dtype cast of the module."""
+        """(Re)compute the constant tables (float32 / int64 / bool); they never follow a dtype cast."""
         with torch.device("cpu"):
             tables = {}
             tables["vision_cos"], tables["vision_sin"] = vision_rope_tables(self.config)
             tables["pos_indices"], tables["pos_weights"] = pos_embed_taps(self.config)
             tables["text_cos"], tables["text_sin"] = text_rope_tables(self.config)
             tables["attn_mask"] = causal_mask(self.config.sequence_length)
+            tables["vision_positions"] = torch.from_numpy(sequence_layout(self.config).vision_mask.copy())
         for name in _TABLES:
             self.register_buffer(name, tables[name].to(device), persistent=False)
 
@@ -109,7 +117,7 @@ class Qwen3VLBackbone(nn.Module):
             if i < len(injections):
                 x = x + injections[i]
 
-        vision_mask = self._vision_positions.to(x.device).expand(b, -1)
+        vision_mask = self.vision_positions.expand(b, -1)
         language_mask = torch.cat(
             [torch.zeros(b, cfg.text_offset, dtype=torch.bool, device=x.device), text_mask.to(torch.bool)],
             dim=1,
