@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -54,15 +55,18 @@ def mid_config() -> Qwen3VLBackboneConfig:
     )
 
 
-def _median_ms(fn, iters: int, warmup: int = 2) -> float:
+def _interleaved_median_ms(fns: dict[str, Any], iters: int, warmup: int = 2) -> dict[str, float]:
+    """Median wall time of each callable, calls interleaved so both see the same machine load."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def time_pytorch_vs_onnxruntime(cfg: Qwen3VLBackboneConfig, iters: int, threads: int) -> dict[str, Any]:
@@ -71,22 +75,26 @@ def time_pytorch_vs_onnxruntime(cfg: Qwen3VLBackboneConfig, iters: int, threads:
     torch.manual_seed(0)
     model = Qwen3VLBackbone(cfg).eval()
     inputs = example_inputs(model)
-    with torch.no_grad():
-        torch_ms = _median_ms(lambda: model(*inputs), iters)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_backbone_onnx(model, Path(tmp) / "backbone.onnx")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # shared CPUs
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs, strict=True)}
-        ort_ms = _median_ms(lambda: session.run(None, feeds), iters)
+    feeds = {name: t.numpy() for name, t in zip(INPUT_NAMES, inputs, strict=True)}
+
+    def run_torch() -> None:
+        with torch.no_grad():
+            model(*inputs)
+
+    ms = _interleaved_median_ms({"torch": run_torch, "ort": lambda: session.run(None, feeds)}, iters)
     return {
         "params_M": model.num_parameters() / 1e6,
         "sequence_length": cfg.sequence_length,
         "gflops": forward_gflops(cfg),
-        "pytorch_ms": torch_ms,
-        "onnxruntime_ms": ort_ms,
-        "pytorch_over_onnxruntime": torch_ms / ort_ms,
+        "pytorch_ms": ms["torch"],
+        "onnxruntime_ms": ms["ort"],
+        "pytorch_over_onnxruntime": ms["torch"] / ms["ort"],
     }
 
 
@@ -129,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime intra-op threads")
     parser.add_argument("--iters", type=int, default=10, help="timed forwards per backend (median reported)")
     parser.add_argument("--skip-mid", action="store_true", help="only time the tiny config")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -140,7 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     configs = {"tiny": Qwen3VLBackboneConfig.tiny(num_cameras=2)}
     if not args.skip_mid:
         configs["mid"] = mid_config()
-    print(f"PyTorch eager vs ONNX Runtime (CPU, {args.threads} threads, median of {args.iters}, batch 1)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    results["load_average_1min"] = load
+    print(
+        f"PyTorch eager vs ONNX Runtime (CPU, {args.threads} threads, median of {args.iters} interleaved"
+        f" calls, batch 1; load average {load:.1f} on {os.cpu_count()} CPUs)"
+    )
     print(
         f"{'config':>6} {'params':>9} {'seq':>5} {'GFLOPs':>8} {'torch ms':>9} {'ORT ms':>8} {'torch/ORT':>9}"
     )
