@@ -33,13 +33,30 @@ def make_bundle(root: Path, architecture: str, seed: int = 0) -> Path:
     return save_bundle(root / f"bundle-{architecture}-{seed}", model, normalizer, tokenizer)
 
 
-@pytest.fixture(scope="session", params=["pi", "groot"])
-def exported(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(bundle dir, fp32 export dir) for each architecture, shared by every test of the session."""
-    from apt_export.onnx_export import export_onnx
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    """architecture -> (bundle dir, fp32 export dir), each made once per test session on first use."""
+    return {}
 
-    root = tmp_path_factory.mktemp(f"export-{request.param}")
-    bundle = make_bundle(root, request.param)
-    out = root / "onnx"
-    export_onnx(bundle, out, precision="fp32", progress=False)
-    return bundle, out
+
+def _exported(architecture: str, cache: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    if architecture not in cache:
+        from apt_export.onnx_export import export_onnx
+
+        root = tmp_path_factory.mktemp(f"export-{architecture}")
+        bundle = make_bundle(root, architecture)
+        export_onnx(bundle, root / "onnx", precision="fp32", progress=False)
+        cache[architecture] = (bundle, root / "onnx")
+    return cache[architecture]
+
+
+@pytest.fixture(params=["pi", "groot"])
+def exported(request: pytest.FixtureRequest, export_cache: dict, tmp_path_factory) -> tuple[Path, Path]:
+    """(bundle dir, fp32 export dir) for each architecture, shared by every test of the session."""
+    return _exported(request.param, export_cache, tmp_path_factory)
+
+
+@pytest.fixture
+def exported_pi(export_cache: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The "pi" export alone, for export mechanics that do not depend on the architecture."""
+    return _exported("pi", export_cache, tmp_path_factory)

@@ -15,9 +15,9 @@ def test_percentiles_are_milliseconds_and_ordered():
 
 
 def test_bench_torch_vs_onnxruntime_writes_both_backends(
-    exported: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+    exported_pi: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ):
-    bundle, out = exported
+    bundle, out = exported_pi
     report = tmp_path / "bench.json"
     args = ["--model", str(bundle), "--backend", "torch", "--vs", "onnxruntime", "--vs-model", str(out)]
     assert main([*args, "--iters", "3", "--warmup", "1", "--threads", "1", "--json", str(report)]) == 0
@@ -32,8 +32,8 @@ def test_bench_torch_vs_onnxruntime_writes_both_backends(
         assert stages["total"]["p50"] >= stages["inference"]["p50"] * 0.5
 
 
-def test_bench_rejects_same_backend_twice(exported: tuple[Path, Path], capsys: pytest.CaptureFixture):
-    _, out = exported
+def test_bench_rejects_same_backend_twice(exported_pi: tuple[Path, Path], capsys: pytest.CaptureFixture):
+    _, out = exported_pi
     with pytest.raises(SystemExit) as exc:
         main(["--model", str(out), "--backend", "onnxruntime", "--vs", "onnxruntime", "--iters", "1"])
     assert exc.value.code == 2

@@ -46,22 +46,8 @@ def test_verify_passes_fp32_and_reports_every_graph(exported: tuple[Path, Path],
     assert any(n.startswith("prefix.") for n in names)
     assert all(c.max_abs <= FP32_MAX_ABS and c.cosine > 0.9999 for c in report.comparisons)
     report_path = tmp_path / "parity.json"
-    assert (
-        main(
-            [
-                "verify",
-                "--bundle",
-                str(bundle),
-                "--onnx",
-                str(out),
-                "--cases",
-                "2",
-                "--json",
-                str(report_path),
-            ]
-        )
-        == EXIT_OK
-    )
+    args = ["verify", "--bundle", str(bundle), "--onnx", str(out), "--cases", "1", "--json", str(report_path)]
+    assert main(args) == EXIT_OK
     assert json.loads(report_path.read_text())["passed"] is True
 
 
@@ -69,36 +55,23 @@ def test_verify_fails_against_other_weights(exported: tuple[Path, Path], tmp_pat
     bundle, out = exported
     architecture = json.loads((bundle / "config.json").read_text())["architecture"]
     other = make_bundle(tmp_path, architecture, seed=1)  # same shapes, different weights
-    assert (
-        main(
-            [
-                "verify",
-                "--bundle",
-                str(other),
-                "--onnx",
-                str(out),
-                "--cases",
-                "1",
-                "--json",
-                str(tmp_path / "r.json"),
-            ]
-        )
-        == EXIT_FAILED
-    )
+    report = tmp_path / "r.json"
+    args = ["verify", "--bundle", str(other), "--onnx", str(out), "--cases", "1", "--json", str(report)]
+    assert main(args) == EXIT_FAILED
 
 
 def test_export_refuses_to_overwrite_and_reports_bad_bundles(
-    exported: tuple[Path, Path], tmp_path: Path, capsys
+    exported_pi: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ):
-    bundle, out = exported
+    bundle, out = exported_pi
     assert main(["onnx", "--bundle", str(bundle), "--out", str(out)]) == EXIT_FAILED
     assert "not empty" in capsys.readouterr().err
     assert main(["onnx", "--bundle", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == EXIT_FAILED
     assert "not found" in capsys.readouterr().err
 
 
-def test_steps_override_changes_the_unrolled_sampler(exported: tuple[Path, Path], tmp_path: Path):
-    bundle, out = exported
+def test_steps_override_changes_the_unrolled_sampler(exported_pi: tuple[Path, Path], tmp_path: Path):
+    bundle, out = exported_pi
     assert main(["onnx", "--bundle", str(bundle), "--out", str(tmp_path / "s2"), "--steps", "2"]) == EXIT_OK
     manifest = load_manifest(tmp_path / "s2")
     assert manifest.steps == 2 and manifest.config["sampling_steps"] == 2
@@ -107,7 +80,9 @@ def test_steps_override_changes_the_unrolled_sampler(exported: tuple[Path, Path]
     assert verify(bundle, tmp_path / "s2", cases=1, progress=False).passed
 
 
-def test_trt_without_tensorrt_exits_2_with_install_hint(exported: tuple[Path, Path], tmp_path: Path, capsys):
+def test_trt_without_tensorrt_exits_2_with_install_hint(
+    exported_pi: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+):
     pytest.importorskip("numpy")
     try:
         import tensorrt  # noqa: F401
@@ -115,7 +90,7 @@ def test_trt_without_tensorrt_exits_2_with_install_hint(exported: tuple[Path, Pa
         pytest.skip("TensorRT is installed here")
     except ImportError:
         pass
-    _, out = exported
+    _, out = exported_pi
     assert main(["trt", "--onnx", str(out), "--out", str(tmp_path / "engines")]) == EXIT_MISSING_DEPENDENCY
     assert "TensorRT 10" in capsys.readouterr().err
     assert not np.any([p.suffix == ".engine" for p in tmp_path.rglob("*")])
@@ -142,10 +117,10 @@ def test_fp16_export_keeps_io_float32_and_stays_close(tmp_path: Path):
     assert report.gated == ("CUDAExecutionProvider" in report.providers)
 
 
-def test_external_data_is_hashed_loaded_and_protected(exported: tuple[Path, Path], tmp_path: Path):
+def test_external_data_is_hashed_loaded_and_protected(exported_pi: tuple[Path, Path], tmp_path: Path):
     from apt_policy.runtime import IntegrityError, load_policy
 
-    bundle, out = exported
+    bundle, out = exported_pi
     ext = tmp_path / "ext"
     assert main(["onnx", "--bundle", str(bundle), "--out", str(ext), "--external-data-mb", "0"]) == EXIT_OK
     manifest = load_manifest(ext)
