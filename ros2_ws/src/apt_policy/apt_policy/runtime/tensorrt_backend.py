@@ -84,10 +84,10 @@ class TensorRTPolicy:
         use_cuda_graph: bool = True,
         seed: int | None = None,
     ) -> None:
+        self.directory = Path(directory)
+        self.manifest = manifest if manifest is not None else load_manifest(self.directory)  # integrity first
         trt = import_tensorrt()
         self._cudart = cudart = import_cudart()
-        self.directory = Path(directory)
-        self.manifest = manifest if manifest is not None else load_manifest(self.directory)
         missing = [g for g in ORDER if g not in self.manifest.engines]
         if missing:
             raise ManifestError(f"{self.directory} has no engine for {missing}; run apt-export trt")

@@ -64,4 +64,4 @@ def test_tampered_engine_is_refused_before_tensorrt_is_touched(tmp_path: Path):
     root = _engine_dir(tmp_path)
     (root / "sampler.engine").write_bytes(b"another engine")
     with pytest.raises(IntegrityError, match=r"sampler\.engine"):
-        load_manifest(root)
+        load_policy(root)  # the sha256 check comes before TensorRT is imported
