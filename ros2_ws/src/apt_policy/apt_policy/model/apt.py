@@ -197,4 +197,4 @@ class APTModel(nn.Module):
 
     def gate_values(self) -> list[float]:
         """Mean sigmoid gate per inserted layer (diagnostics)."""
-        return [float(torch.sigmoid(m.gate).mean()) for m in self.inserted]
+        return [float(torch.sigmoid(m.gate.detach()).mean()) for m in self.inserted]

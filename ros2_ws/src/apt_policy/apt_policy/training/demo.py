@@ -12,6 +12,7 @@ What it does (deterministic for a given seed; results cached in ``out`` and reus
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from ..core.config import ActionSemantics, ExpertConfig
+from ..model.backbone import Qwen3VLBackboneConfig
 from ..model.policy import APTPolicy
 from ..model.presets import tiny_policy_config
 from ..tasks.dataset import DemoConfig, DemoDataset, generate_dataset
@@ -36,15 +38,21 @@ class DemoSettings:
 
     arch: str = "pi"
     seed: int = 0
-    episodes: int = 300
-    image_size: int = 96
+    cameras: tuple[str, ...] = ("front",)
+    episodes: int = 500
+    steps_per_episode: int = 24
+    execution_noise: float = 0.02
+    image_size: tuple[int, int] = (96, 128)  # (h, w): the cameras' 4:3 aspect
+    render_size: tuple[int, int] | None = (480, 640)  # native: frames shrunk exactly as at deployment
+    patch_size: int = 4  # vision patch (px); tokens per camera = (h / 2p) * (w / 2p)
     horizon: int = 16
     width: int = 64
     layers: int = 2
-    stage1_steps: int = 1500
-    stage2_steps: int = 1000
+    stage1_steps: int = 2000
+    stage2_steps: int = 1500
     batch_size: int = 64
     lr: float = 1e-3
+    stage2_lr: float = 2e-3
     sampling_steps: int = 5
     eval_episodes: int = 60
     eval_max_steps: int = 60
@@ -64,7 +72,10 @@ def run_demo(
     report_path = out / "eval.json"
     if not force and report_path.is_file():
         cached = json.loads(report_path.read_text())
-        if cached.get("settings") == asdict(settings) and (out / "stage2" / "config.json").is_file():
+        if (
+            cached.get("settings") == json.loads(json.dumps(asdict(settings)))
+            and (out / "stage2" / "config.json").is_file()
+        ):
             if progress:
                 print(f"demo: reusing the finished run in {out} (pass --force to retrain)")
             return cached
@@ -73,20 +84,33 @@ def run_demo(
     timings: dict[str, float] = {}
 
     demo_cfg = DemoConfig(
-        cameras=("front",),
-        image_size=(settings.image_size, settings.image_size),
+        cameras=settings.cameras,
+        image_size=tuple(settings.image_size),
+        render_size=None if settings.render_size is None else tuple(settings.render_size),
         horizon=settings.horizon,
+        steps_per_episode=settings.steps_per_episode,
+        execution_noise=settings.execution_noise,
     )
     data_path = out / "demos.npz"
-    if data_path.is_file() and not force:
+    data_key = json.dumps([demo_cfg.to_dict(), settings.episodes, settings.seed], sort_keys=True, default=str)
+    key_path = out / "demos.key"
+    if data_path.is_file() and key_path.is_file() and key_path.read_text() == data_key:
         data = DemoDataset.load(data_path)
     else:
         data = generate_dataset(settings.episodes, 2, demo_cfg, seed=settings.seed + 1, progress=progress)
         data.save(data_path)
+        key_path.write_text(data_key)
     timings["data_s"] = time.monotonic() - t0
 
     tokenizer = write_default_tokenizer(out / "tokenizer.json")
     w = settings.width
+    tiny = Qwen3VLBackboneConfig.tiny()
+    backbone = tiny.replace(
+        vision=dataclasses.replace(tiny.vision, patch_size=settings.patch_size),
+        num_cameras=len(settings.cameras),
+        image_size=demo_cfg.image_size,
+        max_text_tokens=8,
+    )
     config = tiny_policy_config(
         settings.arch,
         cameras=demo_cfg.cameras,
@@ -100,21 +124,23 @@ def run_demo(
         expert=ExpertConfig(width=w, num_heads=4, head_dim=w // 4, mlp_dim=2 * w, num_layers=settings.layers),
         action_semantics=ActionSemantics(arm="absolute", gripper="absolute"),
         model_id=f"apt-reaching-demo-{settings.arch}",
+        backbone=backbone.to_dict(),
     )
     common = {
         "batch_size": settings.batch_size,
-        "lr": settings.lr,
         "seed": settings.seed,
         "checkpoint_every": 500,
     }
     t = time.monotonic()
+    features: list = []
     stage1, r1 = run_stage1(
         data,
         config,
         tokenizer,
         out / "stage1",
-        TrainConfig(steps=settings.stage1_steps, **common),
+        TrainConfig(steps=settings.stage1_steps, lr=settings.lr, **common),
         progress=progress,
+        features_out=features,
     )
     timings["stage1_s"] = time.monotonic() - t
     t = time.monotonic()
@@ -122,8 +148,9 @@ def run_demo(
         stage1,
         data,
         out / "stage2",
-        TrainConfig(steps=settings.stage2_steps, train="inserted", **common),
+        TrainConfig(steps=settings.stage2_steps, lr=settings.stage2_lr, train="inserted", **common),
         progress=progress,
+        features=features[0],
     )
     timings["stage2_s"] = time.monotonic() - t
 
@@ -137,6 +164,7 @@ def run_demo(
                 settings.eval_episodes,
                 held_out=held_out,
                 image_size=demo_cfg.image_size,
+                render_size=demo_cfg.render_size,
                 max_steps=settings.eval_max_steps,
                 progress=progress,
                 desc=f"eval {name} {key}",
