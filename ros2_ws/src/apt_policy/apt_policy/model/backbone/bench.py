@@ -26,7 +26,7 @@ from .modeling import Qwen3VLBackbone
 
 
 def mid_config() -> Qwen3VLBackboneConfig:
-    """~60M parameters at the deployment image size (2 cameras x 224x224, 32 instruction tokens)."""
+    """~45M parameters at the deployment image size (2 cameras x 224x224, 32 instruction tokens)."""
     return Qwen3VLBackboneConfig(
         vision=VisionConfig(
             depth=6,
