@@ -133,7 +133,9 @@ def _stop(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
             proc.wait()
 
 
-def run_rate(model: Path, rate: float, ticks: int, horizon: int, workdir: Path, domain: int) -> StreamResult:
+def run_rate(
+    model: Path, rate: float, ticks: int, horizon: int, workdir: Path, domain: int, rt_priority: int = 0
+) -> StreamResult:
     """Run the three processes at ``rate`` and measure ``ticks`` commands at fake_franka."""
     env = {
         **os.environ,
@@ -165,6 +167,7 @@ def run_rate(model: Path, rate: float, ticks: int, horizon: int, workdir: Path, 
                 "-p", "max_image_age:=0.5",
                 "-p", "max_state_age:=0.2",
                 "-p", "max_skew:=0.5",
+                "-p", f"realtime_priority:={rt_priority}",
             ],
             env=env, stdout=logs["node"], stderr=subprocess.STDOUT,
         ),
@@ -235,6 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rates", type=float, nargs="+", default=[50.0, 100.0, 200.0], help="rates (Hz)")
     parser.add_argument("--ticks", type=int, default=6000, help="commands measured per rate (default 6000)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
+    parser.add_argument(
+        "--realtime-priority",
+        type=int,
+        default=0,
+        help="node parameter realtime_priority (SCHED_FIFO, 0: off)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the process logs (printed path)")
     args = parser.parse_args(argv)
     if args.ticks < 10:
@@ -254,10 +263,15 @@ def main(argv: list[str] | None = None) -> int:
             f"[bench_stream] {rate:g} Hz: {args.ticks} commands (~{args.ticks / rate:.0f} s) ...", flush=True
         )
         domain = 1 + (os.getpid() + 17 * i) % 100
-        results.append(run_rate(args.model, rate, args.ticks, horizon, workdir, domain))
+        results.append(
+            run_rate(args.model, rate, args.ticks, horizon, workdir, domain, args.realtime_priority)
+        )
         print(format_table(results[-1:]).splitlines()[-1], flush=True)
     print()
-    print(f"model {args.model} | {os.cpu_count()} CPUs | load average {os.getloadavg()[0]:.1f} (1 min)")
+    print(
+        f"model {args.model} | {os.cpu_count()} CPUs | load average {os.getloadavg()[0]:.1f} (1 min) | "
+        f"stream SCHED_FIFO priority {args.realtime_priority or 'off'}"
+    )
     print(format_table(results))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
