@@ -1,4 +1,5 @@
-"""The transformers Qwen3-VL reference for parity tests: same config, weights and inputs as ours."""
+"""Random transformers Qwen3-VL checkpoints and inputs for parity tests (the comparison itself lives in
+``apt_policy.model.backbone.reference``)."""
 
 from __future__ import annotations
 
@@ -6,51 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from apt_policy.model.backbone import IMAGE_MEAN, IMAGE_STD, Qwen3VLBackboneConfig
-from apt_policy.model.backbone.layout import IMAGE, VISION_END, VISION_START, sequence_layout
-from transformers import Qwen3VLConfig, Qwen3VLModel
-from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+from apt_policy.model.backbone import Qwen3VLBackboneConfig
+from apt_policy.model.backbone.reference import hf_config, normalise
+from apt_policy.model.backbone.reference import hf_layer_outputs as hf_forward
+from transformers import Qwen3VLModel
 
-
-def hf_config(cfg: Qwen3VLBackboneConfig) -> Qwen3VLConfig:
-    """A transformers config with the architecture of ``cfg`` (all text layers, not truncated)."""
-    v, t = cfg.vision, cfg.text
-    return Qwen3VLConfig(
-        vision_config={
-            "depth": v.depth,
-            "hidden_size": v.hidden_size,
-            "hidden_act": v.hidden_act,
-            "intermediate_size": v.intermediate_size,
-            "num_heads": v.num_heads,
-            "in_channels": v.in_channels,
-            "patch_size": v.patch_size,
-            "spatial_merge_size": v.spatial_merge_size,
-            "temporal_patch_size": v.temporal_patch_size,
-            "out_hidden_size": v.out_hidden_size,
-            "num_position_embeddings": v.num_position_embeddings,
-            "deepstack_visual_indexes": list(v.deepstack_visual_indexes),
-        },
-        text_config={
-            "vocab_size": t.vocab_size,
-            "hidden_size": t.hidden_size,
-            "intermediate_size": t.intermediate_size,
-            "num_hidden_layers": t.num_hidden_layers,
-            "num_attention_heads": t.num_attention_heads,
-            "num_key_value_heads": t.num_key_value_heads,
-            "head_dim": t.head_dim,
-            "hidden_act": t.hidden_act,
-            "rms_norm_eps": t.rms_norm_eps,
-            "rope_parameters": {
-                "rope_type": "default",
-                "rope_theta": t.rope_theta,
-                "mrope_section": list(t.mrope_section),
-                "mrope_interleaved": True,
-            },
-        },
-        image_token_id=cfg.image_token_id,
-        vision_start_token_id=cfg.vision_start_token_id,
-        vision_end_token_id=cfg.vision_end_token_id,
-    )
+__all__ = ["hf_config", "hf_forward", "normalise", "random_hf_model", "random_inputs", "save_hf_model"]
 
 
 def random_hf_model(cfg: Qwen3VLBackboneConfig, seed: int = 0, scale: float = 1.0) -> Qwen3VLModel:
@@ -95,66 +57,3 @@ def random_inputs(cfg: Qwen3VLBackboneConfig, batch: int, seed: int = 0):
     mask = (np.arange(cfg.max_text_tokens)[None] < lengths[:, None]).astype(np.int64)
     ids = np.where(mask == 1, ids, 0)
     return images, torch.from_numpy(ids), torch.from_numpy(mask)
-
-
-def normalise(images: np.ndarray) -> torch.Tensor:
-    """Our preprocessing: uint8 HWC -> (x/255 - mean)/std, float32 [B, n_cam, 3, H, W]."""
-    x = images.astype(np.float32) / 255.0
-    x = (x - np.asarray(IMAGE_MEAN, np.float32)) / np.asarray(IMAGE_STD, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 1, 4, 2, 3)))
-
-
-def hf_forward(
-    model: Qwen3VLModel,
-    cfg: Qwen3VLBackboneConfig,
-    images: np.ndarray,
-    input_ids: torch.Tensor,
-    text_mask: torch.Tensor,
-) -> torch.Tensor:
-    """Every decoder layer's output [L, B, S, D] from transformers for the same sequence.
-
-    Pixels go through transformers' own Qwen2-VL image processor (no resize, mean = std = 0.5) and the
-    sequence is the one our layout describes, with image-pad tokens on the image positions.
-    """
-    batch = images.shape[0]
-    processor = Qwen2VLImageProcessorPil(
-        patch_size=cfg.vision.patch_size,
-        merge_size=cfg.vision.spatial_merge_size,
-        temporal_patch_size=cfg.vision.temporal_patch_size,
-        image_mean=list(IMAGE_MEAN),
-        image_std=list(IMAGE_STD),
-        do_resize=False,
-    )
-    flat = [images[b, c] for b in range(batch) for c in range(cfg.num_cameras)]
-    pixels = processor(flat, return_tensors="pt")
-
-    layout = sequence_layout(cfg)
-    prefix = np.zeros(cfg.text_offset, dtype=np.int64)
-    kind = layout.kind[: cfg.text_offset]
-    prefix[kind == IMAGE] = cfg.image_token_id
-    prefix[kind == VISION_START] = cfg.vision_start_token_id
-    prefix[kind == VISION_END] = cfg.vision_end_token_id
-    full_ids = torch.cat([torch.from_numpy(prefix).expand(batch, -1), input_ids], dim=1)
-    attention_mask = torch.cat([torch.ones(batch, cfg.text_offset, dtype=torch.long), text_mask], dim=1)
-    mm_types = (full_ids == cfg.image_token_id).long()
-
-    captured: list[torch.Tensor] = []
-    hooks = [
-        layer.register_forward_hook(
-            lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out)
-        )
-        for layer in model.language_model.layers
-    ]
-    try:
-        with torch.no_grad():
-            model(
-                input_ids=full_ids,
-                attention_mask=attention_mask,
-                pixel_values=pixels["pixel_values"],
-                image_grid_thw=pixels["image_grid_thw"],
-                mm_token_type_ids=mm_types,
-            )
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return torch.stack(captured)

@@ -117,3 +117,24 @@ def test_matches_transformers_at_qwen3vl_geometry(tmp_path):
     )
     out, _ = _compare(tmp_path, arch, num_layers=None, hidden_size=256)
     assert out.hidden_states.shape[2] == 2 * (49 + 2) + 8
+
+
+def test_reference_cli_passes_on_a_checkpoint_and_flags_a_different_model(tmp_path, capsys):
+    """`python -m apt_policy.model.backbone.reference` is the check to run on real weights."""
+    from apt_policy.model.backbone.reference import compare, main
+
+    arch = Qwen3VLBackboneConfig.tiny(num_cameras=2)
+    ckpt = save_hf_model(random_hf_model(arch, seed=1), tmp_path / "ckpt")
+    argv = [str(ckpt), "--num-cameras", "2", "--image-size", "64", "64", "--max-text-tokens", "8"]
+    assert main([*argv, "--tolerance", "1e-5"]) == 0
+    assert "OK: worst max abs diff 0" in capsys.readouterr().out
+
+    other = load_qwen3vl_checkpoint(
+        save_hf_model(random_hf_model(arch, seed=2), tmp_path / "other"),
+        num_cameras=2,
+        image_size=arch.image_size,
+        max_text_tokens=arch.max_text_tokens,
+    )
+    images, ids, mask = random_inputs(other.config, batch=1)
+    diffs = compare(other, random_hf_model(arch, seed=1), images, ids, mask)
+    assert all(d.max_abs_diff > 1e-1 for d in diffs)
