@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -361,6 +362,9 @@ def test_bad_inputs_are_rejected_and_node_keeps_running(processes, probe, model_
     # content violations: none; timing ones (a late message on a loaded machine) are test 1's business
     content = {k: v for k, v in probe.violations["violations"].items() if k not in TIMING_VIOLATIONS}
     assert not any(content.values()), probe.violations
+    node = processes.procs[2][1]
+    node.send_signal(signal.SIGINT)  # Ctrl-C: clean exit
+    assert node.wait(15) == 0, processes.output("policy_node")[-2000:]
 
 
 @pytest.mark.parametrize(
