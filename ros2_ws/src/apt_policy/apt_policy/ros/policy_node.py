@@ -242,6 +242,8 @@ class PolicyNode(Node):
             key = (source, reason[:80])
             if now - self._last_reject_log.get(key, -np.inf) < REJECT_LOG_PERIOD_S:
                 return
+            if len(self._last_reject_log) > 1000:  # reasons with varying numbers: keep the table bounded
+                self._last_reject_log.clear()
             self._last_reject_log[key] = now
             count = self._rejections[source]
         self.get_logger().warning(f"rejected input from {source}: {reason} ({count} rejected so far)")
