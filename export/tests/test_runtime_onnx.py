@@ -115,3 +115,18 @@ def test_onnxruntime_backend_never_imports_torch(exported: tuple[Path, Path]):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ok"
+
+
+def test_results_are_not_aliased_and_threads_do_not_mix(exported_pi: tuple[Path, Path]):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, out = exported_pi
+    policy = load_policy(out, "onnxruntime")
+    cases = [_observation(policy.info, seed) for seed in range(6)]
+    expected = [policy.predict(images, state, "reach the red cube", noise) for images, state, noise in cases]
+    first = expected[0].copy()
+    assert np.array_equal(expected[0], first)  # a later prediction did not overwrite an earlier result
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda c: policy.predict(c[0], c[1], "reach the red cube", c[2]), cases * 3))
+    for got, want in zip(results, expected * 3, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from .inputs import InferenceError, ObservationEncoder
-from .manifest import Manifest, ManifestError, load_manifest
+from .manifest import Manifest, ManifestError, TensorSpec, load_manifest
 from .policy import PolicyInfo
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -24,6 +25,12 @@ def choose_providers(available: Sequence[str], requested: Sequence[str] | None =
             )
         return list(requested)
     return [p for p in PREFERRED_PROVIDERS if p in available]
+
+
+def _empty(spec: TensorSpec) -> np.ndarray:
+    if not all(isinstance(d, int) and d >= 0 for d in spec.shape):
+        raise ManifestError(f"{spec.name} has a dynamic shape {spec.shape}; exports must have static shapes")
+    return np.empty(spec.shape, dtype=np.dtype(spec.dtype))
 
 
 class OnnxRuntimePolicy:
@@ -64,6 +71,33 @@ class OnnxRuntimePolicy:
         self._prefix_outputs = list(self.manifest.graphs["prefix"].output_names)
         self._sampler_inputs = list(self.manifest.graphs["sampler"].input_names)
         self._info = PolicyInfo.from_config(self.config, self.backend, self.manifest.steps)
+        self._lock = threading.RLock()  # buffers are reused: one prediction at a time (thread-safe)
+        self._bind_outputs()
+
+    def _bind_outputs(self) -> None:
+        """I/O bindings: prefix outputs feed the sampler without a copy, outputs land in fixed buffers.
+
+        On CPU the prefix outputs and the actions go to numpy buffers allocated once (static shapes). With
+        the CUDA provider the prefix outputs stay on the GPU (ORT allocates them) and only the actions
+        come back to the host.
+        """
+        self._device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self._bindings = {name: sess.io_binding() for name, sess in self._sessions.items()}
+        prefix, sampler = self._bindings["prefix"], self._bindings["sampler"]
+        self._buffers: dict[str, np.ndarray] = {}
+        for spec in self.manifest.graphs["prefix"].outputs:
+            if self._device == "cuda":
+                prefix.bind_output(spec.name, "cuda")
+            else:
+                self._buffers[spec.name] = buf = _empty(spec)
+                prefix.bind_output(spec.name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+                if spec.name in self._sampler_inputs:
+                    sampler.bind_input(spec.name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+        (actions,) = self.manifest.graphs["sampler"].outputs
+        self._actions = _empty(actions)
+        sampler.bind_output(
+            actions.name, "cpu", 0, self._actions.dtype, list(self._actions.shape), self._actions.ctypes.data
+        )
 
     @property
     def info(self) -> PolicyInfo:
@@ -77,8 +111,9 @@ class OnnxRuntimePolicy:
         noise: np.ndarray | None = None,
     ) -> np.ndarray:
         """(horizon, action_dim) actions in robot units; raises PreprocessError / InferenceError."""
-        x = self.encoder.encode(images, state, instruction, noise)
-        return self.encoder.decode(self.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise))
+        with self._lock:  # the encoder's and the graphs' buffers are reused: one prediction at a time
+            x = self.encoder.encode(images, state, instruction, noise)
+            return self.encoder.decode(self.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise))
 
     def run(
         self,
@@ -89,17 +124,26 @@ class OnnxRuntimePolicy:
         noise: np.ndarray,
     ) -> np.ndarray:
         """Graphs only: normalised inputs -> normalised actions [B, horizon, action_dim]."""
-        try:
-            prefix = self._sessions["prefix"].run(
-                self._prefix_outputs,
-                {"pixel_values": pixel_values, "input_ids": input_ids, "text_mask": text_mask},
-            )
-            feeds = dict(zip(self._prefix_outputs, prefix, strict=True))
-            feeds.update(state=state, noise=noise)
-            (actions,) = self._sessions["sampler"].run(None, {k: feeds[k] for k in self._sampler_inputs})
-        except Exception as exc:  # onnxruntime raises its own exception types for shape/type errors
-            raise InferenceError(f"ONNX Runtime inference failed: {exc}") from exc
-        return actions
+        prefix, sampler = self._bindings["prefix"], self._bindings["sampler"]
+        with self._lock:
+            try:
+                for name, value in (
+                    ("pixel_values", pixel_values),
+                    ("input_ids", input_ids),
+                    ("text_mask", text_mask),
+                ):
+                    prefix.bind_cpu_input(name, np.ascontiguousarray(value))
+                self._sessions["prefix"].run_with_iobinding(prefix)
+                if self._device == "cuda":
+                    for name, value in zip(self._prefix_outputs, prefix.get_outputs(), strict=True):
+                        if name in self._sampler_inputs:
+                            sampler.bind_ortvalue_input(name, value)
+                sampler.bind_cpu_input("state", np.ascontiguousarray(state))
+                sampler.bind_cpu_input("noise", np.ascontiguousarray(noise))
+                self._sessions["sampler"].run_with_iobinding(sampler)
+            except Exception as exc:  # onnxruntime raises its own exception types for shape/type errors
+                raise InferenceError(f"ONNX Runtime inference failed: {exc}") from exc
+            return self._actions.copy()
 
     def warmup(self, iterations: int = 2) -> None:
         """Run the graphs on synthetic inputs so the first real prediction is not slow."""

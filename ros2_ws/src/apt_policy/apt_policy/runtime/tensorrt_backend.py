@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,7 @@ class TensorRTPolicy:
                 raise ManifestError(f"engine {name}: input shapes not set for {unset}")
         self._graph_exec = None
         self._use_cuda_graph = use_cuda_graph
+        self._lock = threading.RLock()  # buffers are reused: one prediction at a time (thread-safe)
 
     def _pinned(self, buf: Buffer) -> np.ndarray:
         ptr = cuda_check(self._cudart.cudaMallocHost(buf.nbytes))
@@ -192,29 +194,30 @@ class TensorRTPolicy:
         noise: np.ndarray,
     ) -> np.ndarray:
         """Normalised inputs (batch 1) -> normalised actions [1, horizon, action_dim] (a fresh array)."""
-        feeds = {
-            "pixel_values": pixel_values,
-            "input_ids": input_ids,
-            "text_mask": text_mask,
-            "state": state,
-            "noise": noise,
-        }
-        for name, value in feeds.items():
-            host = self._host[name]
-            if value.shape != host.shape:
-                raise InferenceError(f"{name} has shape {value.shape}, the engine expects {host.shape}")
-            np.copyto(host, value, casting="same_kind")
-        cudart = self._cudart
-        if self._use_cuda_graph and self._graph_exec is None:
-            self._enqueue()  # TensorRT needs one eager run before capture (lazy allocations)
+        with self._lock:
+            feeds = {
+                "pixel_values": pixel_values,
+                "input_ids": input_ids,
+                "text_mask": text_mask,
+                "state": state,
+                "noise": noise,
+            }
+            for name, value in feeds.items():
+                host = self._host[name]
+                if value.shape != host.shape:
+                    raise InferenceError(f"{name} has shape {value.shape}, the engine expects {host.shape}")
+                np.copyto(host, value, casting="same_kind")
+            cudart = self._cudart
+            if self._use_cuda_graph and self._graph_exec is None:
+                self._enqueue()  # TensorRT needs one eager run before capture (lazy allocations)
+                cuda_check(cudart.cudaStreamSynchronize(self._stream))
+                self._capture()
+            if self._graph_exec is not None:
+                cuda_check(cudart.cudaGraphLaunch(self._graph_exec, self._stream))
+            else:
+                self._enqueue()
             cuda_check(cudart.cudaStreamSynchronize(self._stream))
-            self._capture()
-        if self._graph_exec is not None:
-            cuda_check(cudart.cudaGraphLaunch(self._graph_exec, self._stream))
-        else:
-            self._enqueue()
-        cuda_check(cudart.cudaStreamSynchronize(self._stream))
-        return self._host["actions"].copy()
+            return self._host["actions"].copy()
 
     def predict(
         self,
@@ -223,8 +226,9 @@ class TensorRTPolicy:
         instruction: str,
         noise: np.ndarray | None = None,
     ) -> np.ndarray:
-        x = self.encoder.encode(images, state, instruction, noise)
-        return self.encoder.decode(self.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise))
+        with self._lock:  # the encoder's and the graphs' buffers are reused: one prediction at a time
+            x = self.encoder.encode(images, state, instruction, noise)
+            return self.encoder.decode(self.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise))
 
     def warmup(self, iterations: int = 3) -> None:
         h, w = self.config.image_size
