@@ -130,3 +130,27 @@ def test_results_are_not_aliased_and_threads_do_not_mix(exported_pi: tuple[Path,
         results = list(pool.map(lambda c: policy.predict(c[0], c[1], "reach the red cube", c[2]), cases * 3))
     for got, want in zip(results, expected * 3, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_corrupt_graph_with_matching_hash_and_wrong_graph_shapes_are_clear(
+    exported_pi: tuple[Path, Path], tmp_path: Path
+):
+    from apt_policy.runtime.inputs import InferenceError
+    from apt_policy.runtime.manifest import Manifest, load_manifest, sha256_file
+
+    _, out = exported_pi
+    policy = load_policy(out, "onnxruntime")
+    x = policy.encoder.encode(*_observation(policy.info, 0)[:2], "reach", None)
+    with pytest.raises(InferenceError, match="ONNX Runtime inference failed"):
+        policy.run(x.pixel_values[:, :, :, :-1], x.input_ids, x.text_mask, x.state, x.noise)
+    with pytest.raises(InferenceError, match="ONNX Runtime inference failed"):
+        policy.run(x.pixel_values, x.input_ids, x.text_mask, x.state.astype(np.float64), x.noise)
+    # a damaged file whose manifest was (wrongly) re-hashed: ONNX Runtime's refusal becomes a clear error
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    (copy / "sampler.onnx").write_bytes(b"not a protobuf")
+    manifest = load_manifest(copy, verify=False)
+    files = {**manifest.files, "sampler.onnx": sha256_file(copy / "sampler.onnx")}
+    Manifest(**{**manifest.__dict__, "files": files}).write(copy)
+    with pytest.raises(ManifestError, match=r"cannot load .*sampler\.onnx"):
+        load_policy(copy)

@@ -62,17 +62,19 @@ class OnnxRuntimePolicy:
         if not allow_spinning:  # idle worker threads sleep instead of spinning (shared CPUs, benchmarks)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = choose_providers(ort.get_available_providers(), providers)
-        self._sessions = {
-            name: ort.InferenceSession(
-                str(self.directory / self.manifest.graphs[name].file), options, providers=self.providers
-            )
-            for name in ("prefix", "sampler")
-        }
+        self._sessions = {name: self._open(ort, name, options) for name in ("prefix", "sampler")}
         self._prefix_outputs = list(self.manifest.graphs["prefix"].output_names)
         self._sampler_inputs = list(self.manifest.graphs["sampler"].input_names)
         self._info = PolicyInfo.from_config(self.config, self.backend, self.manifest.steps)
         self._lock = threading.RLock()  # buffers are reused: one prediction at a time (thread-safe)
         self._bind_outputs()
+
+    def _open(self, ort, name: str, options) -> object:
+        path = self.directory / self.manifest.graphs[name].file
+        try:
+            return ort.InferenceSession(str(path), options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid graphs
+            raise ManifestError(f"ONNX Runtime cannot load {path}: {exc}") from exc
 
     def _bind_outputs(self) -> None:
         """I/O bindings: prefix outputs feed the sampler without a copy, outputs land in fixed buffers.
