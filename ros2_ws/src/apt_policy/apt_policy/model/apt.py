@@ -50,12 +50,13 @@ class APTModel(nn.Module):
         self.backbone = backbone if backbone is not None else build_backbone(config)
         self.backbone.requires_grad_(False)
         vlm_width = int(self.backbone.config.hidden_size)
+        seq_len = int(self.backbone.config.sequence_length)
         e = config.expert
         w = e.width
         layer_cls = PiLayer if config.architecture == "pi" else DiTBlock
 
         def context() -> ContextProjection:
-            return ContextProjection(vlm_width, e.num_heads, e.head_dim)
+            return ContextProjection(vlm_width, e.num_heads, e.head_dim, seq_len)
 
         self.layers = nn.ModuleList(
             layer_cls(w, e.num_heads, e.head_dim, e.mlp_dim) for _ in range(e.num_layers)

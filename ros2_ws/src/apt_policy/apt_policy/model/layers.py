@@ -52,18 +52,27 @@ class MLP(nn.Module):
 
 
 class ContextProjection(nn.Module):
-    """Keys and values for one expert layer, projected from one VLM layer's hidden states [B, S, D]."""
+    """Keys and values for one expert layer, projected from one VLM layer's hidden states [B, S, D].
 
-    def __init__(self, vlm_width: int, num_heads: int, head_dim: int) -> None:
+    A learned embedding per sequence position is added to keys and values: the VLM's hidden states
+    do not carry their (M-RoPE) positions, and the expert needs to know WHERE a token is to locate
+    an object (the sequence layout is fixed, so position s is always the same image cell).
+    """
+
+    def __init__(self, vlm_width: int, num_heads: int, head_dim: int, seq_len: int) -> None:
         super().__init__()
         self.num_heads = num_heads
         self.norm = nn.LayerNorm(vlm_width)
         self.k = nn.Linear(vlm_width, num_heads * head_dim)
         self.v = nn.Linear(vlm_width, num_heads * head_dim)
+        self.pos_k = nn.Parameter(torch.randn(seq_len, num_heads * head_dim) * 0.02)
+        self.pos_v = nn.Parameter(torch.randn(seq_len, num_heads * head_dim) * 0.02)
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.norm(hidden)
-        return split_heads(self.k(x), self.num_heads), split_heads(self.v(x), self.num_heads)
+        k = self.k(x) + self.pos_k
+        v = self.v(x) + self.pos_v
+        return split_heads(k, self.num_heads), split_heads(v, self.num_heads)
 
 
 def timestep_embedding(

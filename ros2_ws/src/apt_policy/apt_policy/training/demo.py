@@ -45,6 +45,7 @@ class DemoSettings:
     image_size: tuple[int, int] = (96, 128)  # (h, w): the cameras' 4:3 aspect
     render_size: tuple[int, int] | None = (480, 640)  # native: frames shrunk exactly as at deployment
     patch_size: int = 4  # vision patch (px); tokens per camera = (h / 2p) * (w / 2p)
+    vision_depth: int = 1  # random vision layers: attention over every patch dominates the encoding cost
     horizon: int = 16
     width: int = 64
     layers: int = 2
@@ -106,7 +107,12 @@ def run_demo(
     w = settings.width
     tiny = Qwen3VLBackboneConfig.tiny()
     backbone = tiny.replace(
-        vision=dataclasses.replace(tiny.vision, patch_size=settings.patch_size),
+        vision=dataclasses.replace(
+            tiny.vision,
+            patch_size=settings.patch_size,
+            depth=settings.vision_depth,
+            deepstack_visual_indexes=tuple(range(min(settings.vision_depth, 2))),
+        ),
         num_cameras=len(settings.cameras),
         image_size=demo_cfg.image_size,
         max_text_tokens=8,
