@@ -39,7 +39,7 @@ class DemoSettings:
     arch: str = "pi"
     seed: int = 0
     cameras: tuple[str, ...] = ("front",)
-    episodes: int = 500
+    episodes: int = 300
     steps_per_episode: int = 24
     execution_noise: float = 0.02
     image_size: tuple[int, int] = (96, 128)  # (h, w): the cameras' 4:3 aspect
@@ -49,8 +49,8 @@ class DemoSettings:
     horizon: int = 16
     width: int = 64
     layers: int = 2
-    stage1_steps: int = 2000
-    stage2_steps: int = 1500
+    stage1_steps: int = 1500
+    stage2_steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
     stage2_lr: float = 2e-3
