@@ -19,6 +19,7 @@ import numpy as np
 
 from apt_policy.control.observations import ObservationSet, StaleInputsError
 
+FAILURE_BACKOFF_S = 0.1  # wait after a failed inference before the next attempt
 PredictFn = Callable[[Mapping[str, np.ndarray], np.ndarray, str], np.ndarray]
 
 
@@ -173,7 +174,7 @@ class InferenceWorker:
         if error is not None:
             self.failures += 1
             self._on_error(error)
-            self._sleep(self.retry_s)
+            self._sleep(max(self.retry_s, FAILURE_BACKOFF_S))  # a broken backend is not retried in a hot loop
             return
         self.latencies_s.append(elapsed)
         with self._cond:
