@@ -263,12 +263,16 @@ def test_camera_stop_holds_within_three_ticks_and_recovers(processes, probe, mod
     start_stack(processes, model_dir, "instruction:=reach the red block", "status_rate:=100.0")
     wait_running(probe, processes)
     time.sleep(0.5)
+    with probe.lock:
+        n_before = len(probe.statuses)
     probe.set_camera(False)
     wait_for(lambda: probe.state() == PolicyStatus.HOLDING, 5, "HOLDING after the camera stopped")
     with probe.lock:
         last_frame = probe.image_times[-1]
         t_hold = next(
-            stamp_to_s(m.header.stamp) for t, m in probe.statuses if m.state == PolicyStatus.HOLDING
+            stamp_to_s(m.header.stamp)
+            for _, m in probe.statuses[n_before:]
+            if m.state == PolicyStatus.HOLDING
         )
     delay = t_hold - (last_frame + max_age)
     print(f"HOLDING {delay * 1e3:.1f} ms after the last frame went stale")
@@ -289,9 +293,12 @@ def test_camera_stop_holds_within_three_ticks_and_recovers(processes, probe, mod
 
 def test_instruction_change_discards_old_instruction_chunks(processes, probe, model_dir, horizon) -> None:
     # back-to-back inference: a chunk is always being computed when the instruction changes
-    start_stack(
-        processes, model_dir, "instruction:=reach the red block", f"chunk_request_threshold:={horizon - 1}"
-    )
+    start_stack(processes, model_dir, f"chunk_request_threshold:={horizon - 1}")
+    # the first instruction only once the probe sees the chunk publisher (chunks are not latched)
+    wait_for(lambda: probe.state() == PolicyStatus.IDLE, 60, "the node's status")
+    wait_for(lambda: probe.node.count_publishers("/apt_policy/action_chunk") > 0, 10, "the chunk publisher")
+    time.sleep(0.5)
+    probe.say("reach the red block")
     wait_running(probe, processes)
     sequence = ["reach the blue block", "reach the green block", "reach the red block"]
     for text in sequence:
