@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -31,7 +32,6 @@ pytest.importorskip("apt_msgs")
 import rclpy
 from apt_msgs.msg import ActionChunk, PolicyStatus
 from apt_policy.robots.franka import FR3, tcp_pose
-from apt_policy.ros.conversions import stamp_to_s
 from apt_policy.tasks.scene import Scene, is_success
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
@@ -266,19 +266,19 @@ def test_camera_stop_holds_within_three_ticks_and_recovers(processes, probe, mod
     with probe.lock:
         n_before = len(probe.statuses)
     probe.set_camera(False)
-    wait_for(lambda: probe.state() == PolicyStatus.HOLDING, 5, "HOLDING after the camera stopped")
-    with probe.lock:
-        last_frame = probe.image_times[-1]
-        t_hold = next(
-            stamp_to_s(m.header.stamp)
-            for _, m in probe.statuses[n_before:]
-            if m.state == PolicyStatus.HOLDING
-        )
-    delay = t_hold - (last_frame + max_age)
-    print(f"HOLDING {delay * 1e3:.1f} ms after the last frame went stale")
-    # 3 ticks, + one status period (the status is sampled at 100 Hz), + DDS delivery differences
-    assert delay <= 3 / rate + 0.01 + 0.02, f"HOLDING {delay * 1e3:.1f} ms after the frame went stale"
-    assert "camera:front" in probe.statuses[-1][1].last_fault
+
+    def camera_hold():  # the first status after the stop that holds for the camera
+        with probe.lock:
+            holds = [m for _, m in probe.statuses[n_before:] if m.state == PolicyStatus.HOLDING]
+        return next((m for m in holds if "camera:front" in m.last_fault), None)
+
+    wait_for(lambda: camera_hold() is not None, 5, "HOLDING for the camera after it stopped")
+    # The transition is published from the tick that makes it, with the frame's age on the node's own clock
+    # at that tick: HOLDING within 3 ticks of the frame becoming older than max_image_age.
+    reason = camera_hold().last_fault
+    age_ms = float(re.search(r"camera:front (\d+) ms old", reason).group(1))
+    print(f"HOLDING when the last frame was {age_ms:.0f} ms old (limit {max_age * 1e3:.0f} ms): {reason}")
+    assert max_age * 1e3 < age_ms <= (max_age + 3 / rate) * 1e3 + 1, reason
     time.sleep(1.5)  # braking at the acceleration limit takes well under a second
     with probe.lock:
         n = len(probe.joints)

@@ -86,6 +86,7 @@ class PolicyNode(Node):
         self._last_inference_error = ""
         self.tick_durations = RollingStats(1000)  # s, compute time of each stream tick
         self._rt_applied = False
+        self._last_state: Any = None  # controller state of the previous tick
 
         self.worker = InferenceWorker(
             predict=self.policy.predict,
@@ -420,6 +421,9 @@ class PolicyNode(Node):
         if stale is None and self.worker.overdue(now):
             stale = f"inference running for {self.worker.busy_for(now) * 1e3:.0f} ms"
         command = self.controller.tick(now, measured, input_problem=stale)
+        if command.state != self._last_state:  # state changes are published at once, from this tick
+            self._last_state = command.state
+            self._publish_status()
         if command.positions is None:
             return  # no valid joint state yet (or a start outside the limits): nothing is sent
         if isinstance(self.arm_output, TrajectoryOutput):
