@@ -304,7 +304,9 @@ class Interfaces:
         node.add_instruction_listener(self._on_instruction_changed)
 
         # The node calls gripper_sink(width_m, now_s) on every tick; ours decides when to command.
-        if settings.output == "none":
+        dry_run = getattr(getattr(node, "params", None), "output_mode", "") == "none"
+        if settings.output == "none" or (dry_run and settings.output == "auto"):
+            # A dry run (output_mode none) moves nothing unless the gripper output is named explicitly.
             node.gripper_sink = None
         else:
             try:

@@ -188,14 +188,15 @@ SPECS: tuple[Spec, ...] = (
     ),
     Spec(
         "max_deviation",
-        0.3,
-        "Largest distance of a command from the measured position per joint (rad).",
+        0.25,
+        "Largest distance of a policy target from the measured position per joint (rad); farther targets "
+        "are clamped to it.",
         0.001,
         3.0,
     ),
     Spec(
         "max_tracking_error",
-        0.3,
+        0.2,
         "Measured position further than this from the command on any joint (rad) -> FAULT (operator clears).",
         0.01,
         3.0,
@@ -274,6 +275,13 @@ def validate(values: dict[str, Any]) -> NodeParams:
         raise ParameterError("parameter 'model' is empty: set it to an exported model directory")
     if not Path(out["model"]).expanduser().is_dir():
         raise ParameterError(f"parameter 'model': directory {out['model']!r} does not exist")
+    if out["max_tracking_error"] >= out["max_deviation"]:
+        # Otherwise an arm that stopped following (a frozen joint) leaves the command parked up to
+        # max_deviation away without ever tripping the tracking-error FAULT.
+        raise ParameterError(
+            f"parameter 'max_tracking_error' ({out['max_tracking_error']}) must be smaller than "
+            f"'max_deviation' ({out['max_deviation']}) so a stalled arm faults"
+        )
     if out["max_skew"] > max(out["max_image_age"], out["max_state_age"]) * 10:
         raise ParameterError(
             "parameter 'max_skew' is more than 10x the max input ages: check units (seconds)"

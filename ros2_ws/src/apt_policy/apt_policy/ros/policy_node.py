@@ -184,11 +184,10 @@ class PolicyNode(Node):
         self.create_subscription(String, "~/instruction", self._on_instruction_msg, EVENT_QOS)
 
     def _attach_interfaces(self) -> None:
-        # Guarded by file existence during development only; the lead makes this unconditional.
-        if (Path(__file__).parent / "interfaces.py").is_file():
-            from apt_policy.ros.interfaces import attach_interfaces
+        """Services, the FollowInstruction action, the gripper output and in-process cameras."""
+        from apt_policy.ros.interfaces import attach_interfaces
 
-            attach_interfaces(self)
+        attach_interfaces(self)
 
     # -- inputs (executor thread) -------------------------------------------------------------------------
 
@@ -501,7 +500,10 @@ class PolicyNode(Node):
     # -- shutdown -----------------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop the stream (the controllers keep the last target: JTC ends at rest) and the worker."""
+        """Stop the interfaces, the stream (the JTC keeps its last target and ends at rest), the worker."""
+        interfaces = getattr(self, "interfaces", None)
+        if interfaces is not None:
+            interfaces.close()
         loop = getattr(self, "loop", None)
         if loop is not None:
             loop.stop()

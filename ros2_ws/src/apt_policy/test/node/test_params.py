@@ -40,6 +40,7 @@ def test_defaults_with_a_model_are_valid(tmp_path: Path) -> None:
         ({"velocity_scale": 1.5}, "'velocity_scale'"),
         ({"max_skew": 30.0, "max_image_age": 0.1, "max_state_age": 0.1}, "'max_skew'"),
         ({"lookahead_points": True}, "'lookahead_points' must be int"),
+        ({"max_tracking_error": 0.25, "max_deviation": 0.25}, "'max_tracking_error'.*stalled arm faults"),
     ],
 )
 def test_invalid_values_name_the_parameter(tmp_path: Path, changes, match) -> None:
@@ -51,13 +52,28 @@ def test_int_accepted_for_float_parameter(tmp_path: Path) -> None:
     assert validate(_values(tmp_path, control_rate=200)).control_rate == 200.0
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested YAML mappings are dotted parameter names in ROS 2 (gripper: {output: x} -> gripper.output)."""
+    flat: dict = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 @pytest.mark.parametrize("name", ["franka.yaml", "sim.yaml"])
 def test_config_files_set_only_known_parameters_and_validate(tmp_path: Path, name: str) -> None:
+    from apt_policy.ros.interfaces import SPECS as INTERFACE_SPECS
+
     data = yaml.safe_load((CONFIG_DIR / name).read_text())
-    params = data["apt_policy"]["ros__parameters"]
+    params = _flatten(data["apt_policy"]["ros__parameters"])
     # Undotted names are the node's own; dotted ones (gripper.*, realsense.*) belong to attached interfaces.
     unknown = {k for k in params if "." not in k} - {s.name for s in SPECS}
     assert not unknown, f"{name} sets undeclared parameters {unknown}"
+    unknown = {k for k in params if "." in k} - {s.name for s in INTERFACE_SPECS}
+    assert not unknown, f"{name} sets undeclared interface parameters {unknown}"
     params = {k: v for k, v in params.items() if "." not in k}
     values = {s.name: s.default for s in SPECS}
     values.update(params)
