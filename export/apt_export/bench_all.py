@@ -395,7 +395,7 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
     if demo:
         bench = demo["apt_bench"]["results"]
         lines += [
-            "## Inference: demo model (trained, `make demo`'s policy)",
+            f"## Inference: {demo.get('source', 'demo model')}",
             "",
             f"{demo['params_M']:.2f}M parameters, {demo['cameras']} camera(s) {demo['image_size']},"
             f" horizon {demo['horizon']}, {demo['sampling_steps']} flow steps;"
@@ -444,9 +444,7 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         )
         notes = []
         if t:
-            notes.append(
-                f"PyTorch latency over {t['n']} iterations after one warm-up (few: seconds each on this CPU)."
-            )
+            notes.append(f"PyTorch latency over {t['n']} run(s) after one warm-up (slow on this CPU).")
         if dep.get("latency_skipped"):
             notes.append(f"PyTorch latency not measured: {dep['latency_skipped']}.")
         if dep.get("flops_error"):
@@ -558,9 +556,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             bundle = bundle or ensure_demo_bundle()
             export = export or ensure_demo_export()
+            source = "demo model (the trained policy `make demo` runs, from the cache)"
+        else:
+            source = f"given model `{bundle}` (not the cached demo model)"
         if "demo" not in args.skip:
             try:
                 results["demo_model"] = bench_demo_model(bundle, export, args.iters, args.threads, work)
+                results["demo_model"]["source"] = source
             except (subprocess.CalledProcessError, OSError, ValueError, RuntimeError) as exc:
                 results["errors"]["demo model inference"] = f"{type(exc).__name__}: {exc}"
         _header(2, total, "inference: deployment-shaped policy (Qwen3-VL-2B truncated, 300M expert)")
