@@ -552,10 +552,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         _header(1, total, "inference: demo model, torch vs onnxruntime (apt-bench)")
         if bundle is None or export is None:
-            from apt_policy.ros.demo_model import ensure_demo_bundle, ensure_demo_export
+            from apt_policy.ros.demo_model import ensure_demo_model
 
-            bundle = bundle or ensure_demo_bundle()
-            export = export or ensure_demo_export()
+            cached_bundle, cached_export = ensure_demo_model()
+            bundle, export = bundle or cached_bundle, export or cached_export
             source = "demo model (the trained policy `make demo` runs, from the cache)"
         else:
             source = f"given model `{bundle}` (not the cached demo model)"

@@ -132,16 +132,22 @@ def ensure_demo_bundle(cache: Path | None = None, verbose: bool = True) -> Path:
 
 def ensure_demo_export(cache: Path | None = None, verbose: bool = True) -> Path:
     """ONNX export dir of the demo policy (built on first use; see the module docstring)."""
+    return ensure_demo_model(cache, verbose)[1]
+
+
+def ensure_demo_model(cache: Path | None = None, verbose: bool = True) -> tuple[Path, Path]:
+    """(Stage-2 bundle, its ONNX export), both under one cache key computed once at the start, so code
+    edited while this trains does not send the export to another key."""
     root = demo_root(cache)
     onnx_dir = root / f"onnx-{export_key()}"
-    if (onnx_dir / MANIFEST).is_file():
-        return onnx_dir
+    if (onnx_dir / MANIFEST).is_file() and _has_bundle(root / "bundle"):
+        return _find_bundle(root / "bundle"), onnx_dir
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if (onnx_dir / MANIFEST).is_file():
-            return onnx_dir
         bundle = _build_bundle(root, verbose)
+        if (onnx_dir / MANIFEST).is_file():
+            return bundle, onnx_dir
         out = None if verbose else subprocess.DEVNULL
         tmp = root / "onnx.partial"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -155,7 +161,7 @@ def ensure_demo_export(cache: Path | None = None, verbose: bool = True) -> Path:
         for old in root.glob("onnx-*"):  # exports of older exporter code
             shutil.rmtree(old, ignore_errors=True)
         tmp.rename(onnx_dir)
-    return onnx_dir
+    return bundle, onnx_dir
 
 
 def main() -> None:
