@@ -350,21 +350,34 @@ def check_trajectory(ctrl: Controller, cmd: Command, points: int) -> None:
     assert np.all(np.diff(traj.times) > 0)
     np.testing.assert_array_equal(traj.velocities[-1], 0.0)
     np.testing.assert_allclose(traj.positions[0], cmd.positions)  # point 1 = this tick's command
+    assert_jtc_path_within_limits(f, traj)
+
+
+def assert_jtc_path_within_limits(f, traj, first_acc: np.ndarray | None = None) -> None:
+    """What the JTC makes of ``traj`` (cubic Hermite between points, any spacing): inside the position
+    limits, within v_max and a_max everywhere, and the acceleration's jump at each point within J."""
     assert np.all(traj.positions >= f.lower - 1e-9) and np.all(traj.positions <= f.upper + 1e-9)
-    steps = np.diff(np.vstack([traj.positions]), axis=0)
-    assert np.all(np.abs(steps) <= f.v_max * f.dt + 1e-9)
     assert np.all(np.abs(traj.velocities) <= f.v_max + 1e-9)
-    # What the JTC makes of it (cubic Hermite between points): the filter's constant-acceleration motion,
-    # inside the limits and within a_max everywhere, not only at the points.
+    h = np.diff(traj.times)[:, None]
     p0, p1 = traj.positions[:-1], traj.positions[1:]
-    m0, m1 = traj.velocities[:-1] * f.dt, traj.velocities[1:] * f.dt
-    for u in (0.25, 0.5, 0.75):
+    m0, m1 = traj.velocities[:-1] * h, traj.velocities[1:] * h
+    assert np.all(np.abs(p1 - p0) <= f.v_max * h + 1e-9)
+    for u in np.linspace(0.0, 1.0, 9):
         h00, h10, h01, h11 = 2 * u**3 - 3 * u**2 + 1, u**3 - 2 * u**2 + u, -2 * u**3 + 3 * u**2, u**3 - u**2
         mid = h00 * p0 + h10 * m0 + h01 * p1 + h11 * m1
         assert np.all(mid >= f.lower - 1e-9) and np.all(mid <= f.upper + 1e-9)
-    for u in (0.0, 1.0):
-        acc = ((12 * u - 6) * p0 + (6 * u - 4) * m0 + (6 - 12 * u) * p1 + (6 * u - 2) * m1) / f.dt**2
-        assert np.all(np.abs(acc) <= f.a_max * (1 + 1e-6) + 1e-6)
+        vel = ((6 * u**2 - 6 * u) * (p0 - p1) + (3 * u**2 - 4 * u + 1) * m0 + (3 * u**2 - 2 * u) * m1) / h
+        assert np.all(np.abs(vel) <= f.v_max + 1e-9)
+    acc_start = (-6 * p0 - 4 * m0 + 6 * p1 - 2 * m1) / h**2  # the cubic's acceleration at each end
+    acc_end = (6 * p0 + 2 * m0 - 6 * p1 + 4 * m1) / h**2
+    tol = f.a_max * 1e-6 + 1e-6
+    assert np.all(np.abs(acc_start) <= f.a_max + tol) and np.all(np.abs(acc_end) <= f.a_max + tol)
+    # the acceleration is linear in between, so the ends bound it; jerk: its jump at each inner point
+    # (the first point's jump from the command's own acceleration, the last one's to rest)
+    jumps = [acc_start[1:] - acc_end[:-1], acc_end[-1:]]
+    if first_acc is not None:
+        jumps.append(acc_start[:1] - first_acc)
+    assert np.all(np.abs(np.concatenate(jumps)) <= f.j_step + tol)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -389,7 +402,7 @@ def test_lookahead_in_hold_is_braking_to_rest() -> None:
     sim.ctrl.on_inference_error("boom")
     cmd = sim.step()
     traj = sim.ctrl.lookahead(10)
-    speeds = np.abs(np.diff(traj.positions, axis=0)) / CTRL_DT
+    speeds = np.abs(np.diff(traj.positions, axis=0)) / np.diff(traj.times)[:, None]
     assert np.all(np.diff(speeds, axis=0) <= 1e-9)  # never speeding up
     np.testing.assert_allclose(traj.positions[0], cmd.positions)
 
