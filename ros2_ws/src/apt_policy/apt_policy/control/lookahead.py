@@ -12,12 +12,14 @@ decelerates at a constant ``a_j = |u_j| / T_j <= A`` where ``T_j = ceil(|u_j| / 
 rounded up to the control grid, and there is a knot at every distinct ``T_j``. Between knots each joint is a
 parabola or at rest, which the JTC's cubic Hermite reproduces exactly, so:
 
-* acceleration ``<= a_j <= A`` everywhere on the tail; speed only decreases; the last point is exactly at rest;
-* stop position ``q + u_j T_j / 2 <= q + u|u|/(2A) + u dt/2``: inside the filter's braking bound, hence inside
-  the position limits (the filter's invariant);
-* jerk: the acceleration jumps from the last step's ``α0`` to ``-a_j sign(u_j)``, then to 0. If any joint would
-  jump by more than ``J`` (it was still accelerating hard, the filter's "ramp" case), one filter ``brake`` step
-  is taken first; after it every joint's acceleration opposes its motion and all jumps are ``<= A <= J``;
+* acceleration ``<= a_j <= A`` everywhere on the tail; speed only decreases; the last point is exactly at
+  rest;
+* stop position ``q + u_j T_j / 2 <= q + u|u|/(2A) + u dt/2``: inside the filter's braking bound, hence
+  inside the position limits (the filter's invariant);
+* jerk: the acceleration jumps from the last step's ``α0`` to ``-a_j sign(u_j)``, then to 0. If any joint
+  would jump by more than ``J`` (it was still accelerating hard, the filter's "ramp" case), one filter
+  ``brake`` step is taken first; after it every joint's acceleration opposes its motion and all jumps are
+  ``<= A <= J``;
 * knot times are on the ``dt`` grid, so they are strictly increasing and at least ``dt`` apart.
 """
 
@@ -85,9 +87,9 @@ def plan_lookahead(safety: SafetyFilter, first: CommandState, targets: Iterable[
 
 def stop_steps(safety: SafetyFilter, velocities: np.ndarray) -> np.ndarray:
     """Per joint, the number of control periods a constant-deceleration stop from ``velocities`` takes:
-    ``ceil(|u| / (A dt))`` (0 only for a joint exactly at rest). A quotient within 1e-9 above an integer (rounding of a
-    speed reached in whole steps of ``A dt``) counts as that integer: the deceleration may then exceed ``A``
-    by 1e-9 relative, and the stop is not a period later than the filter's own braking."""
+    ``ceil(|u| / (A dt))`` (0 only for a joint exactly at rest). A quotient within 1e-9 above an integer
+    (rounding of a speed reached in whole steps of ``A dt``) counts as that integer: the deceleration may
+    then exceed ``A`` by 1e-9 relative, and the stop is not a period later than the filter's own braking."""
     speed = np.abs(velocities)
     steps = np.ceil(speed / safety.dv - 1e-9).astype(np.int64)
     return np.where(speed > 0, np.maximum(steps, 1), 0)
