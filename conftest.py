@@ -91,6 +91,23 @@ class ProcessGroup:
                 proc.wait()
 
 
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random one-camera FR3 policy exported with apt-export (built in subprocesses: no torch here)."""
+    root = tmp_path_factory.mktemp("tiny_model")
+    exe = Path(sys.executable).parent
+    script = Path(__file__).parent / "tests" / "make_tiny_bundle.py"
+    subprocess.run([sys.executable, str(script), str(root)], check=True, capture_output=True)
+    out = root / "onnx"
+    subprocess.run(
+        [str(exe / "apt-export"), "onnx", "--bundle", str(root / "bundle"), "--out", str(out)],
+        check=True,
+        capture_output=True,
+    )
+    assert (out / "manifest.json").is_file()
+    return out
+
+
 @pytest.fixture
 def processes(ros_env: dict[str, str], tmp_path: Path) -> Iterator[ProcessGroup]:
     """Start real processes on the test's DDS domain; all are stopped (SIGINT, then SIGKILL) afterwards."""

@@ -7,8 +7,6 @@ any exported model). No camera or arm is running here, so the node holds; the in
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -33,49 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAM_FILES = sorted((ROOT / "ros2_ws" / "src" / "apt_policy" / "config").glob("*.yaml")) + sorted(
     (ROOT / "launch").glob("*.yaml")
 )
-
-
-TINY_BUNDLE = """
-import sys
-from pathlib import Path
-
-import numpy as np
-import torch
-
-from apt_policy.core.normalize import Normalizer
-from apt_policy.core.preprocess import build_word_tokenizer
-from apt_policy.model.apt import APTModel
-from apt_policy.model.bundle import save_bundle
-from apt_policy.model.presets import tiny_policy_config
-
-torch.manual_seed(0)
-torch.set_num_threads(1)
-root = Path(sys.argv[1])
-config = tiny_policy_config("pi", cameras=("front",), model_id="apt-tiny-launch-test")
-rng = np.random.default_rng(0)
-states = rng.normal(0.0, 0.5, size=(100, config.state_dim))
-actions = rng.normal(0.0, 0.5, size=(100, config.horizon, config.action_dim))
-normalizer = Normalizer.fit(states, actions, config.normalization)
-tokenizer = root / "tokenizer.json"
-build_word_tokenizer(["reach the red block", "reach the blue block"], tokenizer)
-print(save_bundle(root / "bundle", APTModel(config), normalizer, tokenizer))
-"""
-
-
-@pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random one-camera FR3 policy exported with apt-export (made in subprocesses: no torch here)."""
-    root = tmp_path_factory.mktemp("tiny_model")
-    exe = Path(sys.executable).parent
-    subprocess.run([sys.executable, "-c", TINY_BUNDLE, str(root)], check=True, capture_output=True)
-    out = root / "onnx"
-    subprocess.run(
-        [str(exe / "apt-export"), "onnx", "--bundle", str(root / "bundle"), "--out", str(out)],
-        check=True,
-        capture_output=True,
-    )
-    assert (out / "manifest.json").is_file()
-    return out
 
 
 def _spin_until(executor, cond, timeout: float, what: str) -> None:

@@ -130,6 +130,11 @@ def ensure_demo_bundle(cache: Path | None = None, verbose: bool = True) -> Path:
         return _build_bundle(root, verbose)
 
 
+def demo_bundle_is_cached(cache: Path | None = None) -> bool:
+    """Whether the trained demo bundle of the current code is cached (exporting it then takes seconds)."""
+    return _has_bundle(demo_root(cache) / "bundle")
+
+
 def ensure_demo_export(cache: Path | None = None, verbose: bool = True) -> Path:
     """ONNX export dir of the demo policy (built on first use; see the module docstring)."""
     return ensure_demo_model(cache, verbose)[1]
