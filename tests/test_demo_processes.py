@@ -60,10 +60,13 @@ def test_stop_all_kills_children_that_ignore_sigint_and_their_groups(tmp_path: P
 
 
 def test_a_clean_child_gets_sigint_first(tmp_path: Path) -> None:
-    code = "import time\ntry:\n    time.sleep(600)\nexcept KeyboardInterrupt:\n    print('clean exit')\n"
+    code = (
+        "import time\ntry:\n    print('ready', flush=True)\n    time.sleep(600)\n"
+        "except KeyboardInterrupt:\n    print('clean exit')\n"
+    )
     with ManagedProcesses(tmp_path, grace_s=5.0) as procs:
         child = procs.start("polite", [sys.executable, "-c", code])
-        time.sleep(0.5)
+        _wait_for_line(child.log, "ready")  # SIGINT before the interpreter is up would be a different test
     assert child.proc.returncode == 0
     assert "clean exit" in child.log.read_text()
 

@@ -23,6 +23,7 @@ from apt_msgs.msg import ActionChunk, PolicyStatus
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
@@ -47,7 +48,8 @@ class DemoProbe:
 
     def __init__(self, video_fps: float = 15.0, video_width: int = 400) -> None:
         self.context = rclpy.context.Context()
-        rclpy.init(context=self.context)
+        # The demo owns Ctrl-C (KeyboardInterrupt -> stop every process): rclpy must not take SIGINT over.
+        rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node("apt_demo", context=self.context)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
