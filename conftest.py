@@ -45,6 +45,13 @@ def ros_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    """SIGINT back to its default in a child (it may be inherited ignored from a background shell job)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ProcessGroup:
     """Starts test processes, captures their output to files, and stops all of them at the end."""
 
@@ -66,6 +73,7 @@ class ProcessGroup:
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=_default_sigint,
         )
         self.procs.append((name, proc, log))
         return proc

@@ -65,7 +65,12 @@ def test_a_clean_child_gets_sigint_first(tmp_path: Path) -> None:
         "except KeyboardInterrupt:\n    print('clean exit')\n"
     )
     with ManagedProcesses(tmp_path, grace_s=5.0) as procs:
-        child = procs.start("polite", [sys.executable, "-c", code])
+        # Started as a shell's background job would be: SIGINT ignored in the parent, inherited over exec.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            child = procs.start("polite", [sys.executable, "-c", code])
+        finally:
+            signal.signal(signal.SIGINT, previous)
         _wait_for_line(child.log, "ready")  # SIGINT before the interpreter is up would be a different test
     assert child.proc.returncode == 0
     assert "clean exit" in child.log.read_text()

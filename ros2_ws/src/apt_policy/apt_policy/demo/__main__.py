@@ -38,6 +38,9 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Started in the background by a shell (`make demo &`, CI), SIGINT arrives ignored and Python would
+    # never raise KeyboardInterrupt: install the handler explicitly so Ctrl-C always stops every process.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.report_only:

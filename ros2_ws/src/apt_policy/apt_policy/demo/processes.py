@@ -40,6 +40,12 @@ class Child:
     log: Path
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT back to its default, even if this process inherited it ignored
+    (a shell's background job), so the child's clean SIGINT shutdown works."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class ManagedProcesses:
     """Start, watch and stop named child processes (see the module docstring)."""
 
@@ -61,6 +67,7 @@ class ManagedProcesses:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=default_sigint,
             )
         child = Child(name, proc, log)
         self.children.append(child)
