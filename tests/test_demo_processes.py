@@ -167,5 +167,8 @@ def test_ctrl_c_during_an_episode_stops_every_process(ros_env: dict[str, str], t
     finally:
         if demo.poll() is None:
             demo.kill()
+            # A hung demo leaves its children running in their own sessions: never leak them into later tests.
+            for pid in _processes_with_env("ROS_LOG_DIR", str((out / "logs" / "ros").resolve())):
+                os.kill(pid, signal.SIGKILL)
     assert "every process it started has been stopped" in log.read_text()
     assert _processes_with_env("ROS_LOG_DIR", ros_log) == []
