@@ -25,9 +25,7 @@ import time
 from typing import Any
 
 import numpy as np
-import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
@@ -35,6 +33,7 @@ from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from apt_policy.robots.franka import get_profile
+from apt_policy.ros.spin import spin_node
 from apt_policy.tasks.camera import PinholeCamera, make_camera
 from apt_policy.tasks.render import render
 from apt_policy.tasks.scene import Scene, sample_scene
@@ -233,25 +232,7 @@ class FakeCamera(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point (``apt-fake-camera``, ``ros2 run apt_policy fake_camera``); accepts --ros-args."""
-    rclpy.init(args=args)
-    node: FakeCamera | None = None
-    code = 0
-    try:
-        node = FakeCamera()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        print(f"[fake_camera] invalid parameter: {exc}", file=sys.stderr, flush=True)
-        code = 2
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return spin_node(FakeCamera, "fake_camera", args)
 
 
 if __name__ == "__main__":

@@ -29,10 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -42,6 +40,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from apt_policy.robots.franka import get_profile
 from apt_policy.robots.sim_arm import ArrivalLog, SimArm
+from apt_policy.ros.spin import spin_node
 
 _PARAMS: tuple[tuple[str, Any, str], ...] = (
     ("robot", "fr3", "Robot profile: fr3 | panda (joint names, limits, ready pose)."),
@@ -308,25 +307,7 @@ class FakeFranka(Node):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point (``apt-fake-franka``, ``ros2 run apt_policy fake_franka``); accepts --ros-args."""
-    rclpy.init(args=args)
-    node: FakeFranka | None = None
-    code = 0
-    try:
-        node = FakeFranka()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ValueError as exc:
-        print(f"[fake_franka] invalid parameter: {exc}", file=sys.stderr, flush=True)
-        code = 2
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return spin_node(FakeFranka, "fake_franka", args)
 
 
 if __name__ == "__main__":

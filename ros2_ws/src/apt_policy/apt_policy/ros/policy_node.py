@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -35,6 +34,7 @@ from apt_policy.ros.control_setup import build_controller, build_loop
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
 from apt_policy.ros.params import NodeParams, ParameterError, declare_and_read
 from apt_policy.ros.polling import PolledSubscription
+from apt_policy.ros.spin import spin_node
 
 NODE_NAME = "apt_policy"
 
@@ -535,29 +535,8 @@ def _f32(value: float) -> float:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point (``apt-policy-node``, ``ros2 run apt_policy policy_node``); handles --ros-args."""
-    rclpy.init(args=args)
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    node: PolicyNode | None = None
-    code = 0
-    try:
-        node = PolicyNode()
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except ParameterError as exc:
-        print(f"[apt_policy] invalid parameter: {exc}", file=sys.stderr, flush=True)
-        code = 2
-    except Exception as exc:  # startup failures (model missing/corrupt, interface parameters): say what
-        print(f"[apt_policy] failed to start: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        code = 1
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return code
+    return spin_node(PolicyNode, "apt_policy", args, parameter_errors=(ParameterError,), report_errors=True)
 
 
 if __name__ == "__main__":
