@@ -33,7 +33,7 @@ from rclpy.task import Future
 
 from apt_policy.control.gripper import GripperDecisionConfig
 from apt_policy.ros.gripper_output import OUTPUT_MODES, GripperOutput, GripperOutputSettings
-from apt_policy.ros.params import ParameterError
+from apt_policy.ros.params import ParameterError, Spec, check_value
 from apt_policy.ros.realsense_camera import CameraNotFoundError, ColorProfile, RealSenseCamera, open_cameras
 
 # PolicyStatus constants (apt_msgs/msg/PolicyStatus), repeated to avoid importing messages for comparisons.
@@ -42,18 +42,6 @@ IDLE, RUNNING, HOLDING, PAUSED, FAULT = 0, 1, 2, 3, 4
 
 class InterfaceParameterError(ParameterError):
     """An invalid interface parameter; the message names it and says why (the node exits with it)."""
-
-
-@dataclass(frozen=True)
-class Spec:
-    """One parameter: default (its type is the parameter type), description, numeric bounds or choices."""
-
-    name: str
-    default: Any
-    description: str
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[str, ...] = ()
 
 
 _G = GripperDecisionConfig()
@@ -134,26 +122,9 @@ SPECS: tuple[Spec, ...] = (
 
 
 def _check(spec: Spec, value: Any) -> Any:
-    kind = type(spec.default)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if kind is list:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise InterfaceParameterError(f"parameter '{spec.name}' must be a list of strings, got {value!r}")
-        return tuple(v for v in value if v)
-    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-        raise InterfaceParameterError(f"parameter '{spec.name}' must be {kind.__name__}, got {value!r}")
-    if kind is float and not math.isfinite(value):
-        raise InterfaceParameterError(f"parameter '{spec.name}' must be finite, got {value}")
-    if spec.choices and value not in spec.choices:
-        raise InterfaceParameterError(
-            f"parameter '{spec.name}' is {value!r}; choose one of {list(spec.choices)}"
-        )
-    if spec.low is not None and spec.high is not None and not (spec.low <= value <= spec.high):
-        raise InterfaceParameterError(
-            f"parameter '{spec.name}' = {value} is outside [{spec.low}, {spec.high}]"
-        )
-    return value
+    """The node's parameter check with this module's error; empty list entries are dropped ([""] = none)."""
+    value = check_value(spec, value, InterfaceParameterError)
+    return tuple(v for v in value if v) if isinstance(value, tuple) else value
 
 
 def declare_parameters(node: Node) -> dict[str, Any]:

@@ -6,6 +6,7 @@ descriptors, read into a frozen :class:`NodeParams`, validated with messages tha
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -257,7 +258,7 @@ def validate(values: dict[str, Any]) -> NodeParams:
     for spec in SPECS:
         if spec.name not in values:
             raise ParameterError(f"parameter '{spec.name}' is missing")
-        out[spec.name] = _check(spec, values[spec.name])
+        out[spec.name] = check_value(spec, values[spec.name])
     cams = tuple(n for n in out["camera_names"] if n)
     topics = tuple(t for t in out["camera_topics"] if t)
     if not topics:
@@ -289,20 +290,24 @@ def validate(values: dict[str, Any]) -> NodeParams:
     return NodeParams(**out)
 
 
-def _check(spec: Spec, value: Any) -> Any:
+def check_value(spec: Spec, value: Any, error: type[ParameterError] = ParameterError) -> Any:
+    """``value`` in the spec's type (int -> float, list -> tuple), or ``error`` naming the parameter."""
     kind = type(spec.default)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if kind is list:
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ParameterError(f"parameter '{spec.name}' must be a list of strings, got {value!r}")
+            raise error(f"parameter '{spec.name}' must be a list of strings, got {value!r}")
         return tuple(value)
     if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-        raise ParameterError(f"parameter '{spec.name}' must be {kind.__name__}, got {value!r}")
+        raise error(f"parameter '{spec.name}' must be {kind.__name__}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise error(f"parameter '{spec.name}' must be finite, got {value}")
     if spec.choices and value not in spec.choices:
-        raise ParameterError(f"parameter '{spec.name}' is {value!r}; choose one of {list(spec.choices)}")
-    if spec.low is not None and not (spec.low <= value <= spec.high):
-        raise ParameterError(f"parameter '{spec.name}' = {value} is outside [{spec.low}, {spec.high}]")
+        raise error(f"parameter '{spec.name}' is {value!r}; choose one of {list(spec.choices)}")
+    high = math.inf if spec.high is None else spec.high
+    if spec.low is not None and not (spec.low <= value <= high):
+        raise error(f"parameter '{spec.name}' = {value} is outside [{spec.low}, {spec.high}]")
     return value
 
 

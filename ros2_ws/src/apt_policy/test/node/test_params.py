@@ -41,6 +41,7 @@ def test_defaults_with_a_model_are_valid(tmp_path: Path) -> None:
         ({"max_skew": 30.0, "max_image_age": 0.1, "max_state_age": 0.1}, "'max_skew'"),
         ({"lookahead_points": True}, "'lookahead_points' must be int"),
         ({"max_tracking_error": 0.25, "max_deviation": 0.25}, "'max_tracking_error'.*stalled arm faults"),
+        ({"ensemble_m": float("nan")}, "'ensemble_m' must be finite"),
     ],
 )
 def test_invalid_values_name_the_parameter(tmp_path: Path, changes, match) -> None:
