@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from .inputs import InferenceError, ObservationEncoder
+from .inputs import GraphPolicy, InferenceError, ObservationEncoder
 from .manifest import Manifest, ManifestError, TensorSpec, load_manifest
 from .policy import PolicyInfo
 
@@ -33,7 +33,7 @@ def _empty(spec: TensorSpec) -> np.ndarray:
     return np.empty(spec.shape, dtype=np.dtype(spec.dtype))
 
 
-class OnnxRuntimePolicy:
+class OnnxRuntimePolicy(GraphPolicy):
     """Policy over an export directory (see apt-export onnx) run by ONNX Runtime."""
 
     backend = "onnxruntime"
@@ -101,22 +101,6 @@ class OnnxRuntimePolicy:
             actions.name, "cpu", 0, self._actions.dtype, list(self._actions.shape), self._actions.ctypes.data
         )
 
-    @property
-    def info(self) -> PolicyInfo:
-        return self._info
-
-    def predict(
-        self,
-        images: Mapping[str, np.ndarray],
-        state: np.ndarray,
-        instruction: str,
-        noise: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """(horizon, action_dim) actions in robot units; raises PreprocessError / InferenceError."""
-        with self._lock:  # the encoder's and the graphs' buffers are reused: one prediction at a time
-            x = self.encoder.encode(images, state, instruction, noise)
-            return self.encoder.decode(self.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise))
-
     def run(
         self,
         pixel_values: np.ndarray,
@@ -146,11 +130,3 @@ class OnnxRuntimePolicy:
             except Exception as exc:  # onnxruntime raises its own exception types for shape/type errors
                 raise InferenceError(f"ONNX Runtime inference failed: {exc}") from exc
             return self._actions.copy()
-
-    def warmup(self, iterations: int = 2) -> None:
-        """Run the graphs on synthetic inputs so the first real prediction is not slow."""
-        h, w = self.config.image_size
-        images = {c: np.zeros((h, w, 3), np.uint8) for c in self.config.cameras}
-        state = self.encoder.normalizer.state.mean.astype(np.float32)
-        for _ in range(iterations):
-            self.predict(images, state, "", np.zeros(self.encoder.noise_shape[1:], np.float32))

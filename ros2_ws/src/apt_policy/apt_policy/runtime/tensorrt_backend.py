@@ -14,13 +14,12 @@ from __future__ import annotations
 import ctypes
 import logging
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .inputs import InferenceError, ObservationEncoder
+from .inputs import GraphPolicy, InferenceError, ObservationEncoder
 from .manifest import Manifest, ManifestError, load_manifest
 from .policy import PolicyInfo
 from .trt_plan import Buffer, buffer_plan, check_engine_compatible
@@ -72,7 +71,8 @@ def gpu_identity(cudart: Any, device: int = 0) -> tuple[str, str]:
     return name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}"
 
 
-class TensorRTPolicy:
+class TensorRTPolicy(GraphPolicy):
+    warmup_iterations = 3
     """Policy over an engine directory (see apt-export trt)."""
 
     backend = "tensorrt"
@@ -148,10 +148,6 @@ class TensorRTPolicy:
         raw = (ctypes.c_byte * buf.nbytes).from_address(int(ptr))
         return np.frombuffer(raw, dtype=np.dtype(buf.dtype)).reshape(buf.shape)
 
-    @property
-    def info(self) -> PolicyInfo:
-        return self._info
-
     def _enqueue(self) -> None:
         """Copies in, both engines, copy out: all asynchronous on one stream."""
         cudart = self._cudart
@@ -218,24 +214,6 @@ class TensorRTPolicy:
                 self._enqueue()
             cuda_check(cudart.cudaStreamSynchronize(self._stream))
             return self._host["actions"].copy()
-
-    def predict(
-        self,
-        images: Mapping[str, np.ndarray],
-        state: np.ndarray,
-        instruction: str,
-        noise: np.ndarray | None = None,
-    ) -> np.ndarray:
-        with self._lock:  # the encoder's and the graphs' buffers are reused: one prediction at a time
-            x = self.encoder.encode(images, state, instruction, noise)
-            return self.encoder.decode(self.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise))
-
-    def warmup(self, iterations: int = 3) -> None:
-        h, w = self.config.image_size
-        images = {c: np.zeros((h, w, 3), np.uint8) for c in self.config.cameras}
-        state = self.encoder.normalizer.state.mean.astype(np.float32)
-        for _ in range(iterations):
-            self.predict(images, state, "", np.zeros(self.encoder.noise_shape[1:], np.float32))
 
     def close(self) -> None:
         """Free device and page-locked memory (also done at interpreter exit by the driver)."""
