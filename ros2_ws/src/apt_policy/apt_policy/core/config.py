@@ -92,6 +92,7 @@ class PolicyConfig:
     horizon: int
     control_dt: float
     sampling_steps: int = 10
+    noise_scale: float = 1.0
     stage: int = 1
     action_semantics: ActionSemantics = field(default_factory=ActionSemantics)
     normalization: str = "quantile"
@@ -161,6 +162,13 @@ class PolicyConfig:
             and self.control_dt > 0
         ):
             raise ConfigError(f"control_dt={self.control_dt!r}: must be a finite number of seconds > 0")
+        if not (
+            isinstance(self.noise_scale, (int, float))
+            and not isinstance(self.noise_scale, bool)
+            and math.isfinite(self.noise_scale)
+            and 0.0 <= self.noise_scale <= 1.0
+        ):
+            raise ConfigError(f"noise_scale={self.noise_scale!r}: must be a number in [0, 1]")
         if self.stage not in (1, 2):
             raise ConfigError(f"stage={self.stage!r}: expected 1 or 2")
         if self.normalization not in NORMALIZATION_MODES:

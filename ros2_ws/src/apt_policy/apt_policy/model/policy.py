@@ -65,8 +65,8 @@ class APTPolicy:
 
     def check_noise(self, noise: np.ndarray | None) -> np.ndarray:
         shape = (self.config.horizon, self.config.action_dim)
-        if noise is None:
-            return self._rng.standard_normal(shape).astype(np.float32)
+        if noise is None:  # the initial noise of the flow, scaled as the bundle asks (0: deterministic)
+            return (self._rng.standard_normal(shape) * self.config.noise_scale).astype(np.float32)
         noise = np.asarray(noise, dtype=np.float32)
         if noise.shape != shape:
             raise ValueError(f"noise must have shape {shape}, got {noise.shape}")

@@ -84,6 +84,7 @@ class ObservationEncoder:
         self._state[0] = self.normalizer.normalize_state(state)
         if noise is None:
             self._noise[...] = self._rng.standard_normal(self.noise_shape, dtype=np.float32)
+            self._noise *= self.config.noise_scale  # the bundle's noise scale (0: deterministic)
         else:
             noise = np.asarray(noise)
             if noise.shape not in (self.noise_shape, self.noise_shape[1:]):

@@ -49,6 +49,8 @@ def test_json_round_trip_is_exact(tmp_path):
         ({"horizon": 0}, "horizon"),
         ({"control_dt": float("nan")}, "control_dt"),
         ({"stage": 3}, "stage"),
+        ({"noise_scale": -0.1}, "noise_scale"),
+        ({"noise_scale": float("nan")}, "noise_scale"),
         ({"normalization": "minmax"}, "normalization"),
         ({"image_std": (0.5, 0.0, 0.5)}, "image_std"),
         ({"action_semantics": ActionSemantics(arm="torque")}, "action_semantics.arm"),

@@ -71,6 +71,22 @@ def test_predict_rejects_bad_inputs(bundle_dir):
         policy.predict(images, state, "x", noise[:2])
 
 
+def test_noise_scale_zero_samples_from_the_flow_origin(bundle_dir, tmp_path):
+    """A bundle with noise_scale 0 predicts deterministically: exactly what zero noise gives."""
+    policy = APTPolicy.from_bundle(corrupt(bundle_dir[0], tmp_path / "b", _edit_config("noise_scale", 0.0)))
+    assert policy.config.noise_scale == 0.0
+    images, state, _ = observation(policy.config)
+    first = policy.predict(images, state, "reach the red block")
+    np.testing.assert_array_equal(first, policy.predict(images, state, "reach the red block"))
+    zero = np.zeros((policy.config.horizon, policy.config.action_dim), np.float32)
+    np.testing.assert_array_equal(first, policy.predict(images, state, "reach the red block", zero))
+    sampled = APTPolicy.from_bundle(bundle_dir[0])  # noise_scale 1: a fresh draw per call
+    assert not np.array_equal(
+        sampled.predict(images, state, "reach the red block"),
+        sampled.predict(images, state, "reach the red block"),
+    )
+
+
 def corrupt(src, dst, fn):
     shutil.copytree(src, dst)
     fn(dst)

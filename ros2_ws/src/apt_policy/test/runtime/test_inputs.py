@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -71,6 +72,23 @@ def test_noise_seeded_or_given_and_validated(encoder: ObservationEncoder):
         encoder.encode(_images(), np.zeros(3), "reach", given[:, :3])
     with pytest.raises(PreprocessError, match="noise contains non-finite"):
         encoder.encode(_images(), np.zeros(3), "reach", np.full((5, 4), np.inf, np.float32))
+
+
+def test_noise_scale_of_the_bundle_scales_drawn_noise_only(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    normalizer = Normalizer.fit(rng.normal(size=(50, 3)), rng.normal(size=(50, 5, 4)), mode="mean_std")
+    build_word_tokenizer(["reach"], tmp_path / "tok.json")
+
+    def encoder(scale: float) -> ObservationEncoder:
+        config = dataclasses.replace(_config(), noise_scale=scale)
+        return ObservationEncoder(config, normalizer, tmp_path / "tok.json", seed=3)
+
+    full = encoder(1.0).encode(_images(), np.zeros(3), "reach").noise.copy()
+    half = encoder(0.5).encode(_images(), np.zeros(3), "reach").noise.copy()
+    np.testing.assert_allclose(half, 0.5 * full, rtol=1e-6)
+    assert not np.any(encoder(0.0).encode(_images(), np.zeros(3), "reach").noise)  # deterministic
+    given = np.ones((5, 4), np.float32)  # explicit noise is used as given
+    assert np.array_equal(encoder(0.0).encode(_images(), np.zeros(3), "reach", given).noise[0], given)
 
 
 def test_state_and_images_are_checked(encoder: ObservationEncoder):
