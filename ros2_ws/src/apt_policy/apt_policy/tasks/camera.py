@@ -15,7 +15,7 @@ _REFERENCE_SIZE = (480, 640)  # (height, width)
 
 # name -> (eye, target) in the robot base frame (m).
 CAMERA_PRESETS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "front": ((1.45, 0.50, 1.00), (0.38, 0.0, 0.30)),
+    "front": ((0.85, 0.0, 0.60), (0.48, 0.0, 0.0)),
     "side": ((0.50, -1.35, 0.85), (0.40, 0.0, 0.30)),
 }
 

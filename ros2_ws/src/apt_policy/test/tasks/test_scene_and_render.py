@@ -116,7 +116,7 @@ def test_renders_differ_where_blocks_differ() -> None:
     centres = [block_pixel(scene, "red", cam), block_pixel(moved, "red", cam)]
     near = np.zeros(len(xs), bool)
     for u, v in centres:
-        near |= np.hypot(xs - u, ys - v) < 15
+        near |= np.hypot(xs - u, ys - v) < 22  # a cube spans ~15 px here, its shadow a few more
     assert near.all()
     assert red.x == moved.block("red").x
 
