@@ -30,6 +30,7 @@ class PolicyInfo:
     dt: float
     action_semantics: ActionSemantics
     steps: int  # flow-matching integration steps per prediction
+    noise_scale: float = 1.0  # std of the initial flow noise the policy draws (0: deterministic)
 
     @classmethod
     def from_config(cls, config: PolicyConfig, backend: str, steps: int | None = None) -> PolicyInfo:
@@ -45,6 +46,7 @@ class PolicyInfo:
             dt=float(config.control_dt),
             action_semantics=config.action_semantics,
             steps=int(steps if steps is not None else config.sampling_steps),
+            noise_scale=float(config.noise_scale),
         )
 
 

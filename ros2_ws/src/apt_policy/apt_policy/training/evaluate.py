@@ -45,8 +45,8 @@ def evaluate(
     info = policy.info
     noise_shape = (info.horizon, info.action_dim)
 
-    def policy_fn(obs: Observation) -> np.ndarray:
-        noise = rng.standard_normal(noise_shape).astype(np.float32)
+    def policy_fn(obs: Observation) -> np.ndarray:  # the noise the policy would draw, from our seed
+        noise = (rng.standard_normal(noise_shape) * info.noise_scale).astype(np.float32)
         return policy.predict(obs.images, obs.state, obs.instruction, noise)
 
     for i in tqdm(range(episodes), desc=desc, unit="ep", disable=not progress):

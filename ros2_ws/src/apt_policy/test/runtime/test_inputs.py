@@ -114,6 +114,8 @@ def test_policy_info_from_config():
     info = PolicyInfo.from_config(_config(), "onnxruntime")
     assert info.image_size == (16, 24) and info.action_dim == 4 and info.steps == 4 and info.dt == 0.05
     assert info.action_semantics.arm == "delta" and info.action_semantics.arm_scale == 0.5
+    assert info.noise_scale == 1.0
+    assert PolicyInfo.from_config(dataclasses.replace(_config(), noise_scale=0.25), "x").noise_scale == 0.25
 
 
 def test_provider_choice():
