@@ -4,9 +4,13 @@ What it does (deterministic for a given seed; results cached in ``out`` and reus
   1. generates expert demonstrations (apt_policy.tasks.dataset): ``episodes`` labelled episodes; Stage 1
      trains on the same episodes with the language removed (the backbone gets "" and Stage-1 layers
      mask language), i.e. "reach some block", Stage 2 on their labels;
-  2. trains Stage 1 (tiny random frozen Qwen3-VL; no pretrained weights exist on this machine) and
-     Stage 2 (inserted gated layers only), writing bundles ``out/stage1`` and ``out/stage2``;
-  3. evaluates both closed loop (``eval_episodes`` per policy and phrasing set: training phrasings and
+  2. stage 0, the demo's stand-in for VLM pretraining (training/grounding.py): no pretrained Qwen3-VL
+     exists on this machine, so the tiny random one is first taught generic grounding on the images
+     (where each colour is; which block a colour word in a random caption refers to), then frozen;
+  3. trains Stage 1 (frozen VLM, expert only) and Stage 2 (inserted gated layers; with
+     ``stage2_train="expert"`` the rest of the expert too), writing bundles ``out/stage1`` and
+     ``out/stage2``;
+  4. evaluates both closed loop (``eval_episodes`` per policy and phrasing set: training phrasings and
      the held-out phrasing) and writes ``out/eval.json``.
 """
 
@@ -21,12 +25,15 @@ from typing import Any
 
 import torch
 
-from ..core.config import ActionSemantics, ExpertConfig
+from ..core.config import ActionSemantics, ExpertConfig, PolicyConfig
+from ..core.preprocess import ImagePreprocessor, InstructionTokenizer
+from ..model.apt import build_backbone
 from ..model.backbone import Qwen3VLBackboneConfig
 from ..model.policy import APTPolicy
 from ..model.presets import tiny_policy_config
-from ..tasks.dataset import DemoConfig, DemoDataset, generate_dataset
+from ..tasks.dataset import DemoConfig, DemoDataset, generate_dataset, scene_of_episode
 from .evaluate import evaluate, summary_line
+from .grounding import GroundingConfig, pretrain_grounding
 from .stages import run_stage1, run_stage2
 from .trainer import TrainConfig
 from .vocabulary import write_default_tokenizer
@@ -40,23 +47,55 @@ class DemoSettings:
     seed: int = 0
     cameras: tuple[str, ...] = ("front",)
     episodes: int = 300
-    steps_per_episode: int = 24
+    steps_per_episode: int = 40  # the expert arrives in ~20 steps: the rest teaches holding still
     execution_noise: float = 0.02
     image_size: tuple[int, int] = (96, 128)  # (h, w): the cameras' 4:3 aspect
     render_size: tuple[int, int] | None = (480, 640)  # native: frames shrunk exactly as at deployment
-    patch_size: int = 4  # vision patch (px); tokens per camera = (h / 2p) * (w / 2p)
+    patch_size: int = 8  # vision patch (px); tokens per camera = (h / 2p) * (w / 2p)
     vision_depth: int = 1  # random vision layers: attention over every patch dominates the encoding cost
     horizon: int = 16
     width: int = 64
     layers: int = 2
     stage1_steps: int = 1500
-    stage2_steps: int = 1000
+    stage2_steps: int = 2000
+    stage2_train: str = "expert"  # "inserted": only the inserted layers and gates
+    grounding_steps: int = 1500  # stage 0: pretrain the tiny VLM's grounding (0: keep it random)
     batch_size: int = 64
     lr: float = 1e-3
-    stage2_lr: float = 2e-3
+    stage2_lr: float = 1e-3
     sampling_steps: int = 5
+    noise_scale: float = 0.0  # initial flow noise at inference (bundle field; 0: deterministic)
     eval_episodes: int = 60
     eval_max_steps: int = 60
+
+
+def _ground_vlm(
+    vlm: torch.nn.Module,
+    settings: DemoSettings,
+    config: PolicyConfig,
+    data: DemoDataset,
+    tokenizer: Path,
+    progress: bool,
+) -> list[float]:
+    """Stage 0 (see training/grounding.py): pretrain the tiny VLM's grounding on the demo's images."""
+    if settings.grounding_steps == 0:
+        return []
+    camera = settings.cameras[0]
+    seeds = (settings.seed + 1) * 1_000_003 + data.episode  # generate_dataset's episode seeds
+    scenes = {int(s): scene_of_episode(int(s)) for s in set(seeds.tolist())}
+    return pretrain_grounding(
+        vlm,
+        data.images[camera],
+        [scenes[int(s)] for s in seeds],
+        camera_name=camera,
+        layer_map=config.layer_map,
+        preprocessor=ImagePreprocessor(
+            config.cameras, config.image_size, config.image_mean, config.image_std
+        ),
+        tokenizer=InstructionTokenizer(tokenizer, config.max_instruction_tokens),
+        config=GroundingConfig(steps=settings.grounding_steps, seed=settings.seed),
+        progress=progress,
+    )
 
 
 def run_demo(
@@ -132,11 +171,17 @@ def run_demo(
         model_id=f"apt-reaching-demo-{settings.arch}",
         backbone=backbone.to_dict(),
     )
+    config = dataclasses.replace(config, noise_scale=settings.noise_scale).validate()
     common = {
         "batch_size": settings.batch_size,
         "seed": settings.seed,
         "checkpoint_every": 500,
     }
+    t = time.monotonic()
+    torch.manual_seed(settings.seed)
+    vlm = build_backbone(config)
+    stage0_losses = _ground_vlm(vlm, settings, config, data, tokenizer, progress)
+    timings["stage0_s"] = time.monotonic() - t
     t = time.monotonic()
     features: list = []
     stage1, r1 = run_stage1(
@@ -147,6 +192,7 @@ def run_demo(
         TrainConfig(steps=settings.stage1_steps, lr=settings.lr, **common),
         progress=progress,
         features_out=features,
+        backbone=vlm,
     )
     timings["stage1_s"] = time.monotonic() - t
     t = time.monotonic()
@@ -154,7 +200,9 @@ def run_demo(
         stage1,
         data,
         out / "stage2",
-        TrainConfig(steps=settings.stage2_steps, lr=settings.stage2_lr, train="inserted", **common),
+        TrainConfig(
+            steps=settings.stage2_steps, lr=settings.stage2_lr, train=settings.stage2_train, **common
+        ),
         progress=progress,
         features=features[0],
     )
@@ -185,6 +233,8 @@ def run_demo(
         "results": results,
         "timings_s": timings,
         "loss": {
+            "stage0_first50": sum(stage0_losses[:50]) / max(len(stage0_losses[:50]), 1),
+            "stage0_last50": sum(stage0_losses[-50:]) / max(len(stage0_losses[-50:]), 1),
             "stage1_first50": r1.mean_loss(0, 50),
             "stage1_last50": r1.mean_loss(-50, None),
             "stage2_first50": r2.mean_loss(0, 50),

@@ -22,6 +22,7 @@ TOY = {
     "stage2_steps": 3,
     "batch_size": 8,
     "eval_max_steps": 4,
+    "grounding_steps": 2,
 }
 
 
