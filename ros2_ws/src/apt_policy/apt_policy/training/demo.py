@@ -67,6 +67,7 @@ class DemoSettings:
     noise_scale: float = 0.0  # initial flow noise at inference (bundle field; 0: deterministic)
     eval_episodes: int = 60
     eval_max_steps: int = 60
+    eval_actions_per_chunk: int = 12  # as the node runs it: config/sim.yaml chunk_request_threshold 4
 
 
 def _ground_vlm(
@@ -220,6 +221,7 @@ def run_demo(
                 image_size=demo_cfg.image_size,
                 render_size=demo_cfg.render_size,
                 max_steps=settings.eval_max_steps,
+                actions_per_chunk=settings.eval_actions_per_chunk,
                 progress=progress,
                 desc=f"eval {name} {key}",
             )
