@@ -184,6 +184,10 @@ def test_jtc_trajectory_moves_the_arm_and_the_gripper_follows_width_commands(
     arrivals = json.loads(log.read_text())
     assert len(arrivals["topics"]["/fr3_arm_controller/joint_trajectory"]) == 1
     assert len(arrivals["topics"]["/franka_gripper/width_command"]) == 1
+    # The RMW's timestamps of each command: written by the sender, then received here (system clock).
+    for topic in ("/fr3_arm_controller/joint_trajectory", "/franka_gripper/width_command"):
+        (sent,), (received,) = arrivals["sent"][topic], arrivals["received"][topic]
+        assert abs(received - time.time()) < 120 and sent - 1e-3 <= received < sent + 1.0, (sent, received)
 
 
 def test_bad_trajectories_are_counted_and_ignored(processes: Any, probe: Probe) -> None:

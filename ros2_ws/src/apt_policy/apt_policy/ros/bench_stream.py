@@ -14,6 +14,12 @@ RUNNING, ``--ticks`` commands are measured at fake_franka:
                      followed by an early one is jitter, not a miss)
 * gaps               inter-arrivals longer than 1.5 periods (the robot waited for a command)
 
+Jitter is given three ways, all measured in the fake_franka process: when its subscription callback ran
+(what a Python controller would see; includes its own executor's scheduling delay), when its DDS layer
+received each command (the RMW's reception timestamp: the stream as it reaches the robot's process,
+without this Python process's executor delay), and the sender's write time carried with each sample (the
+node's publishing regularity).
+
 The node's own view (loop lateness p99, missed ticks, inference p50) comes from its ~/status and
 /diagnostics. Model: ``--model`` or the cached demo export (``apt_policy.ros.demo_model``).
 """
@@ -53,6 +59,12 @@ class StreamResult:
     node_tick_compute_p99_ms: float
     inference_p50_ms: float
     chunks: int
+    # The same commands timed by the RMW in fake_franka (system clock): on reception by its DDS layer,
+    # i.e. without its Python executor's delay, and at the sender's write (the node's publish times).
+    dds_jitter_p50_ms: float = float("nan")
+    dds_jitter_p99_ms: float = float("nan")
+    dds_jitter_max_ms: float = float("nan")
+    sent_jitter_p99_ms: float = float("nan")
 
 
 def arrival_stats(times: np.ndarray, period: float) -> dict[str, float]:
@@ -194,8 +206,19 @@ def run_rate(
             f.close()
     data = json.loads(arrivals.read_text())
     times = np.array(data["topics"][TRAJECTORY_TOPIC])
-    times = times[times >= t_start][:ticks]
-    stats = arrival_stats(times, 1.0 / rate)
+    window = np.flatnonzero(times >= t_start)[:ticks]
+    stats = arrival_stats(times[window], 1.0 / rate)
+    rmw: dict[str, float] = {}
+    received = np.array(data.get("received", {}).get(TRAJECTORY_TOPIC, []))
+    sent = np.array(data.get("sent", {}).get(TRAJECTORY_TOPIC, []))
+    if received.size == times.size and sent.size == times.size and np.all(received[window] > 0):
+        dds = arrival_stats(received[window], 1.0 / rate)
+        rmw = {
+            "dds_jitter_p50_ms": dds["jitter_p50_ms"],
+            "dds_jitter_p99_ms": dds["jitter_p99_ms"],
+            "dds_jitter_max_ms": dds["jitter_max_ms"],
+            "sent_jitter_p99_ms": arrival_stats(sent[window], 1.0 / rate)["jitter_p99_ms"],
+        }
 
     def num(key: str) -> float:
         try:
@@ -211,21 +234,25 @@ def run_rate(
         inference_p50_ms=float(status.inference_latency_p50_ms),
         chunks=int(status.chunks_produced),
         **stats,
+        **rmw,
     )
 
 
 def format_table(results: list[StreamResult]) -> str:
     head = (
         "| rate (Hz) | commands | achieved (Hz) | jitter p50 (ms) | jitter p99 (ms) | jitter max (ms) "
-        "| missed | gaps > 1.5T | node lateness p99 (ms) | node tick p99 (ms) | inference p50 (ms) | chunks |"
+        "| missed | gaps > 1.5T | node lateness p99 (ms) | node tick p99 (ms) | inference p50 (ms) | chunks "
+        "| at DDS reception: jitter p50 / p99 / max (ms) | at the sender: jitter p99 (ms) |"
     )
-    rows = [head, "|" + "---|" * 12]
+    rows = [head, "|" + "---|" * 14]
     for r in results:
         rows.append(
             f"| {r.rate_hz:g} | {r.commands} | {r.achieved_hz:.2f} | {r.jitter_p50_ms:.3f} | "
             f"{r.jitter_p99_ms:.3f} | {r.jitter_max_ms:.2f} | {r.missed_ticks} | {r.gaps} | "
             f"{r.node_lateness_p99_ms:.3f} | "
-            f"{r.node_tick_compute_p99_ms:.3f} | {r.inference_p50_ms:.1f} | {r.chunks} |"
+            f"{r.node_tick_compute_p99_ms:.3f} | {r.inference_p50_ms:.1f} | {r.chunks} | "
+            f"{r.dds_jitter_p50_ms:.3f} / {r.dds_jitter_p99_ms:.3f} / {r.dds_jitter_max_ms:.2f} | "
+            f"{r.sent_jitter_p99_ms:.3f} |"
         )
     return "\n".join(rows)
 

@@ -16,7 +16,9 @@ Publishes:
 
 The simulation is integrated at ``physics_rate`` (1 kHz) on its own monotonic-clock thread. On shutdown
 the node prints a summary, and writes every command's receive time to ``arrival_log`` if set (JSON:
-``{"clock": "monotonic", "topics": {topic: [t, ...]}, "stamps": {topic: [header stamp, ...]}}``).
+``{"clock": "monotonic", "topics": {topic: [t, ...]}, "stamps": {topic: [header stamp, ...]},
+"received": {topic: [t, ...]}, "sent": {topic: [t, ...]}}``: callback time on the monotonic clock, header
+stamp, and the RMW's reception and source timestamps, both on the system clock).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +117,10 @@ class FakeFranka(Node):
             p["gripper_command_topic"]: ArrivalLog(),
         }
         self.stamps: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
+        # Per command, from the RMW (system clock, s): when the DDS layer of this process received it and
+        # when the sender wrote it. Reception excludes this process's Python executor delay.
+        self.received: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
+        self.sent: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
 
         command_qos = QoSProfile(
             depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST
@@ -131,11 +138,19 @@ class FakeFranka(Node):
         self.gripper_pub = self.create_publisher(JointState, p["gripper_states_topic"], state_qos)
         self.violations_pub = self.create_publisher(String, "~/violations", latched)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(JointTrajectory, p["trajectory_topic"], self._on_trajectory, command_qos)
+        # Two-argument callbacks: rclpy then passes the RMW's MessageInfo (reception/source timestamps).
         self.create_subscription(
-            Float64MultiArray, p["position_command_topic"], self._on_positions, command_qos
+            JointTrajectory, p["trajectory_topic"], lambda m, info: self._on_trajectory(m, info), command_qos
         )
-        self.create_subscription(Float64, p["gripper_command_topic"], self._on_gripper, command_qos)
+        self.create_subscription(
+            Float64MultiArray,
+            p["position_command_topic"],
+            lambda m, info: self._on_positions(m, info),
+            command_qos,
+        )
+        self.create_subscription(
+            Float64, p["gripper_command_topic"], lambda m, info: self._on_gripper(m, info), command_qos
+        )
         self.create_timer(1.0 / p["status_rate"], self._publish_status)
 
         self._stop = threading.Event()
@@ -154,14 +169,17 @@ class FakeFranka(Node):
         return self.declare_parameter(name, value, ParameterDescriptor(description=description)).value
 
     # --------------------------------------------------------------------------------- command inputs
-    def _arrived(self, topic: str, stamp: float | None = None) -> None:
+    def _arrived(self, topic: str, stamp: float | None = None, info: Mapping[str, Any] | None = None) -> None:
         self.arrivals[topic].add(time.monotonic())
         if stamp is not None:
             self.stamps[topic].append(stamp)
+        if info is not None:
+            self.received[topic].append(int(info.get("received_timestamp") or 0) * 1e-9)
+            self.sent[topic].append(int(info.get("source_timestamp") or 0) * 1e-9)
 
-    def _on_trajectory(self, msg: JointTrajectory) -> None:
+    def _on_trajectory(self, msg: JointTrajectory, info: Mapping[str, Any] | None = None) -> None:
         stamp = _stamp_s(msg.header.stamp)
-        self._arrived(self.params["trajectory_topic"], stamp)
+        self._arrived(self.params["trajectory_topic"], stamp, info)
         points = msg.points
         with_vel = [len(pt.velocities) > 0 for pt in points]
         velocities = [list(pt.velocities) for pt in points] if points and all(with_vel) else None
@@ -176,12 +194,12 @@ class FakeFranka(Node):
             time.time(),
         )
 
-    def _on_positions(self, msg: Float64MultiArray) -> None:
-        self._arrived(self.params["position_command_topic"])
+    def _on_positions(self, msg: Float64MultiArray, info: Mapping[str, Any] | None = None) -> None:
+        self._arrived(self.params["position_command_topic"], None, info)
         self.arm.submit_positions(list(msg.data), time.time())
 
-    def _on_gripper(self, msg: Float64) -> None:
-        self._arrived(self.params["gripper_command_topic"])
+    def _on_gripper(self, msg: Float64, info: Mapping[str, Any] | None = None) -> None:
+        self._arrived(self.params["gripper_command_topic"], None, info)
         self.arm.submit_gripper(float(msg.data))
 
     def _on_violation(self, kind: str, message: str) -> None:
@@ -300,6 +318,8 @@ class FakeFranka(Node):
                 "clock": "monotonic",
                 "topics": {topic: list(log.times) for topic, log in self.arrivals.items()},
                 "stamps": self.stamps,
+                "received": self.received,  # RMW reception time, system clock (s); same order as topics
+                "sent": self.sent,  # RMW source (write) time at the sender, system clock (s)
             }
             Path(path).write_text(json.dumps(data))
             print(f"[fake_franka] wrote command arrival times to {path}", flush=True)
