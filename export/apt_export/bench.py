@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from apt_policy.runtime import detect_kind, load_policy
-from apt_policy.runtime.inputs import ObservationEncoder
 from tqdm import tqdm
 
 STAGES = ("preprocess", "inference", "total")
@@ -65,15 +64,14 @@ def make_runner(policy, threads: int) -> Runner:
 
         torch.set_num_threads(threads)
         model = policy.model
-        encoder = ObservationEncoder(policy.config, policy.normalizer, policy.tokenizer.tokenizer)
-        encoder.tokenizer = policy.tokenizer
+        encoder = policy.encoder
 
         def infer(x):
             with torch.inference_mode():
                 prefix = model.encode_prefix(
                     torch.from_numpy(x.pixel_values),
-                    torch.from_numpy(x.input_ids),
-                    torch.from_numpy(x.text_mask),
+                    torch.from_numpy(x.input_ids.copy()),  # the tokenizer caches read-only arrays
+                    torch.from_numpy(x.text_mask.copy()),
                 )
                 return model.sample(*prefix, torch.from_numpy(x.state), torch.from_numpy(x.noise)).numpy()
 
