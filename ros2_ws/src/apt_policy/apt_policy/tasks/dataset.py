@@ -30,7 +30,15 @@ from apt_policy.tasks.rollout import NATIVE_SIZE, make_cameras, observe
 from apt_policy.tasks.scene import Scene, sample_scene
 from apt_policy.tasks.sim import KinematicArm
 
-__all__ = ["DemoConfig", "DemoDataset", "action_names", "generate_dataset", "generate_episode", "state_names"]
+__all__ = [
+    "DemoConfig",
+    "DemoDataset",
+    "action_names",
+    "episode_seed",
+    "generate_dataset",
+    "generate_episode",
+    "state_names",
+]
 
 
 def state_names(profile: RobotProfile = FR3) -> tuple[str, ...]:
@@ -175,6 +183,11 @@ class DemoDataset:
             )
 
 
+def episode_seed(dataset_seed: int, episode: int) -> int:
+    """The seed of episode ``episode`` of ``generate_dataset(..., seed=dataset_seed)``."""
+    return dataset_seed * 1_000_003 + episode
+
+
 def generate_dataset(
     num_episodes: int,
     stage: int,
@@ -183,7 +196,7 @@ def generate_dataset(
     profile: RobotProfile = FR3,
     progress: bool = True,
 ) -> DemoDataset:
-    """``num_episodes`` expert episodes (episode ``i`` uses seed ``seed * 1_000_003 + i``) as one dataset."""
+    """``num_episodes`` expert episodes (episode ``i`` uses ``episode_seed(seed, i)``) as one dataset."""
     if num_episodes < 1:
         raise ValueError("num_episodes must be >= 1")
     n = num_episodes * config.steps_per_episode
@@ -198,7 +211,7 @@ def generate_dataset(
     i = 0
     episodes: Sequence[int] = range(num_episodes)
     for e in tqdm(episodes, desc=f"stage-{stage} demos", unit="ep", disable=not progress):
-        for sample in generate_episode(seed * 1_000_003 + e, stage, config, profile):
+        for sample in generate_episode(episode_seed(seed, e), stage, config, profile):
             for cam in config.cameras:
                 images[cam][i] = sample["images"][cam]
             states[i], actions[i] = sample["state"], sample["actions"]

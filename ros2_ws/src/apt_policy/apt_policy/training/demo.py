@@ -31,7 +31,7 @@ from ..model.apt import build_backbone
 from ..model.backbone import Qwen3VLBackboneConfig
 from ..model.policy import APTPolicy
 from ..model.presets import tiny_policy_config
-from ..tasks.dataset import DemoConfig, DemoDataset, generate_dataset, scene_of_episode
+from ..tasks.dataset import DemoConfig, DemoDataset, episode_seed, generate_dataset, scene_of_episode
 from .evaluate import evaluate, summary_line
 from .grounding import GroundingConfig, pretrain_grounding
 from .stages import run_stage1, run_stage2
@@ -70,6 +70,10 @@ class DemoSettings:
     eval_actions_per_chunk: int = 12  # as the node runs it: config/sim.yaml chunk_request_threshold 4
 
 
+def _data_seed(settings: DemoSettings) -> int:
+    return settings.seed + 1  # the demonstrations' seed: apart from the model's
+
+
 def _ground_vlm(
     vlm: torch.nn.Module,
     settings: DemoSettings,
@@ -82,12 +86,12 @@ def _ground_vlm(
     if settings.grounding_steps == 0:
         return []
     camera = settings.cameras[0]
-    seeds = (settings.seed + 1) * 1_000_003 + data.episode  # generate_dataset's episode seeds
-    scenes = {int(s): scene_of_episode(int(s)) for s in set(seeds.tolist())}
+    seeds = [episode_seed(_data_seed(settings), int(e)) for e in data.episode]
+    scenes = {s: scene_of_episode(s) for s in set(seeds)}
     return pretrain_grounding(
         vlm,
         data.images[camera],
-        [scenes[int(s)] for s in seeds],
+        [scenes[s] for s in seeds],
         camera_name=camera,
         layer_map=config.layer_map,
         preprocessor=ImagePreprocessor(
@@ -138,7 +142,7 @@ def run_demo(
     if data_path.is_file() and key_path.is_file() and key_path.read_text() == data_key:
         data = DemoDataset.load(data_path)
     else:
-        data = generate_dataset(settings.episodes, 2, demo_cfg, seed=settings.seed + 1, progress=progress)
+        data = generate_dataset(settings.episodes, 2, demo_cfg, seed=_data_seed(settings), progress=progress)
         data.save(data_path)
         key_path.write_text(data_key)
     timings["data_s"] = time.monotonic() - t0

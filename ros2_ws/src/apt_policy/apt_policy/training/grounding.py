@@ -34,7 +34,7 @@ from .vocabulary import vocabulary
 
 __all__ = ["GroundingConfig", "colour_fractions", "pretrain_grounding"]
 
-GROUNDED_COLORS = ("red", "green", "blue")
+GROUNDED_COLORS = ("red", "green", "blue")  # the channels of colour_masks, in order
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,8 @@ class GroundingHeads(nn.Module):
 
 def random_caption(color: str, rng: np.random.Generator, max_tokens: int) -> tuple[str, int]:
     """Random vocabulary words with ``color`` at a random position; returns (caption, colour word index)."""
+    # Other colour words stay in as distractors, except the three nearest the task's (changing this list
+    # changes the trained demo model).
     words = [w for w in vocabulary() if w not in COLORS and w not in ("yellow", "orange", "purple")]
     n = int(rng.integers(1, max_tokens + 1))
     at = int(rng.integers(n))
