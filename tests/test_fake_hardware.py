@@ -16,12 +16,10 @@ pytestmark = pytest.mark.ros
 rclpy = pytest.importorskip("rclpy")
 
 from apt_policy.robots.franka import FR3  # noqa: E402
+from apt_policy.ros.qos import LATCHED  # noqa: E402
 from builtin_interfaces.msg import Duration  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import (  # noqa: E402
-    DurabilityPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
     qos_profile_sensor_data,
 )
 from sensor_msgs.msg import CameraInfo, Image, JointState  # noqa: E402
@@ -30,9 +28,6 @@ from std_srvs.srv import SetBool  # noqa: E402
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint  # noqa: E402
 
 NAMES = list(FR3.joint_names)
-LATCHED = QoSProfile(
-    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL
-)
 
 
 class Probe:

@@ -27,7 +27,8 @@ from apt_msgs.srv import SetInstruction
 from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3
 from apt_policy.ros.outputs import COMMAND_QOS
-from apt_policy.ros.policy_node import EVENT_QOS, SENSOR_QOS, PolicyNode
+from apt_policy.ros.policy_node import PolicyNode
+from apt_policy.ros.qos import EVENTS, SENSOR
 from apt_policy.runtime.policy import PolicyInfo
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
@@ -90,14 +91,14 @@ class Probe:
         self.commands: list[tuple[float, float]] = []  # (receive time, joint-1 position of the first point)
         self.statuses: list[PolicyStatus] = []
         self.gripper_commands: list[float] = []
-        self.joints = node.create_publisher(JointState, "/franka/joint_states", SENSOR_QOS)
-        self.fingers = node.create_publisher(JointState, "/franka_gripper/joint_states", SENSOR_QOS)
-        self.camera = node.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR_QOS)
-        self.instruction = node.create_publisher(String, "/apt_policy/instruction", EVENT_QOS)
+        self.joints = node.create_publisher(JointState, "/franka/joint_states", SENSOR)
+        self.fingers = node.create_publisher(JointState, "/franka_gripper/joint_states", SENSOR)
+        self.camera = node.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR)
+        self.instruction = node.create_publisher(String, "/apt_policy/instruction", EVENTS)
         node.create_subscription(
             JointTrajectory, "/fr3_arm_controller/joint_trajectory", self._on_trajectory, COMMAND_QOS
         )
-        node.create_subscription(PolicyStatus, "/apt_policy/status", self.statuses.append, EVENT_QOS)
+        node.create_subscription(PolicyStatus, "/apt_policy/status", self.statuses.append, EVENTS)
         node.create_subscription(
             Float64,
             "/franka_gripper/width_command",

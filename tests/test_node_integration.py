@@ -34,10 +34,11 @@ pytest.importorskip("apt_msgs")
 import rclpy
 from apt_msgs.msg import ActionChunk, PolicyStatus
 from apt_policy.robots.franka import FR3, tcp_pose
+from apt_policy.ros.qos import EVENTS, LATCHED
 from apt_policy.tasks.scene import Scene, is_success
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
@@ -46,13 +47,6 @@ from trajectory_msgs.msg import JointTrajectory
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(300)]
 
 SIM_YAML = Path(__file__).resolve().parents[1] / "ros2_ws/src/apt_policy/config/sim.yaml"
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-LATCHED = QoSProfile(
-    depth=1,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-    history=HistoryPolicy.KEEP_LAST,
-)
 SENSOR = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
 CAMERA_TOPIC = "/camera/camera/color/image_raw"
 TIMING_VIOLATIONS = ("too_fast", "ends_in_past")  # fake_franka kinds caused by late delivery, not content
@@ -103,21 +97,21 @@ class Probe:
         self.violations: dict = {}
         self.node_diag: dict[str, str] = {}
         self.scene: Scene | None = None
-        self.instruction = n.create_publisher(String, "/apt_policy/instruction", RELIABLE)
-        self.scene_pub = n.create_publisher(String, "/fake_camera/scene", RELIABLE)
-        self.bad_camera = n.create_publisher(Image, CAMERA_TOPIC, RELIABLE)
-        self.bad_joints = n.create_publisher(JointState, "/franka/joint_states", RELIABLE)
+        self.instruction = n.create_publisher(String, "/apt_policy/instruction", EVENTS)
+        self.scene_pub = n.create_publisher(String, "/fake_camera/scene", EVENTS)
+        self.bad_camera = n.create_publisher(Image, CAMERA_TOPIC, EVENTS)
+        self.bad_joints = n.create_publisher(JointState, "/franka/joint_states", EVENTS)
         self.enable_camera = n.create_client(SetBool, "/fake_camera/enable")
-        n.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, RELIABLE)
-        n.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._append(self.chunks), RELIABLE)
+        n.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, EVENTS)
+        n.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._append(self.chunks), EVENTS)
         n.create_subscription(
-            JointTrajectory, "/fr3_arm_controller/joint_trajectory", self._append(self.trajectories), RELIABLE
+            JointTrajectory, "/fr3_arm_controller/joint_trajectory", self._append(self.trajectories), EVENTS
         )
         n.create_subscription(JointState, "/franka/joint_states", self._on_joints, SENSOR)
         n.create_subscription(Image, CAMERA_TOPIC, self._on_image, SENSOR)
         n.create_subscription(String, "/fake_franka/violations", self._on_violations, LATCHED)
         n.create_subscription(String, "/fake_camera/current_scene", self._on_scene, LATCHED)
-        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, RELIABLE)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, EVENTS)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(n)
         self.thread = threading.Thread(target=self._spin, daemon=True)
@@ -302,6 +296,12 @@ def test_camera_stop_holds_within_three_ticks_and_recovers(processes, probe, mod
         still = np.array([q for _, q in probe.joints[n:]])
     assert len(still) > 50 and np.max(np.ptp(still, axis=0)) < 1e-3, "the arm moved while HOLDING"
     assert probe.state() == PolicyStatus.HOLDING
+    # Every held tick is a safety intervention, counted per limit (here the watchdog) on /diagnostics.
+    wait_for(
+        lambda: int(probe.node_diag.get("interventions watchdog all", "0")) > 100,
+        5,
+        "the watchdog's held ticks on /diagnostics",
+    )
     probe.set_camera(True)
     wait_running(probe, processes, timeout=20)
 

@@ -22,25 +22,19 @@ import rclpy
 from apt_msgs.msg import ActionChunk, PolicyStatus
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from apt_policy.robots.franka import FR3
 from apt_policy.ros import conversions
+from apt_policy.ros.qos import EVENTS, LATCHED
 
 __all__ = ["DemoProbe"]
 
-RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-LATCHED = QoSProfile(
-    depth=1,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.TRANSIENT_LOCAL,
-    history=HistoryPolicy.KEEP_LAST,
-)
 # Reliable like the camera itself: best-effort 900 kB frames are often dropped on a loaded loopback.
-FRAMES = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+FRAMES = QoSProfile(depth=2, reliability=ReliabilityPolicy.EVENTS, history=HistoryPolicy.KEEP_LAST)
 
 
 class DemoProbe:
@@ -61,12 +55,12 @@ class DemoProbe:
         self.robot_report: dict[str, Any] = {}
         self.node_stats: dict[str, float] = {}
         n = self.node
-        self.instruction_pub = n.create_publisher(String, "/apt_policy/instruction", RELIABLE)
-        self.scene_pub = n.create_publisher(String, "/fake_camera/scene", RELIABLE)
-        n.create_subscription(JointState, "/franka/joint_states", self._on_joints, RELIABLE)
-        n.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._on_chunk, RELIABLE)
-        n.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, RELIABLE)
-        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, RELIABLE)
+        self.instruction_pub = n.create_publisher(String, "/apt_policy/instruction", EVENTS)
+        self.scene_pub = n.create_publisher(String, "/fake_camera/scene", EVENTS)
+        n.create_subscription(JointState, "/franka/joint_states", self._on_joints, EVENTS)
+        n.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._on_chunk, EVENTS)
+        n.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, EVENTS)
+        n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, EVENTS)
         n.create_subscription(String, "/fake_franka/violations", self._on_violations, LATCHED)
         n.create_subscription(String, "/fake_camera/current_scene", self._on_scene, LATCHED)
         n.create_subscription(Image, "/camera/camera/color/image_raw", self._on_image, FRAMES)

@@ -27,12 +27,13 @@ from typing import Any
 import numpy as np
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image, JointState
 from std_msgs.msg import String
 from std_srvs.srv import SetBool
 
 from apt_policy.robots.franka import get_profile
+from apt_policy.ros.qos import LATCHED
 from apt_policy.ros.spin import spin_node
 from apt_policy.tasks.camera import PinholeCamera, make_camera
 from apt_policy.tasks.render import render
@@ -98,15 +99,9 @@ class FakeCamera(Node):
             else ReliabilityPolicy.BEST_EFFORT
         )
         image_qos = QoSProfile(depth=2, reliability=reliability, history=HistoryPolicy.KEEP_LAST)
-        latched = QoSProfile(
-            depth=1,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL,
-            history=HistoryPolicy.KEEP_LAST,
-        )
         self.image_pub = self.create_publisher(Image, p["image_topic"], image_qos)
         self.info_pub = self.create_publisher(CameraInfo, p["camera_info_topic"], image_qos)
-        self.scene_pub = self.create_publisher(String, "~/current_scene", latched)
+        self.scene_pub = self.create_publisher(String, "~/current_scene", LATCHED)
         self.create_subscription(
             JointState, p["joint_states_topic"], self._on_joints, qos_profile_sensor_data
         )

@@ -36,13 +36,13 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
 from apt_policy.robots.franka import get_profile
 from apt_policy.robots.sim_arm import ArrivalLog, SimArm
+from apt_policy.ros.qos import EVENTS, LATCHED
 from apt_policy.ros.spin import spin_node
 
 _PARAMS: tuple[tuple[str, Any, str], ...] = (
@@ -122,34 +122,22 @@ class FakeFranka(Node):
         self.received: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
         self.sent: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
 
-        command_qos = QoSProfile(
-            depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST
-        )
-        state_qos = QoSProfile(
-            depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST
-        )
-        latched = QoSProfile(
-            depth=1,
-            reliability=ReliabilityPolicy.RELIABLE,
-            durability=DurabilityPolicy.TRANSIENT_LOCAL,
-            history=HistoryPolicy.KEEP_LAST,
-        )
-        self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], state_qos)
-        self.gripper_pub = self.create_publisher(JointState, p["gripper_states_topic"], state_qos)
-        self.violations_pub = self.create_publisher(String, "~/violations", latched)
+        self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], EVENTS)
+        self.gripper_pub = self.create_publisher(JointState, p["gripper_states_topic"], EVENTS)
+        self.violations_pub = self.create_publisher(String, "~/violations", LATCHED)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # Two-argument callbacks: rclpy then passes the RMW's MessageInfo (reception/source timestamps).
         self.create_subscription(
-            JointTrajectory, p["trajectory_topic"], lambda m, info: self._on_trajectory(m, info), command_qos
+            JointTrajectory, p["trajectory_topic"], lambda m, info: self._on_trajectory(m, info), EVENTS
         )
         self.create_subscription(
             Float64MultiArray,
             p["position_command_topic"],
             lambda m, info: self._on_positions(m, info),
-            command_qos,
+            EVENTS,
         )
         self.create_subscription(
-            Float64, p["gripper_command_topic"], lambda m, info: self._on_gripper(m, info), command_qos
+            Float64, p["gripper_command_topic"], lambda m, info: self._on_gripper(m, info), EVENTS
         )
         self.create_timer(1.0 / p["status_rate"], self._publish_status)
 

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import rclpy
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
@@ -34,13 +33,12 @@ from apt_policy.ros.control_setup import build_controller, build_loop
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
 from apt_policy.ros.params import NodeParams, ParameterError, declare_and_read
 from apt_policy.ros.polling import PolledSubscription
+from apt_policy.ros.qos import EVENTS, SENSOR
 from apt_policy.ros.spin import spin_node
 
 NODE_NAME = "apt_policy"
 
 # Sensors: best effort, keep last (a newer frame replaces an undelivered older one).
-SENSOR_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
-EVENT_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
 REJECT_LOG_PERIOD_S = 5.0
 # The stream thread needs the GIL on time: other Python threads (executor, inference pre-processing) would
 # otherwise keep it for up to the default 5 ms switch interval.
@@ -151,9 +149,9 @@ class PolicyNode(Node):
         )
         # The interfaces module may replace this (franka_gripper actions); called with (width_m, now_s).
         self.gripper_sink: Callable[[float, float], None] | None = self.gripper_output
-        self._chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", EVENT_QOS)
-        self._status_pub = self.create_publisher(PolicyStatus, "~/status", EVENT_QOS)
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", EVENT_QOS)
+        self._chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", EVENTS)
+        self._status_pub = self.create_publisher(PolicyStatus, "~/status", EVENTS)
+        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", EVENTS)
         self._chunk_msg_type, self._status_msg_type = ActionChunk, PolicyStatus
 
     def _make_subscriptions(self) -> None:
@@ -167,21 +165,19 @@ class PolicyNode(Node):
                 CompressedImage if compressed else Image,
                 topic,
                 self._camera_callback(name, topic, compressed),
-                SENSOR_QOS,
+                SENSOR,
             )
         self._joint_poller: PolledSubscription | None = None
         if p.poll_joint_states:  # read by the stream thread each tick (see ros/polling.py)
             self._poll_node = rclpy.create_node(
                 f"{NODE_NAME}_state_poll", context=self.context, start_parameter_services=False
             )
-            self._joint_poller = PolledSubscription(
-                self._poll_node, JointState, p.joint_states_topic, SENSOR_QOS
-            )
+            self._joint_poller = PolledSubscription(self._poll_node, JointState, p.joint_states_topic, SENSOR)
         else:
-            self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, SENSOR_QOS)
+            self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, SENSOR)
         if self.use_gripper_state:
-            self.create_subscription(JointState, p.gripper_states_topic, self._on_gripper_state, SENSOR_QOS)
-        self.create_subscription(String, "~/instruction", self._on_instruction_msg, EVENT_QOS)
+            self.create_subscription(JointState, p.gripper_states_topic, self._on_gripper_state, SENSOR)
+        self.create_subscription(String, "~/instruction", self._on_instruction_msg, EVENTS)
 
     def _attach_interfaces(self) -> None:
         """Services, the FollowInstruction action, the gripper output and in-process cameras."""
@@ -492,6 +488,8 @@ class PolicyNode(Node):
             status.message = {PolicyStatus.IDLE: "idle", PolicyStatus.RUNNING: "running"}.get(state, "paused")
         flat = {k: v for k, v in snap.items() if not isinstance(v, dict)}
         flat.update({f"rejected {k}": v for k, v in snap["rejected_inputs"].items()})
+        for limit, per_joint in snap["interventions_by_limit"].items():
+            flat.update({f"interventions {limit} {joint}": n for joint, n in per_joint.items()})
         status.values = [KeyValue(key=k, value=v) for k, v in conversions.diagnostic_values(flat)]
         msg = DiagnosticArray(status=[status])
         msg.header.stamp = self.get_clock().now().to_msg()

@@ -24,7 +24,8 @@ from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3
 from apt_policy.ros.outputs import COMMAND_QOS
 from apt_policy.ros.params import ParameterError
-from apt_policy.ros.policy_node import EVENT_QOS, SENSOR_QOS, PolicyNode
+from apt_policy.ros.policy_node import PolicyNode
+from apt_policy.ros.qos import EVENTS, SENSOR
 from apt_policy.runtime.policy import PolicyInfo
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
@@ -84,18 +85,18 @@ class Probe:
         self.statuses: list[PolicyStatus] = []
         self.chunks: list[ActionChunk] = []
         self.chunk_times: list[float] = []
-        self.joints = node.create_publisher(JointState, "/franka/joint_states", SENSOR_QOS)
-        self.gripper = node.create_publisher(JointState, "/franka_gripper/joint_states", SENSOR_QOS)
-        self.camera = node.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR_QOS)
-        self.instruction = node.create_publisher(String, "/apt_policy/instruction", EVENT_QOS)
+        self.joints = node.create_publisher(JointState, "/franka/joint_states", SENSOR)
+        self.gripper = node.create_publisher(JointState, "/franka_gripper/joint_states", SENSOR)
+        self.camera = node.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR)
+        self.instruction = node.create_publisher(String, "/apt_policy/instruction", EVENTS)
         node.create_subscription(
             JointTrajectory,
             "/fr3_arm_controller/joint_trajectory",
             lambda m: self.trajectories.append((time.monotonic(), m)),
             COMMAND_QOS,
         )
-        node.create_subscription(PolicyStatus, "/apt_policy/status", self.statuses.append, EVENT_QOS)
-        node.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._on_chunk, EVENT_QOS)
+        node.create_subscription(PolicyStatus, "/apt_policy/status", self.statuses.append, EVENTS)
+        node.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._on_chunk, EVENTS)
         node.create_timer(0.005, self._publish_state)
         node.create_timer(1 / 30, self._publish_image)
 
