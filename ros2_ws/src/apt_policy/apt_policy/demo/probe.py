@@ -34,7 +34,7 @@ from apt_policy.ros.qos import EVENTS, LATCHED
 __all__ = ["DemoProbe"]
 
 # Reliable like the camera itself: best-effort 900 kB frames are often dropped on a loaded loopback.
-FRAMES = QoSProfile(depth=2, reliability=ReliabilityPolicy.EVENTS, history=HistoryPolicy.KEEP_LAST)
+FRAMES = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 
 
 class DemoProbe:
