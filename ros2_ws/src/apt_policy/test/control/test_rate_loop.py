@@ -92,6 +92,70 @@ def test_callback_errors_are_counted_and_the_loop_goes_on() -> None:
     assert str(loop.last_error) == "bad tick"
 
 
+def test_lead_computes_before_the_deadline_and_sends_on_it() -> None:
+    clock = FakeClock()
+    computed: list[float] = []
+    sent: list[tuple[int, float]] = []
+
+    def work(info: TickInfo):
+        computed.append(clock.now)
+        clock.now += 0.001 + 0.002 * (info.index % 3)  # compute takes 1-5 ms, varying: inside the 6 ms lead
+
+        def send() -> None:
+            sent.append((info.index, clock.now))
+
+        return send
+
+    loop = FixedRateLoop(0.01, work, clock=clock, sleep=clock.sleep, lead=0.006)
+    loop.run(max_ticks=30)
+    deadlines = 1000.006 + 0.01 * np.arange(30)
+    np.testing.assert_allclose(computed, deadlines - 0.006, atol=1e-9)  # each tick starts `lead` early
+    assert [i for i, _ in sent] == list(range(30))
+    np.testing.assert_allclose(
+        [t for _, t in sent], deadlines, atol=1e-9
+    )  # sent on the grid whatever the work
+    assert loop.send_lateness.max == pytest.approx(0.0, abs=1e-9) and loop.missed_ticks == 0
+
+
+def test_work_longer_than_the_lead_sends_late_and_counts_it() -> None:
+    clock = FakeClock()
+    sent: list[float] = []
+
+    def work(info: TickInfo):
+        clock.now += 0.008 if info.index == 2 else 0.001  # tick 2 overruns its 5 ms lead by 3 ms
+        return lambda: sent.append(clock.now)
+
+    loop = FixedRateLoop(0.01, work, clock=clock, sleep=clock.sleep, lead=0.005)
+    loop.run(max_ticks=5)
+    lateness = np.array(sent) - (1000.005 + 0.01 * np.arange(5))
+    np.testing.assert_allclose(lateness, [0, 0, 0.003, 0, 0], atol=1e-9)  # sent at once, the grid holds
+    assert loop.send_lateness.max == pytest.approx(0.003)
+
+
+def test_without_lead_the_send_follows_the_work_and_send_errors_are_counted() -> None:
+    clock = FakeClock()
+    sent: list[float] = []
+
+    def work(info: TickInfo):
+        clock.now += 0.002
+
+        def send() -> None:
+            if info.index == 1:
+                raise RuntimeError("publish failed")
+            sent.append(clock.now)
+
+        return send
+
+    loop = FixedRateLoop(0.01, work, clock=clock, sleep=clock.sleep)
+    loop.run(max_ticks=3)
+    np.testing.assert_allclose(sent, [1000.002, 1000.022], atol=1e-9)
+    assert loop.errors == 1 and str(loop.last_error) == "publish failed"
+    assert loop.send_lateness.p50 == pytest.approx(0.002)
+    for bad in (-0.001, 0.01, 0.02):
+        with pytest.raises(ValueError, match="lead"):
+            FixedRateLoop(0.01, work, lead=bad)
+
+
 def test_real_thread_runs_and_stops_promptly() -> None:
     count = []
     loop = FixedRateLoop(0.005, lambda info: count.append(info.index))
