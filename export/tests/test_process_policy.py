@@ -1,0 +1,88 @@
+"""ProcessPolicy: the policy in a child interpreter gives the same actions, reports its errors, and fails
+clearly (never silently) when the child is gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from apt_policy.runtime import InferenceError, load_policy
+from apt_policy.runtime.process_policy import ProcessPolicy
+
+
+def _inputs(policy, seed: int):
+    rng = np.random.default_rng(seed)
+    h, w = policy.info.image_size
+    state = rng.normal(0.3, 0.5, len(policy.info.state_names)).astype(np.float32)
+    noise = rng.standard_normal((policy.info.horizon, policy.info.action_dim)).astype(np.float32)
+    frames = {c: rng.integers(0, 256, (h * 2 + 3, w * 3 + 8, 4), dtype=np.uint8) for c in policy.info.cameras}
+    # strided views as the node hands them over: bgra8 -> reversed channels, padded rows cropped
+    images = {c: f[:, : w * 3, 2::-1] for c, f in frames.items()}
+    return images, state, noise
+
+
+def test_same_actions_as_in_process_and_images_may_be_strided_views(exported_pi: tuple[Path, Path]):
+    _, out = exported_pi
+    local = load_policy(out)
+    remote = ProcessPolicy(out)
+    try:
+        assert remote.info == local.info and remote.pid != os.getpid()
+        remote.warmup()
+        for seed in range(3):
+            images, state, noise = _inputs(local, seed)
+            assert not next(iter(images.values())).flags.c_contiguous
+            np.testing.assert_allclose(
+                remote.predict(images, state, "reach the red cube", noise),
+                local.predict(images, state, "reach the red cube", noise),
+                rtol=0,
+                atol=1e-6,
+            )
+        # a larger frame than before: the shared memory grows, results stay right
+        images, state, noise = _inputs(local, 7)
+        big = {c: np.ascontiguousarray(np.tile(img, (2, 2, 1))) for c, img in images.items()}
+        np.testing.assert_allclose(
+            remote.predict(big, state, "touch the green ball", noise),
+            local.predict(big, state, "touch the green ball", noise),
+            atol=1e-6,
+        )
+    finally:
+        remote.close()
+
+
+def test_errors_in_the_child_come_back_and_it_keeps_serving(exported_pi: tuple[Path, Path]):
+    _, out = exported_pi
+    policy = ProcessPolicy(out)
+    try:
+        images, state, noise = _inputs(policy, 0)
+        with pytest.raises(InferenceError, match=r"predict failed in the inference process: .*camera"):
+            policy.predict({"not_a_camera": next(iter(images.values()))}, state, "reach the red cube")
+        assert policy.predict(images, state, "reach the red cube", noise).shape == (
+            policy.info.horizon,
+            policy.info.action_dim,
+        )
+    finally:
+        policy.close()
+
+
+def test_a_dead_child_is_reported_and_close_cleans_up(exported_pi: tuple[Path, Path]):
+    _, out = exported_pi
+    policy = ProcessPolicy(out)
+    images, state, noise = _inputs(policy, 0)
+    policy.predict(images, state, "reach the red cube", noise)
+    arena = Path(policy._arena.path)
+    assert arena.exists()
+    os.kill(policy.pid, signal.SIGKILL)
+    with pytest.raises(InferenceError, match=r"exited with code -9|connection lost|cannot reach"):
+        policy.predict(images, state, "reach the red cube", noise)
+    with pytest.raises(InferenceError, match="unavailable"):  # stays failed: no silent restart
+        policy.predict(images, state, "reach the red cube", noise)
+    policy.close()
+    assert not arena.exists() and policy._process.returncode is not None
+
+
+def test_a_model_that_does_not_load_says_why(tmp_path: Path):
+    with pytest.raises(InferenceError, match=r"loading the policy failed in the inference process: \w+"):
+        ProcessPolicy(tmp_path)

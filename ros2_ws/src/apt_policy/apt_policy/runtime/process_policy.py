@@ -1,0 +1,272 @@
+"""A policy served by a child process: the same Policy contract, another Python interpreter.
+
+Why: a control loop written in Python shares one interpreter lock (GIL) with every thread of its process.
+Model pre/post-processing and the backend's Python glue hold it for stretches that delay the command stream
+(measured in docs/NODE.md); a child process has its own interpreter, so the stream thread of the node only
+ever waits on the light executor work. Images travel through a shared memory file (``/dev/shm``), copied
+in with NumPy (which releases the GIL for large copies: ~0.03 ms per 640x480 frame); pickling them into the
+socket instead would hold the GIL for the whole copy. The socket carries only shapes, state and text.
+
+The child is a fresh interpreter (``python -m apt_policy.runtime.inference_child FD``: no copied threads or
+middleware state of the parent, and unlike multiprocessing's ``spawn`` it never re-imports the caller's main
+module) talking over a socket pair; it runs with normal scheduling even if its parent is real-time, loads
+the policy with
+``load_policy(path, backend, **options)`` and answers requests in order. Errors in the child come back as
+:class:`~apt_policy.runtime.inputs.InferenceError` with the child's message; a child that exits or stops
+answering makes every later call raise ``InferenceError`` saying so (the node holds; it does not restart
+it by itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import mmap
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Mapping
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .inputs import InferenceError
+from .policy import PolicyInfo
+
+START_TIMEOUT_S = 300.0  # loading (TensorRT engines, torch) can take a while on a Jetson
+CLOSE_TIMEOUT_S = 5.0
+
+
+class ProcessPolicy:
+    """:class:`~apt_policy.runtime.policy.Policy` whose ``predict`` runs in a child process."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        backend: str = "auto",
+        start_timeout_s: float = START_TIMEOUT_S,
+        **options: Any,
+    ) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parents[2])  # the directory holding apt_policy/
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "apt_policy.runtime.inference_child", str(child_sock.fileno())],
+            pass_fds=(child_sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        child_sock.close()
+        self._conn = Connection(parent_sock.detach())
+        self._conn.send((str(path), backend, options))
+        self._lock = threading.Lock()
+        self._broken: str | None = None
+        self._arena: _ImageArena | None = None
+        try:
+            reply = self._receive(start_timeout_s, "loading the policy")
+        except InferenceError:
+            self.close()
+            raise
+        if reply[0] != "ready":
+            self.close()
+            raise _child_error(reply, "loading the policy")
+        self._info: PolicyInfo = reply[1]
+
+    @property
+    def info(self) -> PolicyInfo:
+        return self._info
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def predict(
+        self,
+        images: Mapping[str, np.ndarray],
+        state: np.ndarray,
+        instruction: str,
+        noise: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Actions (horizon, action_dim) computed by the child; InferenceError on any failure."""
+        arrays = {name: np.asarray(img) for name, img in images.items()}
+        with self._lock:
+            need = sum(a.nbytes for a in arrays.values())
+            if self._arena is None or self._arena.size < need:
+                if self._arena is not None:
+                    self._arena.close()
+                self._arena = _ImageArena(max(need, 1))
+            layout = self._arena.put(arrays)
+            request = (
+                "predict",
+                self._arena.path,
+                self._arena.size,
+                layout,
+                np.asarray(state),
+                instruction,
+                noise,
+            )
+            reply = self._call_locked(request, "predict")
+        return reply[1]
+
+    def warmup(self) -> None:
+        self._call(("warmup",), "warmup")
+
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Ask the child to exit; terminate (then kill) it if it does not within ``timeout_s``."""
+        with self._lock:
+            if self._process.poll() is None:
+                with contextlib.suppress(OSError, ValueError):
+                    self._conn.send(("close",))
+                for stop in (None, self._process.terminate, self._process.kill):
+                    if stop is not None:
+                        stop()
+                    try:
+                        self._process.wait(timeout_s)
+                        break
+                    except subprocess.TimeoutExpired:
+                        continue
+            with contextlib.suppress(OSError):
+                self._conn.close()
+            if self._arena is not None:
+                self._arena.close()
+                self._arena = None
+            self._broken = self._broken or "closed"
+
+    # ------------------------------------------------------------------------------------------ protocol
+
+    def _call(self, request: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+        with self._lock:
+            return self._call_locked(request, what)
+
+    def _call_locked(self, request: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+        """Send ``request`` and wait for the reply (``self._lock`` held by the caller)."""
+        if self._broken is not None:
+            raise InferenceError(f"inference process unavailable: {self._broken}")
+        try:
+            self._conn.send(request)
+        except (OSError, ValueError) as exc:
+            raise self._fail(f"cannot reach it ({exc})") from None
+        reply = self._receive(None, what)
+        if reply[0] != "ok":
+            raise _child_error(reply, what)
+        return reply
+
+    def _receive(self, timeout_s: float | None, what: str) -> tuple[Any, ...]:
+        """The child's next reply. ``timeout_s`` None: wait as long as the child lives."""
+        waited = 0.0
+        while not self._conn.poll(0.5):
+            waited += 0.5
+            if self._process.poll() is not None:
+                raise self._fail(f"it exited with code {self._process.returncode} during {what}")
+            if timeout_s is not None and waited >= timeout_s:
+                raise self._fail(f"no answer within {timeout_s:.0f} s during {what}")
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise self._fail(f"connection lost during {what} ({type(exc).__name__})") from None
+
+    def _fail(self, reason: str) -> InferenceError:
+        self._broken = reason
+        return InferenceError(f"inference process (pid {self._process.pid}): {reason}")
+
+
+class _ImageArena:
+    """A shared memory file the parent writes images into; the child maps the same file (read only)."""
+
+    def __init__(self, size: int) -> None:
+        directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, self.path = tempfile.mkstemp(prefix="apt_images_", dir=directory)
+        try:
+            os.ftruncate(fd, size)
+            self.size = size
+            self._map = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+
+    def put(self, arrays: Mapping[str, np.ndarray]) -> list[tuple[str, tuple[int, ...], str, int]]:
+        """Copy ``arrays`` in, back to back; returns (name, shape, dtype, offset) per array."""
+        layout, offset = [], 0
+        for name, arr in arrays.items():
+            dst = np.ndarray(arr.shape, arr.dtype, buffer=self._map, offset=offset)
+            np.copyto(dst, arr)  # handles strided views (bgr8 reversed channels, padded rows)
+            layout.append((name, tuple(arr.shape), arr.dtype.str, offset))
+            offset += arr.nbytes
+        return layout
+
+    def close(self) -> None:
+        with contextlib.suppress(BufferError):
+            self._map.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
+class _ArenaReader:
+    """The child's read-only mapping of the parent's current arena (re-mapped when the parent replaces it)."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self._map: mmap.mmap | None = None
+
+    def views(
+        self, path: str, size: int, layout: list[tuple[str, tuple[int, ...], str, int]]
+    ) -> dict[str, np.ndarray]:
+        if path != self.path:
+            if self._map is not None:
+                with contextlib.suppress(BufferError):
+                    self._map.close()
+            with open(path, "rb") as f:
+                self._map = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
+            self.path = path
+        return {
+            name: np.ndarray(shape, np.dtype(dtype), buffer=self._map, offset=offset)
+            for name, shape, dtype, offset in layout
+        }
+
+
+def _child_error(reply: tuple[Any, ...], what: str) -> InferenceError:
+    if reply and reply[0] == "error":
+        return InferenceError(f"{what} failed in the inference process: {reply[1]}")
+    return InferenceError(f"{what}: unexpected reply from the inference process: {reply[:1]!r}")
+
+
+def serve(conn: Connection) -> None:
+    """The child: load, say ready (or why not), then answer requests until "close" or a lost parent."""
+    path, backend, options = conn.recv()
+    if hasattr(os, "sched_setscheduler"):
+        # A real-time parent must not make model inference real-time (it would starve the machine).
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    from .load import load_policy
+
+    try:
+        policy = load_policy(path, backend, **options)
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    conn.send(("ready", policy.info))
+    arena = _ArenaReader()
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        kind = request[0]
+        if kind == "close":
+            return
+        try:
+            if kind == "predict":
+                _, path, size, layout, state, instruction, noise = request
+                images = arena.views(path, size, layout)
+                conn.send(("ok", np.asarray(policy.predict(images, state, instruction, noise))))
+            elif kind == "warmup":
+                policy.warmup()
+                conn.send(("ok",))
+            else:
+                conn.send(("error", f"unknown request {kind!r}"))
+        except Exception as exc:  # reported to the caller, the child keeps serving
+            conn.send(("error", f"{type(exc).__name__}: {exc}"))
