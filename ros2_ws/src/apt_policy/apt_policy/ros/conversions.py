@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+DIRECT_ENCODINGS = frozenset(_CHANNELS)  # decoded with NumPy; the others need cv_bridge
 MAX_IMAGE_PIXELS = 4096 * 4096
 
 
