@@ -306,10 +306,16 @@ def bench_preprocessing(export: Path | None, iters: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- control
 
 
+STREAM_PRIORITY, ROBOT_PRIORITY = 50, 40  # SCHED_FIFO of the node's stream and of fake_franka
+
+
 def bench_control(export: Path, ticks: int, rates: Sequence[float], workdir: Path) -> list[dict[str, Any]]:
     json_path = workdir / "bench_stream.json"
     cmd = [sys.executable, "-m", "apt_policy.ros.bench_stream", "--model", str(export), "--ticks", str(ticks)]
     cmd += ["--rates", *(f"{r:g}" for r in rates), "--json", str(json_path)]
+    # As on the robot: the stream thread and the simulated controller real-time (where not permitted, the
+    # processes log a warning and run with normal scheduling).
+    cmd += ["--realtime-priority", str(STREAM_PRIORITY), "--robot-priority", str(ROBOT_PRIORITY)]
     subprocess.run(cmd, check=True)
     return json.loads(json_path.read_text())
 
@@ -476,7 +482,9 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
             "## Control: command stream at the simulated arm (`python -m apt_policy.ros.bench_stream`)",
             "",
             "Policy node (ONNX Runtime, inference back to back) -> JointTrajectory -> fake_franka over DDS on"
-            " loopback; arrivals timed at the receiver.",
+            " loopback; arrivals timed at the receiver. Node `realtime_priority:"
+            f" {STREAM_PRIORITY}`, fake_franka `realtime_priority: {ROBOT_PRIORITY}` (SCHED_FIFO where"
+            " permitted).",
             "",
             "| rate Hz | commands | achieved Hz | jitter p50 ms | p99 ms | max ms | missed"
             " | node lateness p99 ms | inference p50 ms | chunks |",

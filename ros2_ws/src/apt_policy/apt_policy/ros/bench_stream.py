@@ -65,6 +65,7 @@ class StreamResult:
     dds_jitter_p99_ms: float = float("nan")
     dds_jitter_max_ms: float = float("nan")
     sent_jitter_p99_ms: float = float("nan")
+    node_send_lateness_p99_ms: float = float("nan")  # the node's send time - deadline (its own clock)
 
 
 def arrival_stats(times: np.ndarray, period: float) -> dict[str, float]:
@@ -146,7 +147,15 @@ def _stop(procs: list[subprocess.Popen], timeout: float = 10.0) -> None:
 
 
 def run_rate(
-    model: Path, rate: float, ticks: int, horizon: int, workdir: Path, domain: int, rt_priority: int = 0
+    model: Path,
+    rate: float,
+    ticks: int,
+    horizon: int,
+    workdir: Path,
+    domain: int,
+    rt_priority: int = 0,
+    publish_lead: float | None = None,
+    robot_priority: int = 0,
 ) -> StreamResult:
     """Run the three processes at ``rate`` and measure ``ticks`` commands at fake_franka."""
     env = {
@@ -161,7 +170,11 @@ def run_rate(
     logs = {name: (workdir / f"{name}_{rate:g}.log").open("wb") for name in ("franka", "camera", "node")}
     procs = [
         subprocess.Popen(
-            [_exe("apt-fake-franka"), "--ros-args", "-p", f"arrival_log:={arrivals}"],
+            [
+                _exe("apt-fake-franka"), "--ros-args",
+                "-p", f"arrival_log:={arrivals}",
+                "-p", f"realtime_priority:={robot_priority}",
+            ],
             env=env, stdout=logs["franka"], stderr=subprocess.STDOUT,
         ),
         subprocess.Popen(
@@ -180,6 +193,7 @@ def run_rate(
                 "-p", "max_state_age:=0.2",
                 "-p", "max_skew:=0.5",
                 "-p", f"realtime_priority:={rt_priority}",
+                *(["-p", f"publish_lead:={publish_lead}"] if publish_lead is not None else []),
             ],
             env=env, stdout=logs["node"], stderr=subprocess.STDOUT,
         ),
@@ -229,6 +243,7 @@ def run_rate(
     return StreamResult(
         rate_hz=rate,
         node_lateness_p99_ms=num("tick_lateness_p99_ms"),
+        node_send_lateness_p99_ms=num("send_lateness_p99_ms"),
         node_missed_ticks=int(status.missed_ticks),
         node_tick_compute_p99_ms=num("tick_compute_p99_ms"),
         inference_p50_ms=float(status.inference_latency_p50_ms),
@@ -241,15 +256,16 @@ def run_rate(
 def format_table(results: list[StreamResult]) -> str:
     head = (
         "| rate (Hz) | commands | achieved (Hz) | jitter p50 (ms) | jitter p99 (ms) | jitter max (ms) "
-        "| missed | gaps > 1.5T | node lateness p99 (ms) | node tick p99 (ms) | inference p50 (ms) | chunks "
+        "| missed | gaps > 1.5T | node lateness p99 (ms) | node send lateness p99 (ms) | node tick p99 (ms) "
+        "| inference p50 (ms) | chunks "
         "| at DDS reception: jitter p50 / p99 / max (ms) | at the sender: jitter p99 (ms) |"
     )
-    rows = [head, "|" + "---|" * 14]
+    rows = [head, "|" + "---|" * 15]
     for r in results:
         rows.append(
             f"| {r.rate_hz:g} | {r.commands} | {r.achieved_hz:.2f} | {r.jitter_p50_ms:.3f} | "
             f"{r.jitter_p99_ms:.3f} | {r.jitter_max_ms:.2f} | {r.missed_ticks} | {r.gaps} | "
-            f"{r.node_lateness_p99_ms:.3f} | "
+            f"{r.node_lateness_p99_ms:.3f} | {r.node_send_lateness_p99_ms:.3f} | "
             f"{r.node_tick_compute_p99_ms:.3f} | {r.inference_p50_ms:.1f} | {r.chunks} | "
             f"{r.dds_jitter_p50_ms:.3f} / {r.dds_jitter_p99_ms:.3f} / {r.dds_jitter_max_ms:.2f} | "
             f"{r.sent_jitter_p99_ms:.3f} |"
@@ -271,6 +287,18 @@ def main(argv: list[str] | None = None) -> int:
         default=0,
         help="node parameter realtime_priority (SCHED_FIFO, 0: off)",
     )
+    parser.add_argument(
+        "--publish-lead",
+        type=float,
+        default=None,
+        help="node parameter publish_lead (fraction of a period; default: the node's default)",
+    )
+    parser.add_argument(
+        "--robot-priority",
+        type=int,
+        default=0,
+        help="fake_franka parameter realtime_priority (SCHED_FIFO for all its threads, 0: off)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the process logs (printed path)")
     args = parser.parse_args(argv)
     if args.ticks < 10:
@@ -291,13 +319,25 @@ def main(argv: list[str] | None = None) -> int:
         )
         domain = 1 + (os.getpid() + 17 * i) % 100
         results.append(
-            run_rate(args.model, rate, args.ticks, horizon, workdir, domain, args.realtime_priority)
+            run_rate(
+                args.model,
+                rate,
+                args.ticks,
+                horizon,
+                workdir,
+                domain,
+                args.realtime_priority,
+                args.publish_lead,
+                args.robot_priority,
+            )
         )
         print(format_table(results[-1:]).splitlines()[-1], flush=True)
     print()
     print(
         f"model {args.model} | {os.cpu_count()} CPUs | load average {os.getloadavg()[0]:.1f} (1 min) | "
-        f"stream SCHED_FIFO priority {args.realtime_priority or 'off'}"
+        f"stream SCHED_FIFO priority {args.realtime_priority or 'off'} | publish_lead "
+        f"{'node default' if args.publish_lead is None else args.publish_lead} | fake_franka SCHED_FIFO "
+        f"priority {args.robot_priority or 'off'}"
     )
     print(format_table(results))
     if args.json:

@@ -73,13 +73,18 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
 
 
 def build_loop(
-    p: NodeParams, tick: Callable[[float, float], None], on_error: Callable[[BaseException], None]
+    p: NodeParams,
+    tick: Callable[[float, float], Callable[[], None] | None],
+    on_error: Callable[[BaseException], None],
 ) -> Any:
     """The control core's fixed-rate loop calling ``tick(started, deadline)`` (monotonic s) every
-    ``1/control_rate`` s."""
+    ``1/control_rate`` s, ``publish_lead`` periods before each deadline; the send function ``tick`` returns
+    is called at the deadline."""
     from apt_policy.control.rate_loop import FixedRateLoop, TickInfo
 
-    def callback(info: TickInfo) -> None:
-        tick(info.started, info.deadline)
+    def callback(info: TickInfo) -> Callable[[], None] | None:
+        return tick(info.started, info.deadline)
 
-    return FixedRateLoop(p.period_s, callback, on_error=on_error, name="apt-stream")
+    return FixedRateLoop(
+        p.period_s, callback, on_error=on_error, name="apt-stream", lead=p.publish_lead * p.period_s
+    )

@@ -23,6 +23,7 @@ stamp, and the RMW's reception and source timestamps, both on the system clock).
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 import threading
@@ -32,14 +33,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
+from apt_policy.control.realtime import lock_memory, set_fifo, set_fifo_all_threads
 from apt_policy.robots.franka import get_profile
 from apt_policy.robots.sim_arm import ArrivalLog, SimArm
 from apt_policy.ros.qos import EVENTS, LATCHED
@@ -70,9 +74,17 @@ _PARAMS: tuple[tuple[str, Any, str], ...] = (
     ("status_rate", 1.0, "Rate (Hz) of ~/violations and /diagnostics."),
     ("arrival_log", "", "File to write command receive times to on shutdown (JSON); empty = none."),
     ("max_logged_violations", 50, "Violations logged individually per kind; later ones only counted."),
+    (
+        "realtime_priority",
+        0,
+        "SCHED_FIFO priority (1-99) for all of this process's threads (DDS reception, executor, physics), "
+        "as a real-time robot controller runs; 0 = normal scheduling.",
+    ),
 )
 
 
+# Command callbacks need the GIL on time; the physics thread would otherwise keep it up to the default 5 ms.
+GIL_SWITCH_INTERVAL_S = 0.0001
 _MAX_CATCH_UP = 0.25  # s of simulation replayed after a stall; longer stalls are skipped
 
 
@@ -126,31 +138,78 @@ class FakeFranka(Node):
         self.gripper_pub = self.create_publisher(JointState, p["gripper_states_topic"], EVENTS)
         self.violations_pub = self.create_publisher(String, "~/violations", LATCHED)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # Commands are taken off the wire by their own executor on their own thread (a helper node with just
+        # these subscriptions): the main executor's timers and services never delay them, and with
+        # realtime_priority that thread ranks above the physics thread, as a real controller's would.
         # Two-argument callbacks: rclpy then passes the RMW's MessageInfo (reception/source timestamps).
-        self.create_subscription(
+        self._rx_node = rclpy.create_node(
+            "fake_franka_commands", context=self.context, start_parameter_services=False
+        )
+        self._rx_node.create_subscription(
             JointTrajectory, p["trajectory_topic"], lambda m, info: self._on_trajectory(m, info), EVENTS
         )
-        self.create_subscription(
+        self._rx_node.create_subscription(
             Float64MultiArray,
             p["position_command_topic"],
             lambda m, info: self._on_positions(m, info),
             EVENTS,
         )
-        self.create_subscription(
+        self._rx_node.create_subscription(
             Float64, p["gripper_command_topic"], lambda m, info: self._on_gripper(m, info), EVENTS
         )
+        self._rx_executor = SingleThreadedExecutor(context=self.context)
+        self._rx_executor.add_node(self._rx_node)
+        self._rx_tid = 0
+        self._rx_started = threading.Event()
+        self._rx_thread = threading.Thread(target=self._receive_commands, name="fake_franka_rx", daemon=True)
+        self._rx_thread.start()
         self.create_timer(1.0 / p["status_rate"], self._publish_status)
 
         self._stop = threading.Event()
         self.overruns = 0
         self._thread = threading.Thread(target=self._physics_loop, name="fake_franka_physics", daemon=True)
         self._thread.start()
+        self._apply_realtime_priority(int(p["realtime_priority"]))
+        gc.collect()  # long-lived from here on: full collections then skip them (they hold the GIL for ms)
+        gc.freeze()
         self._publish_status()
         self.get_logger().info(
             f"simulated {self.profile.name}: joint states on {p['joint_states_topic']}"
             f" at {p['publish_rate']:.0f} Hz,"
             f" JTC on {p['trajectory_topic']}, forward positions on {p['position_command_topic']}"
         )
+
+    def _receive_commands(self) -> None:
+        self._rx_tid = threading.get_native_id()
+        self._rx_started.set()
+        try:
+            self._rx_executor.spin()
+        except ExternalShutdownException:
+            pass
+        except Exception:
+            if self.context.ok():  # a real failure, not the context going away at shutdown
+                raise
+
+    def _apply_realtime_priority(self, priority: int) -> None:
+        if priority <= 0:
+            return
+        self._rx_started.wait(2.0)
+        try:
+            count = set_fifo_all_threads(priority)
+            if self._rx_tid:
+                set_fifo(min(priority + 1, 99), self._rx_tid)
+        except (OSError, ValueError) as exc:
+            self.get_logger().warning(
+                f"could not set SCHED_FIFO priority {priority} ({exc}); continuing with normal scheduling"
+            )
+            return
+        self.get_logger().info(
+            f"{count} threads run SCHED_FIFO priority {priority} (command reception {min(priority + 1, 99)})"
+        )
+        try:
+            lock_memory()
+        except OSError as exc:
+            self.get_logger().warning(f"could not lock memory ({exc}); raise `ulimit -l` (memlock)")
 
     def _declare(self, name: str, default: Any, description: str) -> Any:
         value = Parameter.Type.DOUBLE_ARRAY if default is None else default  # typed, no default
@@ -295,9 +354,11 @@ class FakeFranka(Node):
         self.diag_pub.publish(diag)
 
     def shutdown(self) -> None:
-        """Stop the physics thread, print a summary and write the arrival log (if configured)."""
+        """Stop the physics and command threads, print a summary and write the arrival log (if configured)."""
         self._stop.set()
         self._thread.join(timeout=2.0)
+        self._rx_executor.shutdown(timeout_sec=2.0)
+        self._rx_thread.join(timeout=2.0)
         report = self.report()
         print(f"[fake_franka] summary: {json.dumps(report, sort_keys=True)}", flush=True)
         path = self.params["arrival_log"]
@@ -312,9 +373,14 @@ class FakeFranka(Node):
             Path(path).write_text(json.dumps(data))
             print(f"[fake_franka] wrote command arrival times to {path}", flush=True)
 
+    def destroy_node(self) -> None:
+        self._rx_node.destroy_node()
+        super().destroy_node()
+
 
 def main(args: list[str] | None = None) -> int:
     """Entry point (``apt-fake-franka``, ``ros2 run apt_policy fake_franka``); accepts --ros-args."""
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return spin_node(FakeFranka, "fake_franka", args)
 
 

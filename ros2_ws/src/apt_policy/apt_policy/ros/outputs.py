@@ -3,6 +3,10 @@
 Every publisher is reliable, keep-last 1 (a late command is useless; the newest one is what matters).
 Publishing happens on the stream thread (rclpy publishers are thread-safe). Each output checks again that
 what it sends is finite -- the safety filter guarantees it, this is the last line, not the filter.
+
+Arm commands are built in two steps so the stream can publish on its deadline: ``prepare`` checks, builds
+and serialises the message (the part whose duration varies, ~0.1 ms), ``publish`` hands the bytes to the
+middleware (~2 us instead of ~30 us for a message object).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import serialize_message
 
 from apt_policy.ros.conversions import fill_trajectory
 
@@ -44,11 +49,11 @@ class TrajectoryOutput:
         self.publisher = node.create_publisher(JointTrajectory, topic, COMMAND_QOS)
         self.sent = 0
 
-    def send(
+    def prepare(
         self, times_s: np.ndarray, positions: np.ndarray, velocities: np.ndarray | None, stamp_s: float = 0.0
-    ) -> None:
-        """Publish a look-ahead: ``times_s`` (n,) from ``stamp_s`` (0: from receipt), positions/velocities
-        (n, dof)."""
+    ) -> bytes:
+        """The serialised look-ahead: ``times_s`` (n,) from ``stamp_s`` (0: from receipt),
+        positions/velocities (n, dof). NonFiniteCommandError for a non-finite or non-increasing one."""
         _finite(positions, "trajectory positions")
         if velocities is not None:
             _finite(velocities, "trajectory velocities")
@@ -59,7 +64,11 @@ class TrajectoryOutput:
             )
         msg = self._msg_type()
         fill_trajectory(msg, self.joint_names, times_s, positions, velocities, self._point_type, stamp_s)
-        self.publisher.publish(msg)
+        return serialize_message(msg)
+
+    def publish(self, payload: bytes) -> None:
+        """Publish what :meth:`prepare` returned."""
+        self.publisher.publish(payload)
         self.sent += 1
 
 
@@ -76,11 +85,16 @@ class PositionOutput:
         self.publisher = node.create_publisher(Float64MultiArray, topic, COMMAND_QOS)
         self.sent = 0
 
-    def send(self, positions: np.ndarray) -> None:
+    def prepare(self, positions: np.ndarray) -> bytes:
+        """The serialised command (NonFiniteCommandError for non-finite positions)."""
         _finite(positions, "joint positions")
         msg = self._msg_type()
         msg.data = np.asarray(positions, dtype=np.float64).tolist()
-        self.publisher.publish(msg)
+        return serialize_message(msg)
+
+    def publish(self, payload: bytes) -> None:
+        """Publish what :meth:`prepare` returned."""
+        self.publisher.publish(payload)
         self.sent += 1
 
 

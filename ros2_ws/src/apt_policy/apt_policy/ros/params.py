@@ -56,6 +56,12 @@ SPECS: tuple[Spec, ...] = (
         False,
         "Let idle ONNX Runtime threads spin (lower latency, but they steal CPU from the command stream).",
     ),
+    Spec(
+        "inference_process",
+        True,
+        "Run the policy in a child process (its own interpreter: model pre/post-processing never holds "
+        "the command stream's interpreter lock). false: in a thread of the node.",
+    ),
     Spec("robot", "fr3", "Robot profile (joint names and hardware limits).", choices=ROBOTS),
     Spec(
         "control_rate",
@@ -99,6 +105,13 @@ SPECS: tuple[Spec, ...] = (
         True,
         "Take the newest joint state in the stream thread each tick instead of an executor callback per "
         "message (franka publishes at 1 kHz: callbacks would cost the executor most of a core).",
+    ),
+    Spec(
+        "poll_cameras",
+        True,
+        "Take the newest raw camera frames in the stream thread right after each command is sent (frames "
+        "wait at most one period) instead of an executor callback that could hold the GIL at a send "
+        "deadline. Compressed topics always use a callback (JPEG decoding takes milliseconds).",
     ),
     Spec(
         "gripper_states_topic",
@@ -152,9 +165,18 @@ SPECS: tuple[Spec, ...] = (
         choices=("zero", "tick"),
     ),
     Spec(
+        "publish_lead",
+        0.8,
+        "Fraction of a period by which each command is computed before its deadline; it is published at "
+        "the deadline (regular stream, latency + lead). 0: published as soon as computed.",
+        0.0,
+        0.9,
+    ),
+    Spec(
         "realtime_priority",
         0,
-        "SCHED_FIFO priority of the stream thread (1-99; needs CAP_SYS_NICE or rtprio limits); 0 = normal.",
+        "SCHED_FIFO priority of the stream thread (1-99; needs CAP_SYS_NICE or rtprio limits), the node's "
+        "other threads one less when the model runs in its own process, memory locked; 0 = normal.",
         0,
         99,
     ),
@@ -215,6 +237,7 @@ class NodeParams:
     backend: str
     inference_threads: int
     inference_spinning: bool
+    inference_process: bool
     robot: str
     control_rate: float
     output_mode: str
@@ -224,6 +247,7 @@ class NodeParams:
     camera_topics: tuple[str, ...]
     joint_states_topic: str
     poll_joint_states: bool
+    poll_cameras: bool
     gripper_states_topic: str
     max_image_age: float
     max_state_age: float
@@ -234,6 +258,7 @@ class NodeParams:
     gripper_command_topic: str
     lookahead_points: int
     trajectory_stamp: str
+    publish_lead: float
     realtime_priority: int
     status_rate: float
     chunk_request_threshold: int

@@ -13,7 +13,7 @@ Everything that decides something lives in ``apt_policy.control``; this module c
 
 from __future__ import annotations
 
-import os
+import gc
 import sys
 import threading
 import time
@@ -27,8 +27,9 @@ from rclpy.node import Node
 
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
+from apt_policy.control.realtime import lock_memory, set_fifo, set_fifo_all_threads
 from apt_policy.control.stats import RollingStats
-from apt_policy.ros import conversions
+from apt_policy.ros import conversions, image_cdr
 from apt_policy.ros.control_setup import build_controller, build_loop
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
 from apt_policy.ros.params import NodeParams, ParameterError, declare_and_read
@@ -42,7 +43,7 @@ NODE_NAME = "apt_policy"
 REJECT_LOG_PERIOD_S = 5.0
 # The stream thread needs the GIL on time: other Python threads (executor, inference pre-processing) would
 # otherwise keep it for up to the default 5 ms switch interval.
-GIL_SWITCH_INTERVAL_S = 0.0005
+GIL_SWITCH_INTERVAL_S = 0.0001
 # Stamped look-aheads (trajectory_stamp: tick) last at least this long (resting at their final point), so a
 # message delivered late still ends in the future and is not rejected by the controller.
 STAMPED_MIN_SPAN_S = 0.25
@@ -55,6 +56,7 @@ class PolicyNode(Node):
         super().__init__(NODE_NAME, **node_kwargs)
         self.params: NodeParams = declare_and_read(self)
         p = self.params
+        self._owns_policy = policy is None
         if policy is None:
             policy = _load_policy(p)
         self.policy = policy
@@ -108,6 +110,10 @@ class PolicyNode(Node):
         self.get_logger().info("warming up the policy")
         self.policy.warmup()
         self.loop = build_loop(p, self._tick, self._on_tick_error)
+        # Everything built so far lives for the node's lifetime: freezing it keeps the garbage collector's
+        # full passes (which hold the GIL for tens of ms over rclpy's and the model's objects) short.
+        gc.collect()
+        gc.freeze()
         self._attach_interfaces()  # before any thread runs: a failure here leaves nothing behind
         self.worker.start()
         self.loop.start()
@@ -159,19 +165,25 @@ class PolicyNode(Node):
         from std_msgs.msg import String
 
         p = self.params
+        self._poll_node: Node | None = None
+        if p.poll_joint_states or p.poll_cameras:  # read by the stream thread (see ros/polling.py)
+            self._poll_node = rclpy.create_node(
+                f"{NODE_NAME}_poll", context=self.context, start_parameter_services=False
+            )
+        self._camera_pollers: list[tuple[Callable[[Any], None], PolledSubscription]] = []
         for name, topic in zip(self.camera_names, p.camera_topics, strict=True):
             compressed = topic.rstrip("/").endswith("/compressed")
-            self.create_subscription(
-                CompressedImage if compressed else Image,
-                topic,
-                self._camera_callback(name, topic, compressed),
-                SENSOR,
-            )
+            msg_type = CompressedImage if compressed else Image
+            # Raw images (serialised bytes, read in place by ros/image_cdr.py): rclpy's own conversion of a
+            # 640x480 frame holds the GIL for ~0.6 ms, which would delay the command stream.
+            callback = self._camera_callback(name, topic, compressed)
+            if p.poll_cameras and not compressed:  # JPEG decoding (ms) stays off the stream thread
+                poller = PolledSubscription(self._poll_node, msg_type, topic, SENSOR, raw=True)
+                self._camera_pollers.append((callback, poller))
+            else:
+                self.create_subscription(msg_type, topic, callback, SENSOR, raw=not compressed)
         self._joint_poller: PolledSubscription | None = None
-        if p.poll_joint_states:  # read by the stream thread each tick (see ros/polling.py)
-            self._poll_node = rclpy.create_node(
-                f"{NODE_NAME}_state_poll", context=self.context, start_parameter_services=False
-            )
+        if p.poll_joint_states:
             self._joint_poller = PolledSubscription(self._poll_node, JointState, p.joint_states_topic, SENSOR)
         else:
             self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, SENSOR)
@@ -188,17 +200,17 @@ class PolicyNode(Node):
     # -- inputs (executor thread) -------------------------------------------------------------------------
 
     def _camera_callback(self, camera: str, topic: str, compressed: bool) -> Callable[[Any], None]:
-        decode = conversions.compressed_to_rgb if compressed else conversions.image_to_rgb
+        decode = _compressed_to_rgb if compressed else _raw_image_to_rgb
 
         def callback(msg: Any) -> None:
             now = time.monotonic()
             try:
-                rgb = decode(msg)
+                rgb, stamp_s = decode(msg)
             except conversions.ConversionError as exc:
                 self.observations.clear_camera(camera)  # never act on an older frame of a broken stream
                 self._reject(topic, str(exc))
                 return
-            self.observations.put_image(camera, rgb, conversions.stamp_to_s(msg.header.stamp), now)
+            self.observations.put_image(camera, rgb, stamp_s, now)
 
         return callback
 
@@ -346,6 +358,7 @@ class PolicyNode(Node):
             "control_rate_hz": self.loop.rate.rate(),
             "tick_errors": self.loop.errors,
             "tick_lateness_p99_ms": self.loop.jitter.p99 * 1e3,
+            "send_lateness_p99_ms": self.loop.send_lateness.p99 * 1e3,
             "tick_compute_p99_ms": self.tick_durations.p99 * 1e3,
         }
         with self._lock:
@@ -372,7 +385,8 @@ class PolicyNode(Node):
             inference_ms=result.inference_s * 1e3,
             backend=self.info.backend,
         )
-        self._chunk_pub.publish(msg)
+        if self.context.ok():  # a chunk finishing during shutdown is not published
+            self._chunk_pub.publish(msg)
 
     def _on_inference_error(self, reason: str) -> None:
         with self._lock:
@@ -382,64 +396,106 @@ class PolicyNode(Node):
 
     # -- the stream (apt-stream thread) -------------------------------------------------------------------
 
-    def _tick(self, now: float, deadline: float) -> None:
+    def _tick(self, now: float, deadline: float) -> Callable[[], None] | None:
         if not self._rt_applied:
             self._rt_applied = True
             self._apply_realtime_priority()
         try:
-            self._stream_step(now, deadline)
+            return self._stream_step(now, deadline)
         finally:
             self.tick_durations.add(time.monotonic() - now)
 
     def _apply_realtime_priority(self) -> None:
+        """SCHED_FIFO ``realtime_priority`` for the stream thread (called from it), and the process's memory
+        locked (no page faults from reclaim or compaction). With the model in its own process every other
+        thread here is light (executor, inference client, middleware): they get ``realtime_priority - 1``, so
+        none of them is preempted by inference while holding the GIL the stream thread waits for. In-thread
+        inference (``inference_process: false``) stays normal: real-time model compute would starve the
+        machine."""
         prio = self.params.realtime_priority
         if prio <= 0:
             return
+        log = self.get_logger()
         try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(prio))  # 0 = this thread on Linux
-            self.get_logger().info(f"stream thread runs SCHED_FIFO priority {prio}")
-        except (OSError, AttributeError) as exc:
-            self.get_logger().warning(
+            others = 0
+            if self.params.inference_process and prio > 1:
+                others = set_fifo_all_threads(prio - 1)
+            set_fifo(prio)  # this thread
+            log.info(
+                f"stream thread runs SCHED_FIFO priority {prio}"
+                + (f", the node's {others - 1} other threads priority {prio - 1}" if others else "")
+            )
+        except (OSError, ValueError) as exc:
+            log.warning(
                 f"could not set SCHED_FIFO priority {prio} ({exc}); allow it with `ulimit -r` / "
                 "limits.conf rtprio or CAP_SYS_NICE. Continuing with normal scheduling."
             )
+            return
+        try:
+            lock_memory()
+        except OSError as exc:
+            log.warning(f"could not lock the node's memory ({exc}); raise `ulimit -l` (memlock)")
 
-    def _stream_step(self, now: float, deadline: float) -> None:
+    def _stream_step(self, now: float, deadline: float) -> Callable[[], None] | None:
+        """Compute the command due at ``deadline`` (``publish_lead`` before it) and return its send function,
+        which the loop calls at the deadline: publish the serialised command, the gripper width, and the
+        status when the state changed."""
         if self._joint_poller is not None:
             msg = self._joint_poller.take_latest()
             if msg is not None:
                 self._on_joint_state(msg)
                 now = time.monotonic()  # the sample was received just now; ages are measured from here
+        t = max(now, deadline)  # the command is for its send time: input ages and schedule are taken there
         joints = self.observations.latest_joints()
         measured = None if joints is None else joints.value
-        stale = self.observations.stale_reason(now)
-        if stale is None and self.worker.overdue(now):
-            stale = f"inference running for {self.worker.busy_for(now) * 1e3:.0f} ms"
-        command = self.controller.tick(now, measured, input_problem=stale)
-        if command.state != self._last_state:  # state changes are published at once, from this tick
-            self._last_state = command.state
-            self._publish_status()
-        if command.positions is None:
-            return  # no valid joint state yet (or a start outside the limits): nothing is sent
+        stale = self.observations.stale_reason(t)
+        if stale is None and self.worker.overdue(t):
+            stale = f"inference running for {self.worker.busy_for(t) * 1e3:.0f} ms"
+        command = self.controller.tick(t, measured, input_problem=stale)
+        state_changed = command.state != self._last_state
+        self._last_state = command.state
+        payload = None
+        if command.positions is not None:  # None: no valid joint state yet (or FAULT): nothing is sent
+            payload = self._arm_payload(command, deadline)
+        sink = self.gripper_sink
+        gripper = command.gripper if sink is not None else None
+        if self.controller.should_request(t):
+            self.worker.request()
+
+        def send() -> None:
+            if not self.context.ok():
+                return  # shutting down: the publishers are gone
+            if payload is not None:
+                self.arm_output.publish(payload)
+            if sink is not None and gripper is not None:
+                sink(gripper, t)
+            if state_changed:  # state changes are published at once, after the tick's command
+                self._publish_status()
+            for on_frame, poller in self._camera_pollers:  # the slack after the send: see polling.py
+                frame = poller.take_latest()
+                if frame is not None:
+                    on_frame(frame)
+
+        return send
+
+    def _arm_payload(self, command: Any, deadline: float) -> bytes | None:
+        """The serialised arm command of this tick for the output mode (None for output_mode none)."""
         if isinstance(self.arm_output, TrajectoryOutput):
             plan = self.controller.lookahead()
-            if plan is not None:
-                times, positions, velocities = plan.times, plan.positions, plan.velocities
-                stamp = 0.0
-                if self.params.trajectory_stamp == "tick":  # the deadline on the ROS clock
-                    stamp = self.get_clock().now().nanoseconds * 1e-9 - (time.monotonic() - deadline)
-                    if times[-1] < STAMPED_MIN_SPAN_S:  # rest at the last point: a late message still counts
-                        times = np.append(times, STAMPED_MIN_SPAN_S)
-                        positions = np.vstack([positions, positions[-1]])
-                        velocities = np.vstack([velocities, np.zeros_like(velocities[-1])])
-                self.arm_output.send(times, positions, velocities, stamp)
-        elif isinstance(self.arm_output, PositionOutput):
-            self.arm_output.send(command.positions)
-        sink = self.gripper_sink
-        if sink is not None and command.gripper is not None:
-            sink(command.gripper, now)
-        if self.controller.should_request(now):
-            self.worker.request()
+            if plan is None:
+                return None
+            times, positions, velocities = plan.times, plan.positions, plan.velocities
+            stamp = 0.0
+            if self.params.trajectory_stamp == "tick":  # the deadline on the ROS clock
+                stamp = self.get_clock().now().nanoseconds * 1e-9 - (time.monotonic() - deadline)
+                if times[-1] < STAMPED_MIN_SPAN_S:  # rest at the last point: a late message still counts
+                    times = np.append(times, STAMPED_MIN_SPAN_S)
+                    positions = np.vstack([positions, positions[-1]])
+                    velocities = np.vstack([velocities, np.zeros_like(velocities[-1])])
+            return self.arm_output.prepare(times, positions, velocities, stamp)
+        if isinstance(self.arm_output, PositionOutput):
+            return self.arm_output.prepare(command.positions)
+        return None
 
     def _on_tick_error(self, exc: BaseException) -> None:
         self.get_logger().error(
@@ -508,6 +564,9 @@ class PolicyNode(Node):
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.stop(timeout_s=2.0)
+        close = getattr(getattr(self, "policy", None), "close", None)
+        if close is not None and self._owns_policy:
+            close()  # the inference process (ProcessPolicy)
 
     def destroy_node(self) -> None:
         poll_node = getattr(self, "_poll_node", None)
@@ -516,14 +575,43 @@ class PolicyNode(Node):
         super().destroy_node()
 
 
+def _compressed_to_rgb(msg: Any) -> tuple[np.ndarray, float]:
+    """sensor_msgs/CompressedImage -> (RGB, header stamp in s)."""
+    return conversions.compressed_to_rgb(msg), conversions.stamp_to_s(msg.header.stamp)
+
+
+def _raw_image_to_rgb(raw: bytes) -> tuple[np.ndarray, float]:
+    """A serialised sensor_msgs/Image -> (RGB view on ``raw``, header stamp in s). Encodings that need
+    cv_bridge, and serialisations image_cdr does not read, go through rclpy's deserialisation."""
+    try:
+        view = image_cdr.parse_image(raw)
+        if view.encoding.lower() in conversions.DIRECT_ENCODINGS:
+            return conversions.image_to_rgb(view), view.stamp_s
+    except image_cdr.CdrError:
+        pass
+    from rclpy.serialization import deserialize_message
+    from sensor_msgs.msg import Image
+
+    try:
+        msg = deserialize_message(raw, Image)
+    except Exception as exc:  # rclpy raises a bare RuntimeError-like error for malformed bytes
+        raise conversions.ConversionError(f"not a sensor_msgs/Image: {exc}") from None
+    return conversions.image_to_rgb(msg), conversions.stamp_to_s(msg.header.stamp)
+
+
 def _load_policy(p: NodeParams) -> Any:
-    """load_policy with the CPU thread options when the model runs on ONNX Runtime."""
+    """The policy (in a child process when ``inference_process``), with the CPU thread options when the
+    model runs on ONNX Runtime."""
     from apt_policy.runtime.load import detect_kind, load_policy
 
     path = Path(p.model).expanduser()
     options: dict[str, Any] = {}
     if p.backend == "onnxruntime" or (p.backend == "auto" and detect_kind(path) == "onnx"):
         options = {"intra_op_threads": p.inference_threads, "allow_spinning": p.inference_spinning}
+    if p.inference_process:
+        from apt_policy.runtime.process_policy import ProcessPolicy
+
+        return ProcessPolicy(path, p.backend, **options)
     return load_policy(path, p.backend, **options)
 
 

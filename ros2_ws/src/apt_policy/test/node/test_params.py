@@ -42,6 +42,8 @@ def test_defaults_with_a_model_are_valid(tmp_path: Path) -> None:
         ({"lookahead_points": True}, "'lookahead_points' must be int"),
         ({"max_tracking_error": 0.25, "max_deviation": 0.25}, "'max_tracking_error'.*stalled arm faults"),
         ({"ensemble_m": float("nan")}, "'ensemble_m' must be finite"),
+        ({"publish_lead": 1.0}, r"'publish_lead' = 1.0 is outside \[0.0, 0.9\]"),
+        ({"inference_process": 1}, "'inference_process' must be bool"),
     ],
 )
 def test_invalid_values_name_the_parameter(tmp_path: Path, changes, match) -> None:
