@@ -565,7 +565,7 @@ class PolicyNode(Node):
         if worker is not None:
             worker.stop(timeout_s=2.0)
         close = getattr(getattr(self, "policy", None), "close", None)
-        if close is not None and self._owns_policy:
+        if close is not None and getattr(self, "_owns_policy", False):
             close()  # the inference process (ProcessPolicy)
 
     def destroy_node(self) -> None:
