@@ -8,7 +8,6 @@ the graphs run.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -16,18 +15,21 @@ import torch
 
 from ..core.config import PolicyConfig
 from ..core.normalize import Normalizer
-from ..runtime.inputs import ObservationEncoder
+from ..runtime.inputs import GraphPolicy, ObservationEncoder
 from ..runtime.policy import PolicyInfo
 from .apt import APTModel
 from .bundle import load_bundle
 
 
-class APTPolicy:
+class APTPolicy(GraphPolicy):
     """images + state + instruction -> action chunk (horizon, action_dim) in robot units.
 
-    Validation, preprocessing, noise and (un)normalisation are the runtime's ``ObservationEncoder``, the
-    same object the ONNX Runtime and TensorRT backends use; only running the graphs is torch here.
+    ``predict`` and ``warmup`` are the runtime's ``GraphPolicy``: validation, preprocessing, noise and
+    (un)normalisation by the same ``ObservationEncoder`` the ONNX Runtime and TensorRT backends use; only
+    running the graphs (:meth:`run`) is torch here.
     """
+
+    warmup_iterations = 1
 
     def __init__(
         self,
@@ -51,36 +53,21 @@ class APTPolicy:
         bundle = load_bundle(path)
         return cls(bundle.model, bundle.normalizer, bundle.tokenizer_path, seed=seed, device=device)
 
-    @property
-    def info(self) -> PolicyInfo:
-        return self._info
-
     @torch.inference_mode()
-    def predict(
+    def run(
         self,
-        images: Mapping[str, np.ndarray],
+        pixel_values: np.ndarray,
+        input_ids: np.ndarray,
+        text_mask: np.ndarray,
         state: np.ndarray,
-        instruction: str,
-        noise: np.ndarray | None = None,
+        noise: np.ndarray,
     ) -> np.ndarray:
-        """Action chunk (horizon, action_dim) float32 in robot units; raises PreprocessError on bad input
-        and InferenceError on non-finite output."""
+        """The model on encoded inputs -> normalised actions (GraphPolicy.predict encodes and decodes)."""
         dev = self.device
-        with self._lock:
-            x = self.encoder.encode(images, state, instruction, noise)
-            prefix = self.model.encode_prefix(
-                torch.from_numpy(x.pixel_values).to(dev),
-                torch.from_numpy(x.input_ids.copy()).to(dev),  # the tokenizer's cached arrays are read-only
-                torch.from_numpy(x.text_mask.copy()).to(dev),
-            )
-            actions = self.model.sample(
-                *prefix, torch.from_numpy(x.state).to(dev), torch.from_numpy(x.noise).to(dev)
-            )
-            return self.encoder.decode(actions.cpu().numpy())
-
-    def warmup(self) -> None:
-        """One prediction on blank inputs (allocations, lazy init)."""
-        h, w = self.config.image_size
-        images = {c: np.zeros((h, w, 3), np.uint8) for c in self.config.cameras}
-        state = self.normalizer.unnormalize_state(np.zeros(self.config.state_dim, np.float32))
-        self.predict(images, state, "", noise=np.zeros(self.encoder.noise_shape[1:], np.float32))
+        prefix = self.model.encode_prefix(
+            torch.from_numpy(pixel_values).to(dev),
+            torch.from_numpy(input_ids.copy()).to(dev),  # the tokenizer's cached arrays are read-only
+            torch.from_numpy(text_mask.copy()).to(dev),
+        )
+        actions = self.model.sample(*prefix, torch.from_numpy(state).to(dev), torch.from_numpy(noise).to(dev))
+        return actions.cpu().numpy()

@@ -72,10 +72,10 @@ def gpu_identity(cudart: Any, device: int = 0) -> tuple[str, str]:
 
 
 class TensorRTPolicy(GraphPolicy):
-    warmup_iterations = 3
     """Policy over an engine directory (see apt-export trt)."""
 
     backend = "tensorrt"
+    warmup_iterations = 3
 
     def __init__(
         self,
