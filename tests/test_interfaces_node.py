@@ -26,9 +26,8 @@ from apt_msgs.msg import PolicyStatus
 from apt_msgs.srv import SetInstruction
 from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3
-from apt_policy.ros.outputs import COMMAND_QOS
 from apt_policy.ros.policy_node import PolicyNode
-from apt_policy.ros.qos import EVENTS, SENSOR
+from apt_policy.ros.qos import COMMANDS, EVENTS, SENSOR
 from apt_policy.runtime.policy import PolicyInfo
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
@@ -96,14 +95,14 @@ class Probe:
         self.camera = node.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR)
         self.instruction = node.create_publisher(String, "/apt_policy/instruction", EVENTS)
         node.create_subscription(
-            JointTrajectory, "/fr3_arm_controller/joint_trajectory", self._on_trajectory, COMMAND_QOS
+            JointTrajectory, "/fr3_arm_controller/joint_trajectory", self._on_trajectory, COMMANDS
         )
         node.create_subscription(PolicyStatus, "/apt_policy/status", self.statuses.append, EVENTS)
         node.create_subscription(
             Float64,
             "/franka_gripper/width_command",
             lambda m: self.gripper_commands.append(m.data),
-            COMMAND_QOS,
+            COMMANDS,
         )
         node.create_timer(0.005, self._publish_state)
         node.create_timer(1 / 30, self._publish_image)

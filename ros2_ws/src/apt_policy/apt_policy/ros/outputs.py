@@ -1,6 +1,6 @@
 """Arm and gripper command publishers for the three output modes. Plain arrays in, messages out.
 
-Every publisher is reliable, keep-last 1 (a late command is useless; the newest one is what matters).
+Every publisher uses ``qos.COMMANDS`` (reliable, keep-last 1: a late command is useless).
 Publishing happens on the stream thread (rclpy publishers are thread-safe). Each output checks again that
 what it sends is finite -- the safety filter guarantees it, this is the last line, not the filter.
 
@@ -14,17 +14,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
 
 from apt_policy.ros.conversions import fill_trajectory
-
-COMMAND_QOS = QoSProfile(
-    history=HistoryPolicy.KEEP_LAST,
-    depth=1,
-    reliability=ReliabilityPolicy.RELIABLE,
-    durability=DurabilityPolicy.VOLATILE,
-)
+from apt_policy.ros.qos import COMMANDS
 
 
 class NonFiniteCommandError(RuntimeError):
@@ -46,7 +39,7 @@ class TrajectoryOutput:
 
         self._msg_type, self._point_type = JointTrajectory, JointTrajectoryPoint
         self.joint_names = list(joint_names)
-        self.publisher = node.create_publisher(JointTrajectory, topic, COMMAND_QOS)
+        self.publisher = node.create_publisher(JointTrajectory, topic, COMMANDS)
         self.sent = 0
 
     def prepare(
@@ -82,7 +75,7 @@ class PositionOutput:
         from std_msgs.msg import Float64MultiArray
 
         self._msg_type = Float64MultiArray
-        self.publisher = node.create_publisher(Float64MultiArray, topic, COMMAND_QOS)
+        self.publisher = node.create_publisher(Float64MultiArray, topic, COMMANDS)
         self.sent = 0
 
     def prepare(self, positions: np.ndarray) -> bytes:
@@ -107,7 +100,7 @@ class GripperWidthOutput:
         self._msg_type = Float64
         self.max_width = float(max_width)
         self.min_delta = float(min_delta)
-        self.publisher = node.create_publisher(Float64, topic, COMMAND_QOS)
+        self.publisher = node.create_publisher(Float64, topic, COMMANDS)
         self.last: float | None = None
         self.sent = 0
 

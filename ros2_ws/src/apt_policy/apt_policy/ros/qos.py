@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-__all__ = ["EVENTS", "LATCHED", "SENSOR"]
+__all__ = ["COMMANDS", "EVENTS", "LATCHED", "SENSOR"]
 
 # Status, chunks, diagnostics, commands to the simulated arm: every message matters, a short queue.
 EVENTS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -16,4 +16,11 @@ LATCHED = QoSProfile(
     depth=1,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)
+# Arm and gripper commands from the node: a late command is useless, only the newest one matters.
+COMMANDS = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
 )

@@ -22,10 +22,9 @@ import rclpy
 from apt_msgs.msg import ActionChunk, PolicyStatus
 from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3
-from apt_policy.ros.outputs import COMMAND_QOS
 from apt_policy.ros.params import ParameterError
 from apt_policy.ros.policy_node import PolicyNode
-from apt_policy.ros.qos import EVENTS, SENSOR
+from apt_policy.ros.qos import COMMANDS, EVENTS, SENSOR
 from apt_policy.runtime.policy import PolicyInfo
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
@@ -93,7 +92,7 @@ class Probe:
             JointTrajectory,
             "/fr3_arm_controller/joint_trajectory",
             lambda m: self.trajectories.append((time.monotonic(), m)),
-            COMMAND_QOS,
+            COMMANDS,
         )
         node.create_subscription(PolicyStatus, "/apt_policy/status", self.statuses.append, EVENTS)
         node.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._on_chunk, EVENTS)
