@@ -18,7 +18,11 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-_BYTE_ORDER = {b"\x00\x00": ">", b"\x00\x01": "<"}  # CDR_BE, CDR_LE
+# encapsulation id -> (uint32, int32) readers: CDR_BE, CDR_LE
+_BYTE_ORDER = {
+    b"\x00\x00": (struct.Struct(">I"), struct.Struct(">i")),
+    b"\x00\x01": (struct.Struct("<I"), struct.Struct("<i")),
+}
 _HEADER = 4  # encapsulation bytes; alignment counts from here
 
 
@@ -45,11 +49,10 @@ class _Reader:
         self.buf = memoryview(buf).cast("B")
         if len(self.buf) < _HEADER:
             raise CdrError(f"{len(self.buf)} bytes: too short for a serialised message")
-        order = _BYTE_ORDER.get(bytes(self.buf[:2]))
-        if order is None:
+        readers = _BYTE_ORDER.get(bytes(self.buf[:2]))
+        if readers is None:
             raise CdrError(f"unsupported CDR encapsulation 0x{bytes(self.buf[:2]).hex()}")
-        self.u32 = struct.Struct(order + "I")
-        self.i32 = struct.Struct(order + "i")
+        self.u32, self.i32 = readers
         self.pos = _HEADER
 
     def _take(self, size: int, align: int, what: str) -> int:
