@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 
 MIN_PRIORITY, MAX_PRIORITY = 1, 99
+# A thread waiting for the GIL asks its holder to drop it after this long (Python's default: 5 ms). The
+# node's stream thread and fake_franka's command reception need it on time.
+GIL_SWITCH_INTERVAL_S = 0.0001
 
 
 def set_fifo(priority: int, tid: int = 0) -> None:
@@ -59,3 +62,19 @@ def lock_memory() -> None:
     if libc.mlockall(mcl_current | mcl_future) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"mlockall failed: {os.strerror(errno)}")
+
+
+def make_realtime(priority: int, thread_id: int = 0, others: int = 0) -> tuple[int, OSError | None]:
+    """SCHED_FIFO ``priority`` for thread ``thread_id`` (0: the calling thread); with ``others`` > 0, every
+    other thread of the process gets ``others`` first. Then the memory is locked (:func:`lock_memory`).
+
+    Returns (threads set, the memory-lock error or None). Raises OSError / ValueError when the scheduling
+    is not permitted (nothing is locked then).
+    """
+    count = set_fifo_all_threads(others) if others > 0 else 0
+    set_fifo(priority, thread_id)
+    try:
+        lock_memory()
+    except OSError as exc:
+        return max(count, 1), exc
+    return max(count, 1), None

@@ -43,7 +43,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
-from apt_policy.control.realtime import lock_memory, set_fifo, set_fifo_all_threads
+from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
 from apt_policy.robots.franka import get_profile
 from apt_policy.robots.sim_arm import ArrivalLog, SimArm
 from apt_policy.ros.qos import EVENTS, LATCHED
@@ -83,8 +83,6 @@ _PARAMS: tuple[tuple[str, Any, str], ...] = (
 )
 
 
-# Command callbacks need the GIL on time; the physics thread would otherwise keep it up to the default 5 ms.
-GIL_SWITCH_INTERVAL_S = 0.0001
 _MAX_CATCH_UP = 0.25  # s of simulation replayed after a stall; longer stalls are skipped
 
 
@@ -193,23 +191,20 @@ class FakeFranka(Node):
     def _apply_realtime_priority(self, priority: int) -> None:
         if priority <= 0:
             return
-        self._rx_started.wait(2.0)
-        try:
-            count = set_fifo_all_threads(priority)
-            if self._rx_tid:
-                set_fifo(min(priority + 1, 99), self._rx_tid)
-        except (OSError, ValueError) as exc:
-            self.get_logger().warning(
-                f"could not set SCHED_FIFO priority {priority} ({exc}); continuing with normal scheduling"
-            )
+        log = self.get_logger()
+        if not self._rx_started.wait(2.0):
+            log.warning("command thread did not start; normal scheduling")
             return
-        self.get_logger().info(
-            f"{count} threads run SCHED_FIFO priority {priority} (command reception {min(priority + 1, 99)})"
-        )
+        # Every thread at `priority`, command reception one above (a real controller takes commands first).
+        reception = min(priority + 1, 99)
         try:
-            lock_memory()
-        except OSError as exc:
-            self.get_logger().warning(f"could not lock memory ({exc}); raise `ulimit -l` (memlock)")
+            count, lock_error = make_realtime(reception, self._rx_tid, others=priority)
+        except (OSError, ValueError) as exc:
+            log.warning(f"could not set SCHED_FIFO priority {priority} ({exc}); normal scheduling")
+            return
+        log.info(f"{count} threads run SCHED_FIFO priority {priority} (command reception {reception})")
+        if lock_error is not None:
+            log.warning(f"could not lock memory ({lock_error}); raise `ulimit -l` (memlock)")
 
     def _declare(self, name: str, default: Any, description: str) -> Any:
         value = Parameter.Type.DOUBLE_ARRAY if default is None else default  # typed, no default

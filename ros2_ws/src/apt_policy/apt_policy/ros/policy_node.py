@@ -2,11 +2,15 @@
 
 Threads (see docs/NODE.md):
 
-* main thread      -- SingleThreadedExecutor: subscriptions hand decoded data to the ObservationBuffer, the
-                      status timer publishes ~/status and /diagnostics. Callbacks never wait on inference.
-* ``apt-inference`` -- InferenceWorker: policy.predict on the freshest observation set, chunk -> controller.
-* ``apt-stream``    -- the control core's fixed-rate loop on the monotonic clock: controller tick (schedule,
-                      blending, safety filter, watchdog) -> arm command publish, gripper, chunk requests.
+* main thread      -- SingleThreadedExecutor: instruction, gripper state and compressed camera subscriptions
+                      hand decoded data to the ObservationBuffer, the status timer publishes ~/status and
+                      /diagnostics. Callbacks never wait on inference.
+* ``apt-inference`` -- InferenceWorker: policy.predict on the freshest observation set, chunk -> controller;
+                      the model itself runs in a child process (``inference_process``, runtime.ProcessPolicy).
+* ``apt-stream``    -- the control core's fixed-rate loop on the monotonic clock, ``publish_lead`` before each
+                      deadline: joint state, controller tick (schedule, blending, safety filter, watchdog),
+                      serialised command, chunk requests; on the deadline: publish, gripper; then the newest
+                      raw camera frames.
 
 Everything that decides something lives in ``apt_policy.control``; this module converts and wires.
 """
@@ -27,7 +31,7 @@ from rclpy.node import Node
 
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
-from apt_policy.control.realtime import lock_memory, set_fifo, set_fifo_all_threads
+from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
 from apt_policy.control.stats import RollingStats
 from apt_policy.ros import conversions, image_cdr
 from apt_policy.ros.control_setup import build_controller, build_loop
@@ -41,9 +45,6 @@ NODE_NAME = "apt_policy"
 
 # Sensors: best effort, keep last (a newer frame replaces an undelivered older one).
 REJECT_LOG_PERIOD_S = 5.0
-# The stream thread needs the GIL on time: other Python threads (executor, inference pre-processing) would
-# otherwise keep it for up to the default 5 ms switch interval.
-GIL_SWITCH_INTERVAL_S = 0.0001
 # Stamped look-aheads (trajectory_stamp: tick) last at least this long (resting at their final point), so a
 # message delivered late still ends in the future and is not rejected by the controller.
 STAMPED_MIN_SPAN_S = 0.25
@@ -416,25 +417,21 @@ class PolicyNode(Node):
         if prio <= 0:
             return
         log = self.get_logger()
+        others = prio - 1 if self.params.inference_process and prio > 1 else 0
         try:
-            others = 0
-            if self.params.inference_process and prio > 1:
-                others = set_fifo_all_threads(prio - 1)
-            set_fifo(prio)  # this thread
-            log.info(
-                f"stream thread runs SCHED_FIFO priority {prio}"
-                + (f", the node's {others - 1} other threads priority {prio - 1}" if others else "")
-            )
+            count, lock_error = make_realtime(prio, others=others)
         except (OSError, ValueError) as exc:
             log.warning(
                 f"could not set SCHED_FIFO priority {prio} ({exc}); allow it with `ulimit -r` / "
                 "limits.conf rtprio or CAP_SYS_NICE. Continuing with normal scheduling."
             )
             return
-        try:
-            lock_memory()
-        except OSError as exc:
-            log.warning(f"could not lock the node's memory ({exc}); raise `ulimit -l` (memlock)")
+        log.info(
+            f"stream thread runs SCHED_FIFO priority {prio}"
+            + (f", the node's {count - 1} other threads priority {others}" if others else "")
+        )
+        if lock_error is not None:
+            log.warning(f"could not lock the node's memory ({lock_error}); raise `ulimit -l` (memlock)")
 
     def _stream_step(self, now: float, deadline: float) -> Callable[[], None] | None:
         """Compute the command due at ``deadline`` (``publish_lead`` before it) and return its send function,

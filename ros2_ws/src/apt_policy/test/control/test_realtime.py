@@ -13,7 +13,7 @@ from apt_policy.control.realtime import set_fifo
 CHILD = textwrap.dedent(
     """
     import json, threading
-    from apt_policy.control.realtime import scheduler_of, set_fifo, set_fifo_all_threads
+    from apt_policy.control.realtime import make_realtime, scheduler_of, set_fifo
 
     out = {}
     try:
@@ -32,7 +32,8 @@ CHILD = textwrap.dedent(
 
     t = threading.Thread(target=worker)
     t.start()
-    out["count"] = set_fifo_all_threads(3)
+    out["count"], lock_error = make_realtime(9, others=3)  # this thread 9, every other one 3
+    out["lock_error"] = None if lock_error is None else str(lock_error)
     release.set()
     t.join()
     out.update(seen, main_after=scheduler_of())
@@ -42,6 +43,7 @@ CHILD = textwrap.dedent(
 
 
 def test_fifo_is_set_per_thread_inherited_and_for_the_whole_process() -> None:
+    """make_realtime: every other thread gets ``others``, the caller its own priority (set last)."""
     result = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -49,7 +51,7 @@ def test_fifo_is_set_per_thread_inherited_and_for_the_whole_process() -> None:
         pytest.skip(f"SCHED_FIFO not permitted here: {out['denied']}")
     assert out["main"] == ["SCHED_FIFO", 7]
     assert out["before"] == ["SCHED_FIFO", 7]  # a thread created by a FIFO thread starts FIFO
-    assert out["count"] >= 2 and out["after"] == ["SCHED_FIFO", 3] and out["main_after"] == ["SCHED_FIFO", 3]
+    assert out["count"] >= 2 and out["after"] == ["SCHED_FIFO", 3] and out["main_after"] == ["SCHED_FIFO", 9]
 
 
 @pytest.mark.parametrize("priority", [0, 100, -1])
