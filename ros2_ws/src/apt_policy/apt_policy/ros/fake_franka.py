@@ -168,7 +168,7 @@ class FakeFranka(Node):
         self._thread = threading.Thread(target=self._physics_loop, name="fake_franka_physics", daemon=True)
         self._thread.start()
         self._apply_realtime_priority(int(p["realtime_priority"]))
-        gc.collect()  # long-lived from here on: full collections then skip them (they hold the GIL for ms)
+        gc.collect()  # long-lived from here on: full collections skip them (as in the node)
         gc.freeze()
         self._publish_status()
         self.get_logger().info(

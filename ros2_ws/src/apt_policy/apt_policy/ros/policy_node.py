@@ -112,7 +112,7 @@ class PolicyNode(Node):
         self.policy.warmup()
         self.loop = build_loop(p, self._tick, self._on_tick_error)
         # Everything built so far lives for the node's lifetime: freezing it keeps the garbage collector's
-        # full passes (which hold the GIL for tens of ms over rclpy's and the model's objects) short.
+        # full passes short (they hold the GIL; a 24 ms stall in a stream trace went away with this).
         gc.collect()
         gc.freeze()
         self._attach_interfaces()  # before any thread runs: a failure here leaves nothing behind
