@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +83,31 @@ def test_a_dead_child_is_reported_and_close_cleans_up(exported_pi: tuple[Path, P
         policy.predict(images, state, "reach the red cube", noise)
     policy.close()
     assert not arena.exists() and policy._process.returncode is not None
+
+
+def test_close_ends_a_prediction_stuck_on_a_hung_child(exported_pi: tuple[Path, Path]):
+    _, out = exported_pi
+    policy = ProcessPolicy(out)
+    images, state, noise = _inputs(policy, 0)
+    os.kill(policy.pid, signal.SIGSTOP)  # hung: alive, never answers
+    errors: list[BaseException] = []
+
+    def predict() -> None:
+        try:
+            policy.predict(images, state, "reach the red cube", noise)
+        except BaseException as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=predict)
+    caller.start()
+    time.sleep(0.5)
+    assert caller.is_alive()  # waiting on the child, holding the request lock
+    t0 = time.monotonic()
+    policy.close(timeout_s=0.5)  # cannot ask: stops the child (SIGTERM stays pending on a stopped one: kill)
+    caller.join(5.0)
+    assert not caller.is_alive() and time.monotonic() - t0 < 4.0
+    assert len(errors) == 1 and isinstance(errors[0], InferenceError), errors
+    assert policy._process.returncode is not None
 
 
 def test_a_model_that_does_not_load_says_why(tmp_path: Path):

@@ -117,19 +117,28 @@ class ProcessPolicy:
         self._call(("warmup",), "warmup")
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
-        """Ask the child to exit; terminate (then kill) it if it does not within ``timeout_s``."""
-        with self._lock:
-            if self._process.poll() is None:
+        """Ask the child to exit; terminate (then kill) it if it does not within ``timeout_s``.
+
+        A prediction still waiting for a hung child keeps the request lock: the child is then stopped
+        without asking, which ends that prediction with InferenceError, and the cleanup follows.
+        """
+        asked = self._lock.acquire(timeout=timeout_s)
+        try:
+            if asked and self._process.poll() is None:
                 with contextlib.suppress(OSError, ValueError):
                     self._conn.send(("close",))
-                for stop in (None, self._process.terminate, self._process.kill):
-                    if stop is not None:
-                        stop()
-                    try:
-                        self._process.wait(timeout_s)
-                        break
-                    except subprocess.TimeoutExpired:
-                        continue
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(timeout_s)
+            for stop in (self._process.terminate, self._process.kill):
+                if self._process.poll() is not None:
+                    break
+                stop()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._process.wait(timeout_s)
+        finally:
+            if asked:
+                self._lock.release()
+        with self._lock:  # a prediction blocked on the child has returned now that it is gone
             with contextlib.suppress(OSError):
                 self._conn.close()
             if self._arena is not None:
