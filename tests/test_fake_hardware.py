@@ -259,11 +259,15 @@ def test_camera_publishes_rgb_frames_that_follow_the_arm(processes: Any, probe: 
     before = pixels(img).copy()
     probe.send_trajectory([1.0], [offset(0.6) + offset(0.4, joint=1) - FR3.ready_pose])
     probe.spin_until(lambda: probe.q[0] > FR3.ready_pose[0] + 0.59, 10.0, "the arm to move")
+
+    def changed() -> float:  # share of pixels that differ from the frame before the move
+        return float(np.any(before != pixels(probe.images[-1]), axis=2).mean())
+
+    # The camera draws the newest joint state it has received; on a loaded machine (the full suite) its
+    # first frames after the move can still show the old pose, so wait for one that does not (10 s).
     count = len(probe.images)
-    probe.spin_until(lambda: len(probe.images) > count + 2, 10.0, "frames after the move")
-    after = pixels(probe.images[-1])
-    changed = np.any(before != after, axis=2).mean()
-    assert changed > 0.01, f"only {changed:.4f} of the pixels changed when the arm moved"
+    moved = lambda: len(probe.images) > count + 2 and changed() > 0.01  # noqa: E731
+    probe.spin_until(moved, 10.0, "a frame showing the moved arm (>1% of the pixels changed)")
 
 
 def test_camera_can_be_stopped_and_scene_set(processes: Any, probe: Probe) -> None:
