@@ -11,7 +11,8 @@ Publishes:
   /franka/joint_states                   sensor_msgs/JointState (publish_rate, default 200 Hz, stamped)
   /franka_gripper/joint_states           sensor_msgs/JointState, finger joints at width/2 (15 Hz)
   ~/violations                           std_msgs/String JSON: counters, last violation, command arrival
-                                         statistics (reliable, transient local; on every violation + 1 Hz)
+                                         statistics over the last 1000 commands per topic (reliable,
+                                         transient local; on every violation + 1 Hz)
   /diagnostics                           diagnostic_msgs/DiagnosticArray (1 Hz)
 
 The simulation is integrated at ``physics_rate`` (1 kHz) on its own monotonic-clock thread. On shutdown
@@ -83,6 +84,7 @@ _PARAMS: tuple[tuple[str, Any, str], ...] = (
 )
 
 
+REPORT_WINDOW = 1000  # commands per topic behind the arrival statistics of the periodic report
 _MAX_CATCH_UP = 0.25  # s of simulation replayed after a stall; longer stalls are skipped
 
 
@@ -121,11 +123,11 @@ class FakeFranka(Node):
         self.params = p
         self._max_logged = int(p["max_logged_violations"])
         self._last_violation: dict[str, str] | None = None
-        self.arrivals = {
-            p["trajectory_topic"]: ArrivalLog(),
-            p["position_command_topic"]: ArrivalLog(),
-            p["gripper_command_topic"]: ArrivalLog(),
-        }
+        topics = (p["trajectory_topic"], p["position_command_topic"], p["gripper_command_topic"])
+        # Statistics in the 1 Hz report cover the last REPORT_WINDOW commands: over the whole history they
+        # cost milliseconds of GIL-holding numpy per report in a long run, delaying command reception.
+        self.arrivals = {topic: ArrivalLog(max_samples=REPORT_WINDOW) for topic in topics}
+        self.arrival_times: dict[str, list[float]] = {topic: [] for topic in topics}  # all, for arrival_log
         self.stamps: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
         # Per command, from the RMW (system clock, s): when the DDS layer of this process received it and
         # when the sender wrote it. Reception excludes this process's Python executor delay.
@@ -212,7 +214,9 @@ class FakeFranka(Node):
 
     # --------------------------------------------------------------------------------- command inputs
     def _arrived(self, topic: str, stamp: float | None = None, info: Mapping[str, Any] | None = None) -> None:
-        self.arrivals[topic].add(time.monotonic())
+        now = time.monotonic()
+        self.arrivals[topic].add(now)
+        self.arrival_times[topic].append(now)
         if stamp is not None:
             self.stamps[topic].append(stamp)
         if info is not None:
@@ -360,7 +364,7 @@ class FakeFranka(Node):
         if path:
             data = {
                 "clock": "monotonic",
-                "topics": {topic: list(log.times) for topic, log in self.arrivals.items()},
+                "topics": self.arrival_times,
                 "stamps": self.stamps,
                 "received": self.received,  # RMW reception time, system clock (s); same order as topics
                 "sent": self.sent,  # RMW source (write) time at the sender, system clock (s)
