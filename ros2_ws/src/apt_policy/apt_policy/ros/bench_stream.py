@@ -20,8 +20,17 @@ received each command (the RMW's reception timestamp: the stream as it reaches t
 without this Python process's executor delay), and the sender's write time carried with each sample (the
 node's publishing regularity).
 
-The node's own view (loop lateness p99, missed ticks, inference p50) comes from its ~/status and
-/diagnostics. Model: ``--model`` or the cached demo export (``apt_policy.ros.demo_model``).
+The node's own view (loop lateness p99, ticks its loop skipped during the window, inference p50) comes from
+its ~/status and /diagnostics.
+
+Machine stalls: unless ``--no-probe``, ``apt_policy.control.stall_probe`` runs beside the three processes
+(one SCHED_FIFO 99 process per CPU waking every 5 ms: any stall of 7 ms or more is seen, and a missed tick
+needs one of 10 ms; 3 interleaved pairs of runs with and without it differed no more than runs do). Its
+wake-ups later than 2 ms during the window are machine stalls (on a VM
+usually the hypervisor taking a virtual CPU); a gap at fake_franka with such a stall in its late part
+coincided with one, a gap without was the software's own.
+
+Model: ``--model`` or the cached demo export (``apt_policy.ros.demo_model``).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 TRAJECTORY_TOPIC = "/fr3_arm_controller/joint_trajectory"
+PROBE_PERIOD_MS = 5.0  # the stall probe's wake-up period (see the module docstring)
 
 
 @dataclass
@@ -55,7 +65,7 @@ class StreamResult:
     missed_ticks: int
     gaps: int
     node_lateness_p99_ms: float
-    node_missed_ticks: int
+    node_missed_ticks: int  # skipped by the node's loop during the measured window
     node_tick_compute_p99_ms: float
     inference_p50_ms: float
     chunks: int
@@ -65,7 +75,25 @@ class StreamResult:
     dds_jitter_p99_ms: float = float("nan")
     dds_jitter_max_ms: float = float("nan")
     sent_jitter_p99_ms: float = float("nan")
+    sent_jitter_max_ms: float = float("nan")
     node_send_lateness_p99_ms: float = float("nan")  # the node's send time - deadline (its own clock)
+    # The stall probe (apt_policy.control.stall_probe) during the measured window: wake-ups of a SCHED_FIFO 99
+    # process per CPU later than its threshold (machine stalls), and how many of the gaps > 1.5 periods at
+    # fake_franka had such a stall during their late part. NaN / -1: no probe.
+    machine_stalls: int = -1
+    machine_stall_max_ms: float = float("nan")
+    gaps_with_machine_stall: int = -1
+
+
+def gaps_with_stall(times: np.ndarray, period: float, stalls: list[tuple[float, float]]) -> tuple[int, int]:
+    """(gaps longer than 1.5 ``period`` in ``times``, how many of them overlap a stall (start, length) during
+    their late part: from one period after the previous arrival to the late arrival)."""
+    from apt_policy.control.stall_probe import stalls_overlapping
+
+    times = np.asarray(times, dtype=np.float64)
+    late = np.flatnonzero(np.diff(times) > 1.5 * period)
+    hit = sum(1 for i in late if stalls_overlapping(stalls, times[i] + period, times[i + 1]))
+    return int(late.size), hit
 
 
 def arrival_stats(times: np.ndarray, period: float) -> dict[str, float]:
@@ -156,8 +184,10 @@ def run_rate(
     rt_priority: int = 0,
     publish_lead: float | None = None,
     robot_priority: int = 0,
+    probe_priority: int | None = 99,
 ) -> StreamResult:
-    """Run the three processes at ``rate`` and measure ``ticks`` commands at fake_franka."""
+    """Run the three processes at ``rate`` and measure ``ticks`` commands at fake_franka; with
+    ``probe_priority`` (not None) the stall probe runs beside them at that SCHED_FIFO priority."""
     env = {
         **os.environ,
         "ROS_DOMAIN_ID": str(domain),
@@ -167,6 +197,7 @@ def run_rate(
     }
     os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
     arrivals = workdir / f"arrivals_{rate:g}.json"
+    stalls_file = workdir / f"stalls_{rate:g}.json"
     logs = {name: (workdir / f"{name}_{rate:g}.log").open("wb") for name in ("franka", "camera", "node")}
     procs = [
         subprocess.Popen(
@@ -198,6 +229,10 @@ def run_rate(
             env=env, stdout=logs["node"], stderr=subprocess.STDOUT,
         ),
     ]  # fmt: skip
+    if probe_priority is not None:
+        probe_cmd = [sys.executable, "-m", "apt_policy.control.stall_probe", "--out", str(stalls_file)]
+        probe_cmd += ["--priority", str(probe_priority), "--period-ms", str(PROBE_PERIOD_MS)]
+        procs.append(subprocess.Popen(probe_cmd, env=env))
     watcher = _Watcher()
     try:
         deadline = time.monotonic() + 120
@@ -206,6 +241,7 @@ def run_rate(
                 raise RuntimeError(f"node did not start streaming; see logs in {workdir}")
             time.sleep(0.2)
         t_start = time.monotonic()
+        node_missed_before = int(watcher.status.missed_ticks)
         duration = ticks / rate
         end = t_start + duration + 1.0
         while time.monotonic() < end:
@@ -222,7 +258,7 @@ def run_rate(
     times = np.array(data["topics"][TRAJECTORY_TOPIC])
     window = np.flatnonzero(times >= t_start)[:ticks]
     stats = arrival_stats(times[window], 1.0 / rate)
-    rmw: dict[str, float] = {}
+    rmw: dict[str, float | int] = {}
     received = np.array(data.get("received", {}).get(TRAJECTORY_TOPIC, []))
     sent = np.array(data.get("sent", {}).get(TRAJECTORY_TOPIC, []))
     if received.size == times.size and sent.size == times.size and np.all(received[window] > 0):
@@ -232,7 +268,17 @@ def run_rate(
             "dds_jitter_p99_ms": dds["jitter_p99_ms"],
             "dds_jitter_max_ms": dds["jitter_max_ms"],
             "sent_jitter_p99_ms": arrival_stats(sent[window], 1.0 / rate)["jitter_p99_ms"],
+            "sent_jitter_max_ms": arrival_stats(sent[window], 1.0 / rate)["jitter_max_ms"],
         }
+    if stalls_file.exists():
+        from apt_policy.control.stall_probe import load, stalls_overlapping
+
+        stalls = [stall for cpu in load(stalls_file) for stall in cpu.stalls]
+        measured = stalls_overlapping(stalls, times[window][0], times[window][-1])
+        _, hit = gaps_with_stall(times[window], 1.0 / rate, stalls)
+        rmw["machine_stalls"] = len(measured)
+        rmw["machine_stall_max_ms"] = max((n * 1e3 for _, n in measured), default=0.0)
+        rmw["gaps_with_machine_stall"] = hit
 
     def num(key: str) -> float:
         try:
@@ -244,7 +290,7 @@ def run_rate(
         rate_hz=rate,
         node_lateness_p99_ms=num("tick_lateness_p99_ms"),
         node_send_lateness_p99_ms=num("send_lateness_p99_ms"),
-        node_missed_ticks=int(status.missed_ticks),
+        node_missed_ticks=int(status.missed_ticks) - node_missed_before,
         node_tick_compute_p99_ms=num("tick_compute_p99_ms"),
         inference_p50_ms=float(status.inference_latency_p50_ms),
         chunks=int(status.chunks_produced),
@@ -257,18 +303,26 @@ def format_table(results: list[StreamResult]) -> str:
     head = (
         "| rate (Hz) | commands | achieved (Hz) | jitter p50 (ms) | jitter p99 (ms) | jitter max (ms) "
         "| missed | gaps > 1.5T | node lateness p99 (ms) | node send lateness p99 (ms) | node tick p99 (ms) "
-        "| inference p50 (ms) | chunks "
-        "| at DDS reception: jitter p50 / p99 / max (ms) | at the sender: jitter p99 (ms) |"
+        "| inference p50 (ms) | chunks | node missed "
+        "| at DDS reception: jitter p50 / p99 / max (ms) | at the sender: jitter p99 / max (ms) "
+        "| machine stalls: count / max (ms) | gaps with a machine stall |"
     )
-    rows = [head, "|" + "---|" * 15]
+    rows = [head, "|" + "---|" * 18]
     for r in results:
         rows.append(
             f"| {r.rate_hz:g} | {r.commands} | {r.achieved_hz:.2f} | {r.jitter_p50_ms:.3f} | "
             f"{r.jitter_p99_ms:.3f} | {r.jitter_max_ms:.2f} | {r.missed_ticks} | {r.gaps} | "
             f"{r.node_lateness_p99_ms:.3f} | {r.node_send_lateness_p99_ms:.3f} | "
             f"{r.node_tick_compute_p99_ms:.3f} | {r.inference_p50_ms:.1f} | {r.chunks} | "
+            f"{r.node_missed_ticks} | "
             f"{r.dds_jitter_p50_ms:.3f} / {r.dds_jitter_p99_ms:.3f} / {r.dds_jitter_max_ms:.2f} | "
-            f"{r.sent_jitter_p99_ms:.3f} |"
+            f"{r.sent_jitter_p99_ms:.3f} / {r.sent_jitter_max_ms:.2f} | "
+            + (
+                f"{r.machine_stalls} / {r.machine_stall_max_ms:.1f} | "
+                f"{r.gaps_with_machine_stall} of {r.gaps} |"
+                if r.machine_stalls >= 0
+                else "no probe | - |"
+            )
         )
     return "\n".join(rows)
 
@@ -298,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="fake_franka parameter realtime_priority (SCHED_FIFO for all its threads, 0: off)",
+    )
+    parser.add_argument(
+        "--no-probe", action="store_true", help="do not run the stall probe (machine stall attribution)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the process logs (printed path)")
     args = parser.parse_args(argv)
@@ -329,6 +386,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.realtime_priority,
                 args.publish_lead,
                 args.robot_priority,
+                None if args.no_probe else 99,
             )
         )
         print(format_table(results[-1:]).splitlines()[-1], flush=True)
