@@ -14,11 +14,11 @@ RUNNING, ``--ticks`` commands are measured at fake_franka:
                      followed by an early one is jitter, not a miss)
 * gaps               inter-arrivals longer than 1.5 periods (the robot waited for a command)
 
-Jitter is given three ways, all measured in the fake_franka process: when its subscription callback ran
-(what a Python controller would see; includes its own executor's scheduling delay), when its DDS layer
+Jitter is given three ways, all measured in the fake_franka process: when its command handler ran
+(what a Python controller would see; includes its own reception delay), when its DDS layer
 received each command (the RMW's reception timestamp: the stream as it reaches the robot's process,
 without this Python process's executor delay), and the sender's write time carried with each sample (the
-node's publishing regularity).
+node's publishing regularity). The delay from reception to the handler (p99 / max) is fake_franka's own.
 
 The node's own view (loop lateness p99, ticks its loop skipped during the window, inference p50) comes from
 its ~/status and /diagnostics.
@@ -76,6 +76,9 @@ class StreamResult:
     dds_jitter_max_ms: float = float("nan")
     sent_jitter_p99_ms: float = float("nan")
     sent_jitter_max_ms: float = float("nan")
+    # fake_franka's own delay from DDS reception to its command handler (system clock both): p99 / max
+    handler_delay_p99_ms: float = float("nan")
+    handler_delay_max_ms: float = float("nan")
     node_send_lateness_p99_ms: float = float("nan")  # the node's send time - deadline (its own clock)
     # The stall probe (apt_policy.control.stall_probe) during the measured window: wake-ups of a SCHED_FIFO 99
     # process per CPU later than its threshold (machine stalls), and how many of the gaps > 1.5 periods at
@@ -270,6 +273,11 @@ def run_rate(
             "sent_jitter_p99_ms": arrival_stats(sent[window], 1.0 / rate)["jitter_p99_ms"],
             "sent_jitter_max_ms": arrival_stats(sent[window], 1.0 / rate)["jitter_max_ms"],
         }
+    handled = np.array(data.get("handled", {}).get(TRAJECTORY_TOPIC, []))
+    if handled.size == times.size and received.size == times.size:
+        delay = (handled[window] - received[window]) * 1e3
+        rmw["handler_delay_p99_ms"] = float(np.percentile(delay, 99))
+        rmw["handler_delay_max_ms"] = float(delay.max())
     if stalls_file.exists():
         from apt_policy.control.stall_probe import load, stalls_overlapping
 
@@ -305,9 +313,10 @@ def format_table(results: list[StreamResult]) -> str:
         "| missed | gaps > 1.5T | node lateness p99 (ms) | node send lateness p99 (ms) | node tick p99 (ms) "
         "| inference p50 (ms) | chunks | node missed "
         "| at DDS reception: jitter p50 / p99 / max (ms) | at the sender: jitter p99 / max (ms) "
+        "| reception to handler: p99 / max (ms) "
         "| machine stalls: count / max (ms) | gaps with a machine stall |"
     )
-    rows = [head, "|" + "---|" * 18]
+    rows = [head, "|" + "---|" * 19]
     for r in results:
         rows.append(
             f"| {r.rate_hz:g} | {r.commands} | {r.achieved_hz:.2f} | {r.jitter_p50_ms:.3f} | "
@@ -317,6 +326,7 @@ def format_table(results: list[StreamResult]) -> str:
             f"{r.node_missed_ticks} | "
             f"{r.dds_jitter_p50_ms:.3f} / {r.dds_jitter_p99_ms:.3f} / {r.dds_jitter_max_ms:.2f} | "
             f"{r.sent_jitter_p99_ms:.3f} / {r.sent_jitter_max_ms:.2f} | "
+            f"{r.handler_delay_p99_ms:.3f} / {r.handler_delay_max_ms:.2f} | "
             + (
                 f"{r.machine_stalls} / {r.machine_stall_max_ms:.1f} | "
                 f"{r.gaps_with_machine_stall} of {r.gaps} |"

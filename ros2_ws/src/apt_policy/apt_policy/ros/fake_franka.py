@@ -37,7 +37,6 @@ import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
@@ -47,6 +46,7 @@ from trajectory_msgs.msg import JointTrajectory
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
 from apt_policy.robots.franka import get_profile
 from apt_policy.robots.sim_arm import ArrivalLog, SimArm
+from apt_policy.ros.polling import SubscriptionReceiver
 from apt_policy.ros.qos import EVENTS, LATCHED
 from apt_policy.ros.spin import spin_node
 
@@ -133,32 +133,25 @@ class FakeFranka(Node):
         # when the sender wrote it. Reception excludes this process's Python executor delay.
         self.received: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
         self.sent: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
+        self.handled: dict[str, list[float]] = {
+            topic: [] for topic in self.arrivals
+        }  # handler start, same clock
 
         self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], EVENTS)
         self.gripper_pub = self.create_publisher(JointState, p["gripper_states_topic"], EVENTS)
         self.violations_pub = self.create_publisher(String, "~/violations", LATCHED)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        # Commands are taken off the wire by their own executor on their own thread (a helper node with just
-        # these subscriptions): the main executor's timers and services never delay them, and with
-        # realtime_priority that thread ranks above the physics thread, as a real controller's would.
-        # Two-argument callbacks: rclpy then passes the RMW's MessageInfo (reception/source timestamps).
+        # Commands are taken off the wire on their own thread, blocked in a wait set on just these topics (no
+        # executor: a controller takes a command as it arrives): the main executor's timers and services never
+        # delay them, and with realtime_priority that thread ranks above the physics thread, as a real
+        # controller's would. Handlers get the RMW's MessageInfo (reception/source timestamps).
         self._rx_node = rclpy.create_node(
             "fake_franka_commands", context=self.context, start_parameter_services=False
         )
-        self._rx_node.create_subscription(
-            JointTrajectory, p["trajectory_topic"], lambda m, info: self._on_trajectory(m, info), EVENTS
-        )
-        self._rx_node.create_subscription(
-            Float64MultiArray,
-            p["position_command_topic"],
-            lambda m, info: self._on_positions(m, info),
-            EVENTS,
-        )
-        self._rx_node.create_subscription(
-            Float64, p["gripper_command_topic"], lambda m, info: self._on_gripper(m, info), EVENTS
-        )
-        self._rx_executor = SingleThreadedExecutor(context=self.context)
-        self._rx_executor.add_node(self._rx_node)
+        self._receiver = SubscriptionReceiver(self._rx_node)
+        self._receiver.add(JointTrajectory, p["trajectory_topic"], EVENTS, self._on_trajectory)
+        self._receiver.add(Float64MultiArray, p["position_command_topic"], EVENTS, self._on_positions)
+        self._receiver.add(Float64, p["gripper_command_topic"], EVENTS, self._on_gripper)
         self._rx_tid = 0
         self._rx_started = threading.Event()
         self._rx_thread = threading.Thread(target=self._receive_commands, name="fake_franka_rx", daemon=True)
@@ -183,9 +176,7 @@ class FakeFranka(Node):
         self._rx_tid = threading.get_native_id()
         self._rx_started.set()
         try:
-            self._rx_executor.spin()
-        except ExternalShutdownException:
-            pass
+            self._receiver.run()
         except Exception:
             if self.context.ok():  # a real failure, not the context going away at shutdown
                 raise
@@ -220,6 +211,7 @@ class FakeFranka(Node):
         if stamp is not None:
             self.stamps[topic].append(stamp)
         if info is not None:
+            self.handled[topic].append(time.time())
             self.received[topic].append(int(info.get("received_timestamp") or 0) * 1e-9)
             self.sent[topic].append(int(info.get("source_timestamp") or 0) * 1e-9)
 
@@ -356,7 +348,7 @@ class FakeFranka(Node):
         """Stop the physics and command threads, print a summary and write the arrival log (if configured)."""
         self._stop.set()
         self._thread.join(timeout=2.0)
-        self._rx_executor.shutdown(timeout_sec=2.0)
+        self._receiver.stop()
         self._rx_thread.join(timeout=2.0)
         report = self.report()
         print(f"[fake_franka] summary: {json.dumps(report, sort_keys=True)}", flush=True)
@@ -368,6 +360,7 @@ class FakeFranka(Node):
                 "stamps": self.stamps,
                 "received": self.received,  # RMW reception time, system clock (s); same order as topics
                 "sent": self.sent,  # RMW source (write) time at the sender, system clock (s)
+                "handled": self.handled,  # when the handler started, system clock (s): handled - received
             }
             Path(path).write_text(json.dumps(data))
             print(f"[fake_franka] wrote command arrival times to {path}", flush=True)

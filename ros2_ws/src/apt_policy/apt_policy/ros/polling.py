@@ -8,11 +8,17 @@ newest sample in DDS (best effort, keep last 1) and the stream thread takes it e
 The node polls camera frames the same way, from the stream thread right after each send: taking a
 640x480 frame holds the GIL for ~0.5 ms, and done there it can never delay a command.
 
-Uses ``Subscription.handle.take_message``: the call rclpy's own executors make (rclpy/executors.py).
+The simulated robot receives its commands with :class:`SubscriptionReceiver`: one thread blocked in a wait
+set on the command topics, every message handed over as it comes, without an executor.
+
+Uses ``Subscription.handle.take_message``: the call rclpy's own executors make (rclpy/executors.py), and
+the wait set of ``rclpy.wait_for_message`` (rclpy/wait_for_message.py).
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from rclpy.node import Node
@@ -23,7 +29,7 @@ class PolledSubscription:
 
     def __init__(self, node: Node, msg_type: Any, topic: str, qos: Any, raw: bool = False) -> None:
         """``raw``: take the serialised bytes instead of a message object."""
-        self._subscription = node.create_subscription(msg_type, topic, _never_called, qos, raw=raw)
+        self._subscription = node_subscription(node, msg_type, topic, qos, raw=raw)
 
     def take_latest(self, max_messages: int = 1000) -> Any | None:
         """The newest message received since the last call, or None (older ones are dropped)."""
@@ -40,3 +46,59 @@ class PolledSubscription:
 
 def _never_called(msg: Any) -> None:  # pragma: no cover - the helper node is never spun
     raise RuntimeError("a polled subscription's callback must not run: its node must not be spun")
+
+
+class SubscriptionReceiver:
+    """Every message of a few subscriptions, handed to ``handler(msg, info)`` by one thread that waits on
+    them with a single rclpy wait set (what ``rclpy.wait_for_message`` does) instead of an executor.
+
+    For a thread that exists only to receive commands (the simulated robot's command reception): per
+    message a wait, a take and the handler, not the executor's task and coroutine machinery; ``info`` is
+    the RMW's MessageInfo (reception and source timestamps). :meth:`run` blocks until :meth:`stop` or the
+    context shuts down; the node must not be spun by an executor.
+    """
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+        self._entries: list[tuple[Any, Callable[[Any, Any], None]]] = []
+        self._wake = node.create_guard_condition(_never_called_guard)
+        self._stop = threading.Event()
+
+    def add(self, msg_type: Any, topic: str, qos: Any, handler: Callable[[Any, Any], None]) -> None:
+        """Receive ``topic``; call before :meth:`run`."""
+        self._entries.append((node_subscription(self._node, msg_type, topic, qos), handler))
+
+    def run(self, poll_s: float = 0.5) -> None:
+        """Receive until :meth:`stop` (checks the context every ``poll_s`` s)."""
+        from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
+
+        context = self._node.context
+        wait_set = _rclpy.WaitSet(len(self._entries), 1, 0, 0, 0, 0, context.handle)
+        timeout_ns = int(poll_s * 1e9)
+        while not self._stop.is_set() and context.ok():
+            wait_set.clear_entities()
+            for sub, _ in self._entries:
+                wait_set.add_subscription(sub.handle)
+            wait_set.add_guard_condition(self._wake.handle)
+            wait_set.wait(timeout_ns)
+            ready = wait_set.get_ready_entities("subscription")
+            for sub, handler in self._entries:
+                if sub.handle.pointer not in ready:
+                    continue
+                with sub.handle:
+                    while (taken := sub.handle.take_message(sub.msg_type, sub.raw)) is not None:
+                        handler(taken[0], taken[1])
+
+    def stop(self) -> None:
+        """End :meth:`run` (from any thread)."""
+        self._stop.set()
+        self._wake.trigger()
+
+
+def node_subscription(node: Node, msg_type: Any, topic: str, qos: Any, raw: bool = False) -> Any:
+    """A subscription whose messages are taken by hand (its callback must never run)."""
+    return node.create_subscription(msg_type, topic, _never_called, qos, raw=raw)
+
+
+def _never_called_guard() -> None:  # pragma: no cover - the helper node is never spun
+    raise RuntimeError("a receiver's guard condition callback must not run: its node must not be spun")
