@@ -306,7 +306,10 @@ def bench_preprocessing(export: Path | None, iters: int) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- control
 
 
-STREAM_PRIORITY, ROBOT_PRIORITY = 50, 40  # SCHED_FIFO of the node's stream and of fake_franka
+# SCHED_FIFO of the node's stream and of fake_franka: the simulated controller outranks its client, as a
+# real controller does (4 interleaved pairs of runs at 100 Hz: jitter p99 at fake_franka 0.54-1.32 ms with
+# 60, 1.13-1.61 ms with 40; docs/NODE.md).
+STREAM_PRIORITY, ROBOT_PRIORITY = 50, 60
 
 
 def bench_control(export: Path, ticks: int, rates: Sequence[float], workdir: Path) -> list[dict[str, Any]]:

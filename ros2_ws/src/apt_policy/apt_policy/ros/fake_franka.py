@@ -78,8 +78,9 @@ _PARAMS: tuple[tuple[str, Any, str], ...] = (
     (
         "realtime_priority",
         0,
-        "SCHED_FIFO priority (1-99) for all of this process's threads (DDS reception, executor, physics), "
-        "as a real-time robot controller runs; 0 = normal scheduling.",
+        "SCHED_FIFO priority (1-99) for all of this process's threads (physics, executor, DDS), command "
+        "reception one above, as a real-time robot controller runs (above the policy node's, as a "
+        "controller outranks its clients); 0 = normal scheduling.",
     ),
 )
 
