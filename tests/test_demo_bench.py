@@ -66,6 +66,10 @@ def _results() -> dict:
                 "node_lateness_p99_ms": 0.8,
                 "inference_p50_ms": 12.0,
                 "chunks": 50,
+                "gaps": 1,
+                "machine_stalls": 2,
+                "machine_stall_max_ms": 12.5,
+                "gaps_with_machine_stall": 1,
             }
         ],
     }
@@ -80,7 +84,7 @@ def test_markdown_has_every_section_and_the_measured_ratio(tmp_path: Path) -> No
     assert "| onnxruntime | inference | 10.00 | 12.00 | 20.00 | 200.0 |" in text  # 2 GFLOP / 10 ms
     assert "| 1728M | 1423M | 306M | 556 | - | - | - |" in text
     assert "PyTorch latency not measured: needs ~9.0 GB" in text
-    assert "| 100 | 1500 | 99.9 | 0.10 | 2.50 | 9.0 | 0 | 0.80 | 12.0 | 50 |" in text
+    assert "| 100 | 1500 | 99.9 | 0.10 | 2.50 | 9.0 | 0 | 0.80 | 12.0 | 50 | 2 (12.5) | 1 of 1 |" in text
     assert "TensorRT" in text and "apt-export trt" in text and "![bench.png](bench.png)" in text
 
 

@@ -487,17 +487,27 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
             "Policy node (ONNX Runtime, inference back to back) -> JointTrajectory -> fake_franka over DDS on"
             " loopback; arrivals timed at the receiver. Node `realtime_priority:"
             f" {STREAM_PRIORITY}`, fake_franka `realtime_priority: {ROBOT_PRIORITY}` (SCHED_FIFO where"
-            " permitted).",
+            " permitted). Machine stalls: wake-ups of a SCHED_FIFO 99 probe on each CPU later than 2 ms"
+            " (`apt_policy.control.stall_probe`); a gap (> 1.5 periods) with one in it was not the"
+            " software's.",
             "",
             "| rate Hz | commands | achieved Hz | jitter p50 ms | p99 ms | max ms | missed"
-            " | node lateness p99 ms | inference p50 ms | chunks |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            " | node lateness p99 ms | inference p50 ms | chunks | machine stalls (max ms)"
+            " | gaps with a stall |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in stream:
+            stalls = r.get("machine_stalls", -1)
+            probe = (
+                f" {stalls} ({r['machine_stall_max_ms']:.1f}) |"
+                f" {r['gaps_with_machine_stall']} of {r['gaps']} |"
+                if stalls >= 0
+                else " - | - |"
+            )
             lines.append(
                 f"| {r['rate_hz']:g} | {r['commands']} | {r['achieved_hz']:.1f} | {r['jitter_p50_ms']:.2f} |"
                 f" {r['jitter_p99_ms']:.2f} | {r['jitter_max_ms']:.1f} | {r['missed_ticks']} |"
-                f" {r['node_lateness_p99_ms']:.2f} | {r['inference_p50_ms']:.1f} | {r['chunks']} |"
+                f" {r['node_lateness_p99_ms']:.2f} | {r['inference_p50_ms']:.1f} | {r['chunks']} |" + probe
             )
         lines.append("")
     for name, err in results.get("errors", {}).items():
