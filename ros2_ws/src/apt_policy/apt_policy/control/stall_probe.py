@@ -29,8 +29,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from apt_policy.control.realtime import set_fifo
 
 
@@ -46,17 +44,48 @@ class CpuProbe:
     scheduling: str = "normal"
 
 
+class LatenessHistogram:
+    """Wake-up lateness in 10 us bins (the last one holds everything from 0.1 s on): constant memory however
+    long the probe runs."""
+
+    BIN_S = 1e-5
+    BINS = 10_000
+
+    def __init__(self) -> None:
+        self.counts = [0] * self.BINS
+        self.count = 0
+        self.max = 0.0
+
+    def add(self, late: float) -> None:
+        index = int(late / self.BIN_S) if late > 0 else 0
+        self.counts[min(index, self.BINS - 1)] += 1
+        self.count += 1
+        self.max = max(self.max, late)
+
+    def quantile(self, q: float) -> float:
+        """The ``q`` quantile (0-1), to the bin's upper edge (at most the maximum); 0 when empty."""
+        if self.count == 0:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for index, n in enumerate(self.counts):
+            seen += n
+            if n and seen >= rank:
+                return self.max if index == self.BINS - 1 else min((index + 1) * self.BIN_S, self.max)
+        return self.max
+
+
 def probe(
     period: float,
     threshold: float,
     should_stop: Callable[[], bool],
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-) -> tuple[int, np.ndarray, list[tuple[float, float]]]:
-    """Sleep to the grid ``start + k * period`` until ``should_stop()``; returns (wake-ups, lateness of each
-    wake-up in s, stalls later than ``threshold`` as (due, lateness)). Wake-ups a stall swallowed are not
-    made up: the grid continues from the next due time after the wake."""
-    lateness: list[float] = []
+) -> tuple[LatenessHistogram, list[tuple[float, float]]]:
+    """Sleep to the grid ``start + k * period`` until ``should_stop()``; returns (the lateness of every
+    wake-up, stalls later than ``threshold`` as (due, lateness) in s). Wake-ups a stall swallowed are not made
+    up: the grid continues from the next due time after the wake."""
+    lateness = LatenessHistogram()
     stalls: list[tuple[float, float]] = []
     due = clock() + period
     while not should_stop():
@@ -65,11 +94,11 @@ def probe(
             sleep(remaining)
         now = clock()
         late = now - due
-        lateness.append(late)
+        lateness.add(late)
         if late > threshold:
             stalls.append((due, late))
         due += period * (1 + max(0, int(late // period)))
-    return len(lateness), np.asarray(lateness), stalls
+    return lateness, stalls
 
 
 def stalls_overlapping(
@@ -97,13 +126,12 @@ def _run_one(cpu: int, args: argparse.Namespace) -> CpuProbe:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
-    wakeups, lateness, stalls = probe(
+    lateness, stalls = probe(
         args.period_ms * 1e-3, args.threshold_ms * 1e-3, lambda: stop or time.monotonic() >= end
     )
-    record.wakeups = wakeups
-    if wakeups:
-        record.lateness_p99_ms = float(np.percentile(lateness, 99) * 1e3)
-        record.lateness_max_ms = float(lateness.max() * 1e3)
+    record.wakeups = lateness.count
+    record.lateness_p99_ms = lateness.quantile(0.99) * 1e3
+    record.lateness_max_ms = lateness.max * 1e3
     record.stalls = [(float(s), float(n)) for s, n in stalls]
     return record
 

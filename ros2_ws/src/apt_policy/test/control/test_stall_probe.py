@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apt_policy.control.stall_probe import load, probe, stalls_overlapping
+from apt_policy.control.stall_probe import LatenessHistogram, load, probe, stalls_overlapping
 from apt_policy.ros.bench_stream import gaps_with_stall
 
 
@@ -35,18 +35,35 @@ class SimClock:
 
 def test_probe_records_a_stall_and_continues_on_its_grid() -> None:
     clock = SimClock(stall_at=0.0505, stall=0.0123)
-    wakeups, lateness, stalls = probe(0.001, 0.002, lambda: clock.t >= 0.2, clock=clock, sleep=clock.sleep)
+    lateness, stalls = probe(0.001, 0.002, lambda: clock.t >= 0.2, clock=clock, sleep=clock.sleep)
     assert len(stalls) == 1
     due, late = stalls[0]
     assert due == pytest.approx(0.051) and late == pytest.approx(0.0123)
-    assert np.sum(lateness > 1e-9) == 1  # every other wake-up on time: no burst of catch-up wake-ups
-    assert wakeups == pytest.approx(200 - 12, abs=1)  # the 12 wake-ups the stall swallowed are not made up
+    assert lateness.counts[0] == lateness.count - 1  # every other wake-up on time: no catch-up burst
+    assert lateness.count == pytest.approx(
+        200 - 12, abs=1
+    )  # the 12 wake-ups the stall swallowed: not made up
+    assert lateness.max == pytest.approx(0.0123) and lateness.quantile(0.5) <= lateness.BIN_S
 
 
 def test_probe_below_threshold_is_not_a_stall() -> None:
     clock = SimClock(stall_at=0.0505, stall=0.0015)
-    _, lateness, stalls = probe(0.001, 0.002, lambda: clock.t >= 0.1, clock=clock, sleep=clock.sleep)
-    assert stalls == [] and lateness.max() == pytest.approx(0.0015)
+    lateness, stalls = probe(0.001, 0.002, lambda: clock.t >= 0.1, clock=clock, sleep=clock.sleep)
+    assert stalls == [] and lateness.max == pytest.approx(0.0015)
+
+
+def test_histogram_quantiles() -> None:
+    h = LatenessHistogram()
+    assert h.quantile(0.99) == 0.0
+    for i in range(1000):
+        h.add(i * 1e-5 + 5e-6)  # one sample in each of the first 1000 bins: 0.005 ms .. 9.995 ms
+    h.add(0.5)  # beyond the last bin: counted there, the maximum kept exactly
+    assert h.count == 1001 and h.max == 0.5 and h.counts[-1] == 1
+    assert h.quantile(0.5) == pytest.approx(0.00501, abs=1e-5)
+    assert h.quantile(0.99) == pytest.approx(0.00991, abs=1e-5)
+    assert h.quantile(1.0) == 0.5
+    h.add(-1e-6)  # early (a coarse clock): the first bin
+    assert h.counts[0] == 2
 
 
 def test_overlap_and_gap_attribution() -> None:
