@@ -16,10 +16,11 @@ Publishes:
   /diagnostics                           diagnostic_msgs/DiagnosticArray (1 Hz)
 
 The simulation is integrated at ``physics_rate`` (1 kHz) on its own monotonic-clock thread. On shutdown
-the node prints a summary, and writes every command's receive time to ``arrival_log`` if set (JSON:
-``{"clock": "monotonic", "topics": {topic: [t, ...]}, "stamps": {topic: [header stamp, ...]},
-"received": {topic: [t, ...]}, "sent": {topic: [t, ...]}}``: callback time on the monotonic clock, header
-stamp, and the RMW's reception and source timestamps, both on the system clock).
+the node prints a summary, and writes every command's times to ``arrival_log`` if set (JSON: ``{"clock":
+"monotonic", FIELD: {topic: [t, ...]}, ...}`` with the fields of ``LOG_FIELDS``: ``topics`` the handler's
+arrival on the monotonic clock, ``stamps`` the header stamp (trajectories), and on the system clock
+``received`` / ``sent`` the RMW's reception and source (sender's write) timestamps and ``handled`` when the
+handler started). They are recorded only when ``arrival_log`` is set (memory grows with every command).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ _PARAMS: tuple[tuple[str, Any, str], ...] = (
 )
 
 
+LOG_FIELDS = ("topics", "stamps", "received", "sent", "handled")  # arrival_log, see the module docstring
 REPORT_WINDOW = 1000  # commands per topic behind the arrival statistics of the periodic report
 _MAX_CATCH_UP = 0.25  # s of simulation replayed after a stall; longer stalls are skipped
 
@@ -128,15 +130,9 @@ class FakeFranka(Node):
         # Statistics in the 1 Hz report cover the last REPORT_WINDOW commands: over the whole history they
         # cost milliseconds of GIL-holding numpy per report in a long run, delaying command reception.
         self.arrivals = {topic: ArrivalLog(max_samples=REPORT_WINDOW) for topic in topics}
-        self.arrival_times: dict[str, list[float]] = {topic: [] for topic in topics}  # all, for arrival_log
-        self.stamps: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
-        # Per command, from the RMW (system clock, s): when the DDS layer of this process received it and
-        # when the sender wrote it. Reception excludes this process's Python executor delay.
-        self.received: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
-        self.sent: dict[str, list[float]] = {topic: [] for topic in self.arrivals}
-        self.handled: dict[str, list[float]] = {
-            topic: [] for topic in self.arrivals
-        }  # handler start, same clock
+        self._record: dict[str, dict[str, list[float]]] | None = None  # every command, for arrival_log
+        if p["arrival_log"]:
+            self._record = {field: {topic: [] for topic in topics} for field in LOG_FIELDS}
 
         self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], EVENTS)
         self.gripper_pub = self.create_publisher(JointState, p["gripper_states_topic"], EVENTS)
@@ -208,13 +204,16 @@ class FakeFranka(Node):
     def _arrived(self, topic: str, stamp: float | None = None, info: Mapping[str, Any] | None = None) -> None:
         now = time.monotonic()
         self.arrivals[topic].add(now)
-        self.arrival_times[topic].append(now)
+        record = self._record
+        if record is None:
+            return
+        record["topics"][topic].append(now)
         if stamp is not None:
-            self.stamps[topic].append(stamp)
+            record["stamps"][topic].append(stamp)
         if info is not None:
-            self.handled[topic].append(time.time())
-            self.received[topic].append(int(info.get("received_timestamp") or 0) * 1e-9)
-            self.sent[topic].append(int(info.get("source_timestamp") or 0) * 1e-9)
+            record["handled"][topic].append(time.time())
+            record["received"][topic].append(int(info.get("received_timestamp") or 0) * 1e-9)
+            record["sent"][topic].append(int(info.get("source_timestamp") or 0) * 1e-9)
 
     def _on_trajectory(self, msg: JointTrajectory, info: Mapping[str, Any] | None = None) -> None:
         stamp = _stamp_s(msg.header.stamp)
@@ -354,16 +353,8 @@ class FakeFranka(Node):
         report = self.report()
         print(f"[fake_franka] summary: {json.dumps(report, sort_keys=True)}", flush=True)
         path = self.params["arrival_log"]
-        if path:
-            data = {
-                "clock": "monotonic",
-                "topics": self.arrival_times,
-                "stamps": self.stamps,
-                "received": self.received,  # RMW reception time, system clock (s); same order as topics
-                "sent": self.sent,  # RMW source (write) time at the sender, system clock (s)
-                "handled": self.handled,  # when the handler started, system clock (s): handled - received
-            }
-            Path(path).write_text(json.dumps(data))
+        if path and self._record is not None:
+            Path(path).write_text(json.dumps({"clock": "monotonic", **self._record}))
             print(f"[fake_franka] wrote command arrival times to {path}", flush=True)
 
     def destroy_node(self) -> None:
