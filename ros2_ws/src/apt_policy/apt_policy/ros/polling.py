@@ -18,7 +18,7 @@ the wait set of ``rclpy.wait_for_message`` (rclpy/wait_for_message.py).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rclpy.node import Node
@@ -33,19 +33,22 @@ class PolledSubscription:
 
     def take_latest(self, max_messages: int = 1000) -> Any | None:
         """The newest message received since the last call, or None (older ones are dropped)."""
-        sub = self._subscription
         latest = None
-        with sub.handle:
-            for _ in range(max_messages):
-                taken = sub.handle.take_message(sub.msg_type, sub.raw)
-                if taken is None:
-                    break
-                latest = taken[0]
+        for msg, _ in take_all(self._subscription, max_messages):
+            latest = msg
         return latest
 
 
-def _never_called(msg: Any) -> None:  # pragma: no cover - the helper node is never spun
-    raise RuntimeError("a polled subscription's callback must not run: its node must not be spun")
+def take_all(sub: Any, max_messages: int | None = None) -> Iterator[tuple[Any, Any]]:
+    """(message, MessageInfo) for each message waiting on subscription ``sub`` (at most ``max_messages``)."""
+    with sub.handle:
+        count = 0
+        while max_messages is None or count < max_messages:
+            taken = sub.handle.take_message(sub.msg_type, sub.raw)
+            if taken is None:
+                return
+            count += 1
+            yield taken[0], taken[1]
 
 
 class SubscriptionReceiver:
@@ -61,7 +64,7 @@ class SubscriptionReceiver:
     def __init__(self, node: Node) -> None:
         self._node = node
         self._entries: list[tuple[Any, Callable[[Any, Any], None]]] = []
-        self._wake = node.create_guard_condition(_never_called_guard)
+        self._wake = node.create_guard_condition(_never_called)
         self._stop = threading.Event()
 
     def add(self, msg_type: Any, topic: str, qos: Any, handler: Callable[[Any, Any], None]) -> None:
@@ -83,11 +86,9 @@ class SubscriptionReceiver:
             wait_set.wait(timeout_ns)
             ready = wait_set.get_ready_entities("subscription")
             for sub, handler in self._entries:
-                if sub.handle.pointer not in ready:
-                    continue
-                with sub.handle:
-                    while (taken := sub.handle.take_message(sub.msg_type, sub.raw)) is not None:
-                        handler(taken[0], taken[1])
+                if sub.handle.pointer in ready:
+                    for msg, info in take_all(sub):
+                        handler(msg, info)
 
     def stop(self) -> None:
         """End :meth:`run` (from any thread)."""
@@ -100,5 +101,5 @@ def node_subscription(node: Node, msg_type: Any, topic: str, qos: Any, raw: bool
     return node.create_subscription(msg_type, topic, _never_called, qos, raw=raw)
 
 
-def _never_called_guard() -> None:  # pragma: no cover - the helper node is never spun
-    raise RuntimeError("a receiver's guard condition callback must not run: its node must not be spun")
+def _never_called(*args: Any) -> None:  # pragma: no cover - the helper nodes are never spun
+    raise RuntimeError("a polled subscription's or receiver's callback ran: its node must not be spun")
