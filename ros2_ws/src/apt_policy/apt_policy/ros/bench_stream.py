@@ -17,18 +17,19 @@ RUNNING, ``--ticks`` commands are measured at fake_franka:
 Jitter is given three ways, all measured in the fake_franka process: when its command handler ran
 (what a Python controller would see; includes its own reception delay), when its DDS layer
 received each command (the RMW's reception timestamp: the stream as it reaches the robot's process,
-without this Python process's executor delay), and the sender's write time carried with each sample (the
+without this Python process's own delay), and the sender's write time carried with each sample (the
 node's publishing regularity). The delay from reception to the handler (p99 / max) is fake_franka's own.
 
-The node's own view (loop lateness p99, ticks its loop skipped during the window, inference p50) comes from
-its ~/status and /diagnostics.
+The node's own view (loop lateness p99, ticks its loop skipped, inference p50) comes from its ~/status and
+/diagnostics; its skipped ticks are counted from its last status before the window to its last one ~1 s
+after it, so a skip just outside the window can show there and not at fake_franka.
 
 Machine stalls: unless ``--no-probe``, ``apt_policy.control.stall_probe`` runs beside the three processes
 (one SCHED_FIFO 99 process per CPU waking every 5 ms: any stall of 7 ms or more is seen, and a missed tick
 needs one of 10 ms; 3 interleaved pairs of runs with and without it differed no more than runs do). Its
-wake-ups later than 2 ms during the window are machine stalls (on a VM
-usually the hypervisor taking a virtual CPU); a gap at fake_franka with such a stall in its late part
-coincided with one, a gap without was the software's own.
+wake-ups later than 2 ms during the window are machine stalls (on a VM usually the hypervisor taking a
+virtual CPU); a gap at fake_franka with such a stall in its late part coincided with one, a gap without was
+the software's own or fell between the probe's wake-ups.
 
 Model: ``--model`` or the cached demo export (``apt_policy.ros.demo_model``).
 """
@@ -65,7 +66,7 @@ class StreamResult:
     missed_ticks: int
     gaps: int
     node_lateness_p99_ms: float
-    node_missed_ticks: int  # skipped by the node's loop during the measured window
+    node_missed_ticks: int  # skipped by the node's loop from just before the window to ~1 s after it
     node_tick_compute_p99_ms: float
     inference_p50_ms: float
     chunks: int
@@ -266,12 +267,13 @@ def run_rate(
     sent = np.array(data.get("sent", {}).get(TRAJECTORY_TOPIC, []))
     if received.size == times.size and sent.size == times.size and np.all(received[window] > 0):
         dds = arrival_stats(received[window], 1.0 / rate)
+        at_sender = arrival_stats(sent[window], 1.0 / rate)
         rmw = {
             "dds_jitter_p50_ms": dds["jitter_p50_ms"],
             "dds_jitter_p99_ms": dds["jitter_p99_ms"],
             "dds_jitter_max_ms": dds["jitter_max_ms"],
-            "sent_jitter_p99_ms": arrival_stats(sent[window], 1.0 / rate)["jitter_p99_ms"],
-            "sent_jitter_max_ms": arrival_stats(sent[window], 1.0 / rate)["jitter_max_ms"],
+            "sent_jitter_p99_ms": at_sender["jitter_p99_ms"],
+            "sent_jitter_max_ms": at_sender["jitter_max_ms"],
         }
     handled = np.array(data.get("handled", {}).get(TRAJECTORY_TOPIC, []))
     if handled.size == times.size and received.size == times.size:
