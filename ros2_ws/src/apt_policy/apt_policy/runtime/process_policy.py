@@ -5,7 +5,9 @@ Model pre/post-processing and the backend's Python glue hold it for stretches th
 (measured in docs/NODE.md); a child process has its own interpreter, so the stream thread of the node only
 ever waits on the light executor work. Images travel through a shared memory file (``/dev/shm``), copied
 in with NumPy (which releases the GIL for large copies: ~0.03 ms per 640x480 frame); pickling them into the
-socket instead would hold the GIL for the whole copy. The socket carries only shapes, state and text.
+socket instead would hold the GIL for the whole copy. The socket carries only shapes, state and text. The
+child unlinks the file once it has mapped it (both mappings stay valid), so a parent that dies without
+closing leaves nothing behind in ``/dev/shm``.
 
 The child is a fresh interpreter (``python -m apt_policy.runtime.inference_child FD``: no copied threads or
 middleware state of the parent, and unlike multiprocessing's ``spawn`` it never re-imports the caller's main
@@ -28,6 +30,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping
+from itertools import count
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -104,6 +107,7 @@ class ProcessPolicy:
             request = (
                 "predict",
                 self._arena.path,
+                self._arena.generation,
                 self._arena.size,
                 layout,
                 np.asarray(state),
@@ -185,10 +189,14 @@ class ProcessPolicy:
 
 
 class _ImageArena:
-    """A shared memory file the parent writes images into; the child maps the same file (read only)."""
+    """A shared memory file the parent writes images into; the child maps the same file (read only) and
+    unlinks it. ``generation`` tells arenas apart (a freed file name can be handed out again)."""
+
+    _generations = count()
 
     def __init__(self, size: int) -> None:
         directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.generation = next(self._generations)
         fd, self.path = tempfile.mkstemp(prefix="apt_images_", dir=directory)
         try:
             os.ftruncate(fd, size)
@@ -211,26 +219,29 @@ class _ImageArena:
         with contextlib.suppress(BufferError):
             self._map.close()
         with contextlib.suppress(OSError):
-            os.unlink(self.path)
+            os.unlink(self.path)  # already gone once the child has mapped it
 
 
 class _ArenaReader:
-    """The child's read-only mapping of the parent's current arena (re-mapped when the parent replaces it)."""
+    """The child's read-only mapping of the parent's current arena (re-mapped when the parent replaces it;
+    the file is unlinked as soon as it is mapped)."""
 
     def __init__(self) -> None:
-        self.path: str | None = None
+        self.generation: int | None = None
         self._map: mmap.mmap | None = None
 
     def views(
-        self, path: str, size: int, layout: list[tuple[str, tuple[int, ...], str, int]]
+        self, path: str, generation: int, size: int, layout: list[tuple[str, tuple[int, ...], str, int]]
     ) -> dict[str, np.ndarray]:
-        if path != self.path:
+        if generation != self.generation:
             if self._map is not None:
                 with contextlib.suppress(BufferError):
                     self._map.close()
             with open(path, "rb") as f:
                 self._map = mmap.mmap(f.fileno(), size, prot=mmap.PROT_READ)
-            self.path = path
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            self.generation = generation
         return {
             name: np.ndarray(shape, np.dtype(dtype), buffer=self._map, offset=offset)
             for name, shape, dtype, offset in layout
@@ -269,8 +280,8 @@ def serve(conn: Connection) -> None:
             return
         try:
             if kind == "predict":
-                _, path, size, layout, state, instruction, noise = request
-                images = arena.views(path, size, layout)
+                _, path, generation, size, layout, state, instruction, noise = request
+                images = arena.views(path, generation, size, layout)
                 conn.send(("ok", np.asarray(policy.predict(images, state, instruction, noise))))
             elif kind == "warmup":
                 policy.warmup()
