@@ -266,7 +266,10 @@ def test_camera_publishes_rgb_frames_that_follow_the_arm(processes: Any, probe: 
     # The camera draws the newest joint state it has received; on a loaded machine (the full suite) its
     # first frames after the move can still show the old pose, so wait for one that does not (10 s).
     count = len(probe.images)
-    moved = lambda: len(probe.images) > count + 2 and changed() > 0.01  # noqa: E731
+
+    def moved() -> bool:
+        return len(probe.images) > count + 2 and changed() > 0.01
+
     probe.spin_until(moved, 10.0, "a frame showing the moved arm (>1% of the pixels changed)")
 
 
