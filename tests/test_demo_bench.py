@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from apt_export import bench_all
+from apt_policy.bench import report as bench_all
 
 
 def _results() -> dict:

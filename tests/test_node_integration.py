@@ -65,7 +65,7 @@ def trained_model_dir() -> Path:
     override = os.environ.get("APT_TEST_MODEL")
     if override:
         return Path(override)
-    from apt_policy.ros.demo_model import demo_bundle_is_cached, ensure_demo_export
+    from apt_policy.demo.model_cache import demo_bundle_is_cached, ensure_demo_export
 
     if not demo_bundle_is_cached():
         pytest.skip(

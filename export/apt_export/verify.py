@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from apt_policy.model.bundle import load_bundle
-from apt_policy.model.policy import APTPolicy
 from apt_policy.runtime.manifest import load_manifest
 from apt_policy.runtime.onnx_backend import OnnxRuntimePolicy
+from apt_policy.runtime.torch_backend import APTPolicy
 from tqdm import tqdm
 
 from .onnx_export import example_inputs

@@ -135,8 +135,8 @@ def test_results_are_not_aliased_and_threads_do_not_mix(exported_pi: tuple[Path,
 def test_corrupt_graph_with_matching_hash_and_wrong_graph_shapes_are_clear(
     exported_pi: tuple[Path, Path], tmp_path: Path
 ):
-    from apt_policy.runtime.inputs import InferenceError
     from apt_policy.runtime.manifest import Manifest, load_manifest, sha256_file
+    from apt_policy.runtime.policy import InferenceError
 
     _, out = exported_pi
     policy = load_policy(out, "onnxruntime")

@@ -60,6 +60,8 @@ setup(
             "pytest>=8",
             "pytest-timeout>=2.3",
             "ruff>=0.6",
+            "import-linter>=2.1",
+            "mypy>=1.10",
             "vermin>=1.6",
             "transformers>=5.23,<6",
             "pillow>=10",
@@ -82,13 +84,13 @@ setup(
         "console_scripts": [
             # venv console scripts
             "apt-policy-node = apt_policy.ros.policy_node:main",
-            "apt-fake-franka = apt_policy.ros.fake_franka:main",
-            "apt-fake-camera = apt_policy.ros.fake_camera:main",
+            "apt-fake-franka = apt_policy.sim.fake_franka:main",
+            "apt-fake-camera = apt_policy.sim.fake_camera:main",
             "apt-train = apt_policy.training.cli:main",
             # `ros2 run apt_policy <executable>` names
             "policy_node = apt_policy.ros.policy_node:main",
-            "fake_franka = apt_policy.ros.fake_franka:main",
-            "fake_camera = apt_policy.ros.fake_camera:main",
+            "fake_franka = apt_policy.sim.fake_franka:main",
+            "fake_camera = apt_policy.sim.fake_camera:main",
         ],
     },
 )

@@ -108,11 +108,11 @@ def control_rate_of(params_file: Path) -> float:
 
 def obtain_model(opts: DemoOptions) -> tuple[Path, Path, dict[str, Any]]:
     """(bundle, export dir, training evaluation) from the cache, training/exporting on first use."""
-    from apt_policy.ros import demo_model
+    from apt_policy.demo import model_cache
 
     t = time.monotonic()
     try:
-        bundle, export = demo_model.ensure_demo_model(opts.cache, verbose=True)  # trains + exports if needed
+        bundle, export = model_cache.ensure_demo_model(opts.cache, verbose=True)  # trains + exports if needed
         opts.timings["model_and_export_s"] = time.monotonic() - t
         _header(2, 5, "export: apt-export onnx (cached with the bundle) + apt-export verify")
     except subprocess.CalledProcessError as exc:
@@ -355,7 +355,7 @@ def ros_environment(out: Path, domain_id: int | None) -> dict[str, str]:
 def run_episodes(
     plans: list[EpisodePlan], export: Path, params_file: Path, opts: DemoOptions, procs: ManagedProcesses
 ) -> list[EpisodeRecording]:
-    from apt_policy.demo.probe import DemoProbe
+    from apt_policy.sim.probe import DemoProbe
 
     probe = DemoProbe(video_fps=opts.video_fps)
     try:

@@ -10,10 +10,9 @@ the ROS node uses so that inference never holds its command stream's GIL).
 The ONNX Runtime and TensorRT backends never import torch.
 """
 
-from .inputs import InferenceError
 from .load import BACKENDS, BackendUnavailableError, detect_kind, load_policy
 from .manifest import IntegrityError, Manifest, ManifestError, load_manifest
-from .policy import Policy, PolicyInfo
+from .policy import InferenceError, Policy, PolicyInfo
 from .process_policy import ProcessPolicy
 
 __all__ = [

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -17,10 +16,7 @@ from ..core.config import PolicyConfig
 from ..core.normalize import Normalizer
 from ..core.preprocess import ImagePreprocessor, InstructionTokenizer, PreprocessError
 from .manifest import Manifest, ManifestError
-
-
-class InferenceError(RuntimeError):
-    """A backend produced unusable output (non-finite actions, wrong shape): the caller must HOLD."""
+from .policy import InferenceError
 
 
 @dataclass(frozen=True)
@@ -105,44 +101,3 @@ class ObservationEncoder:
         if not np.all(np.isfinite(actions)):
             raise InferenceError("backend returned non-finite actions")
         return actions
-
-
-class GraphPolicy:
-    """What every graph backend shares: encode -> ``run`` the graphs -> decode, one prediction at a time.
-
-    Subclasses set ``encoder``, ``config``, ``_info`` and ``_lock`` and implement ``run`` (graph inputs ->
-    normalised actions).
-    """
-
-    warmup_iterations = 2
-    encoder: ObservationEncoder
-    config: PolicyConfig
-    _info: Any
-    _lock: Any
-
-    @property
-    def info(self) -> Any:
-        return self._info
-
-    def run(self, pixel_values, input_ids, text_mask, state, noise) -> np.ndarray:  # pragma: no cover
-        raise NotImplementedError
-
-    def predict(
-        self,
-        images: Mapping[str, np.ndarray],
-        state: np.ndarray,
-        instruction: str,
-        noise: np.ndarray | None = None,
-    ) -> np.ndarray:
-        """(horizon, action_dim) actions in robot units; raises PreprocessError / InferenceError."""
-        with self._lock:  # the encoder's and the graphs' buffers are reused: one prediction at a time
-            x = self.encoder.encode(images, state, instruction, noise)
-            return self.encoder.decode(self.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise))
-
-    def warmup(self, iterations: int | None = None) -> None:
-        """Run the graphs on synthetic inputs so the first real prediction is not slow."""
-        h, w = self.config.image_size
-        images = {c: np.zeros((h, w, 3), np.uint8) for c in self.config.cameras}
-        state = self.encoder.normalizer.state.mean.astype(np.float32)
-        for _ in range(self.warmup_iterations if iterations is None else iterations):
-            self.predict(images, state, "", np.zeros(self.encoder.noise_shape[1:], np.float32))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .inputs import GraphPolicy, InferenceError, ObservationEncoder
+from .inputs import ObservationEncoder
 from .manifest import Manifest, ManifestError, TensorSpec, load_manifest
-from .policy import PolicyInfo
+from .policy import GraphPolicy, InferenceError, PolicyInfo
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 

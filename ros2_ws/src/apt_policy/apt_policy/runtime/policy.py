@@ -1,14 +1,19 @@
-"""The Policy contract every backend satisfies, and the description it carries (PolicyInfo)."""
+"""The Policy contract every backend satisfies, the description it carries (PolicyInfo), the error a backend
+raises for unusable output (InferenceError) and what every graph backend shares (GraphPolicy)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..core.config import ActionSemantics, PolicyConfig
+
+if TYPE_CHECKING:
+    from .inputs import ObservationEncoder
 
 
 @dataclass(frozen=True)
@@ -66,3 +71,55 @@ class Policy(Protocol):
     ) -> np.ndarray: ...
 
     def warmup(self) -> None: ...
+
+
+class InferenceError(RuntimeError):
+    """A backend produced unusable output (non-finite actions, wrong shape): the caller must HOLD."""
+
+
+class GraphPolicy:
+    """What every graph backend shares: encode -> ``run`` the graphs -> decode, one prediction at a time.
+
+    Subclasses set ``encoder``, ``config``, ``_info`` and ``_lock`` and implement ``run`` (graph inputs ->
+    normalised actions).
+    """
+
+    warmup_iterations = 2
+    encoder: ObservationEncoder
+    config: PolicyConfig
+    _info: PolicyInfo
+    _lock: threading.Lock
+
+    @property
+    def info(self) -> PolicyInfo:
+        return self._info
+
+    def run(  # pragma: no cover
+        self,
+        pixel_values: np.ndarray,
+        input_ids: np.ndarray,
+        text_mask: np.ndarray,
+        state: np.ndarray,
+        noise: np.ndarray,
+    ) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict(
+        self,
+        images: Mapping[str, np.ndarray],
+        state: np.ndarray,
+        instruction: str,
+        noise: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """(horizon, action_dim) actions in robot units; raises PreprocessError / InferenceError."""
+        with self._lock:  # the encoder's and the graphs' buffers are reused: one prediction at a time
+            x = self.encoder.encode(images, state, instruction, noise)
+            return self.encoder.decode(self.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise))
+
+    def warmup(self, iterations: int | None = None) -> None:
+        """Run the graphs on synthetic inputs so the first real prediction is not slow."""
+        h, w = self.config.image_size
+        images = {c: np.zeros((h, w, 3), np.uint8) for c in self.config.cameras}
+        state = self.encoder.normalizer.state.mean.astype(np.float32)
+        for _ in range(self.warmup_iterations if iterations is None else iterations):
+            self.predict(images, state, "", np.zeros(self.encoder.noise_shape[1:], np.float32))

@@ -37,8 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import InferenceError
-from .policy import PolicyInfo
+from .policy import InferenceError, PolicyInfo
 
 START_TIMEOUT_S = 300.0  # loading (TensorRT engines, torch) can take a while on a Jetson
 CLOSE_TIMEOUT_S = 5.0

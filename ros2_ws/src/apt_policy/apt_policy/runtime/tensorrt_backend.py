@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import GraphPolicy, InferenceError, ObservationEncoder
+from .inputs import ObservationEncoder
 from .manifest import Manifest, ManifestError, load_manifest
-from .policy import PolicyInfo
+from .policy import GraphPolicy, InferenceError, PolicyInfo
 from .trt_plan import Buffer, buffer_plan, check_engine_compatible
 
 log = logging.getLogger(__name__)

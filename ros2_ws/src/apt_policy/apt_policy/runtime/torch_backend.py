@@ -1,14 +1,78 @@
-"""torch backend: the bundle's APTPolicy itself (imports torch and the model lazily, only here)."""
+"""torch backend: APTPolicy, the bundle's PyTorch model behind the Policy contract.
+
+Input validation, preprocessing, tokenisation, noise and (un)normalisation are the runtime's
+``ObservationEncoder``, shared with the ONNX Runtime and TensorRT backends, so backends differ only in how
+the graphs run. This module imports torch: ``load_policy`` imports it only when ``backend == "torch"``.
+"""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
-from .policy import Policy
+import numpy as np
+import torch
+
+from ..core.config import PolicyConfig
+from ..core.normalize import Normalizer
+from ..model.apt import APTModel
+from ..model.bundle import load_bundle
+from .inputs import ObservationEncoder
+from .policy import GraphPolicy, Policy, PolicyInfo
 
 
 def load_torch_policy(path: str | Path, seed: int | None = None, device: str = "cpu") -> Policy:
     """APTPolicy.from_bundle (validates config, weights, norm stats, tokenizer)."""
-    from ..model.policy import APTPolicy
-
     return APTPolicy.from_bundle(path, seed=seed, device=device)
+
+
+class APTPolicy(GraphPolicy):
+    """images + state + instruction -> action chunk (horizon, action_dim) in robot units.
+
+    ``predict`` and ``warmup`` are the runtime's ``GraphPolicy``: validation, preprocessing, noise and
+    (un)normalisation by the same ``ObservationEncoder`` the ONNX Runtime and TensorRT backends use; only
+    running the graphs (:meth:`run`) is torch here.
+    """
+
+    warmup_iterations = 1
+
+    def __init__(
+        self,
+        model: APTModel,
+        normalizer: Normalizer,
+        tokenizer: str | Path,
+        seed: int | None = None,
+        device: str = "cpu",
+    ) -> None:
+        self.config: PolicyConfig = model.config
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.normalizer = normalizer
+        self.encoder = ObservationEncoder(self.config, normalizer, tokenizer, seed)
+        self._lock = threading.Lock()  # the encoder's buffers are reused: one prediction at a time
+        self._info = PolicyInfo.from_config(self.config, backend="torch")
+
+    @classmethod
+    def from_bundle(cls, path: str | Path, seed: int | None = None, device: str = "cpu") -> APTPolicy:
+        """Load and validate a bundle directory (see model/bundle.py for the checks)."""
+        bundle = load_bundle(path)
+        return cls(bundle.model, bundle.normalizer, bundle.tokenizer_path, seed=seed, device=device)
+
+    @torch.inference_mode()
+    def run(
+        self,
+        pixel_values: np.ndarray,
+        input_ids: np.ndarray,
+        text_mask: np.ndarray,
+        state: np.ndarray,
+        noise: np.ndarray,
+    ) -> np.ndarray:
+        """The model on encoded inputs -> normalised actions (GraphPolicy.predict encodes and decodes)."""
+        dev = self.device
+        prefix = self.model.encode_prefix(
+            torch.from_numpy(pixel_values).to(dev),
+            torch.from_numpy(input_ids.copy()).to(dev),  # the tokenizer's cached arrays are read-only
+            torch.from_numpy(text_mask.copy()).to(dev),
+        )
+        actions = self.model.sample(*prefix, torch.from_numpy(state).to(dev), torch.from_numpy(noise).to(dev))
+        return actions.cpu().numpy()

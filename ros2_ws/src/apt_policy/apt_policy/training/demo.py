@@ -29,8 +29,8 @@ from ..core.config import ActionSemantics, ExpertConfig, PolicyConfig
 from ..core.preprocess import ImagePreprocessor, InstructionTokenizer
 from ..model.apt import build_backbone
 from ..model.backbone import Qwen3VLBackboneConfig
-from ..model.policy import APTPolicy
 from ..model.presets import tiny_policy_config
+from ..runtime.torch_backend import APTPolicy
 from ..tasks.dataset import DemoConfig, DemoDataset, episode_seed, generate_dataset, scene_of_episode
 from .evaluate import evaluate, summary_line
 from .grounding import GroundingConfig, pretrain_grounding

@@ -12,8 +12,8 @@ from apt_policy.core.normalize import Normalizer
 from apt_policy.core.preprocess import PreprocessError, build_word_tokenizer
 from apt_policy.model.apt import APTModel
 from apt_policy.model.bundle import BundleError, load_bundle, save_bundle
-from apt_policy.model.policy import APTPolicy
 from apt_policy.model.presets import tiny_policy_config
+from apt_policy.runtime.torch_backend import APTPolicy
 from safetensors.torch import load_file, save_file
 
 

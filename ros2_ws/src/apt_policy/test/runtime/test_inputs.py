@@ -11,11 +11,11 @@ import pytest
 from apt_policy.core.config import ActionSemantics, ExpertConfig, PolicyConfig
 from apt_policy.core.normalize import Normalizer
 from apt_policy.core.preprocess import PreprocessError, build_word_tokenizer
-from apt_policy.runtime.inputs import InferenceError, ObservationEncoder
+from apt_policy.runtime.inputs import ObservationEncoder
 from apt_policy.runtime.load import detect_kind
 from apt_policy.runtime.manifest import ManifestError
 from apt_policy.runtime.onnx_backend import choose_providers
-from apt_policy.runtime.policy import PolicyInfo
+from apt_policy.runtime.policy import InferenceError, PolicyInfo
 
 
 def _config() -> PolicyConfig:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from apt_policy.model.policy import APTPolicy
+from apt_policy.runtime.torch_backend import APTPolicy
 from apt_policy.tasks.dataset import DemoConfig, generate_dataset
 from apt_policy.training.cli import main
 from apt_policy.training.trainer import latest_checkpoint

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from apt_policy.ros.bench_stream import arrival_stats, format_table
+from apt_policy.bench.stream import arrival_stats, format_table
 
 
 def test_perfect_stream() -> None:
@@ -29,7 +29,7 @@ def test_dropped_commands_are_missed() -> None:
 
 
 def test_table_has_a_row_per_rate() -> None:
-    from apt_policy.ros.bench_stream import StreamResult
+    from apt_policy.bench.stream import StreamResult
 
     r = StreamResult(100.0, 6000, 99.9, 0.1, 0.5, 2.0, 0, 0, 0.3, 0.4, 12.0, 300, 7)
     table = format_table([r, r])

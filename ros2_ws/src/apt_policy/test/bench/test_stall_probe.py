@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from apt_policy.control.stall_probe import LatenessHistogram, load, probe, stalls_overlapping
-from apt_policy.ros.bench_stream import gaps_with_stall
+from apt_policy.bench.stall_probe import LatenessHistogram, load, probe, stalls_overlapping
+from apt_policy.bench.stream import gaps_with_stall
 
 
 class SimClock:
@@ -87,7 +87,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_tool_sees_its_processes_stopped(tmp_path: Path) -> None:
     out = tmp_path / "stalls.json"
-    cmd = [sys.executable, "-m", "apt_policy.control.stall_probe", "--out", str(out), "--priority", "0"]
+    cmd = [sys.executable, "-m", "apt_policy.bench.stall_probe", "--out", str(out), "--priority", "0"]
     cmd += ["--threshold-ms", "20"]
     proc = subprocess.Popen(cmd)
     try:

@@ -1,6 +1,6 @@
 """``make bench``: inference, control and pre-processing benchmarks -> bench_out/report.md (+ PNGs).
 
-    python -m apt_export.bench_all [--out bench_out] [--iters 30] [--deploy-iters 2] [--stream-ticks 1500]
+    python -m apt_policy.bench.report [--out bench_out] [--iters 30] [--deploy-iters 2] [--stream-ticks 1500]
 
 Sections (each prints a header and shows progress):
 
@@ -12,7 +12,7 @@ Sections (each prints a header and shows progress):
                            counted on the meta device, PyTorch latency over a few runs when memory allows
 3. pre-processing          two 640x480 rgb8 sensor_msgs/Image -> model tensors with the node's own functions
                            (``apt_policy.ros.conversions.image_to_rgb`` + the runtime's ObservationEncoder)
-4. control                 ``python -m apt_policy.ros.bench_stream`` (commands measured at the simulated arm)
+4. control                 ``python -m apt_policy.bench.stream`` (commands measured at the simulated arm)
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add, matmuls and
 convolutions) over one full inference (prefix + every flow step); achieved FLOP/s = FLOPs / p50 latency.
@@ -47,8 +47,8 @@ same benchmarks on the robot computer (Jetson, JetPack 6) or a workstation GPU:
     apt-export onnx --bundle BUNDLE --out export/           # on the training machine
     apt-export trt  --onnx export/ --out engines/ --precision fp16
     apt-bench --model engines/ --backend tensorrt --vs onnxruntime --vs-model export/ --iters 200
-    python -m apt_policy.ros.bench_stream --model engines/ --rates 100 200 500 1000
-    python -m apt_export.bench_all --model-bundle BUNDLE --model-export engines/   # this report
+    python -m apt_policy.bench.stream --model engines/ --rates 100 200 500 1000
+    python -m apt_policy.bench.report --model-bundle BUNDLE --model-export engines/   # this report
 
 (see docs/DEPLOY.md for the Jetson's power mode and clocks: fix them before measuring)."""
 
@@ -149,6 +149,7 @@ def deployment_config() -> Any:
 def bench_deployment(iters: int, threads: int, min_free_gb: float) -> dict[str, Any]:
     """Parameters and FLOPs (meta device), and PyTorch latency with random weights if memory allows."""
     import torch
+
     from apt_policy.model.apt import APTModel
 
     torch.set_num_threads(threads)
@@ -213,7 +214,8 @@ def bench_deployment(iters: int, threads: int, min_free_gb: float) -> dict[str, 
 def bench_demo_model(bundle: Path, export: Path, iters: int, threads: int, workdir: Path) -> dict[str, Any]:
     """apt-bench torch vs onnxruntime (subprocess), plus FLOPs of one inference of the bundle."""
     import torch
-    from apt_policy.model.policy import APTPolicy
+
+    from apt_policy.runtime.torch_backend import APTPolicy
 
     json_path = workdir / "apt_bench_demo.json"
     cmd = [
@@ -314,7 +316,7 @@ STREAM_PRIORITY, ROBOT_PRIORITY = 50, 60
 
 def bench_control(export: Path, ticks: int, rates: Sequence[float], workdir: Path) -> list[dict[str, Any]]:
     json_path = workdir / "bench_stream.json"
-    cmd = [sys.executable, "-m", "apt_policy.ros.bench_stream", "--model", str(export), "--ticks", str(ticks)]
+    cmd = [sys.executable, "-m", "apt_policy.bench.stream", "--model", str(export), "--ticks", str(ticks)]
     cmd += ["--rates", *(f"{r:g}" for r in rates), "--json", str(json_path)]
     # As on the robot: the stream thread and the simulated controller real-time (where not permitted, the
     # processes log a warning and run with normal scheduling).
@@ -482,13 +484,13 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
     stream = results.get("control")
     if stream:
         lines += [
-            "## Control: command stream at the simulated arm (`python -m apt_policy.ros.bench_stream`)",
+            "## Control: command stream at the simulated arm (`python -m apt_policy.bench.stream`)",
             "",
             "Policy node (ONNX Runtime, inference back to back) -> JointTrajectory -> fake_franka over DDS on"
             " loopback; arrivals timed at the receiver. Node `realtime_priority:"
             f" {STREAM_PRIORITY}`, fake_franka `realtime_priority: {ROBOT_PRIORITY}` (SCHED_FIFO where"
             " permitted). Machine stalls: wake-ups of a SCHED_FIFO 99 probe on each CPU later than 2 ms"
-            " (`apt_policy.control.stall_probe`); a gap (> 1.5 periods) with one in it was not the"
+            " (`apt_policy.bench.stall_probe`); a gap (> 1.5 periods) with one in it was not the"
             " software's.",
             "",
             "| rate Hz | commands | achieved Hz | jitter p50 ms | p99 ms | max ms | missed"
@@ -532,7 +534,7 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m apt_export.bench_all",
+        prog="python -m apt_policy.bench.report",
         description="Inference, pre-processing and control benchmarks -> <out>/report.md and bench.png.",
     )
     p.add_argument("--out", type=Path, default=Path("bench_out"), help="output directory (default bench_out)")
@@ -573,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         _header(1, total, "inference: demo model, torch vs onnxruntime (apt-bench)")
         if bundle is None or export is None:
-            from apt_policy.ros.demo_model import ensure_demo_model
+            from apt_policy.demo.model_cache import ensure_demo_model
 
             cached_bundle, cached_export = ensure_demo_model()
             bundle, export = bundle or cached_bundle, export or cached_export

@@ -1,6 +1,6 @@
 """fake_franka: a simulated FR3 behind the topics of franka_ros2 + ros2_controllers (for tests and demos).
 
-The arm logic is :class:`apt_policy.robots.sim_arm.SimArm` (JTC semantics, forward position controller,
+The arm logic is :class:`apt_policy.sim.arm.SimArm` (JTC semantics, forward position controller,
 limit-saturated tracking, violation counting); this node only moves messages and owns the physics thread.
 
 Subscribes (topic names are parameters):
@@ -46,10 +46,10 @@ from trajectory_msgs.msg import JointTrajectory
 
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
 from apt_policy.robots.franka import get_profile
-from apt_policy.robots.sim_arm import ArrivalLog, SimArm
 from apt_policy.ros.polling import SubscriptionReceiver
 from apt_policy.ros.qos import EVENTS, LATCHED
 from apt_policy.ros.spin import spin_node
+from apt_policy.sim.arm import ArrivalLog, SimArm
 
 _PARAMS: tuple[tuple[str, Any, str], ...] = (
     ("robot", "fr3", "Robot profile: fr3 | panda (joint names, limits, ready pose)."),

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 from apt_policy.robots.franka import FR3
-from apt_policy.robots.sim_arm import ArrivalLog, SimArm
+from apt_policy.sim.arm import ArrivalLog, SimArm
 
 NAMES = list(FR3.joint_names)
 DT = 1e-3

@@ -7,7 +7,7 @@ milliseconds coincides with a machine-level stall (the hypervisor taking the vir
 a higher-priority task), which no code in the measured processes could have avoided; a late command with no
 probe stall around it was the code's own doing.
 
-    python -m apt_policy.control.stall_probe --out stalls.json [--priority 99] [--period-ms 1]
+    python -m apt_policy.bench.stall_probe --out stalls.json [--priority 99] [--period-ms 1]
         [--threshold-ms 2] [--duration 0]
 
 Runs until SIGTERM / SIGINT (or ``--duration`` s) and writes JSON: per CPU the wake-ups, the lateness p99
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             [
                 sys.executable,
                 "-m",
-                "apt_policy.control.stall_probe",
+                "apt_policy.bench.stall_probe",
                 "--out",
                 str(part),
                 "--cpu",

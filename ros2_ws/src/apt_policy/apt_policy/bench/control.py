@@ -1,6 +1,6 @@
 """Benchmark of the control core: cost of a tick and a look-ahead, and real-clock loop timing. Prints figures.
 
-    python -m apt_policy.control.benchmark [--robot fr3] [--ticks 5000] [--rate 100] [--loop-seconds 2]
+    python -m apt_policy.bench.control [--robot fr3] [--ticks 5000] [--rate 100] [--loop-seconds 2]
 
 Timing goals are judged here (figures measured in one run), never in tests.
 """

@@ -1,6 +1,6 @@
 """Streaming benchmark: how regularly do the node's commands reach the robot while inference runs?
 
-    python -m apt_policy.ros.bench_stream [--model DIR] [--rates 50 100 200] [--ticks 6000] [--json FILE]
+    python -m apt_policy.bench.stream [--model DIR] [--rates 50 100 200] [--ticks 6000] [--json FILE]
 
 For each rate, three processes on a private ROS domain: ``apt-fake-franka`` (records the receive time of
 every command on the monotonic clock, ``arrival_log``), ``apt-fake-camera`` (640x480 rgb8 at 30 Hz) and
@@ -24,14 +24,14 @@ The node's own view (loop lateness p99, ticks its loop skipped, inference p50) c
 /diagnostics; its skipped ticks are counted from its last status before the window to its last one ~1 s
 after it, so a skip just outside the window can show there and not at fake_franka.
 
-Machine stalls: unless ``--no-probe``, ``apt_policy.control.stall_probe`` runs beside the three processes
+Machine stalls: unless ``--no-probe``, ``apt_policy.bench.stall_probe`` runs beside the three processes
 (one SCHED_FIFO 99 process per CPU waking every 5 ms: any stall of 7 ms or more is seen, and a missed tick
 needs one of 10 ms; 3 interleaved pairs of runs with and without it differed no more than runs do). Its
 wake-ups later than 2 ms during the window are machine stalls (on a VM usually the hypervisor taking a
 virtual CPU); a gap at fake_franka with such a stall in its late part coincided with one, a gap without was
 the software's own or fell between the probe's wake-ups.
 
-Model: ``--model`` or the cached demo export (``apt_policy.ros.demo_model``).
+Model: ``--model`` or the cached demo export (``apt_policy.demo.model_cache``).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class StreamResult:
     handler_delay_p99_ms: float = float("nan")
     handler_delay_max_ms: float = float("nan")
     node_send_lateness_p99_ms: float = float("nan")  # the node's send time - deadline (its own clock)
-    # The stall probe (apt_policy.control.stall_probe) during the measured window: wake-ups of a SCHED_FIFO 99
+    # The stall probe (apt_policy.bench.stall_probe) during the measured window: wake-ups of a SCHED_FIFO 99
     # process per CPU later than its threshold (machine stalls), and how many of the gaps > 1.5 periods at
     # fake_franka had such a stall during their late part. NaN / -1: no probe.
     machine_stalls: int = -1
@@ -92,7 +92,7 @@ class StreamResult:
 def gaps_with_stall(times: np.ndarray, period: float, stalls: list[tuple[float, float]]) -> tuple[int, int]:
     """(gaps longer than 1.5 ``period`` in ``times``, how many of them overlap a stall (start, length) during
     their late part: from one period after the previous arrival to the late arrival)."""
-    from apt_policy.control.stall_probe import stalls_overlapping
+    from apt_policy.bench.stall_probe import stalls_overlapping
 
     times = np.asarray(times, dtype=np.float64)
     late = np.flatnonzero(np.diff(times) > 1.5 * period)
@@ -234,7 +234,7 @@ def run_rate(
         ),
     ]  # fmt: skip
     if probe_priority is not None:
-        probe_cmd = [sys.executable, "-m", "apt_policy.control.stall_probe", "--out", str(stalls_file)]
+        probe_cmd = [sys.executable, "-m", "apt_policy.bench.stall_probe", "--out", str(stalls_file)]
         probe_cmd += ["--priority", str(probe_priority), "--period-ms", str(PROBE_PERIOD_MS)]
         procs.append(subprocess.Popen(probe_cmd, env=env))
     watcher = _Watcher()
@@ -281,7 +281,7 @@ def run_rate(
         rmw["handler_delay_p99_ms"] = float(np.percentile(delay, 99))
         rmw["handler_delay_max_ms"] = float(delay.max())
     if stalls_file.exists():
-        from apt_policy.control.stall_probe import load, stalls_overlapping
+        from apt_policy.bench.stall_probe import load, stalls_overlapping
 
         stalls = [stall for cpu in load(stalls_file) for stall in cpu.stalls]
         measured = stalls_overlapping(stalls, times[window][0], times[window][-1])
@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     from apt_policy.runtime.manifest import load_manifest
 
     if args.model is None:
-        from apt_policy.ros.demo_model import ensure_demo_export
+        from apt_policy.demo.model_cache import ensure_demo_export
 
         args.model = ensure_demo_export()
     horizon = int(load_manifest(args.model, verify=False).config["horizon"])

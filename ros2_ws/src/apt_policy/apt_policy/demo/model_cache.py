@@ -109,7 +109,7 @@ def _build_bundle(root: Path, verbose: bool) -> Path:
     bundle_root = root / "bundle"
     if not _has_bundle(bundle_root):
         if verbose:
-            print(f"[demo_model] training the demo policy into {bundle_root} (cached afterwards)", flush=True)
+            print(f"[model_cache] training the demo policy into {bundle_root} (then cached)", flush=True)
         shutil.rmtree(bundle_root, ignore_errors=True)  # a half-finished run of older code
         out = None if verbose else subprocess.DEVNULL
         subprocess.run([_tool("apt-train"), "demo", "--out", str(bundle_root)], check=True, stdout=out)
@@ -157,7 +157,7 @@ def ensure_demo_model(cache: Path | None = None, verbose: bool = True) -> tuple[
         tmp = root / "onnx.partial"
         shutil.rmtree(tmp, ignore_errors=True)
         if verbose:
-            print(f"[demo_model] exporting {bundle} to ONNX", flush=True)
+            print(f"[model_cache] exporting {bundle} to ONNX", flush=True)
         subprocess.run(
             [_tool("apt-export"), "onnx", "--bundle", str(bundle), "--out", str(tmp)], check=True, stdout=out
         )
