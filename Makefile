@@ -12,7 +12,7 @@ help:
 	@echo "make test           set up if needed, lint, run all tests"
 	@echo "make setup          developer environment in $(VENV) (ROS 2 wheels, torch, ONNX Runtime, apt_msgs)"
 	@echo "make setup-runtime  robot environment: ONNX Runtime / TensorRT path only, no torch"
-	@echo "make lint           ruff, import contracts (lint-imports), vermin (Python >= 3.10), hadolint, shellcheck"
+	@echo "make lint           ruff, import contracts (lint-imports), mypy, vermin (Python >= 3.10), hadolint, shellcheck"
 	@echo "make bench          inference, control and pre-processing benchmarks -> bench_out/report.md"
 
 setup:
@@ -24,6 +24,7 @@ setup-runtime:
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/mypy
 	@$(VENV)/bin/ruff format --check . || { echo "ruff format: run '$(VENV)/bin/ruff format .'"; exit 1; }
 	$(VENV)/bin/vermin -q --no-tips --violations --eval-annotations -t=3.10- $$(git ls-files -co --exclude-standard '*.py')
 	$(VENV)/bin/hadolint docker/*/Dockerfile

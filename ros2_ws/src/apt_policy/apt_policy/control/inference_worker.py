@@ -183,7 +183,7 @@ class InferenceWorker:
                 return
             self._next_id += 1
             result = ChunkResult(
-                actions=actions.astype(np.float64, copy=False),
+                actions=np.asarray(actions, dtype=np.float64),
                 t_obs=obs.t_obs,
                 stamp_s=obs.stamp_s,
                 state=obs.state,

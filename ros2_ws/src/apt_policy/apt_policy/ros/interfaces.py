@@ -22,9 +22,9 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, cast, runtime_checkable
 
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -217,11 +217,27 @@ class _Goal:
     duration: float
     started: float
     chunks_at_start: int
-    done: Future = field(default_factory=Future)
+    done: Future[tuple[str, str]] = field(default_factory=Future)  # (outcome, message)
     replaced_by: str | None = None  # instruction that replaced ours (set by the listener)
     cancel_requested: bool = False
     finished: bool = False
     setting: bool = False  # our own set_instruction call is in progress
+
+
+@runtime_checkable
+class PolicyHooks(Protocol):
+    """What the interfaces need of the policy node besides being an rclpy Node."""
+
+    camera_names: tuple[str, ...]
+    gripper_sink: Callable[[float, float], object] | None
+
+    def set_instruction(self, text: str) -> tuple[bool, str]: ...
+    def pause(self) -> tuple[bool, str]: ...
+    def resume(self) -> tuple[bool, str]: ...
+    def stop(self) -> tuple[bool, str]: ...
+    def status_snapshot(self) -> dict[str, Any]: ...
+    def add_instruction_listener(self, callback: Callable[[str, str], None]) -> None: ...
+    def on_camera_frame(self, camera_name: str, image_rgb: Any, stamp_s: float) -> None: ...
 
 
 class Interfaces:
@@ -232,6 +248,8 @@ class Interfaces:
         from apt_msgs.srv import SetInstruction
         from std_srvs.srv import Trigger
 
+        if not isinstance(node, PolicyHooks):
+            raise TypeError(f"{type(node).__name__} lacks the policy node hooks the interfaces call")
         self.node = node
         self._log = node.get_logger()
         self._lock = threading.Lock()
@@ -297,13 +315,16 @@ class Interfaces:
                     serials,
                     profile,
                     node.on_camera_frame,
-                    log_error=lambda msg: self._log.error(msg, throttle_duration_sec=2.0),
+                    log_error=self._log_camera_error,
                 )
             except (CameraNotFoundError, ValueError, ImportError) as exc:
                 raise InterfaceParameterError(f"parameter 'realsense.serial_numbers': {exc}") from exc
             listing = ", ".join(f"{c.name}={c.serial}" for c in self.cameras)
             self._log.info(f"in-process RealSense cameras streaming {profile}: {listing}")
         node.context.on_shutdown(self.close)
+
+    def _log_camera_error(self, message: str) -> None:
+        self._log.error(message, throttle_duration_sec=2.0)
 
     # ---------------------------------------------------------------- services
     def _on_set_instruction(self, request: Any, response: Any) -> Any:
@@ -347,7 +368,7 @@ class Interfaces:
         with self._lock:
             goal = self._goal
             ours = goal is not None and goal.handle is goal_handle
-            if ours:
+            if goal is not None and ours:
                 goal.cancel_requested = True
         if ours:
             self._call(self.node.stop, "")  # hold at once; the supervisor ends the goal
@@ -378,7 +399,7 @@ class Interfaces:
         else:
             self._log.info(f"following {request.instruction!r} for {goal.duration:g} s")
             self._publish_feedback(goal)
-        kind, message = await goal.done
+        kind, message = cast("tuple[str, str]", await goal.done)  # set by _finish
         Result = self._action_type.Result
         if kind == "succeed":
             goal_handle.succeed()
@@ -483,5 +504,5 @@ def attach_interfaces(node: Node) -> Interfaces:
     :class:`~apt_policy.ros.realsense_camera.CameraNotFoundError` when a configured RealSense is missing.
     """
     interfaces = Interfaces(node)
-    node.interfaces = interfaces
+    setattr(node, "interfaces", interfaces)  # noqa: B010  (the node keeps them alive and closes them)
     return interfaces

@@ -348,11 +348,11 @@ def declare_and_read(node) -> NodeParams:
         if spec.choices:
             desc.additional_constraints = "one of: " + ", ".join(spec.choices)
         # Ranges are checked by validate() with a message naming the parameter; they are still advertised.
-        if spec.low is not None and isinstance(spec.default, float):
+        if spec.low is not None and spec.high is not None and isinstance(spec.default, float):
             desc.floating_point_range = [
                 FloatingPointRange(from_value=float(spec.low), to_value=float(spec.high))
             ]
-        elif spec.low is not None and isinstance(spec.default, int):
+        elif spec.low is not None and spec.high is not None and isinstance(spec.default, int):
             desc.integer_range = [IntegerRange(from_value=int(spec.low), to_value=int(spec.high), step=1)]
         try:
             param = node.declare_parameter(spec.name, spec.default, desc)

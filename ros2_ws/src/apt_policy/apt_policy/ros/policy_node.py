@@ -155,7 +155,7 @@ class PolicyNode(Node):
             self, p.gripper_command_topic, self.profile.max_gripper_width
         )
         # The interfaces module may replace this (franka_gripper actions); called with (width_m, now_s).
-        self.gripper_sink: Callable[[float, float], None] | None = self.gripper_output
+        self.gripper_sink: Callable[[float, float], object] | None = self.gripper_output
         self._chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", EVENTS)
         self._status_pub = self.create_publisher(PolicyStatus, "~/status", EVENTS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", EVENTS)
@@ -167,8 +167,9 @@ class PolicyNode(Node):
 
         p = self.params
         self._poll_node: Node | None = None
+        poll_node: Node = self  # replaced by the poll node when polling is on (only then used)
         if p.poll_joint_states or p.poll_cameras:  # read by the stream thread (see ros/polling.py)
-            self._poll_node = rclpy.create_node(
+            poll_node = self._poll_node = rclpy.create_node(
                 f"{NODE_NAME}_poll", context=self.context, start_parameter_services=False
             )
         self._camera_pollers: list[tuple[Callable[[Any], None], PolledSubscription]] = []
@@ -179,13 +180,13 @@ class PolicyNode(Node):
             # 640x480 frame holds the GIL for ~0.6 ms, which would delay the command stream.
             callback = self._camera_callback(name, topic, compressed)
             if p.poll_cameras and not compressed:  # JPEG decoding (ms) stays off the stream thread
-                poller = PolledSubscription(self._poll_node, msg_type, topic, SENSOR, raw=True)
+                poller = PolledSubscription(poll_node, msg_type, topic, SENSOR, raw=True)
                 self._camera_pollers.append((callback, poller))
             else:
                 self.create_subscription(msg_type, topic, callback, SENSOR, raw=not compressed)
         self._joint_poller: PolledSubscription | None = None
         if p.poll_joint_states:
-            self._joint_poller = PolledSubscription(self._poll_node, JointState, p.joint_states_topic, SENSOR)
+            self._joint_poller = PolledSubscription(poll_node, JointState, p.joint_states_topic, SENSOR)
         else:
             self.create_subscription(JointState, p.joint_states_topic, self._on_joint_state, SENSOR)
         if self.use_gripper_state:
@@ -462,7 +463,7 @@ class PolicyNode(Node):
         def send() -> None:
             if not self.context.ok():
                 return  # shutting down: the publishers are gone
-            if payload is not None:
+            if payload is not None and self.arm_output is not None:
                 self.arm_output.publish(payload)
             if sink is not None and gripper is not None:
                 sink(gripper, t)

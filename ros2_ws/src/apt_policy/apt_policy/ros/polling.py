@@ -76,7 +76,9 @@ class SubscriptionReceiver:
         from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
         context = self._node.context
-        wait_set = _rclpy.WaitSet(len(self._entries), 1, 0, 0, 0, 0, context.handle)
+        handle = context.handle
+        assert handle is not None  # a node's context is initialised
+        wait_set = _rclpy.WaitSet(len(self._entries), 1, 0, 0, 0, 0, handle)
         timeout_ns = int(poll_s * 1e9)
         while not self._stop.is_set() and context.ok():
             wait_set.clear_entities()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,7 +31,7 @@ def choose_providers(available: Sequence[str], requested: Sequence[str] | None =
 def _empty(spec: TensorSpec) -> np.ndarray:
     if not all(isinstance(d, int) and d >= 0 for d in spec.shape):
         raise ManifestError(f"{spec.name} has a dynamic shape {spec.shape}; exports must have static shapes")
-    return np.empty(spec.shape, dtype=np.dtype(spec.dtype))
+    return np.empty(tuple(int(d) for d in spec.shape), dtype=np.dtype(spec.dtype))
 
 
 class OnnxRuntimePolicy(GraphPolicy):
@@ -69,7 +70,7 @@ class OnnxRuntimePolicy(GraphPolicy):
         self._lock = threading.RLock()  # buffers are reused: one prediction at a time (thread-safe)
         self._bind_outputs()
 
-    def _open(self, ort, name: str, options) -> object:
+    def _open(self, ort: Any, name: str, options: Any) -> Any:
         path = self.directory / self.manifest.graphs[name].file
         try:
             return ort.InferenceSession(str(path), options, providers=self.providers)

@@ -3,8 +3,8 @@ raises for unusable output (InferenceError) and what every graph backend shares 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -88,7 +88,7 @@ class GraphPolicy:
     encoder: ObservationEncoder
     config: PolicyConfig
     _info: PolicyInfo
-    _lock: threading.Lock
+    _lock: AbstractContextManager[object]  # a Lock or RLock: one prediction at a time
 
     @property
     def info(self) -> PolicyInfo:

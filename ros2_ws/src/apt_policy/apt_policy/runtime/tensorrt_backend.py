@@ -116,7 +116,7 @@ class TensorRTPolicy(GraphPolicy):
 
         graphs = {g: (self.manifest.graphs[g].inputs, self.manifest.graphs[g].outputs) for g in ORDER}
         shapes = {
-            spec.name: tuple(1 if d == "batch" else d for d in spec.shape)
+            spec.name: tuple(1 if d == "batch" else int(d) for d in spec.shape)
             for g in ORDER
             for spec in (*graphs[g][0], *graphs[g][1])
         }
@@ -146,7 +146,7 @@ class TensorRTPolicy(GraphPolicy):
         ptr = cuda_check(self._cudart.cudaMallocHost(buf.nbytes))
         self._host_ptrs.append(ptr)
         raw = (ctypes.c_byte * buf.nbytes).from_address(int(ptr))
-        return np.frombuffer(raw, dtype=np.dtype(buf.dtype)).reshape(buf.shape)
+        return np.frombuffer(memoryview(raw), dtype=np.dtype(buf.dtype)).reshape(buf.shape)
 
     def _enqueue(self) -> None:
         """Copies in, both engines, copy out: all asynchronous on one stream."""

@@ -69,10 +69,11 @@ class APTPolicy(GraphPolicy):
     ) -> np.ndarray:
         """The model on encoded inputs -> normalised actions (GraphPolicy.predict encodes and decodes)."""
         dev = self.device
-        prefix = self.model.encode_prefix(
+        keys, values, vision_mask, context_mask = self.model.encode_prefix(
             torch.from_numpy(pixel_values).to(dev),
             torch.from_numpy(input_ids.copy()).to(dev),  # the tokenizer's cached arrays are read-only
             torch.from_numpy(text_mask.copy()).to(dev),
         )
-        actions = self.model.sample(*prefix, torch.from_numpy(state).to(dev), torch.from_numpy(noise).to(dev))
+        state_t, noise_t = torch.from_numpy(state).to(dev), torch.from_numpy(noise).to(dev)
+        actions = self.model.sample(keys, values, vision_mask, context_mask, state_t, noise_t)
         return actions.cpu().numpy()
