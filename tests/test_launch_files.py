@@ -16,14 +16,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from apt_policy.ros import interfaces, params
+from apt_policy.ros import params
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "ros2_ws" / "src" / "apt_policy"
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
 PARAM_FILES = sorted((PKG / "config").glob("*.yaml")) + sorted((ROOT / "launch").glob("*.yaml"))
 
-NODE_PARAMETERS = {s.name for s in params.SPECS} | {s.name for s in interfaces.SPECS}
+NODE_PARAMETERS = {s.name for s in params.SPECS}  # the node's and its interfaces'
 # Arguments of the included launch files, from their upstream sources (see
 # /work/shared/reference/robot_side.md): franka_bringup/launch/franka.launch.py (franka_ros2 v2/v3) and
 # realsense2_camera/launch/rs_launch.py (realsense-ros 4.5x).
@@ -134,7 +134,7 @@ def test_launch_executables_are_console_scripts(path: Path):
     }
     assert executables
     for exe in executables:
-        assert f'"{exe} = apt_policy.ros.' in setup_src, f"{path.name}: executable {exe!r} not in setup.py"
+        assert f'"{exe} = apt_policy.' in setup_src, f"{path.name}: executable {exe!r} not in setup.py"
 
 
 def test_node_overrides_are_typed_and_skip_empty_arguments():
