@@ -31,13 +31,20 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.task import Future
 
+from apt_policy.control.controller import ControllerState
 from apt_policy.control.gripper import GripperDecisionConfig
 from apt_policy.ros.gripper_output import GripperOutput, GripperOutputSettings
 from apt_policy.ros.params import InterfaceParams, ParameterError, declare
 from apt_policy.ros.realsense_camera import CameraNotFoundError, ColorProfile, RealSenseCamera, open_cameras
 
-# PolicyStatus constants (apt_msgs/msg/PolicyStatus), repeated to avoid importing messages for comparisons.
-IDLE, RUNNING, HOLDING, PAUSED, FAULT = 0, 1, 2, 3, 4
+# PolicyStatus states: the controller's own enumeration (same numbers as apt_msgs/msg/PolicyStatus).
+IDLE, RUNNING, HOLDING, PAUSED, FAULT = (
+    ControllerState.IDLE,
+    ControllerState.RUNNING,
+    ControllerState.HOLDING,
+    ControllerState.PAUSED,
+    ControllerState.FAULT,
+)
 
 
 class InterfaceParameterError(ParameterError):
