@@ -175,7 +175,9 @@ class PolicyConfig:
             raise ConfigError(f"normalization={self.normalization!r}: expected one of {NORMALIZATION_MODES}")
         for name in ("image_mean", "image_std"):
             value = getattr(self, name)
-            if len(value) != 3 or any(not math.isfinite(v) for v in value):
+            if len(value) != 3 or any(
+                not isinstance(v, (int, float)) or isinstance(v, bool) or not abs(v) < 1e3 for v in value
+            ):
                 raise ConfigError(f"{name}={value!r}: expected 3 finite numbers (R, G, B)")
         if any(v <= 0 for v in self.image_std):
             raise ConfigError(f"image_std={self.image_std!r}: must be > 0")
@@ -247,7 +249,12 @@ class PolicyConfig:
             kw["backbone"] = dict(kw["backbone"]) if isinstance(kw["backbone"], Mapping) else kw["backbone"]
         except TypeError as exc:  # pragma: no cover - defensive, _sub converts most
             raise ConfigError(f"config: {exc}") from exc
-        return cls(**kw).validate()
+        try:
+            return cls(**kw).validate()
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type deep inside
+            raise ConfigError(f"config: a field has a value of the wrong type: {exc}") from exc
 
     @classmethod
     def from_json(cls, source: str | Path) -> PolicyConfig:

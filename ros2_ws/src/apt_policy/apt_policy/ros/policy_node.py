@@ -34,7 +34,7 @@ from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
 from apt_policy.control.stats import RollingStats
-from apt_policy.ros import conversions, image_cdr
+from apt_policy.ros import conversions
 from apt_policy.ros.control_setup import build_controller, build_loop, controller_config
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
 from apt_policy.ros.params import NODE_SPECS, NodeParams, ParameterError, check_update, declare
@@ -620,22 +620,8 @@ def _compressed_to_rgb(msg: Any) -> tuple[np.ndarray, float]:
 
 
 def _raw_image_to_rgb(raw: bytes) -> tuple[np.ndarray, float]:
-    """A serialised sensor_msgs/Image -> (RGB view on ``raw``, header stamp in s). Encodings that need
-    cv_bridge, and serialisations image_cdr does not read, go through rclpy's deserialisation."""
-    try:
-        view = image_cdr.parse_image(raw)
-        if view.encoding.lower() in conversions.DIRECT_ENCODINGS:
-            return conversions.image_to_rgb(view), view.stamp_s
-    except image_cdr.CdrError:
-        pass
-    from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import Image
-
-    try:
-        msg = deserialize_message(raw, Image)
-    except Exception as exc:  # rclpy raises a bare RuntimeError-like error for malformed bytes
-        raise conversions.ConversionError(f"not a sensor_msgs/Image: {exc}") from None
-    return conversions.image_to_rgb(msg), conversions.stamp_to_s(msg.header.stamp)
+    """A serialised sensor_msgs/Image -> (RGB, header stamp in s); see conversions.raw_image_to_rgb."""
+    return conversions.raw_image_to_rgb(raw)
 
 
 def _load_policy(p: NodeParams) -> Any:

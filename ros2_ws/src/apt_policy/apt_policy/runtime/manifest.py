@@ -161,7 +161,7 @@ class Manifest:
                 f"(supports {FORMAT_VERSION}); re-export with a matching apt-export"
             )
         try:
-            return cls(
+            manifest = cls(
                 model_id=str(d["model_id"]),
                 precision=str(d["precision"]),
                 opset=int(d["opset"]),
@@ -174,8 +174,15 @@ class Manifest:
                 exporter=dict(d.get("exporter", {})),
                 engines={k: EngineSpec.from_dict(e) for k, e in d.get("engines", {}).items()},
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"malformed manifest: {exc!r}") from exc
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.files.items()):
+            raise ManifestError("malformed manifest: 'files' must map file names to sha256 strings")
+        if manifest.tokenizer is not None and not isinstance(manifest.tokenizer, str):
+            raise ManifestError(
+                f"malformed manifest: 'tokenizer' must be a file name, not {manifest.tokenizer!r}"
+            )
+        return manifest
 
     def write(self, directory: str | Path) -> Path:
         path = Path(directory) / MANIFEST_NAME
