@@ -21,17 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-INSTRUCTIONS = ("reach the red block", "reach the green block", "reach the blue block")
+from apt_policy.bench.rig import INSTRUCTIONS, Rig
+
 SHM_PREFIX = "apt_images_"  # runtime.process_policy's image arena in /dev/shm
 
 
@@ -103,73 +101,6 @@ def shm_files() -> int:
         return 0
 
 
-class _Probe:
-    """Status, diagnostics and violations subscriber; instruction publisher; camera switch (own context)."""
-
-    def __init__(self) -> None:
-        import rclpy
-        from apt_msgs.msg import PolicyStatus
-        from rclpy.executors import SingleThreadedExecutor
-        from std_msgs.msg import String
-        from std_srvs.srv import SetBool
-
-        from apt_policy.ros.qos import EVENTS, LATCHED
-
-        self._ctx = rclpy.Context()
-        rclpy.init(context=self._ctx)
-        self.node = rclpy.create_node("soak_probe", context=self._ctx)
-        self.status: Any = None
-        self.violations: dict[str, Any] = {}
-        self.holds = 0
-        self._last_state: int | None = None
-        self._string = String
-        self.instruction = self.node.create_publisher(String, "/apt_policy/instruction", EVENTS)
-        self.camera = self.node.create_client(SetBool, "/fake_camera/enable")
-        self._set_bool = SetBool
-        self.node.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, EVENTS)
-        self.node.create_subscription(String, "/fake_franka/violations", self._on_violations, LATCHED)
-        self._executor = SingleThreadedExecutor(context=self._ctx)
-        self._executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._executor.spin, daemon=True)
-        self._thread.start()
-
-    def _on_status(self, msg: Any) -> None:
-        if msg.state == 2 and self._last_state != 2:  # entered HOLDING
-            self.holds += 1
-        self._last_state = msg.state
-        self.status = msg
-
-    def _on_violations(self, msg: Any) -> None:
-        self.violations = json.loads(msg.data)
-
-    def say(self, text: str) -> None:
-        self.instruction.publish(self._string(data=text))
-
-    def camera_enabled(self, on: bool) -> None:
-        if self.camera.wait_for_service(timeout_sec=5.0):
-            self.camera.call_async(self._set_bool.Request(data=on))
-
-    def close(self) -> None:
-        import rclpy
-
-        self._executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self._ctx)
-        self._thread.join(2)
-
-
-def _exe(name: str) -> list[str]:
-    exe = Path(sys.executable).parent / name
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", _MODULES[name]]
-
-
-_MODULES = {
-    "apt-fake-franka": "apt_policy.sim.fake_franka",
-    "apt-fake-camera": "apt_policy.sim.fake_camera",
-    "apt-policy-node": "apt_policy.ros.policy_node",
-}
-
-
 def run_soak(
     model: Path,
     duration_s: float,
@@ -182,43 +113,17 @@ def run_soak(
     domain: int | None = None,
 ) -> SoakReport:
     """Run the soak (see the module docstring); processes and logs under ``workdir``."""
-    env = {
-        **os.environ,
-        "ROS_DOMAIN_ID": str(domain if domain is not None else 1 + os.getpid() % 100),
-        "ROS_LOG_DIR": str(workdir / "ros_log"),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "PYTHONUNBUFFERED": "1",
-    }
-    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
-    logs = {n: (workdir / f"{n}.log").open("wb") for n in ("franka", "camera", "node")}
-    commands = {
-        "franka": [*_exe("apt-fake-franka"), "--ros-args"],
-        "camera": [*_exe("apt-fake-camera"), "--ros-args", "-p", "scene_seed:=3"],
-        "node": [
-            *_exe("apt-policy-node"), "--ros-args",
-            "-p", f"model:={model}",
-            "-p", f"control_rate:={float(rate)}",
-            "-p", f"instruction:={INSTRUCTIONS[0]}",
-            "-p", "inference_timeout:=5.0",
-        ],
-    }  # fmt: skip
-    procs = {
-        n: subprocess.Popen(cmd, env=env, stdout=logs[n], stderr=subprocess.STDOUT)
-        for n, cmd in commands.items()
-    }
     report = SoakReport(duration_s=duration_s, rate_hz=rate)
-    probe = _Probe()
+    rig = Rig(model, workdir, ["-p", "inference_timeout:=5.0"], rate=rate, domain=domain)
+    probe = rig.probe
     try:
-        deadline = time.monotonic() + 180
-        while probe.status is None or probe.status.chunks_produced < 1:
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs.values()):
-                raise RuntimeError(f"the node did not start streaming; logs in {workdir}")
-            time.sleep(0.2)
+        rig.wait_streaming()
         t0 = time.monotonic()
         next_switch, next_dropout, next_sample = switch_every, dropout_every, 0.0
         camera_back: float | None = None
+        holding = False
         while (now := time.monotonic() - t0) < duration_s:
-            if any(p.poll() is not None for p in procs.values()):
+            if any(code is not None for code in rig.exit_codes().values()):
                 break
             if now >= next_switch:
                 report.switches += 1
@@ -232,8 +137,12 @@ def run_soak(
             if camera_back is not None and now >= camera_back:
                 probe.camera_enabled(True)
                 camera_back = None
+            state = probe.state()
+            if state == 2 and not holding:
+                report.holds_seen += 1
+            holding = state == 2
             if now >= next_sample:
-                rss, fds, threads = _resources(procs["node"].pid)
+                rss, fds, threads = _resources(rig.procs["node"].pid)
                 status = probe.status
                 report.samples.append(
                     Sample(
@@ -247,24 +156,11 @@ def run_soak(
                     )
                 )
                 next_sample += sample_every
-            time.sleep(0.05)
-        report.holds_seen = probe.holds
+            time.sleep(0.02)
         time.sleep(1.5)  # the last violations report (1 Hz)
         report.violations = dict(probe.violations)
     finally:
-        probe.close()
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for name, p in procs.items():
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-            report.exited[name] = p.returncode
-        for f in logs.values():
-            f.close()
+        report.exited = rig.close()
     report.shm_files_after = shm_files()
     return report
 
