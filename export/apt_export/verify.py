@@ -56,9 +56,10 @@ class ParityReport:
         return json.dumps(asdict(self), indent=2) + "\n"
 
     def table(self) -> str:
-        lines = [f"{'output (normalised units)':30s} {'max abs':>11s} {'mean abs':>11s} {'cosine':>10s}"]
+        width = max([30, *(len(c.name) for c in self.comparisons)])
+        lines = [f"{'output (normalised units)':{width}s} {'max abs':>11s} {'mean abs':>11s} {'cosine':>10s}"]
         for c in self.comparisons:
-            lines.append(f"{c.name:30s} {c.max_abs:11.3e} {c.mean_abs:11.3e} {c.cosine:10.6f}")
+            lines.append(f"{c.name:{width}s} {c.max_abs:11.3e} {c.mean_abs:11.3e} {c.cosine:10.6f}")
         verdict = "PASS" if self.passed else "FAIL"
         lines.append(
             f"{self.precision} on {', '.join(self.providers)}, {self.cases} cases: {verdict} ({self.note})"
