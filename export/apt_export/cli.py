@@ -1,6 +1,6 @@
 """apt-export: turn a trained APT bundle into ONNX graphs and TensorRT engines, and check their parity.
 
-    apt-export onnx   --bundle BUNDLE --out EXPORT [--precision fp32|fp16] [--steps N]
+    apt-export onnx   --bundle BUNDLE --out EXPORT [--precision fp32|fp16] [--steps N] [--no-rtc-inputs]
     apt-export verify --bundle BUNDLE --onnx EXPORT [--cases N] [--json FILE]
     apt-export trt    --onnx EXPORT --out ENGINES [--precision fp16|bf16|fp8] [--force]
 
@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         help="store weights in <graph>.onnx.data when a graph's weights exceed this many MB (default 1024)",
     )
     o.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    o.add_argument(
+        "--no-rtc-inputs",
+        action="store_true",
+        help="leave out the real-time-chunking inputs (sampler: prefix, prefix_len, rtc_trained; "
+        "denoiser: clean_mask), giving the graphs as exported before RTC",
+    )
 
     v = sub.add_parser(
         "verify",
@@ -115,6 +121,7 @@ def _onnx(args: argparse.Namespace) -> int:
         exporter=args.exporter,
         external_data_threshold=args.external_data_mb << 20,
         overwrite=args.force,
+        rtc_inputs=not args.no_rtc_inputs,
     )
     print(describe(manifest))
     print(f"wrote {args.out}")

@@ -18,6 +18,9 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "apt-policy-export"
 FORMAT_VERSION = 1
 GRAPH_NAMES = ("prefix", "denoiser", "sampler")
+# real-time chunking inputs (exports made before RTC lack them): sampler / denoiser
+RTC_SAMPLER_INPUTS = ("prefix", "prefix_len", "rtc_trained")
+RTC_DENOISER_INPUTS = ("clean_mask",)
 
 Dim = int | str  # a fixed size, or a symbolic name ("batch") for a dynamic axis
 
@@ -128,6 +131,12 @@ class Manifest:
     exporter: dict[str, Any] = field(default_factory=dict)
     engines: dict[str, EngineSpec] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    @property
+    def rtc_inputs(self) -> bool:
+        """The sampler graph takes the real-time-chunking inputs (``RTC_SAMPLER_INPUTS``)."""
+        sampler = self.graphs.get("sampler")
+        return sampler is not None and all(n in sampler.input_names for n in RTC_SAMPLER_INPUTS)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
