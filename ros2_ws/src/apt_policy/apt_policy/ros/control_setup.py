@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from apt_policy.control.blending import BlendConfig
+from apt_policy.control.chunking import ChunkingConfig, ExecutionPlan, resolve_strategy
 from apt_policy.control.controller import Controller, ControllerConfig
 from apt_policy.control.limits import JointLimits
 from apt_policy.control.safety import SafetyConfig
@@ -16,6 +17,11 @@ from apt_policy.control.semantics import ActionLayout
 from apt_policy.control.watchdog import WatchdogConfig
 from apt_policy.robots.franka import RobotProfile, get_profile
 from apt_policy.ros.params import NodeParams, ParameterError
+
+
+def execution_plan(p: NodeParams, info: Any) -> ExecutionPlan:
+    """``chunk_execution`` for this model: rtc only when it takes a prefix (``PolicyInfo.rtc_inputs``)."""
+    return resolve_strategy(p.chunk_execution, bool(getattr(info, "rtc_inputs", False)), fallback=p.blending)
 
 
 def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile]:
@@ -35,6 +41,7 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
             f"horizon {info.horizon}"
         )
     try:
+        plan = execution_plan(p, info)
         layout = ActionLayout.from_config(
             info.action_semantics,
             dof,
@@ -51,7 +58,14 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
             request_when_left=threshold,
             max_tracking_error=p.max_tracking_error,
             lookahead_points=p.lookahead_points,
-            blend=BlendConfig(mode=p.blending, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m),
+            blend=BlendConfig(
+                mode=plan.blend_mode, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m
+            ),
+            chunking=ChunkingConfig(
+                rtc=plan.rtc,
+                delay_quantile=p.rtc_delay_quantile,
+                trained_max_delay=int(getattr(info, "rtc_max_delay", 0) or 0),
+            ),
             safety=SafetyConfig(
                 margin=p.position_margin,
                 velocity_scale=p.velocity_scale,

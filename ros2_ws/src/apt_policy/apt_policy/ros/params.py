@@ -11,10 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apt_policy.runtime.latency import parse_latency
+
 OUTPUT_MODES = ("joint_trajectory", "joint_position", "none")
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
 ROBOTS = ("fr3", "panda")
 BLENDING = ("none", "crossfade", "ensemble")
+CHUNK_EXECUTION = ("auto", "rtc", "crossfade", "ensemble", "none")
+SIMULATION_ONLY = ("simulated_latency",)  # config/franka.yaml never sets these
 
 
 class ParameterError(ValueError):
@@ -202,6 +206,28 @@ SPECS: tuple[Spec, ...] = (
         "Chunk switch: none, crossfade over blending_steps, or ensemble (ACT weights).",
         choices=BLENDING,
     ),
+    Spec(
+        "chunk_execution",
+        "auto",
+        "Chunk switches: rtc (real-time chunking: the actions that execute during inference are sent as a "
+        "committed prefix, the new chunk takes over after them), crossfade, ensemble, none; auto: rtc when "
+        "the model takes a prefix, else the 'blending' mode. rtc for a model without RTC inputs falls back "
+        "to 'blending'.",
+        choices=CHUNK_EXECUTION,
+    ),
+    Spec(
+        "rtc_delay_quantile",
+        0.95,
+        "Real-time chunking: the committed prefix covers this quantile of the measured inference delays.",
+        0.5,
+        1.0,
+    ),
+    Spec(
+        "simulated_latency",
+        "",
+        "SIMULATION ONLY: delay every inference to a latency profile ('' off, none, fixed:<ms>, orin, thor, "
+        "rtx4090). Never set it on a robot.",
+    ),
     Spec("blending_steps", 3, "Cross-fade length (chunk actions).", 1, 1000),
     Spec("ensemble_m", 0.01, "Temporal ensembling weight decay exp(-m*i).", 0.0, 10.0),
     Spec("position_margin", 0.05, "Keep commands this far inside the joint position limits (rad).", 0.0, 0.5),
@@ -264,6 +290,9 @@ class NodeParams:
     chunk_request_threshold: int
     inference_timeout: float
     blending: str
+    chunk_execution: str
+    rtc_delay_quantile: float
+    simulated_latency: str
     blending_steps: int
     ensemble_m: float
     position_margin: float
@@ -277,8 +306,11 @@ class NodeParams:
         return 1.0 / self.control_rate
 
 
-def validate(values: dict[str, Any]) -> NodeParams:
-    """Check types, ranges, choices and cross-parameter rules; build :class:`NodeParams`."""
+def validate(values: dict[str, Any], check_model: bool = True) -> NodeParams:
+    """Check types, ranges, choices and cross-parameter rules; build :class:`NodeParams`.
+
+    ``check_model=False`` skips the model directory check (the simulated-clock evaluator passes a policy).
+    """
     out: dict[str, Any] = {}
     for spec in SPECS:
         if spec.name not in values:
@@ -297,9 +329,9 @@ def validate(values: dict[str, Any]) -> NodeParams:
         if len(set(items)) != len(items):
             raise ParameterError(f"parameter '{group}' has duplicates: {list(items)}")
     out["camera_names"], out["camera_topics"] = cams, topics
-    if not out["model"]:
+    if check_model and not out["model"]:
         raise ParameterError("parameter 'model' is empty: set it to an exported model directory")
-    if not Path(out["model"]).expanduser().is_dir():
+    if check_model and not Path(out["model"]).expanduser().is_dir():
         raise ParameterError(f"parameter 'model': directory {out['model']!r} does not exist")
     if out["max_tracking_error"] >= out["max_deviation"]:
         # Otherwise an arm that stopped following (a frozen joint) leaves the command parked up to
@@ -312,7 +344,18 @@ def validate(values: dict[str, Any]) -> NodeParams:
         raise ParameterError(
             "parameter 'max_skew' is more than 10x the max input ages: check units (seconds)"
         )
+    try:
+        parse_latency(out["simulated_latency"])
+    except ValueError as exc:
+        raise ParameterError(f"parameter 'simulated_latency': {exc}") from None
     return NodeParams(**out)
+
+
+def defaults(**overrides: Any) -> NodeParams:
+    """The default parameters with ``overrides``, validated (no model directory needed)."""
+    values = {s.name: s.default for s in SPECS}
+    values.update(overrides)
+    return validate(values, check_model=False)
 
 
 def check_value(spec: Spec, value: Any, error: type[ParameterError] = ParameterError) -> Any:
