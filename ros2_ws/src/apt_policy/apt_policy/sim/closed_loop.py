@@ -652,6 +652,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--disagreement", type=float, default=0.01, help="scripted: chunk disagreement (rad)")
     p.add_argument("--table", action="store_true", help="strategy x latency table")
     p.add_argument("--latencies", nargs="+", default=list(DEFAULT_LATENCIES))
+    p.add_argument("--rows", nargs="+", default=None, help="--table: only these strategy rows (labels)")
     p.add_argument("--json", type=Path, default=None, help="write the cells (and episode rows) here")
     p.add_argument("--plot", type=Path, default=None, help="--table: write a PNG here")
     return p
@@ -666,6 +667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.model is not None
             else scripted_rows(args.disagreement)
         )
+        if args.rows:
+            rows = {label: row for label, row in rows.items() if label in args.rows}
         cells = run_table(rows, args.latencies, args.episodes, args.seed, max_time_s=args.max_time)
     else:
         if args.model is not None:
