@@ -85,3 +85,27 @@ def test_config_files_set_only_known_parameters_and_validate(tmp_path: Path, nam
     if name == "franka.yaml":  # the real setup documents every parameter but the simulation-only ones
         assert set(params) == {s.name for s in SPECS} - set(SIMULATION_ONLY)
         assert not set(params) & set(SIMULATION_ONLY)
+
+
+def test_chunk_execution_resolves_against_the_model_and_latency_is_validated() -> None:
+    """auto / rtc become real-time chunking only for a model with RTC inputs; otherwise `blending`."""
+    from types import SimpleNamespace
+
+    from apt_policy.core.config import ActionSemantics
+    from apt_policy.robots.franka import FR3
+    from apt_policy.ros.control_setup import build_controller
+    from apt_policy.ros.params import defaults
+
+    names = (*FR3.joint_names, "gripper")
+    base = dict(action_names=names, horizon=16, dt=0.1, action_dim=8, action_semantics=ActionSemantics())
+    plain, rtc = SimpleNamespace(**base), SimpleNamespace(**base, rtc_inputs=True, rtc_max_delay=6)
+    for strategy in ("auto", "rtc"):
+        ctrl, _ = build_controller(defaults(chunk_execution=strategy), plain)
+        assert not ctrl.config.chunking.rtc and ctrl.config.blend.mode == "crossfade"
+        ctrl, _ = build_controller(defaults(chunk_execution=strategy), rtc)
+        assert ctrl.config.chunking.rtc and ctrl.config.chunking.trained_max_delay == 6
+    ctrl, _ = build_controller(defaults(chunk_execution="ensemble"), rtc)
+    assert not ctrl.config.chunking.rtc and ctrl.config.blend.mode == "ensemble"
+    assert defaults(simulated_latency="fixed:120").simulated_latency == "fixed:120"
+    with pytest.raises(ParameterError, match="simulated_latency"):
+        defaults(simulated_latency="jetson")
