@@ -13,6 +13,11 @@ Sections (each prints a header and shows progress):
 3. pre-processing          two 640x480 rgb8 sensor_msgs/Image -> model tensors with the node's own functions
                            (``apt_policy.ros.conversions.image_to_rgb`` + the runtime's ObservationEncoder)
 4. control                 ``python -m apt_policy.bench.stream`` (commands measured at the simulated arm)
+5. chunk execution         strategy (none, crossfade, ensemble, RTC training-free, RTC trained) x latency
+                           profile on the simulated-clock evaluator (``apt_policy.sim.closed_loop``), with
+                           the scripted stand-in policy and the demo model (RTC rows where it takes a
+                           prefix); ``--chunking-episodes`` per cell (6: the >= 50-episode table comes from
+                           ``python -m apt_policy.sim.closed_loop --table``, see docs/CONTROL.md)
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add, matmuls and
 convolutions) over one full inference (prefix + every flow step); achieved FLOP/s = FLOPs / p50 latency.
@@ -325,6 +330,49 @@ def bench_control(export: Path, ticks: int, rates: Sequence[float], workdir: Pat
     return json.loads(json_path.read_text())
 
 
+# -------------------------------------------------------------------------------------- chunk execution
+
+
+def bench_chunking(export: Path | None, episodes: int, latencies: Sequence[str]) -> dict[str, Any]:
+    """The strategy x latency table on the simulated clock: scripted stand-in, then the demo model."""
+    from dataclasses import asdict
+
+    from apt_policy.sim.closed_loop import model_rows, run_table, scripted_rows
+
+    out: dict[str, Any] = {"episodes": episodes, "latencies": list(latencies)}
+    out["scripted"] = [asdict(c) for c in run_table(scripted_rows(), latencies, episodes)]
+    if export is not None:
+        rows = model_rows(export)
+        out["model"] = [asdict(c) for c in run_table(rows, ("none", "orin"), episodes)]
+        out["model_path"] = str(export)
+    return out
+
+
+def _chunking_markdown(chunking: dict[str, Any]) -> list[str]:
+    from apt_policy.sim.closed_loop import CellResult, format_table
+
+    def cells(key: str) -> list[CellResult]:
+        return [CellResult(**c) for c in chunking.get(key, [])]
+
+    lines = [
+        "## Chunk execution at on-robot latency (simulated clock)",
+        "",
+        f"`apt_policy.sim.closed_loop`: {chunking['episodes']} episodes per cell (the >= 50-episode table:"
+        " `python -m apt_policy.sim.closed_loop --table --episodes 50`, docs/CONTROL.md). Switch dv = jump"
+        " of the policy target's velocity at a chunk switch (rad/s, max over joints); cmd da = jump of the"
+        " commanded acceleration (the safety filter caps it at J = 4 rad/s^2 per tick).",
+        "",
+        "Scripted stand-in (the task expert with 1 cm chunk-to-chunk disagreement; RTC rows: prefix honoured"
+        " with a trained-like continuation / with a hard prefix and no consistency):",
+        "",
+        format_table(cells("scripted")),
+        "",
+    ]
+    if chunking.get("model"):
+        lines += [f"Model `{chunking['model_path']}`:", "", format_table(cells("model")), ""]
+    return lines
+
+
 # ----------------------------------------------------------------------------------------------- report
 
 
@@ -512,6 +560,8 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
                 f" {r['node_lateness_p99_ms']:.2f} | {r['inference_p50_ms']:.1f} | {r['chunks']} |" + probe
             )
         lines.append("")
+    if results.get("chunking"):
+        lines += _chunking_markdown(results["chunking"])
     for name, err in results.get("errors", {}).items():
         lines.append(f"**{name} failed**: {err}\n")
     lines += [
@@ -549,8 +599,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pre-iters", type=int, default=100, help="pre-processing calls timed (default 100)")
     p.add_argument("--stream-ticks", type=int, default=1500, help="commands per rate in bench_stream (1500)")
     p.add_argument("--rates", type=float, nargs="+", default=[50.0, 100.0, 200.0], help="control rates (Hz)")
+    p.add_argument("--chunking-episodes", type=int, default=6, help="episodes per chunk-execution cell (6)")
     p.add_argument(
-        "--skip", nargs="*", default=[], choices=("demo", "deployment", "preprocessing", "control")
+        "--chunking-latencies", nargs="+", default=["none", "rtx4090", "thor", "orin", "fixed:300"]
+    )
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=("demo", "deployment", "preprocessing", "control", "chunking"),
     )
     return p
 
@@ -570,7 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "errors": {},
     }
     bundle, export = args.model_bundle, args.model_export
-    total = 4
+    total = 5
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         _header(1, total, "inference: demo model, torch vs onnxruntime (apt-bench)")
@@ -603,9 +660,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["control"] = bench_control(export, args.stream_ticks, args.rates, work)
             except (subprocess.CalledProcessError, OSError, ValueError) as exc:
                 results["errors"]["control stream"] = f"{type(exc).__name__}: {exc}"
+        _header(5, total, "chunk execution: strategy x latency on the simulated clock")
+        if "chunking" not in args.skip:
+            try:
+                results["chunking"] = bench_chunking(export, args.chunking_episodes, args.chunking_latencies)
+            except (OSError, ValueError, RuntimeError) as exc:
+                results["errors"]["chunk execution"] = f"{type(exc).__name__}: {exc}"
     results["context"]["load_end"] = os.getloadavg()[0]
     results["context"]["total_s"] = time.monotonic() - started
     plots = _plots(results, out)
+    if results.get("chunking"):
+        from apt_policy.sim.closed_loop import CellResult, plot_table
+
+        cells = [CellResult(**c) for c in results["chunking"]["scripted"]]
+        plots.append(plot_table(cells, out / "chunking.png").name)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     report = write_markdown(results, out, plots)
     print(f"\n{report.read_text()}")

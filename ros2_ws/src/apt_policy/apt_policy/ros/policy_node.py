@@ -35,7 +35,7 @@ from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
 from apt_policy.control.stats import RollingStats
 from apt_policy.ros import conversions
-from apt_policy.ros.control_setup import build_controller, build_loop, controller_config
+from apt_policy.ros.control_setup import build_controller, build_loop, controller_config, execution_plan
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
 from apt_policy.ros.params import NODE_SPECS, NodeParams, ParameterError, check_update, declare
 from apt_policy.ros.polling import PolledSubscription
@@ -64,11 +64,23 @@ class PolicyNode(Node):
         self._owns_policy = policy is None
         if policy is None:
             policy = _load_policy(p)
+        if p.simulated_latency:
+            from apt_policy.runtime.latency import SimulatedLatencyPolicy, parse_latency
+
+            profile = parse_latency(p.simulated_latency)
+            self.get_logger().warning(
+                f"SIMULATION ONLY: every inference is delayed to the latency profile {profile.describe()} "
+                "(parameter simulated_latency); never use this on a robot"
+            )
+            policy = SimulatedLatencyPolicy(policy, profile)
         self.policy = policy
         info = policy.info
         self.info = info
         self.camera_names = self._camera_mapping(info)
         self.controller, self.profile = build_controller(p, info)
+        self.execution = execution_plan(p, info)
+        if self.execution.note:
+            self.get_logger().warning(f"chunk_execution {p.chunk_execution}: {self.execution.note}")
         self.joint_names = tuple(self.profile.joint_names)
         self.finger_names = tuple(self.profile.gripper_joint_names)
         self.use_gripper_state = len(info.state_names) == len(self.joint_names) + 1
@@ -100,6 +112,7 @@ class PolicyNode(Node):
             on_error=self._on_inference_error,
             expected_shape=(info.horizon, info.action_dim),
             timeout_s=p.inference_timeout,
+            prefix=self._rtc_prefix if self.execution.rtc else None,
         )
         self._make_publishers()
         self._parameters_ready = False  # True once every parameter (the interfaces' too) is declared
@@ -112,7 +125,7 @@ class PolicyNode(Node):
         self.get_logger().info(
             f"model {info.model_id} ({info.backend}): cameras {list(self.camera_names)} <- "
             f"{list(p.camera_topics)}, horizon {info.horizon} x {info.action_dim}, dt {info.dt} s; "
-            f"output {p.output_mode} at {p.control_rate} Hz"
+            f"output {p.output_mode} at {p.control_rate} Hz; chunk execution {self.execution.strategy}"
         )
         self.get_logger().info("warming up the policy")
         self.policy.warmup()
@@ -403,6 +416,8 @@ class PolicyNode(Node):
             "tick_lateness_p99_ms": self.loop.jitter.p99 * 1e3,
             "send_lateness_p99_ms": self.loop.send_lateness.p99 * 1e3,
             "tick_compute_p99_ms": self.tick_durations.p99 * 1e3,
+            "chunk_execution": self.execution.strategy,
+            **self.controller.chunking_status(),
         }
         with self._lock:
             snap["rejected_inputs"] = dict(self._rejections)
@@ -410,6 +425,10 @@ class PolicyNode(Node):
         return snap
 
     # -- worker callbacks (inference thread) --------------------------------------------------------------
+
+    def _rtc_prefix(self, obs: Any) -> np.ndarray | None:
+        """The committed prefix for this observation (real-time chunking; decided by the controller)."""
+        return self.controller.rtc_prefix(obs.t_obs, obs.state, self.info.action_dim)
 
     def _on_chunk(self, result: ChunkResult) -> None:
         decision = self.controller.on_chunk(result, time.monotonic())
@@ -581,6 +600,14 @@ class PolicyNode(Node):
         else:
             status.level = DiagnosticStatus.OK
             status.message = {PolicyStatus.IDLE: "idle", PolicyStatus.RUNNING: "running"}.get(state, "paused")
+        trained_max = int(snap.get("rtc_trained_max_delay", 0))
+        if self.execution.rtc and trained_max > 0 and int(snap.get("delay_last_actions", 0)) > trained_max:
+            if status.level == DiagnosticStatus.OK:
+                status.level = DiagnosticStatus.WARN
+            status.message += (
+                f"; inference delay {snap['delay_last_actions']} actions exceeds the model's trained maximum"
+                f" {trained_max} (real-time chunking)"
+            )
         flat = {k: v for k, v in snap.items() if not isinstance(v, dict)}
         flat.update({f"rejected {k}": v for k, v in snap["rejected_inputs"].items()})
         for limit, per_joint in snap["interventions_by_limit"].items():
