@@ -812,11 +812,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "errors": {},
     }
-    if args.merge and (out / "results.json").is_file():
-        previous = json.loads((out / "results.json").read_text())
-        previous["context"] = {**previous.get("context", {}), "merged_run": results["context"]}
-        previous.setdefault("errors", {})
-        results = previous
     bundle, export = args.model_bundle, args.model_export
     total = 5
     with tempfile.TemporaryDirectory() as tmp:
@@ -875,6 +870,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["errors"]["control stream"] = f"{type(exc).__name__}: {exc}"
     results["context"]["load_end"] = os.getloadavg()[0]
     results["context"]["total_s"] = time.monotonic() - started
+    if args.merge and (out / "results.json").is_file():  # read now: another run may have written it since
+        previous = json.loads((out / "results.json").read_text())
+        previous.update({k: v for k, v in results.items() if k not in ("context", "errors")})
+        previous.setdefault("context", {})["merged_run"] = results["context"]
+        previous["errors"] = {**previous.get("errors", {}), **results["errors"]}
+        results = previous
     plots = _plots(results, out)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     report = write_markdown(results, out, plots)
