@@ -49,6 +49,8 @@ from apt_policy.runtime.manifest import (
 from tqdm import tqdm
 
 OPSET = 18
+PRECISIONS = ("fp32", "fp16", "int8")
+OPTIMIZE = ("ort", "transformer", "none")
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # graphs with more weight bytes than this store them in <graph>.onnx.data
 TOKENIZER_FILE = "tokenizer.json"
 FP32_COMPUTED = (
@@ -259,13 +261,20 @@ def export_onnx(
     overwrite: bool = False,
     progress: bool = True,
     rtc_inputs: bool = True,
+    optimize: str = "ort",
 ) -> Manifest:
     """Export a bundle to ``out_dir`` (written to a temp dir first, moved in place when complete).
 
     ``rtc_inputs=False`` leaves the real-time-chunking inputs out of the sampler and denoiser (the graphs
-    as exported before RTC existed; the runtime then refuses a prefix)."""
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
+    as exported before RTC existed; the runtime then refuses a prefix). ``precision`` int8: traced in
+    fp32, weight MatMuls quantised dynamically (quantize.py). ``optimize``: ``ort`` saves ONNX Runtime's
+    optimised graph beside each graph (optimize.py), ``transformer`` runs the transformer optimizer's
+    fusions before that, ``none`` saves none.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if optimize not in OPTIMIZE:
+        raise ValueError(f"optimize must be one of {OPTIMIZE}, got {optimize!r}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
@@ -279,7 +288,7 @@ def export_onnx(
         config = dataclasses.replace(config, sampling_steps=int(steps)).validate()
     model = bundle.model.eval()
     model.config = config
-    if precision == "fp16":
+    if precision == "fp16":  # int8 is traced in fp32 and quantised after export
         model = to_half(model)
     bar.update()
     x = example_inputs(model)
@@ -316,9 +325,10 @@ def export_onnx(
                     raise ExportError(f"{name} graph failed ONNX checks: {exc}") from exc
                 bar.update()
         _check_interface(graphs, prefix_names)
+        graphs = _variants(staging, graphs, precision, optimize, bar)
         bar.set_postfix_str("writing manifest")
         shutil.copyfile(bundle.tokenizer_path, staging / TOKENIZER_FILE)
-        names = [f for g in graphs.values() for f in (g.file, *g.external_data)] + [TOKENIZER_FILE]
+        names = [f for g in graphs.values() for f in g.files] + [TOKENIZER_FILE]
         manifest = Manifest(
             model_id=config.model_id,
             precision=precision,
@@ -351,6 +361,21 @@ def export_onnx(
     return manifest
 
 
+def _variants(staging: Path, graphs: dict[str, GraphSpec], precision: str, optimize: str, bar) -> dict:
+    """int8 quantisation (in place) and the saved ORT-optimised graphs (optimize.py, quantize.py)."""
+    if precision == "int8":
+        from .quantize import quantize_graphs
+
+        bar.set_postfix_str("quantising MatMuls to int8")
+        graphs = quantize_graphs(staging, graphs)
+    if optimize != "none":
+        from .optimize import optimize_graphs
+
+        bar.set_postfix_str(f"optimising ({optimize})")
+        graphs = optimize_graphs(staging, graphs, fusions=optimize == "transformer")
+    return graphs
+
+
 def _check_interface(graphs: dict[str, GraphSpec], prefix_names: list[str]) -> None:
     """Every sampler/denoiser prefix input must be a prefix output of the same dtype and shape."""
     produced = {t.name: t for t in graphs["prefix"].outputs}
@@ -371,5 +396,7 @@ def describe(manifest: Manifest) -> str:
     for name, g in manifest.graphs.items():
         ins = ", ".join(f"{t.name}{list(t.shape)}" for t in g.inputs)
         outs = ", ".join(f"{t.name}{list(t.shape)}" for t in g.outputs)
-        lines.append(f"  {name:9s} {g.file}{' (+external data)' if g.external_data else ''}: {ins} -> {outs}")
+        opt = f" (+ {g.optimized.file}, ORT {g.optimized.level})" if g.optimized else ""
+        data = " (+external data)" if g.external_data else ""
+        lines.append(f"  {name:9s} {g.file}{data}{opt}: {ins} -> {outs}")
     return "\n".join(lines)

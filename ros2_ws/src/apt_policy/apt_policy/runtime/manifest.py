@@ -59,13 +59,44 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class OptimizedGraph:
+    """ONNX Runtime's optimised version of a graph, saved at export (same interface as the graph).
+
+    It holds ORT contrib operators (fused norms, GELU, quantised MatMuls), so only ONNX Runtime's CPU
+    provider of the recorded version runs it; anything else (TensorRT, other providers) uses the graph.
+    """
+
+    file: str
+    level: str  # ORT graph optimisation level it was saved at ("extended")
+    onnxruntime_version: str
+    external_data: tuple[str, ...] = ()
+    fusions: dict[str, int] = field(default_factory=dict)  # transformer-optimizer fused operators, if run
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OptimizedGraph:
+        return cls(
+            file=str(d["file"]),
+            level=str(d["level"]),
+            onnxruntime_version=str(d["onnxruntime_version"]),
+            external_data=tuple(d.get("external_data", ())),
+            fusions={str(k): int(v) for k, v in d.get("fusions", {}).items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["external_data"] = list(self.external_data)
+        return d
+
+
+@dataclass(frozen=True)
 class GraphSpec:
-    """One ONNX graph file (plus its external-data files, if any) and its interface."""
+    """One ONNX graph file (plus its external-data files, if any), its interface and optimised version."""
 
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     external_data: tuple[str, ...] = ()
+    optimized: OptimizedGraph | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GraphSpec:
@@ -74,15 +105,25 @@ class GraphSpec:
             inputs=tuple(TensorSpec.from_dict(x) for x in d["inputs"]),
             outputs=tuple(TensorSpec.from_dict(x) for x in d["outputs"]),
             external_data=tuple(d.get("external_data", ())),
+            optimized=OptimizedGraph.from_dict(d["optimized"]) if d.get("optimized") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "file": self.file,
             "external_data": list(self.external_data),
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
         }
+        if self.optimized is not None:
+            d["optimized"] = self.optimized.to_dict()
+        return d
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file of this graph: the graph, its external data, the optimised graph and its data."""
+        opt = () if self.optimized is None else (self.optimized.file, *self.optimized.external_data)
+        return (self.file, *self.external_data, *opt)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -241,7 +282,7 @@ def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     manifest = Manifest.from_dict(raw)
     # An engine dir keeps the graphs' interfaces but not the ONNX files; its engines are hashed instead.
     for name, graph in ({} if manifest.engines else manifest.graphs).items():
-        for f in (graph.file, *graph.external_data):
+        for f in graph.files:
             if f not in manifest.files:
                 raise ManifestError(f"graph {name!r} file {f} has no sha256 in the manifest")
     for name, engine in manifest.engines.items():
