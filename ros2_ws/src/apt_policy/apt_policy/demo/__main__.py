@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: 101 + pid %% 100)")
     p.add_argument("--params-file", type=Path, default=None, help="node parameters (default config/sim.yaml)")
     p.add_argument("--video-fps", type=float, default=15.0, help="recorded camera frames per second (15)")
-    p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/recording.npz")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/recording/")
     return p
 
 
