@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from apt_policy.data.msgdefs import message_definition
 
 __all__ = [
@@ -111,6 +112,8 @@ class BagWriter:
             raise FileExistsError(f"{self.path} exists and is not empty")
         self.path.mkdir(parents=True, exist_ok=True)
         self.split = split or SplitPolicy()
+        if self.split.max_file_bytes:  # the file grows a chunk at a time: keep chunks small against it
+            chunk_bytes = min(chunk_bytes, max(self.split.max_file_bytes // 8, 16 * 1024))
         self.chunk_bytes = chunk_bytes
         self.ros_distro = ros_distro
         self.topics: dict[str, _Topic] = {}

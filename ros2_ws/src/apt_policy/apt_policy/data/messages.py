@@ -11,9 +11,10 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from apt_policy.data.msgdefs import message_definition
 
-__all__ = ["Messages", "decode_jpeg", "stamp_ns"]
+__all__ = ["CdrTrimmer", "Messages", "decode_jpeg", "stamp_ns"]
 
 
 class Messages:
@@ -44,6 +45,43 @@ class Messages:
 
     def decode(self, raw: bytes, type_name: str) -> Any:
         return self.store.deserialize_cdr(raw, type_name)
+
+
+class CdrTrimmer:
+    """Cut serialised messages to their CDR length.
+
+    The ROS 2 Kilted wheels' rmw serialises some types with unused bytes after the message (a 5-point
+    JointTrajectory: 900 bytes, ~40 of them past the end; ``rclpy.serialization.serialize_message`` does the
+    same). rclpy and Fast DDS ignore them; rosbags' reader refuses a message longer than its CDR plus 3 bytes
+    of padding. The recorder passes every message through :meth:`trim`: the first message of each type is
+    measured, and only types found padded are decoded (to find their end) from then on.
+    """
+
+    def __init__(self) -> None:
+        self._messages: dict[str, Messages] = {}
+        self._padded: dict[str, bool] = {}
+
+    def _end(self, type_name: str, raw: bytes) -> int:
+        m = self._messages.get(type_name)
+        if m is None:
+            m = self._messages[type_name] = Messages([type_name])
+        msgdef = m.store.get_msgdef(type_name)
+        func = msgdef.deserialize_cdr_le if raw[1] else msgdef.deserialize_cdr_be
+        _, pos = func(memoryview(raw)[4:], 0, msgdef.cls, m.store)
+        return 4 + int(pos)
+
+    def trim(self, type_name: str, raw: bytes) -> bytes:
+        padded = self._padded.get(type_name)
+        if padded is False:
+            return raw
+        try:
+            end = self._end(type_name, raw)
+        except Exception:  # a type rosbags cannot parse: store as received
+            self._padded[type_name] = False
+            return raw
+        if padded is None:
+            self._padded[type_name] = end + 3 < len(raw)
+        return raw[:end] if end + 3 < len(raw) else raw
 
 
 def stamp_ns(stamp: Any) -> int:

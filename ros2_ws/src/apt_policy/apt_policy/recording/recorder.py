@@ -8,9 +8,10 @@ A node of its own (its own process: recording never takes the policy node's GIL 
 * every raw ``sensor_msgs/Image`` topic of ``cameras`` is recorded as ``<topic>/compressed``
   (``sensor_msgs/CompressedImage``, JPEG by cv2) at ``camera_rate`` Hz, ``jpeg_quality``, optionally
   resized to ``camera_width`` pixels wide, encoded on an encoder thread;
-* one writer thread owns the :class:`~apt_policy.data.bag.BagWriter` (split by ``max_file_mb`` /
-  ``max_file_s``, oldest files deleted above ``max_total_mb``). Callbacks only enqueue; a full queue drops
-  the message and counts it (reported on ``~/stats`` and at exit), it never blocks the executor.
+* one writer thread cuts messages to their CDR length (:class:`~apt_policy.data.messages.CdrTrimmer`:
+  the ROS wheels' rmw pads some types) and owns the :class:`~apt_policy.data.bag.BagWriter` (split by
+  ``max_file_mb`` / ``max_file_s``, oldest files deleted above ``max_total_mb``). Callbacks only
+  enqueue; a full queue drops the message and counts it (``~/stats``, the exit summary), never blocks.
 
 Receive times (the bag's log times) are the system clock, ns since the epoch, like ``ros2 bag record``.
 SIGINT closes the open file and writes metadata.yaml.
@@ -41,6 +42,7 @@ from sensor_msgs.msg import CompressedImage
 from std_msgs.msg import String
 
 from apt_policy.data.bag import BagWriter, SplitPolicy, qos_profile
+from apt_policy.data.messages import CdrTrimmer
 from apt_policy.ros.image_cdr import CdrError, parse_image
 
 __all__ = ["DEFAULT_CAMERAS", "DEFAULT_TOPICS", "Recorder", "main"]
@@ -270,6 +272,7 @@ class Recorder(Node):
 
     def _write_loop(self) -> None:
         declared = 0
+        trimmer = CdrTrimmer()
         while True:
             item = self.queue.get()
             while declared < len(self.writer_topics):
@@ -279,7 +282,8 @@ class Recorder(Node):
             if item is None:
                 break
             try:
-                self.writer.write(*item)
+                topic, t_ns, raw = item
+                self.writer.write(topic, t_ns, trimmer.trim(self.writer.topics[topic].type, raw))
             except Exception as exc:  # disk full, ...: keep the node alive, report it
                 self.errors.append(f"write {item[0]}: {exc}")
         with self._lock:
