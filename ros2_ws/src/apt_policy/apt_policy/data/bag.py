@@ -92,6 +92,7 @@ class _File:
     count: int = 0
     size: int = 0
     channels: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
 
 
 class BagWriter:
@@ -213,6 +214,7 @@ class BagWriter:
             f.start_ns = f.end_ns = int(t_ns)
         f.start_ns, f.end_ns = min(f.start_ns, int(t_ns)), max(f.end_ns, int(t_ns))
         f.count += 1
+        f.counts[topic] = f.counts.get(topic, 0) + 1
         t.count += 1
 
     def size(self) -> int:
@@ -251,7 +253,7 @@ class BagWriter:
                         "offered_qos_profiles": t.qos,
                         "type_description_hash": "",
                     },
-                    "message_count": t.count,
+                    "message_count": sum(f.counts.get(t.name, 0) for f in files),
                 }
                 for t in self.topics.values()
             ],

@@ -4,8 +4,8 @@ Boundaries (all from recorded topics, in receive-time order):
 
 * start: a message on the instruction topic (an operator or a script gave an instruction), or the node's
   ``~/status`` naming an instruction other than the open episode's (``SetInstruction`` and the
-  ``FollowInstruction`` action set it without an instruction message), or a FollowInstruction goal
-  becoming EXECUTING;
+  ``FollowInstruction`` action set it without an instruction message); when a FollowInstruction goal
+  became EXECUTING up to 1 s before, the episode starts then and its source is ``action``;
 * end, with its outcome: ``preempted`` (the next start), ``succeeded`` / ``canceled`` / ``aborted`` (the
   FollowInstruction goal's terminal status), ``stopped`` (the node back to IDLE without an instruction: a
   stop, or the node restarted), ``fault`` (FAULT), ``end_of_recording``.
@@ -82,6 +82,7 @@ def episodes_from_messages(messages: Iterable[Message], topics: TopicNames | Non
     goal_states: dict[bytes, int] = {}
     takeover: list[tuple[int, int]] = []
     takeover_since: int | None = None
+    action_pending: int | None = None  # when a goal started executing, until its instruction opens an episode
     last_t = 0
 
     def close(t_ns: int, outcome: str) -> None:
@@ -92,9 +93,12 @@ def episodes_from_messages(messages: Iterable[Message], topics: TopicNames | Non
             current = None
 
     def open_(t_ns: int, text: str, source: str) -> None:
-        nonlocal current
+        nonlocal current, action_pending
+        if action_pending is not None and t_ns - action_pending < 10**9:
+            t_ns, source = action_pending, "action"  # the goal's start is the episode's
         close(t_ns, "preempted")
         current = Episode(len(episodes), text, t_ns, source=source)
+        action_pending = None
 
     for m in messages:
         last_t = m.t_ns
@@ -122,8 +126,8 @@ def episodes_from_messages(messages: Iterable[Message], topics: TopicNames | Non
                 goal_states[gid] = code
                 if code in _TERMINAL and current is not None and current.source == "action":
                     close(m.t_ns, _TERMINAL[code])
-                elif code == EXECUTING and current is not None:
-                    current.source = "action"  # the instruction comes with the status / instruction topic
+                elif code == EXECUTING:
+                    action_pending = m.t_ns  # its instruction arrives on ~/status (the goal is not recorded)
         elif m.topic == topics.takeover:
             if bool(m.msg.data) and takeover_since is None:
                 takeover_since = m.t_ns

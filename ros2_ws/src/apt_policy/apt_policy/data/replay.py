@@ -207,7 +207,8 @@ def write_replayed(bag: str | Path, out: str | Path, result: ReplayResult, chunk
                 c, actions = by_time[t_ns]
                 c.actions = actions.reshape(-1).astype(np.float32)
                 c.horizon, c.action_dim = actions.shape
-                raw = m.store.serialize_cdr(c, CHUNK_TYPE)
+                writer.write(conn.topic, t_ns, bytes(m.store.serialize_cdr(c, CHUNK_TYPE)))
+                continue
             writer.write(conn.topic, t_ns, bytes(raw))
     return Path(out)
 

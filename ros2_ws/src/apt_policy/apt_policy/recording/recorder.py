@@ -108,7 +108,7 @@ def encode_jpeg(raw: bytes | memoryview, width: int, quality: int) -> tuple[floa
     if channels is None:
         raise ValueError(f"encoding {view.encoding!r} not recorded (rgb8, bgr8, mono8)")
     rows = np.frombuffer(view.data, np.uint8).reshape(view.height, view.step)
-    img = rows[:, : view.width * channels].reshape(view.height, view.width, channels)
+    img: Any = rows[:, : view.width * channels].reshape(view.height, view.width, channels)
     if view.encoding == "rgb8":
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
     if width and width != view.width:
@@ -206,7 +206,8 @@ class Recorder(Node):
             infos = self.get_publishers_info_by_topic(name)
             if not infos:
                 continue
-            type_name = spec.type or (graph.get(name) or [None])[0]
+            types = graph.get(name) or []
+            type_name = spec.type or (types[0] if types else None)
             if type_name is None:
                 continue
             del self.pending[name]
