@@ -66,7 +66,8 @@ def _goal(m: Messages, t: int, code: int) -> bytes:
 
 def synthetic_bag(path: Path) -> Path:
     """6 s at 50 Hz: instruction A at 0 s (takeover 1.0-1.5 s), B at 2 s, a FollowInstruction goal C
-    (status only, no instruction message) executing at 4 s and succeeding at 5.5 s, then IDLE."""
+    (status only, no instruction message) executing at 4 s and succeeding at 5.5 s, then IDLE; ~/status
+    at 10 Hz naming each (IDLE just after B: the node has not taken it yet)."""
     import cv2
 
     m = Messages(TYPES.values())
@@ -87,13 +88,14 @@ def synthetic_bag(path: Path) -> Path:
     items.append(
         (T0 + 4 * s, "/apt_policy/follow_instruction/_action/status", _goal(m, T0 + 4 * s, EXECUTING))
     )
-    items.append(
-        (T0 + 4 * s + 10**7, "/apt_policy/status", _status(m, T0 + 4 * s, 1, "touch the green cube"))
-    )
+    for k in range(60):  # ~/status at 10 Hz; just after an instruction it still shows the node's old state
+        t = T0 + k * s // 10 + 5 * 10**6
+        text = ("reach the red block", "go to the blue block", "touch the green cube", "")[min(k // 20, 3)]
+        text = "" if k == 20 or k >= 55 else text
+        items.append((t, "/apt_policy/status", _status(m, t, 1 if text else 0, text)))
     items.append(
         (T0 + 11 * s // 2, "/apt_policy/follow_instruction/_action/status", _goal(m, T0 + 5 * s, SUCCEEDED))
     )
-    items.append((T0 + 11 * s // 2 + 10**7, "/apt_policy/status", _status(m, T0 + 6 * s, 0, "")))
     for k in range(300):
         t = T0 + k * s // 50
         q = np.full(7, 0.01 * k)
@@ -157,6 +159,32 @@ def test_episodes_from_instructions_takeover_and_the_action(tmp_path) -> None:
     assert episodes[1].start_ns == T0 + 2 * 10**9 and episodes[0].end_ns == episodes[1].start_ns
     assert episodes[2].end_ns == T0 + 11 * 10**9 // 2
     assert episodes[0].takeover == [(T0 + 10**9, T0 + 3 * 10**9 // 2)] and not episodes[1].takeover
+
+
+def test_a_silent_node_ends_its_episode_at_its_last_status() -> None:
+    from types import SimpleNamespace
+
+    from apt_policy.data.bag import Message
+    from apt_policy.data.episodes import episodes_from_messages
+
+    def status(t: float, text: str) -> Message:
+        return Message(
+            "/apt_policy/status",
+            "",
+            round(t * 1e9),
+            SimpleNamespace(instruction=text, state=1 if text else 0),
+        )
+
+    stream = [Message("/apt_policy/instruction", "", 0, SimpleNamespace(data="a")), status(0.05, "")]
+    stream += [status(0.1 * k, "a") for k in range(1, 20)] + [status(5.0, ""), status(5.1, "")]
+    stream += [Message("/apt_policy/instruction", "", 6 * 10**9, SimpleNamespace(data="b"))]
+    stream += [status(6.0 + 0.1 * k, "b") for k in range(1, 10)]
+    first, second = episodes_from_messages(stream)
+    assert (first.outcome, first.end_ns) == (
+        "stopped",
+        round(1.9e9),
+    )  # restarted node: ends at its last status
+    assert (second.instruction, second.outcome) == ("b", "end_of_recording")
 
 
 def test_export_round_trips_actions_frames_and_takeover(tmp_path) -> None:

@@ -7,8 +7,9 @@ Boundaries (all from recorded topics, in receive-time order):
   ``FollowInstruction`` action set it without an instruction message); when a FollowInstruction goal
   became EXECUTING up to 1 s before, the episode starts then and its source is ``action``;
 * end, with its outcome: ``preempted`` (the next start), ``succeeded`` / ``canceled`` / ``aborted`` (the
-  FollowInstruction goal's terminal status), ``stopped`` (the node back to IDLE without an instruction: a
-  stop, or the node restarted), ``fault`` (FAULT), ``end_of_recording``.
+  FollowInstruction goal's terminal status), ``stopped`` (the node back to IDLE without an instruction once
+  it had named the episode's, or its ``~/status`` silent for over 1 s: stopped or restarted; the episode
+  then ends at its last status), ``fault`` (FAULT), ``end_of_recording``.
 
 Human takeover (DAgger-style data): ``/apt_policy/takeover`` (std_msgs/Bool) True..False intervals, clipped
 to each episode; the export marks every frame inside one.
@@ -31,6 +32,7 @@ IDLE, RUNNING, HOLDING, PAUSED, FAULT = range(5)
 # action_msgs/GoalStatus.status
 EXECUTING, SUCCEEDED, CANCELED, ABORTED = 2, 4, 5, 6
 _TERMINAL = {SUCCEEDED: "succeeded", CANCELED: "canceled", ABORTED: "aborted"}
+STATUS_GAP_NS = 10**9  # ~/status is published at 10 Hz: a longer silence means the node went away
 
 
 @dataclass(frozen=True)
@@ -82,11 +84,14 @@ def episodes_from_messages(messages: Iterable[Message], topics: TopicNames | Non
     goal_states: dict[bytes, int] = {}
     takeover: list[tuple[int, int]] = []
     takeover_since: int | None = None
+    acked = False  # the node's status has named the open episode's instruction
+    last_status: int | None = None
     action_pending: int | None = None  # when a goal started executing, until its instruction opens an episode
     last_t = 0
 
     def close(t_ns: int, outcome: str) -> None:
-        nonlocal current
+        nonlocal current, acked
+        acked = False
         if current is not None:
             current.end_ns, current.outcome = t_ns, outcome
             episodes.append(current)
@@ -108,6 +113,11 @@ def episodes_from_messages(messages: Iterable[Message], topics: TopicNames | Non
                 open_(m.t_ns, text, "instruction")
         elif m.topic == topics.status:
             text, state = str(m.msg.instruction), int(m.msg.state)
+            if current is not None and last_status is not None and m.t_ns - last_status > STATUS_GAP_NS:
+                close(last_status, "stopped")  # the node went away (stopped, restarted) mid-episode
+            last_status = m.t_ns
+            if current is not None and text == current.instruction:
+                acked = True
             if (
                 text
                 and state in (RUNNING, HOLDING, PAUSED)
@@ -116,8 +126,8 @@ def episodes_from_messages(messages: Iterable[Message], topics: TopicNames | Non
                 open_(m.t_ns, text, "status")
             elif current is not None and state == FAULT:
                 close(m.t_ns, "fault")
-            elif current is not None and state == IDLE and not text:
-                close(m.t_ns, "stopped")
+            elif current is not None and state == IDLE and not text and acked:
+                close(m.t_ns, "stopped")  # (before the node names the instruction, IDLE is its old state)
         elif m.topic == topics.action_status:
             for status in m.msg.status_list:
                 gid, code = _goal_id(status), int(status.status)
@@ -134,6 +144,8 @@ def episodes_from_messages(messages: Iterable[Message], topics: TopicNames | Non
             elif not bool(m.msg.data) and takeover_since is not None:
                 takeover.append((takeover_since, m.t_ns))
                 takeover_since = None
+    if current is not None and last_status is not None and last_t - last_status > STATUS_GAP_NS:
+        close(last_status, "stopped")
     close(last_t, "end_of_recording")
     if takeover_since is not None:
         takeover.append((takeover_since, last_t + 1))
