@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from rclpy.node import Node
 
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
@@ -37,7 +36,7 @@ from apt_policy.ros import conversions, image_cdr
 from apt_policy.ros.control_setup import build_controller, build_loop
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
 from apt_policy.ros.params import NodeParams, ParameterError, declare_and_read
-from apt_policy.ros.polling import PolledSubscription
+from apt_policy.ros.polling import PolledSubscription, helper_node
 from apt_policy.ros.qos import EVENTS, SENSOR
 from apt_policy.ros.spin import spin_node
 
@@ -169,9 +168,7 @@ class PolicyNode(Node):
         self._poll_node: Node | None = None
         poll_node: Node = self  # replaced by the poll node when polling is on (only then used)
         if p.poll_joint_states or p.poll_cameras:  # read by the stream thread (see ros/polling.py)
-            poll_node = self._poll_node = rclpy.create_node(
-                f"{NODE_NAME}_poll", context=self.context, start_parameter_services=False
-            )
+            poll_node = self._poll_node = helper_node(self, "poll")  # survives a launch file's name=
         self._camera_pollers: list[tuple[Callable[[Any], None], PolledSubscription]] = []
         for name, topic in zip(self.camera_names, p.camera_topics, strict=True):
             compressed = topic.rstrip("/").endswith("/compressed")
