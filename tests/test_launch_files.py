@@ -19,14 +19,14 @@ from typing import ClassVar
 
 import pytest
 import yaml
-from apt_policy.ros import interfaces, launch_args, params
+from apt_policy.ros import launch_args, params
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "ros2_ws" / "src" / "apt_policy"
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
 PARAM_FILES = sorted((PKG / "config").glob("*.yaml")) + sorted((ROOT / "launch").glob("*.yaml"))
 
-NODE_PARAMETERS = {s.name for s in params.SPECS} | {s.name for s in interfaces.SPECS}
+NODE_PARAMETERS = {s.name for s in params.SPECS}  # the node's and its interfaces'
 # Arguments of the included launch files, from their upstream sources (see
 # /work/shared/reference/robot_side.md): franka_bringup/launch/franka.launch.py (franka_ros2 v2/v3) and
 # realsense2_camera/launch/rs_launch.py (realsense-ros 4.5x).

@@ -170,6 +170,32 @@ class Controller:
 
     # ------------------------------------------------------------------------------------ operator API
 
+    def reconfigure(self, config: ControllerConfig) -> str | None:
+        """Switch to ``config`` at run time; None when applied, else why not (nothing changed then).
+
+        Blending, the request threshold, the tracking-error bound, the watchdog and the safety limits may
+        change; the stream's timing (control_dt, chunk_dt, interpolation, look-ahead) may not. New safety
+        limits are refused while the last command would violate them (e.g. a lower velocity limit while the
+        arm moves faster): the filter's invariant must hold from the very next tick.
+        """
+        fixed = ("control_dt", "chunk_dt", "interpolation", "lookahead_points", "action_lead")
+        changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
+        if changed:
+            return f"{', '.join(changed)} cannot change at run time"
+        with self._lock:
+            safety = self.safety
+            if config.safety != self.config.safety:
+                safety = SafetyFilter(self.limits, config.safety, config.control_dt)
+                if self._cmd is not None and not safety.is_safe(self._cmd):
+                    return (
+                        "the last command is outside the new safety limits (moving too fast or too close to "
+                        "a limit for them): change them while holding or paused"
+                    )
+            self.safety = safety
+            self.schedule.blend = config.blend
+            self.config = config
+        return None
+
     @property
     def state(self) -> ControllerState:
         return self._state

@@ -16,11 +16,24 @@ from apt_policy.control.semantics import ActionLayout
 from apt_policy.control.watchdog import WatchdogConfig
 from apt_policy.robots.franka import RobotProfile, get_profile
 from apt_policy.ros.params import NodeParams, ParameterError
+from apt_policy.runtime.policy import PolicyInfo
 
 
-def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile]:
+def build_controller(p: NodeParams, info: PolicyInfo) -> tuple[Controller, RobotProfile]:
     """The controller for robot ``p.robot`` executing chunks of the policy described by ``info``."""
     profile = get_profile(p.robot)
+    config, layout = controller_config(p, info, profile)
+    try:
+        controller = Controller(JointLimits.from_profile(profile), layout, config)
+    except ValueError as exc:
+        raise ParameterError(f"control configuration: {exc}") from exc
+    return controller, profile
+
+
+def controller_config(
+    p: NodeParams, info: PolicyInfo, profile: RobotProfile
+) -> tuple[ControllerConfig, ActionLayout]:
+    """The controller's configuration and action layout from the parameters (ParameterError if invalid)."""
     dof = profile.dof
     arm_names = tuple(info.action_names[:dof])
     if arm_names != tuple(profile.joint_names):
@@ -66,10 +79,9 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
                 max_inference_latency=p.inference_timeout + p.max_image_age,
             ),
         )
-        controller = Controller(JointLimits.from_profile(profile), layout, config)
     except ValueError as exc:
         raise ParameterError(f"control configuration: {exc}") from exc
-    return controller, profile
+    return config, layout
 
 
 def build_loop(

@@ -28,14 +28,15 @@ from typing import Any
 import numpy as np
 from rclpy.node import Node
 
+from apt_policy.control.controller import ControllerState
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
 from apt_policy.control.stats import RollingStats
 from apt_policy.ros import conversions, image_cdr
-from apt_policy.ros.control_setup import build_controller, build_loop
+from apt_policy.ros.control_setup import build_controller, build_loop, controller_config
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
-from apt_policy.ros.params import NodeParams, ParameterError, declare_and_read
+from apt_policy.ros.params import NODE_SPECS, NodeParams, ParameterError, check_update, declare
 from apt_policy.ros.polling import PolledSubscription, helper_node
 from apt_policy.ros.qos import EVENTS, SENSOR
 from apt_policy.ros.spin import spin_node
@@ -49,12 +50,15 @@ REJECT_LOG_PERIOD_S = 5.0
 STAMPED_MIN_SPAN_S = 0.25
 
 
+NODE_PARAMETER_NAMES = frozenset(s.name for s in NODE_SPECS)
+
+
 class PolicyNode(Node):
     """The policy node. ``policy`` may be injected (in-process use), else ``load_policy(model, backend)``."""
 
     def __init__(self, policy: Any = None, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
-        self.params: NodeParams = declare_and_read(self)
+        self.params: NodeParams = declare(self, NodeParams)
         p = self.params
         self._owns_policy = policy is None
         if policy is None:
@@ -97,6 +101,8 @@ class PolicyNode(Node):
             timeout_s=p.inference_timeout,
         )
         self._make_publishers()
+        self._parameters_ready = False  # True once every parameter (the interfaces' too) is declared
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._make_subscriptions()
         self._status_timer = self.create_timer(1.0 / p.status_rate, self._publish_status)
         self._diag_every = max(1, round(p.status_rate))
@@ -115,6 +121,7 @@ class PolicyNode(Node):
         gc.collect()
         gc.freeze()
         self._attach_interfaces()  # before any thread runs: a failure here leaves nothing behind
+        self._parameters_ready = True
         self.worker.start()
         self.loop.start()
         if p.instruction:
@@ -189,6 +196,40 @@ class PolicyNode(Node):
         if self.use_gripper_state:
             self.create_subscription(JointState, p.gripper_states_topic, self._on_gripper_state, SENSOR)
         self.create_subscription(String, "~/instruction", self._on_instruction_msg, EVENTS)
+
+    def _on_set_parameters(self, parameters: list[Any]) -> Any:
+        """Validate and apply a run-time parameter change (all or nothing); refusals carry the reason."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        # Parameters of others (the interfaces declaring theirs, rclpy's own) are theirs to check; read-only
+        # ones are refused by rclpy before this callback.
+        changes = {p.name: p.value for p in parameters if p.name in NODE_PARAMETER_NAMES}
+        if not self._parameters_ready:
+            return SetParametersResult(successful=True)  # still declaring (interfaces)
+        if any(p.name == "use_sim_time" for p in parameters):
+            reason = (
+                "use_sim_time cannot change at run time: the command stream runs on the monotonic clock and "
+                "stamps on the ROS clock chosen at start; restart the node with it set"
+            )
+            self.get_logger().warning(f"parameter change refused: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
+        if not changes:
+            return SetParametersResult(successful=True)
+        try:
+            new = check_update(self.params, changes, moving=self.controller.state == ControllerState.RUNNING)
+            config, _ = controller_config(new, self.info, self.profile)
+        except ParameterError as exc:
+            self.get_logger().warning(f"parameter change refused: {exc}")
+            return SetParametersResult(successful=False, reason=str(exc))
+        problem = self.controller.reconfigure(config)
+        if problem is not None:
+            self.get_logger().warning(f"parameter change refused: {problem}")
+            return SetParametersResult(successful=False, reason=problem)
+        old, self.params = self.params, new
+        for name in changes:
+            attr = name
+            self.get_logger().info(f"parameter {name}: {getattr(old, attr)!r} -> {getattr(new, attr)!r}")
+        return SetParametersResult(successful=True)
 
     def _attach_interfaces(self) -> None:
         """Services, the FollowInstruction action, the gripper output and in-process cameras."""

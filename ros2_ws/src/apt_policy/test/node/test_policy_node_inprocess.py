@@ -334,3 +334,42 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
             )
     finally:
         rclpy.try_shutdown(context=ctx)
+
+
+def _set_over_dds(client, *params: Parameter) -> list:
+    """Set parameters through the node's ~/set_parameters service; the SetParametersResult of each."""
+    future = client.set_parameters(list(params))
+    _wait(future.done, what="the set_parameters reply")
+    return list(future.result().results)
+
+
+def test_run_time_parameters_are_validated_over_dds(running) -> None:
+    from rclpy.parameter_client import AsyncParameterClient
+
+    node, probe, _policy = running
+    client = AsyncParameterClient(probe.node, "/apt_policy")
+    assert client.wait_for_services(timeout_sec=10.0)
+    ok, _ = node.set_instruction("go left")
+    assert ok
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    # tightening a safety limit while moving is applied to the running controller
+    (res,) = _set_over_dds(client, Parameter("velocity_scale", value=0.3))
+    assert res.successful, res.reason
+    assert node.params.velocity_scale == 0.3 and node.controller.config.safety.velocity_scale == 0.3
+    # loosening it while moving is refused with the reason; nothing changes
+    (res,) = _set_over_dds(client, Parameter("velocity_scale", value=0.9))
+    assert not res.successful and "would loosen a safety limit" in res.reason
+    assert node.controller.config.safety.velocity_scale == 0.3
+    (res,) = _set_over_dds(client, Parameter("blending", value="ensemble"))
+    assert res.successful and node.controller.schedule.blend.mode == "ensemble"
+    (res,) = _set_over_dds(client, Parameter("use_sim_time", value=True))
+    assert not res.successful and "use_sim_time cannot change at run time" in res.reason
+    (res,) = _set_over_dds(client, Parameter("model", value="/elsewhere"))
+    assert not res.successful  # read-only: rclpy refuses it
+    assert probe.state() == PolicyStatus.RUNNING  # the refusals left the node running
+    # once stopped (holding, not following the policy) the limit may be loosened again
+    node.stop()
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE")
+    (res,) = _set_over_dds(client, Parameter("velocity_scale", value=0.9))
+    assert res.successful, res.reason
+    assert node.controller.config.safety.velocity_scale == 0.9
