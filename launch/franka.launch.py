@@ -40,7 +40,7 @@ from launch.actions import (
 from launch.event_handlers import OnProcessExit
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode
 
 from launch import LaunchDescription
 
@@ -56,6 +56,11 @@ ARGUMENTS = {
     "backend": ("", "Inference backend auto|tensorrt|onnxruntime|torch (node parameter backend)."),
     "control_rate": ("", "Command rate in Hz (node parameter control_rate); empty: keep params_file's."),
     "cameras": ("", "Comma-separated camera image topics (node parameter camera_topics)."),
+    "autostart": (
+        "",
+        "Node parameter autostart: true configures and activates at once, false waits for "
+        "lifecycle transitions; empty: keep params_file's.",
+    ),
     "params_file": ("", "Node parameter file (must exist); empty: <apt_policy share>/config/franka.yaml."),
     "start_franka_bringup": ("true", "Include franka_bringup/launch/franka.launch.py when installed."),
     "start_realsense": ("true", "Include realsense2_camera/launch/rs_launch.py when installed."),
@@ -64,6 +69,7 @@ ARGUMENTS = {
 }
 # launch argument -> node parameter it overrides (when not empty)
 NODE_PARAMETERS = {
+    "autostart": "autostart",
     "model": "model",
     "backend": "backend",
     "control_rate": "control_rate",
@@ -116,10 +122,13 @@ def _launch_setup(context, *args, **kwargs):
                     launch_arguments=realsense_arguments(values, REALSENSE_ARGUMENTS).items(),
                 )
             )
-    policy = Node(
+    # A managed node: launch_ros follows its lifecycle (transition events in the launch log, ChangeState
+    # events); with autostart false it waits unconfigured for `ros2 lifecycle set /apt_policy configure`.
+    policy = LifecycleNode(
         package=PACKAGE,
         executable="policy_node",
         name="apt_policy",
+        namespace="",
         parameters=node_params,
         output="screen",
         emulate_tty=True,

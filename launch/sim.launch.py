@@ -14,7 +14,7 @@ from apt_policy.ros.launch_args import node_overrides, params_file, policy_exit_
 from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, RegisterEventHandler, Shutdown
 from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 
 from launch import LaunchDescription
 
@@ -25,10 +25,16 @@ ARGUMENTS = {
     "backend": ("", "Inference backend auto|tensorrt|onnxruntime|torch (node parameter backend)."),
     "control_rate": ("", "Command rate in Hz (node parameter control_rate); empty: keep params_file's."),
     "instruction": ("", "Instruction to start with (node parameter instruction); empty: IDLE."),
+    "autostart": (
+        "",
+        "Node parameter autostart: true configures and activates at once, false waits for "
+        "lifecycle transitions; empty: keep params_file's.",
+    ),
     "params_file": ("", "Node parameter file (must exist); empty: <apt_policy share>/config/sim.yaml."),
 }
 # launch argument -> node parameter it overrides (when not empty)
 NODE_PARAMETERS = {
+    "autostart": "autostart",
     "model": "model",
     "backend": "backend",
     "control_rate": "control_rate",
@@ -42,10 +48,13 @@ def _launch_setup(context, *args, **kwargs):
     # Checked before any action is made: a bad argument starts nothing.
     node_params = [params_file(values["params_file"], "sim.yaml", __file__)]
     node_params.append(node_overrides(values, NODE_PARAMETERS))
-    policy = Node(
+    # A managed node: launch_ros follows its lifecycle (transition events in the launch log, ChangeState
+    # events); with autostart false it waits unconfigured for `ros2 lifecycle set /apt_policy configure`.
+    policy = LifecycleNode(
         package=PACKAGE,
         executable="policy_node",
         name="apt_policy",
+        namespace="",
         parameters=node_params,
         output="screen",
         emulate_tty=True,

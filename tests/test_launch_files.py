@@ -116,7 +116,7 @@ def test_launch_executables_are_console_scripts(path: Path):
     executables = {
         kw.value.value
         for n in ast.walk(ast.parse(path.read_text()))
-        if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "Node"
+        if isinstance(n, ast.Call) and getattr(n.func, "id", "") in ("Node", "LifecycleNode")
         for kw in n.keywords
         if kw.arg == "executable"
     }

@@ -1,5 +1,5 @@
 """Operator interfaces of the policy node: instruction service and action, pause/resume/stop, gripper output,
-in-process RealSense cameras. ``attach_interfaces(node)`` is called at the end of ``PolicyNode.__init__``.
+in-process RealSense cameras. ``attach_interfaces(node)`` is called by ``PolicyNode``'s configure transition.
 
 On the node (``~`` = ``/apt_policy``):
 

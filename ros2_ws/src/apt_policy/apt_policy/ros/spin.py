@@ -1,6 +1,7 @@
 """The shared body of the package's executables: init rclpy, spin one node, map errors to exit codes.
 
-Exit codes: 0 on Ctrl-C / SIGTERM / external shutdown, 2 for an invalid parameter (the message names it),
+Exit codes: 0 on Ctrl-C / SIGTERM / external shutdown / a node that says it is ``done`` (a lifecycle node
+shut down through its ``~/change_state``), 2 for an invalid parameter (the message names it),
 1 for any other startup failure when ``report_errors`` is set (otherwise it propagates with its traceback).
 
 SIGINT and SIGTERM are a request to stop, never an exception (:class:`StopSignals`): the node is built to
@@ -89,7 +90,7 @@ def spin_node(
             executor = SingleThreadedExecutor()
             executor.add_node(node)
             if stop.installed:
-                while not stop.requested and executor.context.ok():
+                while not stop.requested and executor.context.ok() and not getattr(node, "done", False):
                     executor.spin_once(timeout_sec=STOP_POLL_S)
             else:
                 executor.spin()

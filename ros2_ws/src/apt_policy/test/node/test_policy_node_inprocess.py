@@ -23,7 +23,7 @@ from apt_msgs.msg import ActionChunk, PolicyStatus
 from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3
 from apt_policy.ros.params import ParameterError
-from apt_policy.ros.policy_node import PolicyNode
+from apt_policy.ros.policy_node import make_policy_node
 from apt_policy.ros.qos import COMMANDS, EVENTS, SENSOR
 from apt_policy.runtime.policy import PolicyInfo
 from rclpy.executors import SingleThreadedExecutor
@@ -47,7 +47,7 @@ class ScriptedPolicy:
             backend="scripted",
             model_id="scripted-test",
             cameras=("front",),
-            image_size=(32, 32),
+            image_size=(24, 32),  # as the probe's camera (the node's self-check sends this size)
             horizon=10,
             action_dim=8,
             action_names=(*JOINTS, "gripper"),
@@ -142,7 +142,7 @@ def running(ros_env, tmp_path: Path, request):
         Parameter("max_skew", value=0.5),
         Parameter("poll_joint_states", value=getattr(request, "param", True)),
     ]
-    node = PolicyNode(policy=policy, context=ctx, parameter_overrides=params)
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
     probe = Probe(rclpy.create_node("probe", context=ctx))
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
@@ -306,7 +306,7 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
     rclpy.init(context=ctx)
     try:
         with pytest.raises(ParameterError, match="output_mode"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
@@ -315,7 +315,7 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
                 ],
             )
         with pytest.raises(ParameterError, match="camera_names"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
@@ -324,7 +324,7 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
                 ],
             )
         with pytest.raises(ParameterError, match="chunk_request_threshold"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
