@@ -62,6 +62,7 @@ setup(
             "ruff>=0.6",
             "import-linter>=2.1",
             "mypy>=1.10",
+            "hypothesis>=6.100",
             "vermin>=1.6",
             "transformers>=5.23,<6",
             "pillow>=10",

@@ -67,6 +67,8 @@ class DemoOptions:
     video_fps: float = 15.0
     params_file: Path | None = None
     cache: Path | None = None
+    latency: str = ""  # the node's simulated_latency (simulation only): fixed:<ms> | orin | thor | rtx4090
+    chunk_execution: str | None = None  # the node's chunk_execution (None: the params file's / default)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -209,6 +211,47 @@ def _robot_summary(log: Path) -> dict[str, Any]:
     return {}
 
 
+def node_overrides(opts: DemoOptions) -> list[str]:
+    """``-p`` arguments for the options that change node parameters (latency profile, chunk execution)."""
+    args = []
+    if opts.latency:
+        args += ["-p", f"simulated_latency:={opts.latency}"]
+    if opts.chunk_execution:
+        args += ["-p", f"chunk_execution:={opts.chunk_execution}"]
+    return args
+
+
+def chunk_execution_context(opts: DemoOptions, params_file: Path, log_dir: Path) -> dict[str, Any]:
+    """The latency profile and the chunk-execution strategy the demo ran with (for report.json)."""
+    import re
+
+    import yaml
+
+    from apt_policy.runtime.latency import parse_latency
+
+    profile = parse_latency(opts.latency)
+    requested = opts.chunk_execution
+    if requested is None:
+        data = yaml.safe_load(params_file.read_text()) or {}
+        node = next(iter(data.values()), {}) if isinstance(data, dict) else {}
+        requested = (node or {}).get("ros__parameters", {}).get("chunk_execution", "auto")
+    used = sorted(
+        {
+            m.group(1)
+            for log in log_dir.glob("*_policy_node.log")
+            for m in re.finditer(r"chunk execution (\w+)", log.read_text(errors="replace"))
+        }
+    )
+    return {
+        "latency_profile": {
+            "name": profile.name,
+            "description": profile.describe(),
+            "source": profile.source,
+        },
+        "chunk_execution": {"requested": requested, "used": used[0] if len(used) == 1 else used},
+    }
+
+
 def run_episode(
     plan: EpisodePlan, probe: Any, procs: ManagedProcesses, export: Path, params_file: Path, opts: DemoOptions
 ) -> EpisodeRecording:
@@ -244,7 +287,15 @@ def run_episode(
     )
     node = procs.start(
         "policy_node",
-        [_tool("apt-policy-node"), "--ros-args", "--params-file", str(params_file), "-p", f"model:={export}"],
+        [
+            _tool("apt-policy-node"),
+            "--ros-args",
+            "--params-file",
+            str(params_file),
+            "-p",
+            f"model:={export}",
+            *node_overrides(opts),
+        ],
         log_name=f"{plan.name}_policy_node",
     )
     _wait(
@@ -453,6 +504,7 @@ def run_demo(opts: DemoOptions) -> int:
         "parity": parity.get("summary", parity) if isinstance(parity, dict) else parity,
         "training_evaluation": evaluation,
         "timings_s": dict(opts.timings),
+        **chunk_execution_context(opts, params_file, log_dir),
     }
     report = make_report(recordings, out, control_rate_of(params_file), context, opts.video_fps)
     print(format_summary(report), flush=True)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from apt_policy.control.blending import BlendConfig
+from apt_policy.control.chunking import ChunkingConfig, ExecutionPlan, resolve_strategy
 from apt_policy.control.controller import Controller, ControllerConfig
 from apt_policy.control.limits import JointLimits
 from apt_policy.control.safety import SafetyConfig
@@ -17,6 +18,11 @@ from apt_policy.control.watchdog import WatchdogConfig
 from apt_policy.robots.franka import RobotProfile, get_profile
 from apt_policy.ros.params import NodeParams, ParameterError
 from apt_policy.runtime.policy import PolicyInfo
+
+
+def execution_plan(p: NodeParams, info: PolicyInfo) -> ExecutionPlan:
+    """``chunk_execution`` for this model: rtc only when it takes a prefix (``PolicyInfo.rtc_inputs``)."""
+    return resolve_strategy(p.chunk_execution, bool(info.rtc_inputs), fallback=p.blending)
 
 
 def build_controller(p: NodeParams, info: PolicyInfo) -> tuple[Controller, RobotProfile]:
@@ -48,6 +54,7 @@ def controller_config(
             f"horizon {info.horizon}"
         )
     try:
+        plan = execution_plan(p, info)
         layout = ActionLayout.from_config(
             info.action_semantics,
             dof,
@@ -64,7 +71,14 @@ def controller_config(
             request_when_left=threshold,
             max_tracking_error=p.max_tracking_error,
             lookahead_points=p.lookahead_points,
-            blend=BlendConfig(mode=p.blending, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m),
+            blend=BlendConfig(
+                mode=plan.blend_mode, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m
+            ),
+            chunking=ChunkingConfig(
+                rtc=plan.rtc,
+                delay_quantile=p.rtc_delay_quantile,
+                trained_max_delay=int(info.rtc_max_delay),
+            ),
             safety=SafetyConfig(
                 margin=p.position_margin,
                 velocity_scale=p.velocity_scale,

@@ -27,11 +27,14 @@ from typing import Any, Literal, TypeVar
 from apt_policy.control.gripper import GripperDecisionConfig
 from apt_policy.ros.gripper_output import OUTPUT_MODES as GRIPPER_OUTPUTS
 from apt_policy.ros.gripper_output import GripperOutputSettings
+from apt_policy.runtime.latency import parse_latency
 from apt_policy.runtime.load import BACKENDS
 
 OUTPUT_MODES = ("joint_trajectory", "joint_position", "none")
 ROBOTS = ("fr3", "panda")
 BLENDING = ("none", "crossfade", "ensemble")
+CHUNK_EXECUTION = ("auto", "rtc", "crossfade", "ensemble", "none")
+SIMULATION_ONLY = ("simulated_latency",)  # config/franka.yaml never sets these
 TIGHTEN = ("", "lower", "higher")
 
 _G = GripperDecisionConfig()
@@ -261,6 +264,25 @@ class NodeParams:
         "Chunk switch: none, crossfade over blending_steps, or ensemble (ACT weights).",
         choices=BLENDING,
         dynamic=True,
+    )
+    chunk_execution: str = param(
+        "auto",
+        "Chunk switches: rtc (real-time chunking: the actions that execute during inference are sent as a "
+        "committed prefix, the new chunk takes over after them), crossfade, ensemble, none; auto: rtc when "
+        "the model takes a prefix, else the 'blending' mode. rtc for a model without RTC inputs falls back "
+        "to 'blending'.",
+        choices=CHUNK_EXECUTION,
+    )
+    rtc_delay_quantile: float = param(
+        0.95,
+        "Real-time chunking: the committed prefix covers this quantile of the measured inference delays.",
+        low=0.5,
+        high=1.0,
+    )
+    simulated_latency: str = param(
+        "",
+        "SIMULATION ONLY: delay every inference to a latency profile ('' off, none, fixed:<ms>, orin, thor, "
+        "rtx4090). Never set it on a robot.",
     )
     blending_steps: int = param(
         3,
@@ -494,8 +516,11 @@ def _checked(
     return out
 
 
-def validate(values: Mapping[str, Any]) -> NodeParams:
-    """Check types, ranges, choices and cross-parameter rules; build :class:`NodeParams`."""
+def validate(values: Mapping[str, Any], check_model: bool = True) -> NodeParams:
+    """Check types, ranges, choices and cross-parameter rules; build :class:`NodeParams`.
+
+    ``check_model=False`` skips the model directory check (the simulated-clock evaluator passes a policy).
+    """
     out = _checked(NODE_SPECS, values, ParameterError)
     cams = tuple(n for n in out["camera_names"] if n)
     topics = tuple(t for t in out["camera_topics"] if t)
@@ -510,9 +535,9 @@ def validate(values: Mapping[str, Any]) -> NodeParams:
         if len(set(items)) != len(items):
             raise ParameterError(f"parameter '{group}' has duplicates: {list(items)}")
     out["camera_names"], out["camera_topics"] = cams, topics
-    if not out["model"]:
+    if check_model and not out["model"]:
         raise ParameterError("parameter 'model' is empty: set it to an exported model directory")
-    if not Path(out["model"]).expanduser().is_dir():
+    if check_model and not Path(out["model"]).expanduser().is_dir():
         raise ParameterError(f"parameter 'model': directory {out['model']!r} does not exist")
     if out["max_tracking_error"] >= out["max_deviation"]:
         # Otherwise an arm that stopped following (a frozen joint) leaves the command parked up to
@@ -525,7 +550,18 @@ def validate(values: Mapping[str, Any]) -> NodeParams:
         raise ParameterError(
             "parameter 'max_skew' is more than 10x the max input ages: check units (seconds)"
         )
+    try:
+        parse_latency(out["simulated_latency"])
+    except ValueError as exc:
+        raise ParameterError(f"parameter 'simulated_latency': {exc}") from None
     return NodeParams(**out)
+
+
+def defaults(**overrides: Any) -> NodeParams:
+    """The default parameters with ``overrides``, validated (no model directory needed)."""
+    values = {s.name: s.default for s in NODE_SPECS}
+    values.update(overrides)
+    return validate(values, check_model=False)
 
 
 def validate_interfaces(

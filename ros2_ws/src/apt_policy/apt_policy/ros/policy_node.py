@@ -38,8 +38,8 @@ from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
 from apt_policy.control.self_check import SelfCheckResult, run_self_check, synthetic_images
 from apt_policy.control.stats import RollingStats
-from apt_policy.ros import conversions, image_cdr
-from apt_policy.ros.control_setup import build_controller, build_loop, controller_config
+from apt_policy.ros import conversions
+from apt_policy.ros.control_setup import build_controller, build_loop, controller_config, execution_plan
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
 from apt_policy.ros.params import NODE_SPECS, NodeParams, ParameterError, check_update, declare
 from apt_policy.ros.polling import PolledSubscription, helper_node
@@ -175,11 +175,23 @@ class PolicyNode(LifecycleNode):
         if policy is None:
             self.get_logger().info(f"loading the model {p.model} ({p.backend})")
             policy = _load_policy(p)
+        if p.simulated_latency:
+            from apt_policy.runtime.latency import SimulatedLatencyPolicy, parse_latency
+
+            profile = parse_latency(p.simulated_latency)
+            self.get_logger().warning(
+                f"SIMULATION ONLY: every inference is delayed to the latency profile {profile.describe()} "
+                "(parameter simulated_latency); never use this on a robot"
+            )
+            policy = SimulatedLatencyPolicy(policy, profile)
         self.policy = policy
         info = policy.info
         self.info = info
         self.camera_names = self._camera_mapping(info)
         self.controller, self.profile = build_controller(p, info)
+        self.execution = execution_plan(p, info)
+        if self.execution.note:
+            self.get_logger().warning(f"chunk_execution {p.chunk_execution}: {self.execution.note}")
         self.joint_names = tuple(self.profile.joint_names)
         self.finger_names = tuple(self.profile.gripper_joint_names)
         self.use_gripper_state = len(info.state_names) == len(self.joint_names) + 1
@@ -203,7 +215,7 @@ class PolicyNode(LifecycleNode):
         self.get_logger().info(
             f"model {info.model_id} ({info.backend}): cameras {list(self.camera_names)} <- "
             f"{list(p.camera_topics)}, horizon {info.horizon} x {info.action_dim}, dt {info.dt} s; "
-            f"output {p.output_mode} at {p.control_rate} Hz"
+            f"output {p.output_mode} at {p.control_rate} Hz; chunk execution {self.execution.strategy}"
         )
         self.get_logger().info("warming up the policy")
         self.policy.warmup()
@@ -224,6 +236,7 @@ class PolicyNode(LifecycleNode):
             on_error=self._on_inference_error,
             expected_shape=(self.info.horizon, self.info.action_dim),
             timeout_s=self.params.inference_timeout,
+            prefix=self._rtc_prefix if self.execution.rtc else None,
         )
 
     def _run_self_check(self) -> None:
@@ -606,6 +619,8 @@ class PolicyNode(LifecycleNode):
             "tick_compute_p99_ms": self.tick_durations.p99 * 1e3,
             "backend": self.info.backend,
             "model_id": self.info.model_id,
+            "chunk_execution": self.execution.strategy,
+            **self.controller.chunking_status(),
         }
         with self._lock:
             snap["rejected_inputs"] = dict(self._rejections)
@@ -613,6 +628,10 @@ class PolicyNode(LifecycleNode):
         return snap
 
     # -- worker callbacks (inference thread) --------------------------------------------------------------
+
+    def _rtc_prefix(self, obs: Any) -> np.ndarray | None:
+        """The committed prefix for this observation (real-time chunking; decided by the controller)."""
+        return self.controller.rtc_prefix(obs.t_obs, obs.state, self.info.action_dim)
 
     def _on_chunk(self, result: ChunkResult) -> None:
         decision = self.controller.on_chunk(result, time.monotonic())
@@ -788,6 +807,19 @@ class PolicyNode(LifecycleNode):
         else:
             status.level = DiagnosticStatus.OK
             status.message = {PolicyStatus.IDLE: "idle", PolicyStatus.RUNNING: "running"}.get(state, "paused")
+        trained_max = int(snap.get("rtc_trained_max_delay", 0))
+        if (
+            self._configured
+            and self.execution.rtc
+            and trained_max > 0
+            and int(snap.get("delay_last_actions", 0)) > trained_max
+        ):
+            if status.level == DiagnosticStatus.OK:
+                status.level = DiagnosticStatus.WARN
+            status.message += (
+                f"; inference delay {snap['delay_last_actions']} actions exceeds the model's trained maximum"
+                f" {trained_max} (real-time chunking)"
+            )
         flat = {k: v for k, v in snap.items() if not isinstance(v, dict)}
         flat.update({f"rejected {k}": v for k, v in snap["rejected_inputs"].items()})
         for limit, per_joint in snap["interventions_by_limit"].items():
@@ -894,22 +926,8 @@ def _compressed_to_rgb(msg: Any) -> tuple[np.ndarray, float]:
 
 
 def _raw_image_to_rgb(raw: bytes) -> tuple[np.ndarray, float]:
-    """A serialised sensor_msgs/Image -> (RGB view on ``raw``, header stamp in s). Encodings that need
-    cv_bridge, and serialisations image_cdr does not read, go through rclpy's deserialisation."""
-    try:
-        view = image_cdr.parse_image(raw)
-        if view.encoding.lower() in conversions.DIRECT_ENCODINGS:
-            return conversions.image_to_rgb(view), view.stamp_s
-    except image_cdr.CdrError:
-        pass
-    from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import Image
-
-    try:
-        msg = deserialize_message(raw, Image)
-    except Exception as exc:  # rclpy raises a bare RuntimeError-like error for malformed bytes
-        raise conversions.ConversionError(f"not a sensor_msgs/Image: {exc}") from None
-    return conversions.image_to_rgb(msg), conversions.stamp_to_s(msg.header.stamp)
+    """A serialised sensor_msgs/Image -> (RGB, header stamp in s); see conversions.raw_image_to_rgb."""
+    return conversions.raw_image_to_rgb(raw)
 
 
 def _load_policy(p: NodeParams) -> Any:

@@ -93,8 +93,10 @@ class ProcessPolicy:
         state: np.ndarray,
         instruction: str,
         noise: np.ndarray | None = None,
+        prefix: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Actions (horizon, action_dim) computed by the child; InferenceError on any failure."""
+        """Actions (horizon, action_dim) computed by the child; InferenceError on any failure (a bad prefix
+        too: the child's PreprocessError comes back as InferenceError with its message)."""
         arrays = {name: np.asarray(img) for name, img in images.items()}
         with self._lock:
             need = sum(a.nbytes for a in arrays.values())
@@ -112,6 +114,7 @@ class ProcessPolicy:
                 np.asarray(state),
                 instruction,
                 noise,
+                None if prefix is None else np.asarray(prefix),  # (d, action_dim): small, pickled
             )
             reply = self._call_locked(request, "predict")
         return reply[1]
@@ -279,9 +282,10 @@ def serve(conn: Connection) -> None:
             return
         try:
             if kind == "predict":
-                _, path, generation, size, layout, state, instruction, noise = request
+                _, path, generation, size, layout, state, instruction, noise, *rest = request
+                prefix = rest[0] if rest else None  # requests without a prefix field: none
                 images = arena.views(path, generation, size, layout)
-                conn.send(("ok", np.asarray(policy.predict(images, state, instruction, noise))))
+                conn.send(("ok", np.asarray(policy.predict(images, state, instruction, noise, prefix))))
             elif kind == "warmup":
                 policy.warmup()
                 conn.send(("ok",))

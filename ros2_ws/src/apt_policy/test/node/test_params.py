@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from apt_policy.ros.params import INTERFACE_SPECS, NODE_SPECS, ParameterError, validate
+from apt_policy.ros.params import INTERFACE_SPECS, NODE_SPECS, SIMULATION_ONLY, ParameterError, validate
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 
@@ -80,8 +80,9 @@ def test_config_files_set_only_known_parameters_and_validate(tmp_path: Path, nam
     values.update(params)
     values["model"] = str(tmp_path)
     validate(values)
-    if name == "franka.yaml":  # the real setup documents every parameter
-        assert set(params) == {s.name for s in NODE_SPECS}
+    if name == "franka.yaml":  # the real setup documents every parameter but the simulation-only ones
+        assert set(params) == {s.name for s in NODE_SPECS} - set(SIMULATION_ONLY)
+        assert not set(params) & set(SIMULATION_ONLY)
 
 
 REPO = Path(__file__).resolve().parents[5]
@@ -136,3 +137,28 @@ def test_run_time_changes_are_validated_as_a_whole(tmp_path: Path) -> None:
         check_update(p, {"max_deviation": 0.1}, moving=True)  # tighter, but below the tracking bound
     with pytest.raises(ParameterError, match=r"'gripper\.speed' is not a run-time parameter"):
         check_update(p, {"gripper.speed": 0.05}, moving=False)
+
+
+def test_chunk_execution_resolves_against_the_model_and_latency_is_validated() -> None:
+    """auto / rtc become real-time chunking only for a model with RTC inputs; otherwise `blending`."""
+    from types import SimpleNamespace
+
+    from apt_policy.core.config import ActionSemantics
+    from apt_policy.robots.franka import FR3
+    from apt_policy.ros.control_setup import build_controller
+    from apt_policy.ros.params import defaults
+
+    names = (*FR3.joint_names, "gripper")
+    base = dict(action_names=names, horizon=16, dt=0.1, action_dim=8, action_semantics=ActionSemantics())
+    plain = SimpleNamespace(**base, rtc_inputs=False, rtc_max_delay=0)
+    rtc = SimpleNamespace(**base, rtc_inputs=True, rtc_max_delay=6)
+    for strategy in ("auto", "rtc"):
+        ctrl, _ = build_controller(defaults(chunk_execution=strategy), plain)
+        assert not ctrl.config.chunking.rtc and ctrl.config.blend.mode == "crossfade"
+        ctrl, _ = build_controller(defaults(chunk_execution=strategy), rtc)
+        assert ctrl.config.chunking.rtc and ctrl.config.chunking.trained_max_delay == 6
+    ctrl, _ = build_controller(defaults(chunk_execution="ensemble"), rtc)
+    assert not ctrl.config.chunking.rtc and ctrl.config.blend.mode == "ensemble"
+    assert defaults(simulated_latency="fixed:120").simulated_latency == "fixed:120"
+    with pytest.raises(ParameterError, match="simulated_latency"):
+        defaults(simulated_latency="jetson")

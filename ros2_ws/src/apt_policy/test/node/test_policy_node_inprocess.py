@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -373,3 +374,71 @@ def test_run_time_parameters_are_validated_over_dds(running) -> None:
     (res,) = _set_over_dds(client, Parameter("velocity_scale", value=0.9))
     assert res.successful, res.reason
     assert node.controller.config.safety.velocity_scale == 0.9
+
+
+class RtcPolicy(ScriptedPolicy):
+    """The scripted policy with real-time-chunking inputs: rows 0..d-1 of its chunk are the prefix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # trained for 1 action: the node's measured delay (>= 2 with 60 ms) exceeds it
+        self.info = replace(self.info, rtc_inputs=True, rtc_max_delay=1)
+        self.prefixes: list[np.ndarray | None] = []
+
+    def predict(self, images, state, instruction, noise=None, prefix=None):
+        self.prefixes.append(None if prefix is None else np.array(prefix))
+        actions = super().predict(images, state, instruction, noise)
+        if prefix is not None:
+            actions[: len(prefix)] = prefix
+        return actions
+
+
+def test_rtc_node_sends_prefixes_reports_delays_over_the_trained_max_and_simulates_latency(
+    ros_env, tmp_path: Path
+) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    policy = RtcPolicy()
+    params = [
+        Parameter("model", value=str(tmp_path)),
+        Parameter("chunk_request_threshold", value=4),
+        Parameter("status_rate", value=20.0),
+        Parameter("max_state_age", value=0.5),
+        Parameter("max_gripper_age", value=0.5),
+        Parameter("max_skew", value=0.5),
+        Parameter("simulated_latency", value="fixed:60"),
+    ]
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
+    probe = Probe(rclpy.create_node("probe", context=ctx))
+    diagnostics: list = []
+    probe.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, EVENTS)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    executor.add_node(probe.node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        assert node.execution.strategy == "rtc"
+        assert node.set_instruction("go left")[0]
+        _wait(lambda: sum(p is not None for p in policy.prefixes) >= 3, what="requests with a prefix")
+        snap = node.status_snapshot()
+        assert snap["chunk_execution"] == "rtc" and snap["rtc_on_time"] >= 1
+        assert snap["delay_last_actions"] >= 2 and snap["delay_over_trained_max"] >= 1  # 60 ms + compute
+        assert min(node.worker.latencies_s) >= 0.06  # the simulated latency delayed every inference
+        assert all(p.shape[1] == 8 and len(p) >= 2 for p in policy.prefixes if p is not None)
+
+        def warned() -> bool:
+            return any("trained maximum" in s.message for d in diagnostics for s in d.status)
+
+        _wait(warned, what="a /diagnostics warning about the trained maximum delay")
+        for _, msg in probe.trajectories[-20:]:
+            _traj_ok(msg)
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        thread.join(5)
+        node.destroy_node()
+        probe.node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
