@@ -507,8 +507,16 @@ class PolicyNode(LifecycleNode):
             except ValueError as exc:
                 return False, str(exc)
             self.worker.set_instruction(text, epoch)
-        self.get_logger().info(f"instruction: {text!r} (epoch {epoch})")
+            paused = self.controller.state == ControllerState.PAUSED
+        self.get_logger().info(f"instruction: {text!r} (epoch {epoch})" + (" while paused" if paused else ""))
         self._notify(old, text)
+        if paused:  # nothing moves until resume: say so rather than "following"
+            return True, f"accepted {text!r} while paused: holding until ~/resume, then following it"
+        if not self._streaming():
+            return (
+                True,
+                f"accepted {text!r}: not streaming (lifecycle {self.lifecycle_state}); followed on activate",
+            )
         return True, f"following {text!r}"
 
     def pause(self) -> tuple[bool, str]:

@@ -302,6 +302,21 @@ def test_pause_resume_stop_hooks(running) -> None:
     assert node.status_snapshot()["instruction"] == ""
 
 
+def test_an_instruction_while_paused_is_not_answered_with_following(running) -> None:
+    """Issue #17: accepted while PAUSED with "following ..." although nothing moves until resume."""
+    node, probe, _ = running
+    ok, message = node.set_instruction("go left")
+    assert ok and message == "following 'go left'"
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    assert node.pause()[0]
+    ok, message = node.set_instruction("go right")
+    assert ok and "paused" in message and "resume" in message and not message.startswith("following")
+    assert node.status_snapshot()["state_name"] == "PAUSED"
+    assert node.resume()[0]
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING on the new instruction")
+    assert node.status_snapshot()["instruction"] == "go right"
+
+
 def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
