@@ -1,5 +1,5 @@
 """Operator interfaces of the policy node: instruction service and action, pause/resume/stop, gripper output,
-in-process RealSense cameras. ``attach_interfaces(node)`` is called at the end of ``PolicyNode.__init__``.
+in-process RealSense cameras. ``attach_interfaces(node)`` is called by ``PolicyNode``'s configure transition.
 
 On the node (``~`` = ``/apt_policy``):
 
@@ -35,6 +35,7 @@ from apt_policy.control.controller import ControllerState
 from apt_policy.control.gripper import GripperDecisionConfig
 from apt_policy.ros.gripper_output import GripperOutput, GripperOutputSettings
 from apt_policy.ros.params import InterfaceParams, ParameterError, declare
+from apt_policy.ros.qos import SERVICES
 from apt_policy.ros.realsense_camera import CameraNotFoundError, ColorProfile, RealSenseCamera, open_cameras
 
 # PolicyStatus states: the controller's own enumeration (same numbers as apt_msgs/msg/PolicyStatus).
@@ -175,11 +176,19 @@ class Interfaces:
         group = ReentrantCallbackGroup()
         self.services = [
             node.create_service(
-                SetInstruction, "~/set_instruction", self._on_set_instruction, callback_group=group
+                SetInstruction,
+                "~/set_instruction",
+                self._on_set_instruction,
+                qos_profile=SERVICES,
+                callback_group=group,
             ),
-            node.create_service(Trigger, "~/pause", self._on_pause, callback_group=group),
-            node.create_service(Trigger, "~/resume", self._on_resume, callback_group=group),
-            node.create_service(Trigger, "~/stop", self._on_stop, callback_group=group),
+            node.create_service(
+                Trigger, "~/pause", self._on_pause, qos_profile=SERVICES, callback_group=group
+            ),
+            node.create_service(
+                Trigger, "~/resume", self._on_resume, qos_profile=SERVICES, callback_group=group
+            ),
+            node.create_service(Trigger, "~/stop", self._on_stop, qos_profile=SERVICES, callback_group=group),
         ]
         self.action_server = ActionServer(
             node,
@@ -189,6 +198,9 @@ class Interfaces:
             goal_callback=self._on_goal,
             cancel_callback=self._on_cancel,
             callback_group=group,
+            goal_service_qos_profile=SERVICES,
+            result_service_qos_profile=SERVICES,
+            cancel_service_qos_profile=SERVICES,
         )
         self.timer = node.create_timer(1.0 / values.interfaces_feedback_rate, self._supervise, group)
         node.add_instruction_listener(self._on_instruction_changed)

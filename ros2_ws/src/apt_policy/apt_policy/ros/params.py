@@ -135,9 +135,15 @@ class NodeParams:
         "none: dry run (no arm command).",
         choices=OUTPUT_MODES,
     )
+    autostart: bool = param(
+        True,
+        "Configure and activate right after start (one command, as before the lifecycle). false: the node "
+        "starts unconfigured and waits for its lifecycle transitions (~/change_state: configure loads the "
+        "model and self-checks it, activate starts streaming; `ros2 lifecycle set /apt_policy configure`).",
+    )
     instruction: str = param(
         "",
-        "Instruction to start with (empty: IDLE until one arrives on ~/instruction).",
+        "Instruction to start with (empty: IDLE until one arrives on ~/instruction); set on activation.",
     )
     max_instruction_bytes: int = param(
         1024,

@@ -22,7 +22,25 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import rclpy
 from rclpy.node import Node
+
+
+def helper_node(parent: Node, suffix: str) -> Node:
+    """A second node in ``parent``'s process, named ``<parent's name>_<suffix>`` in its namespace.
+
+    A launch file's ``name=`` becomes ``--ros-args -r __node:=NAME``, a global rule that renames every node
+    of the process: the helper would get the parent's name, and the graph would list that name twice. A
+    node-local ``__node`` rule (local arguments win over global ones in rcl) keeps the helper's own name,
+    while the global topic and namespace remappings still apply to its subscriptions.
+    """
+    name = f"{parent.get_name()}_{suffix}"
+    return rclpy.create_node(
+        name,
+        context=parent.context,
+        cli_args=["--ros-args", "-r", f"__node:={name}"],
+        start_parameter_services=False,
+    )
 
 
 class PolledSubscription:

@@ -62,7 +62,7 @@ class ScriptedPolicy:
             backend="scripted",
             model_id=model_id,
             cameras=("front",),
-            image_size=(32, 32),
+            image_size=image_shape,  # the node's self-check sends images of this size
             horizon=horizon,
             action_dim=8,
             action_names=(*JOINTS, "gripper"),

@@ -24,7 +24,7 @@ from apt_msgs.msg import ActionChunk, PolicyStatus
 from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3
 from apt_policy.ros.params import ParameterError
-from apt_policy.ros.policy_node import PolicyNode
+from apt_policy.ros.policy_node import make_policy_node
 from apt_policy.ros.qos import COMMANDS, EVENTS, SENSOR
 from apt_policy.runtime.policy import PolicyInfo
 from rclpy.executors import SingleThreadedExecutor
@@ -48,7 +48,7 @@ class ScriptedPolicy:
             backend="scripted",
             model_id="scripted-test",
             cameras=("front",),
-            image_size=(32, 32),
+            image_size=(24, 32),  # as the probe's camera (the node's self-check sends this size)
             horizon=10,
             action_dim=8,
             action_names=(*JOINTS, "gripper"),
@@ -143,7 +143,7 @@ def running(ros_env, tmp_path: Path, request):
         Parameter("max_skew", value=0.5),
         Parameter("poll_joint_states", value=getattr(request, "param", True)),
     ]
-    node = PolicyNode(policy=policy, context=ctx, parameter_overrides=params)
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
     probe = Probe(rclpy.create_node("probe", context=ctx))
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
@@ -302,12 +302,27 @@ def test_pause_resume_stop_hooks(running) -> None:
     assert node.status_snapshot()["instruction"] == ""
 
 
+def test_an_instruction_while_paused_is_not_answered_with_following(running) -> None:
+    """Issue #17: accepted while PAUSED with "following ..." although nothing moves until resume."""
+    node, probe, _ = running
+    ok, message = node.set_instruction("go left")
+    assert ok and message == "following 'go left'"
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    assert node.pause()[0]
+    ok, message = node.set_instruction("go right")
+    assert ok and "paused" in message and "resume" in message and not message.startswith("following")
+    assert node.status_snapshot()["state_name"] == "PAUSED"
+    assert node.resume()[0]
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING on the new instruction")
+    assert node.status_snapshot()["instruction"] == "go right"
+
+
 def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     try:
         with pytest.raises(ParameterError, match="output_mode"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
@@ -316,7 +331,7 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
                 ],
             )
         with pytest.raises(ParameterError, match="camera_names"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
@@ -325,7 +340,7 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
                 ],
             )
         with pytest.raises(ParameterError, match="chunk_request_threshold"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
@@ -410,7 +425,7 @@ def test_rtc_node_sends_prefixes_reports_delays_over_the_trained_max_and_simulat
         Parameter("max_skew", value=0.5),
         Parameter("simulated_latency", value="fixed:60"),
     ]
-    node = PolicyNode(policy=policy, context=ctx, parameter_overrides=params)
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
     probe = Probe(rclpy.create_node("probe", context=ctx))
     diagnostics: list = []
     probe.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, EVENTS)
