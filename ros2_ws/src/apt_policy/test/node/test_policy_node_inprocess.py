@@ -212,7 +212,7 @@ def test_stale_camera_holds_and_recovers(running) -> None:
 
     def holding_for_camera() -> bool:
         snap = node.status_snapshot()
-        return snap["state_name"] == "HOLDING" and "camera:front" in snap["reason"]
+        return snap["state_name"] == "HOLDING" and "camera 'front' stale" in snap["reason"]
 
     _wait(holding_for_camera, timeout=2.0, what="HOLDING for the camera")
     probe.camera_on = True
