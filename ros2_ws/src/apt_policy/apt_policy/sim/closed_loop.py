@@ -290,8 +290,8 @@ def run_episode(
             inflight = None
         q, qd, width = arm.state()
         cmd = controller.tick(t, q)
-        if cmd.positions is not None:
-            traj = controller.lookahead()
+        if cmd.positions is not None and controller.release(cmd, t):  # sent on time on the simulated clock
+            traj = cmd.trajectory
             if traj is not None:
                 if command_hook is not None:
                     traj = command_hook(t, traj)
