@@ -26,7 +26,7 @@ from apt_msgs.msg import PolicyStatus
 from apt_msgs.srv import SetInstruction
 from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3
-from apt_policy.ros.policy_node import PolicyNode
+from apt_policy.ros.policy_node import make_policy_node
 from apt_policy.ros.qos import COMMANDS, EVENTS, SENSOR
 from apt_policy.runtime.policy import PolicyInfo
 from rclpy.action import ActionClient
@@ -52,7 +52,7 @@ class ScriptedPolicy:
             backend="scripted",
             model_id="scripted-interfaces",
             cameras=("front",),
-            image_size=(32, 32),
+            image_size=image_shape,  # the node's self-check sends images of this size
             horizon=10,
             action_dim=8,
             action_names=(*JOINTS, "gripper"),
@@ -163,7 +163,7 @@ def system(ros_env, tmp_path: Path, request):
     policy = ScriptedPolicy((24, 32) if images else (48, 64))
     params = [Parameter("model", value=str(tmp_path)), Parameter("status_rate", value=20.0)]
     params += [Parameter(k, value=v) for k, v in extra.items()]
-    node = PolicyNode(policy=policy, context=ctx, parameter_overrides=params)
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
     probe = Probe(rclpy.create_node("probe", context=ctx), publish_images=images)
     node_exec, probe_exec = SingleThreadedExecutor(context=ctx), SingleThreadedExecutor(context=ctx)
     node_exec.add_node(node)

@@ -98,7 +98,7 @@ def stop_steps(safety: SafetyFilter, velocities: np.ndarray) -> np.ndarray:
 def needs_ramp_step(safety: SafetyFilter, state: CommandState) -> bool:
     """Whether jumping from the last acceleration to the tail's deceleration would exceed the jerk bound on
     some joint (then one filter ``brake`` step comes first)."""
-    u, acc = state.velocities, state.accelerations
+    u, acc = state.velocities, state.acc
     steps = stop_steps(safety, u)
     moving = steps > 0
     decel = np.zeros_like(u)

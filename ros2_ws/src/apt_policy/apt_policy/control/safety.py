@@ -99,8 +99,14 @@ class CommandState:
         if self.accelerations is None:
             object.__setattr__(self, "accelerations", np.zeros_like(self.velocities))
 
+    @property
+    def acc(self) -> np.ndarray:
+        """The accelerations (never None after construction)."""
+        assert self.accelerations is not None
+        return self.accelerations
+
     def copy(self) -> CommandState:
-        return CommandState(self.positions.copy(), self.velocities.copy(), self.accelerations.copy())
+        return CommandState(self.positions.copy(), self.velocities.copy(), self.acc.copy())
 
 
 @dataclass(frozen=True)
@@ -200,7 +206,7 @@ class SafetyFilter:
 
     def is_safe(self, state: CommandState, tol: float = 1e-9) -> bool:
         """The invariant: finite, inside the limits, within v_max and A, able to stop inside the limits."""
-        q, u, acc = state.positions, state.velocities, state.accelerations
+        q, u, acc = state.positions, state.velocities, state.acc
         if q.shape != (self.dof,) or u.shape != (self.dof,) or acc.shape != (self.dof,):
             return False
         if not (np.isfinite(q).all() and np.isfinite(u).all() and np.isfinite(acc).all()):

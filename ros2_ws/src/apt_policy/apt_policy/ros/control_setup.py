@@ -17,16 +17,31 @@ from apt_policy.control.semantics import ActionLayout
 from apt_policy.control.watchdog import WatchdogConfig
 from apt_policy.robots.franka import RobotProfile, get_profile
 from apt_policy.ros.params import NodeParams, ParameterError
+from apt_policy.runtime.policy import PolicyInfo
+
+OUTPUTS = {"joint_trajectory": "trajectory", "joint_position": "position", "none": "none"}
 
 
-def execution_plan(p: NodeParams, info: Any) -> ExecutionPlan:
+def execution_plan(p: NodeParams, info: PolicyInfo) -> ExecutionPlan:
     """``chunk_execution`` for this model: rtc only when it takes a prefix (``PolicyInfo.rtc_inputs``)."""
-    return resolve_strategy(p.chunk_execution, bool(getattr(info, "rtc_inputs", False)), fallback=p.blending)
+    return resolve_strategy(p.chunk_execution, bool(info.rtc_inputs), fallback=p.blending)
 
 
-def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile]:
+def build_controller(p: NodeParams, info: PolicyInfo) -> tuple[Controller, RobotProfile]:
     """The controller for robot ``p.robot`` executing chunks of the policy described by ``info``."""
     profile = get_profile(p.robot)
+    config, layout = controller_config(p, info, profile)
+    try:
+        controller = Controller(JointLimits.from_profile(profile), layout, config)
+    except ValueError as exc:
+        raise ParameterError(f"control configuration: {exc}") from exc
+    return controller, profile
+
+
+def controller_config(
+    p: NodeParams, info: PolicyInfo, profile: RobotProfile
+) -> tuple[ControllerConfig, ActionLayout]:
+    """The controller's configuration and action layout from the parameters (ParameterError if invalid)."""
     dof = profile.dof
     arm_names = tuple(info.action_names[:dof])
     if arm_names != tuple(profile.joint_names):
@@ -58,13 +73,15 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
             request_when_left=threshold,
             max_tracking_error=p.max_tracking_error,
             lookahead_points=p.lookahead_points,
+            output=OUTPUTS[p.output_mode],
+            stamped=p.trajectory_stamp == "tick",
             blend=BlendConfig(
                 mode=plan.blend_mode, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m
             ),
             chunking=ChunkingConfig(
                 rtc=plan.rtc,
                 delay_quantile=p.rtc_delay_quantile,
-                trained_max_delay=int(getattr(info, "rtc_max_delay", 0) or 0),
+                trained_max_delay=int(info.rtc_max_delay),
             ),
             safety=SafetyConfig(
                 margin=p.position_margin,
@@ -72,18 +89,19 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
                 acceleration_scale=p.acceleration_scale,
                 max_deviation=p.max_deviation,
             ),
-            # Input ages are checked by the node's ObservationBuffer (passed as input_problem); the latency
-            # bound covers a frame up to max_image_age old at the start plus an inference up to the timeout.
+            # The one staleness authority (the node's observation buffer asks it too). The latency bound
+            # covers a frame up to max_image_age old at the start plus an inference up to the timeout.
             watchdog=WatchdogConfig(
                 max_state_age=p.max_state_age,
                 max_camera_age=p.max_image_age,
+                max_gripper_age=p.max_gripper_age,
                 max_inference_latency=p.inference_timeout + p.max_image_age,
+                inference_timeout=p.inference_timeout,
             ),
         )
-        controller = Controller(JointLimits.from_profile(profile), layout, config)
     except ValueError as exc:
         raise ParameterError(f"control configuration: {exc}") from exc
-    return controller, profile
+    return config, layout
 
 
 def build_loop(

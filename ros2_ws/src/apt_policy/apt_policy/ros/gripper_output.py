@@ -66,6 +66,8 @@ def franka_msgs_available() -> bool:
 class GripperOutput:
     """Rate-limited, change-only gripper commands to franka_gripper actions or a width topic."""
 
+    _franka: Any = None  # franka_msgs.action once the transport is franka_actions
+
     def __init__(
         self,
         node: Node,
@@ -81,9 +83,8 @@ class GripperOutput:
         self._clock = clock
         self.failures = 0
         self._pub = None
-        self._move_client = None
-        self._grasp_client = None
-        self._franka: Any = None
+        self._move_client: Any = None  # rclpy.action.ActionClient once the transport is franka_actions
+        self._grasp_client: Any = None
         self.transport = self._resolve_transport(settings.output)
         if self.transport == "width_topic":
             qos = QoSProfile(

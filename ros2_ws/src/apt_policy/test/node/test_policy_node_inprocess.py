@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from apt_msgs.msg import ActionChunk, PolicyStatus
 from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3
 from apt_policy.ros.params import ParameterError
-from apt_policy.ros.policy_node import PolicyNode
+from apt_policy.ros.policy_node import make_policy_node
 from apt_policy.ros.qos import COMMANDS, EVENTS, SENSOR
 from apt_policy.runtime.policy import PolicyInfo
 from rclpy.executors import SingleThreadedExecutor
@@ -48,7 +48,7 @@ class ScriptedPolicy:
             backend="scripted",
             model_id="scripted-test",
             cameras=("front",),
-            image_size=(32, 32),
+            image_size=(24, 32),  # as the probe's camera (the node's self-check sends this size)
             horizon=10,
             action_dim=8,
             action_names=(*JOINTS, "gripper"),
@@ -143,7 +143,7 @@ def running(ros_env, tmp_path: Path, request):
         Parameter("max_skew", value=0.5),
         Parameter("poll_joint_states", value=getattr(request, "param", True)),
     ]
-    node = PolicyNode(policy=policy, context=ctx, parameter_overrides=params)
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
     probe = Probe(rclpy.create_node("probe", context=ctx))
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
@@ -212,7 +212,7 @@ def test_stale_camera_holds_and_recovers(running) -> None:
 
     def holding_for_camera() -> bool:
         snap = node.status_snapshot()
-        return snap["state_name"] == "HOLDING" and "camera:front" in snap["reason"]
+        return snap["state_name"] == "HOLDING" and "camera 'front' stale" in snap["reason"]
 
     _wait(holding_for_camera, timeout=2.0, what="HOLDING for the camera")
     probe.camera_on = True
@@ -302,12 +302,27 @@ def test_pause_resume_stop_hooks(running) -> None:
     assert node.status_snapshot()["instruction"] == ""
 
 
+def test_an_instruction_while_paused_is_not_answered_with_following(running) -> None:
+    """Issue #17: accepted while PAUSED with "following ..." although nothing moves until resume."""
+    node, probe, _ = running
+    ok, message = node.set_instruction("go left")
+    assert ok and message == "following 'go left'"
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    assert node.pause()[0]
+    ok, message = node.set_instruction("go right")
+    assert ok and "paused" in message and "resume" in message and not message.startswith("following")
+    assert node.status_snapshot()["state_name"] == "PAUSED"
+    assert node.resume()[0]
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING on the new instruction")
+    assert node.status_snapshot()["instruction"] == "go right"
+
+
 def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     try:
         with pytest.raises(ParameterError, match="output_mode"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
@@ -316,7 +331,7 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
                 ],
             )
         with pytest.raises(ParameterError, match="camera_names"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
@@ -325,7 +340,7 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
                 ],
             )
         with pytest.raises(ParameterError, match="chunk_request_threshold"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
@@ -337,10 +352,43 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
         rclpy.try_shutdown(context=ctx)
 
 
-@dataclass(frozen=True)
-class _RtcInfo(PolicyInfo):
-    rtc_inputs: bool = True
-    rtc_max_delay: int = 1  # trained for 1 action: the node's measured delay (>= 2 with 60 ms) exceeds it
+def _set_over_dds(client, *params: Parameter) -> list:
+    """Set parameters through the node's ~/set_parameters service; the SetParametersResult of each."""
+    future = client.set_parameters(list(params))
+    _wait(future.done, what="the set_parameters reply")
+    return list(future.result().results)
+
+
+def test_run_time_parameters_are_validated_over_dds(running) -> None:
+    from rclpy.parameter_client import AsyncParameterClient
+
+    node, probe, _policy = running
+    client = AsyncParameterClient(probe.node, "/apt_policy")
+    assert client.wait_for_services(timeout_sec=10.0)
+    ok, _ = node.set_instruction("go left")
+    assert ok
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    # tightening a safety limit while moving is applied to the running controller
+    (res,) = _set_over_dds(client, Parameter("velocity_scale", value=0.3))
+    assert res.successful, res.reason
+    assert node.params.velocity_scale == 0.3 and node.controller.config.safety.velocity_scale == 0.3
+    # loosening it while moving is refused with the reason; nothing changes
+    (res,) = _set_over_dds(client, Parameter("velocity_scale", value=0.9))
+    assert not res.successful and "would loosen a safety limit" in res.reason
+    assert node.controller.config.safety.velocity_scale == 0.3
+    (res,) = _set_over_dds(client, Parameter("blending", value="ensemble"))
+    assert res.successful and node.controller.schedule.blend.mode == "ensemble"
+    (res,) = _set_over_dds(client, Parameter("use_sim_time", value=True))
+    assert not res.successful and "use_sim_time cannot change at run time" in res.reason
+    (res,) = _set_over_dds(client, Parameter("model", value="/elsewhere"))
+    assert not res.successful  # read-only: rclpy refuses it
+    assert probe.state() == PolicyStatus.RUNNING  # the refusals left the node running
+    # once stopped (holding, not following the policy) the limit may be loosened again
+    node.stop()
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE")
+    (res,) = _set_over_dds(client, Parameter("velocity_scale", value=0.9))
+    assert res.successful, res.reason
+    assert node.controller.config.safety.velocity_scale == 0.9
 
 
 class RtcPolicy(ScriptedPolicy):
@@ -348,7 +396,8 @@ class RtcPolicy(ScriptedPolicy):
 
     def __init__(self) -> None:
         super().__init__()
-        self.info = _RtcInfo(**{f.name: getattr(self.info, f.name) for f in fields(PolicyInfo)})
+        # trained for 1 action: the node's measured delay (>= 2 with 60 ms) exceeds it
+        self.info = replace(self.info, rtc_inputs=True, rtc_max_delay=1)
         self.prefixes: list[np.ndarray | None] = []
 
     def predict(self, images, state, instruction, noise=None, prefix=None):
@@ -376,7 +425,7 @@ def test_rtc_node_sends_prefixes_reports_delays_over_the_trained_max_and_simulat
         Parameter("max_skew", value=0.5),
         Parameter("simulated_latency", value="fixed:60"),
     ]
-    node = PolicyNode(policy=policy, context=ctx, parameter_overrides=params)
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
     probe = Probe(rclpy.create_node("probe", context=ctx))
     diagnostics: list = []
     probe.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, EVENTS)
