@@ -291,8 +291,9 @@ def run_episode(
         q, qd, width = arm.state()
         cmd = controller.tick(t, q)
         if cmd.positions is not None:
-            traj = controller.lookahead()
-            if traj is not None:
+            traj = cmd.trajectory
+            # sent on time, as the node sends: the controller decides at send time (release)
+            if traj is not None and controller.release(cmd, t):
                 if command_hook is not None:
                     traj = command_hook(t, traj)
                 arm.submit_trajectory(names, traj.times, traj.positions, traj.velocities, 0.0, t)
