@@ -290,9 +290,10 @@ def run_episode(
             inflight = None
         q, qd, width = arm.state()
         cmd = controller.tick(t, q)
-        if cmd.positions is not None and controller.release(cmd, t):  # sent on time on the simulated clock
+        if cmd.positions is not None:
             traj = cmd.trajectory
-            if traj is not None:
+            # sent on time, as the node sends: the controller decides at send time (release)
+            if traj is not None and controller.release(cmd, t):
                 if command_hook is not None:
                     traj = command_hook(t, traj)
                 arm.submit_trajectory(names, traj.times, traj.positions, traj.velocities, 0.0, t)
