@@ -36,6 +36,8 @@ from apt_policy.runtime.load import load_policy
 from rclpy.executors import SingleThreadedExecutor
 from std_msgs.msg import Bool, String
 
+pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(600)]
+
 SIM_YAML = Path(__file__).resolve().parents[1] / "ros2_ws/src/apt_policy/config/sim.yaml"
 CAMERA = "/camera/camera/color/image_raw/compressed"
 FIRST, SECOND = "reach the red block", "reach the blue block"

@@ -6,7 +6,7 @@ This file is the single place where the Python dependencies of the project are d
 * ``ort``   – ONNX Runtime (CPU); on a Jetson install NVIDIA's onnxruntime-gpu instead.
 * ``torch`` – the PyTorch model, training and the torch backend (torch is pinned).
 * ``ros``   – ROS 2 Kilted as pip wheels, for machines without a system ROS 2 install.
-* ``data``  – recordings (MCAP via mcap, read with rosbags), LeRobotDataset export (pyarrow, PyAV).
+* ``data``  – recordings (MCAP via mcap, read with rosbags), LeRobotDataset export (pyarrow, pandas, PyAV).
 * ``dev``   – tests, linters, parity references and plotting.
 """
 
@@ -57,7 +57,7 @@ setup(
         "ort": ["onnxruntime>=1.17"],
         "torch": ["torch==2.13.0", "safetensors>=0.4"],
         "ros": ROS_WHEELS,
-        "data": ["mcap>=1.2", "rosbags>=0.10", "pyarrow>=15", "av>=12"],
+        "data": ["mcap>=1.2", "rosbags>=0.10", "pyarrow>=15", "pandas>=2", "av>=12"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",

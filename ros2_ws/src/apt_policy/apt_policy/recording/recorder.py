@@ -14,6 +14,8 @@ A node of its own (its own process: recording never takes the policy node's GIL 
   enqueue; a full queue drops the message and counts it (``~/stats``, the exit summary), never blocks.
 
 Receive times (the bag's log times) are the system clock, ns since the epoch, like ``ros2 bag record``.
+The process runs at a raised nice value (``nice``, +10): on a busy machine the policy node and the arm's
+driver get the CPU first, and the recorder's queue absorbs the delay.
 SIGINT closes the open file and writes metadata.yaml.
 """
 
@@ -22,8 +24,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import queue
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -80,6 +84,7 @@ _PARAMS: tuple[tuple[str, Any, str], ...] = (
         0.2,
         "How often (s) the graph is checked for publishers of topics not yet recorded.",
     ),
+    ("nice", 10, "Raise the process's nice value by this (0 = off): the node and the arm get the CPU first."),
 )
 
 
@@ -321,7 +326,23 @@ def _descriptor(text: str) -> Any:
     return ParameterDescriptor(description=text)
 
 
+def _nice_arg(argv: Sequence[str]) -> int:
+    """The ``nice`` parameter from the command line (``-p nice:=N``): applied before rclpy starts the DDS
+    threads, which inherit it (a parameter read after rclpy.init would only reach threads made later)."""
+    value = str(dict(_PARAMS_DEFAULTS)["nice"])
+    for arg in argv:
+        if arg.startswith("nice:="):
+            value = arg.split(":=", 1)[1]
+    return int(value)
+
+
+_PARAMS_DEFAULTS = [(name, default) for name, default, _ in _PARAMS]
+
+
 def main(args: list[str] | None = None) -> None:
+    nice = _nice_arg(sys.argv if args is None else args)
+    if nice > 0:
+        os.nice(nice)
     rclpy.init(args=args)
     node = Recorder()
     stop = threading.Event()
@@ -331,6 +352,9 @@ def main(args: list[str] | None = None) -> None:
             rclpy.spin_once(node, timeout_sec=0.1)
     except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise  # otherwise a timer raced the shutdown (a graph query on the closed context): not an error
     finally:
         node.close()
         print(f"[apt_recorder] summary: {json.dumps(node.stats())}", flush=True)
