@@ -462,7 +462,7 @@ def bench_preprocessing(export: Path | None, iters: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(2)]
     msgs = [_image_msg(f) for f in frames]
-    state = np.zeros(8, np.float32)
+    state = np.zeros(64, np.float32)  # cut to each model's state_dim
     encoders: dict[str, ObservationEncoder] = {}
     with tempfile.TemporaryDirectory() as tmp:
         config = deployment_config()
@@ -484,7 +484,7 @@ def bench_preprocessing(export: Path | None, iters: int) -> dict[str, Any]:
 
             def full(enc: ObservationEncoder = enc, cams: tuple = cams) -> None:
                 images = {c: conversions.image_to_rgb(msgs[i % 2]) for i, c in enumerate(cams)}
-                enc.encode(images, state, "reach the red block")
+                enc.encode(images, state[: enc.config.state_dim], "reach the red block")
 
             results[f"msgs -> tensors, {name}"] = _time_calls(full, iters)
     return results

@@ -7,13 +7,20 @@ States match ``apt_msgs/PolicyStatus``:
 * HOLDING -- instruction set but an input is stale, inference failed or was too slow, or the buffer is empty
              (or the first chunk has not arrived yet); back to RUNNING by itself when the cause clears.
 * PAUSED  -- paused by the operator until :meth:`Controller.resume`.
-* FAULT   -- unrecoverable until :meth:`Controller.clear_fault` (start pose outside the limits, tracking error
-             too large, or :meth:`Controller.fault` from the node, e.g. a robot reflex). No command is output
-             (the arm may not be where the command is); the last look-ahead sent ends at rest.
+* FAULT   -- until :meth:`Controller.reset` (start pose outside the limits, tracking error too large, or
+             :meth:`Controller.fault` from the node, e.g. a robot reflex). No command is output (the arm may
+             not be where the command is); the last look-ahead sent ends at rest. The reset needs a fresh
+             joint state at rest inside the safe range.
 
 In IDLE, HOLDING and PAUSED the command brakes at the acceleration limit from the last safe command and then
-stays there: never extrapolated, never a jump to the measured state. The only re-synchronisation to the
-measured state is the first tick and the first tick after :meth:`clear_fault` (an operator action).
+stays there: never extrapolated, never a jump to the measured state. When the joint state or the command
+subscriber is lost (the arm controller may be restarting), nothing is output and the plan is dropped; the
+stream re-synchronises to the measured state once a fresh state shows the arm at rest and the last
+trajectory sent has ended. Re-synchronisations: the first tick, after such a loss, after :meth:`reset`.
+
+Every tick plans from where the joint_trajectory_controller will be when its command arrives (the last
+released trajectory sampled at that time, :mod:`.plan`), and :meth:`Controller.release` decides at send time
+whether the command may still go out (late commands and commands infeasible at their arrival are dropped).
 
 Thread-safety: every public method takes one lock, so the stream thread (``tick``), the inference worker
 (``on_chunk``) and service callbacks (``set_instruction`` ...) may call concurrently.
@@ -34,10 +41,13 @@ from apt_policy.control.blending import BlendConfig
 from apt_policy.control.chunking import ChunkingConfig, DelayEstimator
 from apt_policy.control.limits import JointLimits
 from apt_policy.control.lookahead import Target, Trajectory, plan_lookahead
+from apt_policy.control.plan import ExecutedPlan, arrival_problem
 from apt_policy.control.safety import CommandState, Interventions, SafetyConfig, SafetyFilter
 from apt_policy.control.schedule import ChunkDecision, ChunkSchedule
 from apt_policy.control.semantics import ActionLayout
-from apt_policy.control.watchdog import WatchdogConfig, stale_input_reason
+from apt_policy.control.watchdog import WatchdogConfig, stale_input_reason, state_problem
+
+OUTPUTS = ("trajectory", "position", "none")
 
 WAITING_FOR_CHUNK = "waiting for the first chunk"
 WATCHDOG = "watchdog"  # name under which watchdog holds are counted in interventions_by_limit
@@ -67,6 +77,16 @@ class ControllerConfig:
                         arm that does not follow faults before the target clamp would park the command)
     lookahead_points    planned points per look-ahead trajectory (before braking)      default 10
     chunking            real-time chunking (committed prefixes) and the delay estimate  (off)
+    output              what the commands drive: trajectory (a JTC: every tick returns its look-ahead),
+                        position (a forward position controller), none (dry run)         default "trajectory"
+    stamped             trajectories carry the tick's time as their start (header.stamp) default False
+    stamped_min_span    s, a stamped trajectory lasts at least this long (rests at its last point), so a
+                        late message still ends in the future                           default 0.25
+    max_send_delay      s, a command later than this at send time is dropped (None: one control_dt)
+    arrival_allowance   s, feasibility at arrival is checked from the send time to this much later (the
+                        transport's share; a constant transport delay cancels out)      default 0.002
+    resync_settle_time  s, a re-synchronisation waits for the measured state to stay within
+    resync_tolerance    rad of one position for this long (the arm at rest)              0.1 s, 0.005 rad
     """
 
     control_dt: float = 0.01
@@ -76,6 +96,13 @@ class ControllerConfig:
     interpolation: str = "cubic"
     max_tracking_error: float = 0.2
     lookahead_points: int = 10
+    output: str = "trajectory"
+    stamped: bool = False
+    stamped_min_span: float = 0.25
+    max_send_delay: float | None = None
+    arrival_allowance: float = 0.002
+    resync_settle_time: float = 0.1
+    resync_tolerance: float = 0.005
     blend: BlendConfig = field(default_factory=BlendConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
@@ -94,14 +121,31 @@ class ControllerConfig:
             raise ValueError(f"action_lead must be finite and >= 0, got {self.action_lead}")
         if not (self.max_tracking_error > 0):
             raise ValueError(f"max_tracking_error must be > 0 (inf disables), got {self.max_tracking_error}")
+        if self.output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {self.output!r}")
+        for name in ("stamped_min_span", "arrival_allowance", "resync_settle_time", "resync_tolerance"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"ControllerConfig.{name} must be finite and >= 0, got {value}")
+        if self.max_send_delay is not None and not (self.max_send_delay >= 0):
+            raise ValueError(f"max_send_delay must be >= 0 s, got {self.max_send_delay}")
+
+    @property
+    def send_delay_limit(self) -> float:
+        """The largest send delay (s) a command may have: ``max_send_delay``, default one period."""
+        return self.control_dt if self.max_send_delay is None else self.max_send_delay
 
 
 @dataclass(frozen=True, eq=False)
 class Command:
-    """The output of one tick.
+    """The output of one tick, due at ``t``.
 
-    positions/velocities  (dof,) rad, rad/s; None before the first valid joint state and in FAULT: send
-                          nothing then (the last look-ahead sent already ends at rest)
+    positions/velocities  (dof,) rad, rad/s; None before the first valid joint state, while the joint state
+                          or the command subscriber is lost, and in FAULT: send nothing then (the last
+                          look-ahead sent already ends at rest)
+    trajectory            the JTC look-ahead (output "trajectory"): times (s) from ``stamp`` (None: from
+                          receipt), point 0 = this command; None when nothing is to be sent
+    stamp                 start of ``trajectory`` on the controller's clock (stamped output), else None
     gripper               width (m) wanted now, None when the gripper is not driven (or not yet)
     reason                why the state is not RUNNING ("" when running)
     """
@@ -115,6 +159,27 @@ class Command:
     interventions: Interventions
     actions_left: int
     chunk_id: int | None
+    trajectory: Trajectory | None = None
+    stamp: float | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class _Released:
+    """What the arm's controller executes: ``plan`` (on the tick times' clock) started ``lag`` s later than
+    planned (``stamp = 0``: the send's delay), or the position command ``position = (t_send, q)``."""
+
+    plan: ExecutedPlan | None = None
+    lag: float = 0.0
+    position: tuple[float, np.ndarray] | None = None
+
+    @property
+    def executed(self) -> ExecutedPlan | None:
+        """The plan on the arm controller's clock."""
+        return None if self.plan is None else self.plan.shifted(self.plan.start + self.lag)
+
+    @property
+    def end(self) -> float:
+        return -math.inf if self.plan is None else self.plan.end + self.lag
 
 
 @dataclass(frozen=True)
@@ -127,13 +192,14 @@ class ControllerStatus:
     epoch: int
     actions_left: int
     ticks: int
-    missed_ticks: int
     chunks_accepted: int
     chunks_refused: int
     safety_interventions: int
     interventions_by_limit: Mapping[str, Mapping[str, int]]
     last_fault: str
     last_refusal: str
+    commands_dropped: int = 0
+    last_drop: str = ""
 
 
 class Controller:
@@ -162,15 +228,24 @@ class Controller:
         self._inference_problem: str | None = None
         self._chunk_seen = False  # a chunk was accepted for the current epoch
         self._last_t: float | None = None
+        # what the arm's controller executes, and the last tick's command waiting for release (with what was
+        # released before it, restored if it is dropped)
+        self._released: _Released | None = None
+        self._pending: tuple[Command, _Released | None, float] | None = None
+        self._plan_end = -math.inf  # when the last released trajectory comes to rest
+        self._resync: str | None = None  # why the next start must first wait for the arm at rest
+        self._rest_ref: np.ndarray | None = None  # measured state the arm has stayed near ...
+        self._rest_since: float | None = None  # ... since then (None: no fresh valid state last tick)
         # counters
         self._ticks = 0
-        self._missed = 0
         self._accepted = 0
         self._refused = 0
         self._interventions = 0
         self._by_limit: dict[str, dict[str, int]] = {}
         self._last_fault = ""
         self._last_refusal = ""
+        self._dropped = 0
+        self._last_drop = ""
 
     # ------------------------------------------------------------------------------------ operator API
 
@@ -256,20 +331,28 @@ class Controller:
             return True
 
     def fault(self, reason: str) -> None:
-        """Enter FAULT (e.g. the robot reported a reflex); holds until :meth:`clear_fault`."""
+        """Enter FAULT (e.g. the robot reported a reflex); holds until :meth:`reset`."""
         with self._lock:
             self._enter_fault(str(reason) or "fault")
 
-    def clear_fault(self) -> bool:
-        """Operator acknowledgement: FAULT -> IDLE, instruction cleared, and the next tick restarts the
-        command from the measured state at rest. False if not in FAULT."""
+    def reset(self) -> tuple[bool, str]:
+        """Operator's way out of FAULT: -> IDLE, instruction cleared, and the next tick restarts the command
+        from the measured state at rest. Refused (False, why) unless in FAULT with a fresh joint state that
+        has stayed at rest for ``resync_settle_time`` inside the safe range, and the last trajectory sent
+        has ended."""
         with self._lock:
             if self._state != ControllerState.FAULT:
-                return False
+                return False, f"not in FAULT (state {self._state.name})"
+            why = self._not_at_rest(self._last_t)
+            if why is None and self._rest_ref is not None:
+                why = self.safety.check_start(self._rest_ref)
+            if why is not None:
+                return False, f"cannot reset: {why}"
+            fault = self._last_fault
             self._new_epoch("")
-            self._cmd = None
+            self._drop_plan(None)
             self._set_state(ControllerState.IDLE, "no instruction")
-            return True
+            return True, f"fault cleared ({fault}); restarting from the measured state"
 
     # ----------------------------------------------------------------------------- inference side API
 
@@ -361,11 +444,6 @@ class Controller:
             )
             return snap
 
-    def note_missed_ticks(self, count: int) -> None:
-        """Add ticks the rate loop missed (for the status counters)."""
-        with self._lock:
-            self._missed += int(count)
-
     # -------------------------------------------------------------------------------------------- tick
 
     def tick(
@@ -374,35 +452,68 @@ class Controller:
         measured: np.ndarray | None,
         state_stamp: float | None = None,
         camera_stamps: Mapping[str, float | None] | None = None,
+        gripper_stamp: float | None = None,
+        inference_started: float | None = None,
+        inference_waiting: str | None = None,
         input_problem: str | None = None,
+        output_ready: bool = True,
     ) -> Command:
-        """One control period at ``t_now``.
+        """One control period: the command due at ``t_now`` (its send time), with its look-ahead.
 
-        ``measured`` joint positions (rad); ``state_stamp``/``camera_stamps`` receive times of the latest
-        samples (checked against the watchdog ages); ``input_problem`` an extra stale-input reason from the
-        node (e.g. ``ObservationBuffer.stale_reason``). Never raises on bad input.
+        ``measured`` joint positions (rad); ``state_stamp``/``camera_stamps``/``gripper_stamp`` receive times
+        of the latest samples and ``inference_started`` when the running inference began, all judged by the
+        watchdog (see :func:`.watchdog.stale_input_reason`); ``inference_waiting`` why the inference worker
+        cannot form an observation set (reported when the buffer runs dry); ``input_problem`` any other
+        reason to hold; ``output_ready`` False when nobody subscribes to the commands. Never raises on bad
+        input. Send the command only if :meth:`release` says so at send time.
         """
         with self._lock:
             self._ticks += 1
             self._last_t = t_now
+            self._pending = None
+            wd = self.config.watchdog
             q = _as_joints(measured, self.limits.dof)
+            lost = state_problem(wd, t_now, state_stamp)
+            if lost is None and q is None:
+                lost = "joint state missing or not finite"
+            self._note_rest(t_now, None if lost is not None else q)
+            if lost is None and not output_ready:
+                lost = "no subscriber for the arm commands"
             stale = input_problem or stale_input_reason(
-                self.config.watchdog, t_now, state_stamp, camera_stamps
+                wd, t_now, None, camera_stamps, gripper_stamp, inference_started
             )
-            if q is None:
-                stale = stale or "joint state missing or not finite"
 
+            if self._cmd is not None and lost is not None and self._state != ControllerState.FAULT:
+                # The arm's controller may be gone or restarting: whatever it holds when it is back need not
+                # be our plan. Send nothing (the last look-ahead ends at rest) and re-synchronise later.
+                self._drop_plan(lost)
+            if self._cmd is None and self._state == ControllerState.FAULT and self._resync is not None:
+                return self._output(t_now, None, Interventions(), self._reason)  # until reset()
             if self._cmd is None:
-                if stale is not None or q is None:
-                    return self._output(
-                        t_now, None, Interventions(), f"waiting for a valid joint state: {stale}"
-                    )
+                why = lost or stale
+                if why is None and self._resync is not None:
+                    why = self._not_at_rest(t_now)
+                    why = None if why is None else f"re-synchronising after '{self._resync}': {why}"
+                if why is not None:
+                    if self._state in (ControllerState.RUNNING, ControllerState.HOLDING):
+                        self._hold(why)
+                    why = f"waiting for a valid joint state: {why}"
+                    return self._output(t_now, None, Interventions(), why)
+                assert q is not None
                 start_problem = self.safety.check_start(q)
                 if start_problem is not None:
                     if self._state != ControllerState.FAULT:
                         self._enter_fault(start_problem)
                     return self._output(t_now, None, Interventions(), self._reason)
                 self._cmd = self.safety.start_state(q)
+                # the arm's controller holds there
+                self._released = _Released(plan=ExecutedPlan.resting(t_now, self._cmd))
+                self._resync = None
+            if self.config.output == "trajectory" and self._released and self._released.plan is not None:
+                # where the JTC is when this command arrives (the sends' delays are checked at release)
+                start = self._released.plan.state_at(t_now)
+            else:
+                start = self._cmd
 
             notes = Interventions()
             action = None
@@ -411,22 +522,22 @@ class Controller:
                 if hold is None:
                     action = self.schedule.sample(t_now + self.config.action_lead)
                     if action is None:
-                        hold = "action buffer exhausted" if self._chunk_seen else WAITING_FOR_CHUNK
+                        if inference_waiting:
+                            hold = f"inference waiting for inputs: {inference_waiting}"
+                        else:
+                            hold = "action buffer exhausted" if self._chunk_seen else WAITING_FOR_CHUNK
                 if hold is not None:
-                    self._set_state(ControllerState.HOLDING, hold)
-                    if hold != WAITING_FOR_CHUNK:
-                        self._last_fault = hold
-                        self._count({WATCHDOG: ("all",)})
+                    self._hold(hold)
                 else:
                     self._set_state(ControllerState.RUNNING, "")
 
             if action is None:
-                self._cmd = self.safety.brake(self._cmd)
+                cmd = self.safety.brake(start)
             else:
                 if self.layout.arm == "velocity":
-                    self._cmd, notes = self.safety.follow_velocity(self._cmd, action.arm, q)
+                    cmd, notes = self.safety.follow_velocity(start, action.arm, q)
                 else:
-                    self._cmd, notes = self.safety.track(self._cmd, action.arm, q, action.arm_velocity)
+                    cmd, notes = self.safety.track(start, action.arm, q, action.arm_velocity)
                 if action.gripper is not None:
                     width = self.layout.gripper_width(action.gripper)
                     if width is not None:
@@ -435,11 +546,11 @@ class Controller:
                     self._count(
                         {k: tuple(self.limits.names[j] for j in v) for k, v in notes.by_limit.items()}
                     )
-            watchdog_hold = self._state == ControllerState.HOLDING and self._reason != WAITING_FOR_CHUNK
-            if watchdog_hold or (notes and self._state == ControllerState.RUNNING):
+            self._cmd = cmd
+            if notes and self._state == ControllerState.RUNNING:
                 self._interventions += 1
             if self._state != ControllerState.FAULT and q is not None and stale is None:
-                err = np.abs(q - self._cmd.positions)
+                err = np.abs(q - cmd.positions)
                 if float(err.max()) > self.config.max_tracking_error:  # checked on the command to send
                     j = int(err.argmax())
                     self._enter_fault(
@@ -450,30 +561,107 @@ class Controller:
                 # The arm may not be where the command is (reflex, pushed away): sending the held command
                 # could yank it back once it recovers. Send nothing; the last look-ahead sent ends at rest.
                 return self._output(t_now, None, notes, self._reason)
-            return self._output(t_now, self._cmd, notes, self._reason)
-
-    def lookahead(self, points: int | None = None) -> Trajectory | None:
-        """Trajectory from the last tick's command over the next ``points`` periods (default from config),
-        then braking to rest. None before the first command and in FAULT. See :mod:`.lookahead`."""
-        with self._lock:
-            if self._cmd is None or self._last_t is None or self._state == ControllerState.FAULT:
-                return None
-            n = self.config.lookahead_points if points is None else int(points)
-            targets: list[Target | None] = []
-            running = self._state == ControllerState.RUNNING
-            t0 = self._last_t + self.config.action_lead
-            for k in range(1, max(n, 1)):
-                action = (
-                    self.schedule.sample(t0 + k * self.config.control_dt, prune=False) if running else None
+            trajectory = None
+            before = (self._released, self._plan_end)
+            if self.config.output == "trajectory":
+                trajectory = self._lookahead(t_now, cmd)
+                plan = ExecutedPlan.from_states(
+                    t_now, start, trajectory.times, trajectory.positions, trajectory.velocities
                 )
-                if action is None:
-                    targets.append(None)
-                    running = False  # after a gap the real controller would hold: plan braking from here
-                elif self.layout.arm == "velocity":
-                    targets.append(Target("velocity", action.arm))
-                else:
-                    targets.append(Target("position", action.arm, action.arm_velocity))
-            return plan_lookahead(self.safety, self._cmd, targets)
+                self._released = _Released(plan=plan)
+                self._plan_end = plan.end
+            elif self.config.output == "position":
+                self._released = _Released(position=(t_now, cmd.positions.copy()))
+            out = self._output(t_now, cmd, notes, self._reason, trajectory)
+            # Taken as sent at t_now until release() says otherwise: the next tick plans from it.
+            self._pending = (out, *before)
+            return out
+
+    def release(self, command: Command, t_send: float) -> bool:
+        """Whether ``command`` (the last tick's) may be sent at ``t_send``. Until called, the command counts
+        as sent at its time ``t``; if allowed, it counts as sent at ``t_send`` (``stamp = 0``: the arm's
+        controller starts it on arrival; the next tick still plans on the grid of tick times, the delay
+        between them is what release checks).
+
+        Dropped (False, counted in ``commands_dropped`` / ``last_drop``; the next tick plans from the
+        previous command again): a command without positions or not the last tick's, one more than
+        ``send_delay_limit`` late, and one the arm could not follow from where the previously sent one puts
+        it at arrival (anywhere from ``t_send`` to ``arrival_allowance`` later): a trajectory's first segment
+        or jump above the hardware velocity limit (:func:`.plan.arrival_problem`), a position command
+        implying more than it since the last one. The arm keeps executing the previous trajectory, which
+        ends at rest.
+        """
+        with self._lock:
+            pending, self._pending = self._pending, None
+            if pending is None or pending[0] is not command or command.positions is None:
+                return False
+            _, before, plan_end = pending
+            problem = self._send_problem(command, t_send, before)
+            if problem is not None:
+                self._released, self._plan_end = before, plan_end
+                self._dropped += 1
+                self._last_drop = problem
+                return False
+            released = self._released
+            if released is not None and released.plan is not None and not self.config.stamped:
+                self._released = _Released(plan=released.plan, lag=t_send - command.t)
+                self._plan_end = self._released.end
+            elif released is not None and released.position is not None:
+                self._released = _Released(position=(t_send, released.position[1]))
+            return True
+
+    def _send_problem(self, command: Command, t_send: float, before: _Released | None) -> str | None:
+        late = t_send - command.t
+        if late > self.config.send_delay_limit:
+            return (
+                f"{late * 1e3:.1f} ms late at send time (limit {self.config.send_delay_limit * 1e3:.1f} ms)"
+            )
+        limit = self.limits.velocity
+        plan = None if self._released is None else self._released.plan
+        previous = None if before is None else before.executed
+        if plan is not None and previous is not None:
+            stamped = self.config.stamped
+            for arrival in (t_send, t_send + self.config.arrival_allowance):
+                executed = plan if stamped else plan.shifted(arrival)
+                problem = arrival_problem(previous, executed, arrival, limit, stamped, self.limits.names)
+                if problem is not None:
+                    return problem
+        if before is not None and before.position is not None and command.positions is not None:
+            t0, q0 = before.position
+            speed = np.abs(command.positions - q0) / max(t_send - t0, 1e-3)
+            if np.any(speed > limit):
+                j = int(np.argmax(speed / limit))
+                return (
+                    f"position command would need {speed[j]:.2f} rad/s on {self.limits.names[j]} "
+                    f"(limit {limit[j]:.2f})"
+                )
+        return None
+
+    def _lookahead(self, t: float, cmd: CommandState) -> Trajectory:
+        """The look-ahead from this tick's command over the schedule, then braking to rest (see
+        :mod:`.lookahead`); stamped output rests at its last point until ``stamped_min_span``."""
+        n = self.config.lookahead_points
+        targets: list[Target | None] = []
+        running = self._state == ControllerState.RUNNING
+        t0 = t + self.config.action_lead
+        for k in range(1, max(n, 1)):
+            action = self.schedule.sample(t0 + k * self.config.control_dt, prune=False) if running else None
+            if action is None:
+                targets.append(None)
+                running = False  # after a gap the real controller would hold: plan braking from here
+            elif self.layout.arm == "velocity":
+                targets.append(Target("velocity", action.arm))
+            else:
+                targets.append(Target("position", action.arm, action.arm_velocity))
+        traj = plan_lookahead(self.safety, cmd, targets)
+        span = self.config.stamped_min_span
+        if self.config.stamped and traj.times[-1] < span:  # a late message still ends in the future
+            traj = Trajectory(
+                times=np.append(traj.times, span),
+                positions=np.vstack([traj.positions, traj.positions[-1]]),
+                velocities=np.vstack([traj.velocities, np.zeros_like(traj.velocities[-1])]),
+            )
+        return traj
 
     def status(self, t_now: float | None = None) -> ControllerStatus:
         with self._lock:
@@ -486,13 +674,14 @@ class Controller:
                 epoch=self._epoch,
                 actions_left=left,
                 ticks=self._ticks,
-                missed_ticks=self._missed,
                 chunks_accepted=self._accepted,
                 chunks_refused=self._refused,
                 safety_interventions=self._interventions,
                 interventions_by_limit={k: dict(v) for k, v in self._by_limit.items()},
                 last_fault=self._last_fault,
                 last_refusal=self._last_refusal,
+                commands_dropped=self._dropped,
+                last_drop=self._last_drop,
             )
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -513,6 +702,45 @@ class Controller:
         self._chunk_seen = False
         self._last_fault = reason
         self._set_state(ControllerState.FAULT, reason)
+        self._drop_plan("a fault")
+
+    def _hold(self, reason: str) -> None:
+        self._set_state(ControllerState.HOLDING, reason)
+        if reason != WAITING_FOR_CHUNK:
+            self._last_fault = reason
+            self._count({WATCHDOG: ("all",)})
+            self._interventions += 1
+
+    def _drop_plan(self, resync: str | None) -> None:
+        """Forget the command and what the arm's controller executes; the next start is from the measured
+        state (``resync``: why it must first wait for the arm at rest; None: it need not)."""
+        self._cmd = None
+        self._released = None
+        self._pending = None
+        self._resync = resync
+        if resync is not None:  # chunks planned before the loss are not resumed
+            self.schedule.clear()
+            self._chunk_seen = False
+
+    def _note_rest(self, t: float, q: np.ndarray | None) -> None:
+        """Track how long the measured state (``q``; None: no fresh valid one) has stayed in one place."""
+        if q is None:
+            self._rest_ref = None
+            self._rest_since = None
+        elif self._rest_ref is None or np.max(np.abs(q - self._rest_ref)) > self.config.resync_tolerance:
+            self._rest_ref = q.copy()
+            self._rest_since = t
+
+    def _not_at_rest(self, t: float | None) -> str | None:
+        """Why the stream may not (re)start from the measured state now (None: it may)."""
+        if t is None or self._rest_since is None:
+            return "no fresh joint state"
+        if t < self._plan_end:
+            return f"the last trajectory sent ends in {(self._plan_end - t) * 1e3:.0f} ms"
+        settle = self.config.resync_settle_time
+        if t - self._rest_since < settle:
+            return f"the arm has been at rest for {(t - self._rest_since) * 1e3:.0f} of {settle * 1e3:.0f} ms"
+        return None
 
     def _count(self, by_limit: Mapping[str, tuple[str, ...]]) -> None:
         for limit, joints in by_limit.items():
@@ -520,7 +748,14 @@ class Controller:
             for name in joints:
                 per_joint[name] = per_joint.get(name, 0) + 1
 
-    def _output(self, t: float, cmd: CommandState | None, notes: Interventions, reason: str) -> Command:
+    def _output(
+        self,
+        t: float,
+        cmd: CommandState | None,
+        notes: Interventions,
+        reason: str,
+        trajectory: Trajectory | None = None,
+    ) -> Command:
         left = self.schedule.actions_left(t + self.config.action_lead)
         return Command(
             t=t,
@@ -532,6 +767,8 @@ class Controller:
             interventions=notes,
             actions_left=left,
             chunk_id=self.schedule.current_chunk_id,
+            trajectory=trajectory,
+            stamp=t if trajectory is not None and self.config.stamped else None,
         )
 
 

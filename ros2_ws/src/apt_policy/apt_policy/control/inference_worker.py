@@ -80,6 +80,7 @@ class InferenceWorker:
         self._requested = False
         self._stopping = False
         self._busy_since: float | None = None
+        self._waiting_reason: str | None = None
         self._thread: threading.Thread | None = None
         self._next_id = 0
         self.latencies_s: deque[float] = deque(maxlen=latency_window)
@@ -137,14 +138,15 @@ class InferenceWorker:
         with self._cond:
             return self._instruction
 
-    def busy_for(self, now_s: float) -> float:
-        """Seconds the current inference has been running (0 when idle)."""
-        busy = self._busy_since
-        return 0.0 if busy is None else max(0.0, now_s - busy)
+    @property
+    def busy_since(self) -> float | None:
+        """When the inference now running began (clock s), None when idle; the watchdog judges it."""
+        return self._busy_since
 
-    def overdue(self, now_s: float) -> bool:
-        """True while an inference has been running longer than ``timeout_s``."""
-        return self.busy_for(now_s) > self.timeout_s
+    @property
+    def waiting_reason(self) -> str | None:
+        """Why the last attempt could not form an observation set (None once one was formed)."""
+        return self._waiting_reason
 
     # -- the thread -------------------------------------------------------------------------------------
 
@@ -159,10 +161,12 @@ class InferenceWorker:
             assert instruction is not None
             try:
                 obs = self._observe(self._clock())
-            except StaleInputsError:
+            except StaleInputsError as exc:
                 self.waits_for_inputs += 1
-                self._sleep(self.retry_s)  # the watchdog reports stale inputs; keep the request standing
+                self._waiting_reason = str(exc)
+                self._sleep(self.retry_s)  # the controller reports why; keep the request standing
                 continue
+            self._waiting_reason = None
             self._infer(obs, instruction, epoch)
 
     def _infer(self, obs: ObservationSet, instruction: str, epoch: int) -> None:

@@ -1,8 +1,9 @@
 """Latest inputs of the policy (camera frames, joint state, gripper width) and the freshest consistent set.
 
 ROS-free and thread-safe: the node's subscription callbacks (executor thread) put samples in, the
-inference worker takes :meth:`ObservationBuffer.freshest` sets out, the stream thread asks
-:meth:`ObservationBuffer.stale_reason`.
+inference worker takes :meth:`ObservationBuffer.freshest` sets out, the stream thread passes
+:meth:`ObservationBuffer.stamps` to the controller's watchdog, which decides what is stale (the same
+:class:`~apt_policy.control.watchdog.WatchdogConfig` guards the sets formed here).
 
 Two clocks per sample:
 
@@ -20,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from apt_policy.control.watchdog import MISSING, WatchdogConfig, stale_input_reason
 
 
 @dataclass(frozen=True)
@@ -48,18 +51,36 @@ class ObservationSet:
 
 @dataclass(frozen=True)
 class FreshnessLimits:
-    """Maximum ages (s, monotonic receive clock) and skew (s, sensor stamps) an observation set may have."""
+    """What the buffer accepts beyond the watchdog's ages (seconds, sensor stamps).
 
-    max_image_age_s: float = 0.2
-    max_state_age_s: float = 0.05
+    max_skew_s           largest spread of sensor stamps between cameras and state in one set     default 0.1
+    max_stamp_offset_s   a frame whose stamp is further than this from the sensor clock's "now"    default 2.0
+                         at receipt is rejected (a camera clock 10 s off would otherwise make every
+                         set fail the skew check without a word)
+    """
+
     max_skew_s: float = 0.1
-    max_gripper_age_s: float = 0.2  # franka_gripper publishes its joint states at only 15 Hz
+    max_stamp_offset_s: float = 2.0
 
     def __post_init__(self) -> None:
-        for name in ("max_image_age_s", "max_state_age_s", "max_skew_s", "max_gripper_age_s"):
+        for name in ("max_skew_s", "max_stamp_offset_s"):
             value = getattr(self, name)
             if not np.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+
+
+@dataclass(frozen=True)
+class InputStamps:
+    """Receive times (monotonic s) of the newest sample of every input, for the watchdog.
+
+    ``state``: :data:`~apt_policy.control.watchdog.MISSING` before the first joint state; ``cameras``: None
+    for a camera without a frame; ``gripper``: None when the model does not use the gripper width,
+    ``MISSING`` before the first sample.
+    """
+
+    state: float
+    cameras: Mapping[str, float | None]
+    gripper: float | None
 
 
 class StaleInputsError(Exception):
@@ -78,6 +99,7 @@ class ObservationBuffer:
         cameras: Sequence[str],
         joint_dim: int,
         use_gripper: bool,
+        watchdog: WatchdogConfig | None = None,
         limits: FreshnessLimits | None = None,
         state_history: int = 64,
     ) -> None:
@@ -88,6 +110,7 @@ class ObservationBuffer:
         self.cameras = tuple(cameras)
         self.joint_dim = int(joint_dim)
         self.use_gripper = bool(use_gripper)
+        self.watchdog = watchdog or WatchdogConfig()
         self.limits = limits or FreshnessLimits()
         self._lock = threading.Lock()
         self._images: dict[str, Sample] = {}
@@ -96,12 +119,30 @@ class ObservationBuffer:
 
     # -- writers (subscription callbacks) ---------------------------------------------------------------
 
-    def put_image(self, camera: str, image: np.ndarray, stamp_s: float, received_s: float) -> None:
-        """Store the newest frame of ``camera`` (H, W, 3 uint8 RGB). The array is kept, not copied."""
+    def put_image(
+        self,
+        camera: str,
+        image: np.ndarray,
+        stamp_s: float,
+        received_s: float,
+        sensor_now_s: float | None = None,
+    ) -> None:
+        """Store the newest frame of ``camera`` (H, W, 3 uint8 RGB). The array is kept, not copied.
+
+        ``sensor_now_s``: the sensor clock (the node's ROS clock) at receipt; a stamp further than
+        ``max_stamp_offset_s`` from it is rejected (ValueError with the offset)."""
         if camera not in self.cameras:
             raise KeyError(f"unknown camera {camera!r}; the model expects {list(self.cameras)}")
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"camera {camera!r}: expected HxWx3 uint8 RGB, got {image.shape} {image.dtype}")
+        if sensor_now_s is not None and stamp_s > 0 and np.isfinite(stamp_s):
+            offset = stamp_s - sensor_now_s
+            if abs(offset) > self.limits.max_stamp_offset_s:
+                where = "in the future" if offset > 0 else "in the past"
+                raise ValueError(
+                    f"camera {camera!r}: frame stamped {abs(offset):.1f} s {where} of the node's clock "
+                    f"(limit {self.limits.max_stamp_offset_s:.1f} s)"
+                )
         sample = Sample(image, _stamp_or(stamp_s, received_s), received_s)
         with self._lock:
             self._images[camera] = sample
@@ -139,33 +180,15 @@ class ObservationBuffer:
         with self._lock:
             return self._gripper
 
-    def ages(self, now_s: float) -> dict[str, float]:
-        """Age (s) of the newest sample of every input; ``inf`` for an input never received."""
+    def stamps(self) -> InputStamps:
+        """Receive times of the newest sample of every input (what the watchdog judges)."""
         with self._lock:
-            out = {
-                f"camera:{c}": now_s - self._images[c].received_s if c in self._images else np.inf
-                for c in self.cameras
-            }
-            out["joint_state"] = now_s - self._joints[-1].received_s if self._joints else np.inf
+            cameras = {c: (self._images[c].received_s if c in self._images else None) for c in self.cameras}
+            state = self._joints[-1].received_s if self._joints else MISSING
+            gripper = None
             if self.use_gripper:
-                out["gripper"] = now_s - self._gripper.received_s if self._gripper else np.inf
-        return out
-
-    def stale_reason(self, now_s: float) -> str | None:
-        """Why the inputs are too old to act on (None when all are within their max age)."""
-        problems = []
-        for name, age in self.ages(now_s).items():
-            if name.startswith("camera:"):
-                limit = self.limits.max_image_age_s
-            elif name == "gripper":
-                limit = self.limits.max_gripper_age_s
-            else:
-                limit = self.limits.max_state_age_s
-            if age > limit:
-                problems.append(
-                    f"{name} " + ("never received" if np.isinf(age) else f"{age * 1e3:.0f} ms old")
-                )
-        return ("stale input: " + ", ".join(problems)) if problems else None
+                gripper = self._gripper.received_s if self._gripper is not None else MISSING
+        return InputStamps(state, cameras, gripper)
 
     def freshest(self, now_s: float) -> ObservationSet:
         """The newest frame of every camera plus the joint state closest in sensor time to them.
@@ -173,7 +196,8 @@ class ObservationBuffer:
         Raises :class:`StaleInputsError` when an input is missing, older than its max age, or the cameras and
         state are further apart than ``max_skew_s``.
         """
-        reason = self.stale_reason(now_s)
+        stamps = self.stamps()
+        reason = stale_input_reason(self.watchdog, now_s, stamps.state, stamps.cameras, stamps.gripper)
         if reason:
             raise StaleInputsError(reason)
         with self._lock:
@@ -197,7 +221,7 @@ class ObservationBuffer:
             )
         parts = [joint.value]
         if self.use_gripper:
-            assert gripper is not None  # stale_reason checked it
+            assert gripper is not None  # the watchdog checked it
             parts.append(gripper.value)
         state = np.concatenate(parts)
         return ObservationSet(

@@ -73,7 +73,7 @@ class ScheduledAction:
     arm_velocity  velocity of the position target (rad/s), for feed-forward; zeros for "hold" and for
                   velocity semantics
     gripper       raw (blended) gripper value, None when unused
-    index         step of the executing (newest) chunk; actions_left counts that step and the rest
+    index         step of the executing chunk; actions_left counts that step and the rest
     """
 
     arm: np.ndarray

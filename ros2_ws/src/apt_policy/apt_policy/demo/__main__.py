@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=("auto", "rtc", "crossfade", "ensemble", "none"),
         help="the node's chunk_execution (default: the params file's, else auto)",
     )
-    p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/recording.npz")
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/recording/")
     return p
 
 

@@ -19,6 +19,8 @@ from apt_policy.robots.franka import RobotProfile, get_profile
 from apt_policy.ros.params import NodeParams, ParameterError
 from apt_policy.runtime.policy import PolicyInfo
 
+OUTPUTS = {"joint_trajectory": "trajectory", "joint_position": "position", "none": "none"}
+
 
 def execution_plan(p: NodeParams, info: PolicyInfo) -> ExecutionPlan:
     """``chunk_execution`` for this model: rtc only when it takes a prefix (``PolicyInfo.rtc_inputs``)."""
@@ -71,6 +73,8 @@ def controller_config(
             request_when_left=threshold,
             max_tracking_error=p.max_tracking_error,
             lookahead_points=p.lookahead_points,
+            output=OUTPUTS[p.output_mode],
+            stamped=p.trajectory_stamp == "tick",
             blend=BlendConfig(
                 mode=plan.blend_mode, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m
             ),
@@ -85,12 +89,14 @@ def controller_config(
                 acceleration_scale=p.acceleration_scale,
                 max_deviation=p.max_deviation,
             ),
-            # Input ages are checked by the node's ObservationBuffer (passed as input_problem); the latency
-            # bound covers a frame up to max_image_age old at the start plus an inference up to the timeout.
+            # The one staleness authority (the node's observation buffer asks it too). The latency bound
+            # covers a frame up to max_image_age old at the start plus an inference up to the timeout.
             watchdog=WatchdogConfig(
                 max_state_age=p.max_state_age,
                 max_camera_age=p.max_image_age,
+                max_gripper_age=p.max_gripper_age,
                 max_inference_latency=p.inference_timeout + p.max_image_age,
+                inference_timeout=p.inference_timeout,
             ),
         )
     except ValueError as exc:

@@ -118,6 +118,9 @@ def joint_positions(msg, joint_names: Sequence[str]) -> np.ndarray:
     if positions.shape != (len(names),):
         raise ConversionError(f"joint state has {len(names)} names but {positions.size} positions")
     index = {n: i for i, n in enumerate(names)}
+    if len(index) != len(names):  # which value would count is anyone's guess: refuse the message
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        raise ConversionError(f"joint state names joints more than once: {duplicated}")
     missing = [n for n in joint_names if n not in index]
     if missing:
         raise ConversionError(f"joint state is missing joints {missing} (has {names})")

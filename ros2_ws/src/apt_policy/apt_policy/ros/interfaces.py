@@ -10,6 +10,8 @@ On the node (``~`` = ``/apt_policy``):
   instruction), CANCELED on cancel (the node stops at once), ABORTED with a message when a new goal, a
   ``~/instruction`` topic message, ``~/set_instruction`` or ``~/stop`` replaces the instruction, or on FAULT.
 * ``~/pause``, ``~/resume``, ``~/stop`` (std_srvs/srv/Trigger) -- the node's pause/resume/stop hooks.
+* ``~/reset`` (std_srvs/srv/Trigger) -- the way out of FAULT: back to IDLE (instruction cleared), refused with
+  the reason unless a fresh joint state shows the arm at rest inside the safe range.
 
 Threading: nothing here blocks the node's executor. The goal's execute callback is a coroutine that awaits an
 rclpy Future; a timer in a ReentrantCallbackGroup publishes feedback and completes that Future when the goal
@@ -137,6 +139,7 @@ class PolicyHooks(Protocol):
     def pause(self) -> tuple[bool, str]: ...
     def resume(self) -> tuple[bool, str]: ...
     def stop(self) -> tuple[bool, str]: ...
+    def reset(self) -> tuple[bool, str]: ...
     def status_snapshot(self) -> dict[str, Any]: ...
     def add_instruction_listener(self, callback: Callable[[str, str], None]) -> None: ...
     def on_camera_frame(self, camera_name: str, image_rgb: Any, stamp_s: float) -> None: ...
@@ -189,6 +192,9 @@ class Interfaces:
                 Trigger, "~/resume", self._on_resume, qos_profile=SERVICES, callback_group=group
             ),
             node.create_service(Trigger, "~/stop", self._on_stop, qos_profile=SERVICES, callback_group=group),
+            node.create_service(
+                Trigger, "~/reset", self._on_reset, qos_profile=SERVICES, callback_group=group
+            ),
         ]
         self.action_server = ActionServer(
             node,
@@ -258,6 +264,10 @@ class Interfaces:
         response.success, response.message = self._call(
             self.node.stop, "stopped: holding position, instruction cleared"
         )
+        return response
+
+    def _on_reset(self, request: Any, response: Any) -> Any:
+        response.success, response.message = self._call(self.node.reset, "fault cleared")
         return response
 
     def _call(self, hook: Any, default: str) -> tuple[bool, str]:

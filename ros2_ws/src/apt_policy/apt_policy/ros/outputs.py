@@ -64,6 +64,10 @@ class TrajectoryOutput:
         self.publisher.publish(payload)
         self.sent += 1
 
+    def subscribed(self) -> bool:
+        """Whether the arm's controller (any subscriber) is connected."""
+        return self.publisher.get_subscription_count() > 0
+
 
 class PositionOutput:
     """std_msgs/Float64MultiArray of joint positions for a forward position controller (no timeout there:
@@ -89,6 +93,10 @@ class PositionOutput:
         """Publish what :meth:`prepare` returned."""
         self.publisher.publish(payload)
         self.sent += 1
+
+    def subscribed(self) -> bool:
+        """Whether the arm's controller (any subscriber) is connected."""
+        return self.publisher.get_subscription_count() > 0
 
 
 class GripperWidthOutput:

@@ -32,7 +32,7 @@ from rclpy.lifecycle import State as LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 
-from apt_policy.control.controller import ControllerState
+from apt_policy.control.controller import Command, ControllerState
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
@@ -48,11 +48,7 @@ from apt_policy.ros.spin import spin_node
 
 NODE_NAME = "apt_policy"
 
-# Sensors: best effort, keep last (a newer frame replaces an undelivered older one).
 REJECT_LOG_PERIOD_S = 5.0
-# Stamped look-aheads (trajectory_stamp: tick) last at least this long (resting at their final point), so a
-# message delivered late still ends in the future and is not rejected by the controller.
-STAMPED_MIN_SPAN_S = 0.25
 HOLD_WAIT_S = 1.0  # deactivate: longest wait for the stream to send the hold before it stops
 
 
@@ -204,7 +200,8 @@ class PolicyNode(LifecycleNode):
             self.camera_names,
             joint_dim=len(self.joint_names),
             use_gripper=self.use_gripper_state,
-            limits=FreshnessLimits(p.max_image_age, p.max_state_age, p.max_skew, p.max_gripper_age),
+            watchdog=self.controller.config.watchdog,  # the controller's watchdog judges both
+            limits=FreshnessLimits(max_skew_s=p.max_skew),
         )
         self.tick_durations = RollingStats(1000)  # s, compute time of each stream tick
         self._rt_applied = False
@@ -446,16 +443,25 @@ class PolicyNode(LifecycleNode):
                 self.observations.clear_camera(camera)  # never act on an older frame of a broken stream
                 self._reject(topic, str(exc))
                 return
-            self.observations.put_image(camera, rgb, stamp_s, now)
+            try:
+                self.observations.put_image(camera, rgb, stamp_s, now, sensor_now_s=self._ros_now())
+            except ValueError as exc:  # e.g. stamped seconds away from this node's clock
+                self._reject(topic, str(exc))
 
         return callback
 
     def on_camera_frame(self, camera_name: str, image_rgb: np.ndarray, stamp_s: float) -> None:
         """In-process camera frames (e.g. pyrealsense2) enter the same path as topic frames."""
         try:
-            self.observations.put_image(camera_name, image_rgb, stamp_s, time.monotonic())
+            self.observations.put_image(
+                camera_name, image_rgb, stamp_s, time.monotonic(), sensor_now_s=self._ros_now()
+            )
         except (KeyError, ValueError) as exc:
             self._reject(f"camera:{camera_name}", str(exc))
+
+    def _ros_now(self) -> float:
+        """This node's ROS clock (s): what sensor stamps are compared with."""
+        return float(self.get_clock().now().nanoseconds) * 1e-9
 
     def _on_joint_state(self, msg: Any) -> None:
         now = time.monotonic()
@@ -545,20 +551,22 @@ class PolicyNode(LifecycleNode):
         self._notify(old, "")
         return True, "stopped: holding position, instruction cleared"
 
-    def clear_fault(self) -> tuple[bool, str]:
-        """Operator acknowledgement of a FAULT: back to IDLE (instruction cleared), restarting from the
-        measured position at rest."""
+    def reset(self) -> tuple[bool, str]:
+        """The way out of FAULT (``~/reset``): back to IDLE (instruction cleared), restarting from the
+        measured position, only with a fresh joint state at rest inside the safe range (the controller
+        decides)."""
         with self._instruction_lock:
             old = self.controller.instruction
-            if not self.controller.clear_fault():
-                return False, f"no fault to clear (state {self.controller.state.name})"
+            ok, why = self.controller.reset()
+            if not ok:
+                return False, why
             self.worker.set_instruction(None, self.controller.epoch)
             revive = getattr(self.policy, "revive", None)  # an inference process given up on: try again
             if revive is not None and getattr(self.policy, "down", None) is not None:
                 revive()
-        self.get_logger().warning("fault cleared by the operator: IDLE, holding the measured position")
+        self.get_logger().warning(f"reset by the operator: {why}; IDLE")
         self._notify(old, "")
-        return True, "fault cleared: IDLE"
+        return True, why
 
     def _notify(self, old: str, new: str) -> None:
         with self._lock:
@@ -618,6 +626,8 @@ class PolicyNode(LifecycleNode):
             "safety_interventions": st.safety_interventions,
             "interventions_by_limit": {k: dict(v) for k, v in st.interventions_by_limit.items()},
             "last_fault": st.last_fault,
+            "commands_dropped": st.commands_dropped,
+            "last_drop": st.last_drop,
             "chunks_produced": self.worker.chunks_produced,
             "chunks_discarded": self.worker.discarded_stale_epoch,
             "inference_failures": self.worker.failures,
@@ -673,7 +683,7 @@ class PolicyNode(LifecycleNode):
         down = getattr(self.policy, "down", None)  # RestartingProcessPolicy gave up on the model's process
         if down is not None and self.controller.state != ControllerState.FAULT:
             self.controller.fault(f"inference process down: {down}")
-            self.get_logger().error(f"FAULT: inference process down ({down}); clear the fault to try again")
+            self.get_logger().error(f"FAULT: inference process down ({down}); ~/reset to try again")
             return
         self.controller.on_inference_error(reason)
         self.get_logger().error(reason, throttle_duration_sec=2.0)
@@ -718,8 +728,9 @@ class PolicyNode(LifecycleNode):
 
     def _stream_step(self, now: float, deadline: float) -> Callable[[], None] | None:
         """Compute the command due at ``deadline`` (``publish_lead`` before it) and return its send function,
-        which the loop calls at the deadline: publish the serialised command, the gripper width, and the
-        status when the state changed."""
+        which the loop calls at the deadline: publish the serialised command if the controller releases it,
+        the gripper width, and the status when the state changed. The controller decides everything
+        (staleness, holds, what the arm can follow at arrival); this passes data and publishes."""
         if self._joint_poller is not None:
             msg = self._joint_poller.take_latest()
             if msg is not None:
@@ -727,16 +738,24 @@ class PolicyNode(LifecycleNode):
                 now = time.monotonic()  # the sample was received just now; ages are measured from here
         t = max(now, deadline)  # the command is for its send time: input ages and schedule are taken there
         joints = self.observations.latest_joints()
-        measured = None if joints is None else joints.value
-        stale = self.observations.stale_reason(t)
-        if stale is None and self.worker.overdue(t):
-            stale = f"inference running for {self.worker.busy_for(t) * 1e3:.0f} ms"
-        command = self.controller.tick(t, measured, input_problem=stale)
+        stamps = self.observations.stamps()
+        command = self.controller.tick(
+            t,
+            None if joints is None else joints.value,
+            state_stamp=stamps.state,
+            camera_stamps=stamps.cameras,
+            gripper_stamp=stamps.gripper,
+            inference_started=self.worker.busy_since,
+            inference_waiting=self.worker.waiting_reason,
+            output_ready=self.arm_output is None or self.arm_output.subscribed(),
+        )
         state_changed = command.state != self._last_state
         self._last_state = command.state
+        if state_changed and command.state == ControllerState.FAULT:
+            self.get_logger().error(f"FAULT: {command.reason} (nothing is sent; ~/reset once at rest)")
         payload = None
-        if command.positions is not None:  # None: no valid joint state yet (or FAULT): nothing is sent
-            payload = self._arm_payload(command, deadline)
+        if command.positions is not None:  # None: no valid joint state (or lost, or FAULT): nothing is sent
+            payload = self._arm_payload(command)
         sink = self.gripper_sink
         gripper = command.gripper if sink is not None else None
         if self.controller.should_request(t):
@@ -746,7 +765,10 @@ class PolicyNode(LifecycleNode):
             if not self.context.ok():
                 return  # shutting down: the publishers are gone
             if payload is not None and self.arm_output is not None:
-                self.arm_output.publish(payload)
+                if self.controller.release(command, time.monotonic()):
+                    self.arm_output.publish(payload)
+                else:
+                    self._log_drop()
             if sink is not None and gripper is not None:
                 sink(gripper, t)
             if state_changed:  # state changes are published at once, after the tick's command
@@ -758,24 +780,27 @@ class PolicyNode(LifecycleNode):
 
         return send
 
-    def _arm_payload(self, command: Any, deadline: float) -> bytes | None:
+    def _arm_payload(self, command: Command) -> bytes | None:
         """The serialised arm command of this tick for the output mode (None for output_mode none)."""
         if isinstance(self.arm_output, TrajectoryOutput):
-            plan = self.controller.lookahead()
+            plan = command.trajectory
             if plan is None:
                 return None
-            times, positions, velocities = plan.times, plan.positions, plan.velocities
             stamp = 0.0
-            if self.params.trajectory_stamp == "tick":  # the deadline on the ROS clock
-                stamp = self.get_clock().now().nanoseconds * 1e-9 - (time.monotonic() - deadline)
-                if times[-1] < STAMPED_MIN_SPAN_S:  # rest at the last point: a late message still counts
-                    times = np.append(times, STAMPED_MIN_SPAN_S)
-                    positions = np.vstack([positions, positions[-1]])
-                    velocities = np.vstack([velocities, np.zeros_like(velocities[-1])])
-            return self.arm_output.prepare(times, positions, velocities, stamp)
+            if command.stamp is not None:  # the controller's (monotonic) start time on the ROS clock
+                stamp = self.get_clock().now().nanoseconds * 1e-9 - (time.monotonic() - command.stamp)
+            return self.arm_output.prepare(plan.times, plan.positions, plan.velocities, stamp)
         if isinstance(self.arm_output, PositionOutput):
+            assert command.positions is not None
             return self.arm_output.prepare(command.positions)
         return None
+
+    def _log_drop(self) -> None:
+        status = self.controller.status()
+        self.get_logger().warning(
+            f"command not sent: {status.last_drop} ({status.commands_dropped} so far)",
+            throttle_duration_sec=1.0,
+        )
 
     def _on_tick_error(self, exc: BaseException) -> None:
         self.get_logger().error(

@@ -109,9 +109,10 @@ class ScriptedPolicy:
 
     ``rtc``: what it does with a committed prefix of ``d`` rows (None = it takes none):
 
-    * ``"trained"``  -- rows ``0..d-1`` = the prefix, the rest continues the expert from the prefix's end
-      (position and velocity) with an offset that starts at zero there: the behaviour training-time RTC
-      aims for (an upper bound; ``rtc_max_delay`` reported as ``max_delay``);
+    * ``"trained"``  -- rows ``0..d-1`` = the prefix; the rest is the chunk it would have produced from the
+      observation, shifted to join the prefix's last row and returning to itself over ``join_steps``
+      actions along a cosine (no slope change at either end): consistent with the prefix, re-anchored on
+      the observation, as training-time RTC aims for (an upper bound; ``rtc_max_delay`` = ``max_delay``);
     * ``"hard"``     -- rows ``0..d-1`` replaced by the prefix, the rest as without one: hard-prefix
       inpainting with no consistency at all (a lower bound for training-free RTC; ``rtc_max_delay`` 0).
     """
@@ -124,12 +125,14 @@ class ScriptedPolicy:
         rtc: str | None = None,
         max_delay: int = 8,
         seed: int = 0,
+        join_steps: int = 6,
     ) -> None:
         if rtc not in (None, "trained", "hard"):
             raise ValueError(f"rtc must be None, 'trained' or 'hard', got {rtc!r}")
         self.horizon, self.dt, self.disagreement, self.rtc = int(horizon), float(dt), float(disagreement), rtc
         self._info = _info(self.horizon, self.dt, rtc is not None, max_delay if rtc == "trained" else 0)
         self._rng = np.random.default_rng(seed)
+        self.join_steps = max(1, int(join_steps))
         self._expert: ReachingExpert | None = None
         self.joint_velocity = np.zeros(7)
         self.prefixes: list[np.ndarray | None] = []
@@ -173,12 +176,10 @@ class ScriptedPolicy:
         out = np.hstack([free, width])
         out[:d] = prefix[:d]
         if self.rtc == "trained" and d < self.horizon:
-            q_end = np.asarray(prefix[d - 1, :7], dtype=np.float64)
-            q_prev = np.asarray(prefix[d - 2, :7], dtype=np.float64) if d >= 2 else state[:7]
-            qd_end = (q_end - q_prev) / self.dt if d >= 2 else self.joint_velocity
-            expert = ReachingExpert(self._expert.goal, self.dt, self.horizon - d, FR3)
-            rest = expert.chunk(q_end, qd_end) + self._offset(self.horizon - d + 1, True)[1:]
-            out[d:, :7] = rest
+            gap = np.asarray(prefix[d - 1, :7], dtype=np.float64) - free[d - 1]
+            s = np.arange(1, self.horizon - d + 1) / self.join_steps
+            weight = np.where(s < 1.0, 0.5 * (1.0 + np.cos(np.pi * np.minimum(s, 1.0))), 0.0)
+            out[d:, :7] = free[d:] + weight[:, None] * gap[None, :]
         return out
 
 
@@ -221,6 +222,7 @@ class EpisodeResult:
     within_cmd_da: list[float]
     jerk_rms: float
     safety_interventions: int
+    interventions_by_limit: dict[str, int]  # joint-clips by limit (a tick may clip several joints)
     held_ticks: int
     violations: dict[str, int]
     chunking: dict[str, int]
@@ -289,8 +291,9 @@ def run_episode(
         q, qd, width = arm.state()
         cmd = controller.tick(t, q)
         if cmd.positions is not None:
-            traj = controller.lookahead()
-            if traj is not None:
+            traj = cmd.trajectory
+            # sent on time, as the node sends: the controller decides at send time (release)
+            if traj is not None and controller.release(cmd, t):
                 if command_hook is not None:
                     traj = command_hook(t, traj)
                 arm.submit_trajectory(names, traj.times, traj.positions, traj.velocities, 0.0, t)
@@ -414,6 +417,7 @@ def run_episode(
         within_cmd_da=w_da,
         jerk_rms=jerk_rms,
         safety_interventions=status.safety_interventions,
+        interventions_by_limit={k: int(sum(v.values())) for k, v in status.interventions_by_limit.items()},
         held_ticks=int(held),
         violations={k: int(v) for k, v in arm.violation_counts().items() if v},
         chunking=controller.chunking_status(),
@@ -441,6 +445,7 @@ class CellResult:
     safety_interventions: int
     held_ticks: int
     violations: int
+    interventions_by_limit: dict[str, int]
     rtc_on_time: int
     rtc_late: int
     delay_over_trained_max: int
@@ -493,6 +498,10 @@ def evaluate(policy: Any, config: EvalConfig, label: str = "", progress: bool = 
         safety_interventions=int(sum(r.safety_interventions for r in results)),
         held_ticks=int(sum(r.held_ticks for r in results)),
         violations=int(sum(r.violation_total for r in results)),
+        interventions_by_limit={
+            k: sum(r.interventions_by_limit.get(k, 0) for r in results)
+            for k in sorted({k for r in results for k in r.interventions_by_limit})
+        },
         rtc_on_time=int(sum(r.chunking.get("rtc_on_time", 0) for r in results)),
         rtc_late=int(sum(r.chunking.get("rtc_late", 0) for r in results)),
         delay_over_trained_max=int(sum(r.chunking.get("delay_over_trained_max", 0) for r in results)),
@@ -552,17 +561,22 @@ def scripted_rows(disagreement: float = 0.01, max_delay: int = 8) -> dict[str, t
 
 
 def model_rows(model: Path, trained: Path | None = None) -> dict[str, tuple[Any, str]]:
-    """The table's rows with exported models: ``model`` for none / crossfade / ensemble, and for RTC the
-    one(s) that take a prefix, labelled by their trained maximum delay (0: training-free)."""
+    """The table's rows with exported models: ``model`` for none / crossfade / ensemble, and for RTC every
+    export that takes a prefix, in each mode it supports: training-free (hard prefix) always, trained
+    when it was trained for RTC (``rtc_max_delay`` > 0). One RTC-trained export gives both RTC rows."""
     from apt_policy.runtime.load import load_policy
 
     base = load_policy(model)
     rows: dict[str, tuple[Any, str]] = {s: (base, s) for s in ("none", "crossfade", "ensemble")}
-    for policy in (base, load_policy(trained) if trained is not None else None):
-        if policy is None or not getattr(policy.info, "rtc_inputs", False):
+    for path in (model, trained):
+        if path is None:
             continue
-        kind = "trained" if int(getattr(policy.info, "rtc_max_delay", 0) or 0) > 0 else "training-free"
-        rows[f"rtc ({kind})"] = (policy, "rtc")
+        policy = base if path == model else load_policy(path)
+        if not policy.info.rtc_inputs:
+            continue
+        rows["rtc (training-free)"] = (load_policy(path, rtc_mode="training_free"), "rtc")
+        if policy.info.rtc_max_delay > 0:
+            rows["rtc (trained)"] = (load_policy(path, rtc_mode="trained"), "rtc")
     return rows
 
 

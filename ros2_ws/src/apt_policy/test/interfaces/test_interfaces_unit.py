@@ -103,6 +103,14 @@ class HookNode(Node):
             cb(old, "")
         return True, "stopped"
 
+    def reset(self):
+        self.calls.append("reset")
+        with self.lock:
+            if self.state != FAULT:
+                return False, "no fault to clear"
+            self.state = IDLE
+        return True, "fault cleared"
+
     def add_instruction_listener(self, cb):
         self.listeners.append(cb)
 

@@ -99,6 +99,9 @@ def test_joint_state_reordered_by_name_and_missing_or_nan_rejected() -> None:
         joint_positions(JointState(name=names, position=[0.0, float("nan"), 1.0]), names)
     with pytest.raises(ConversionError, match="3 names but 2 positions"):
         joint_positions(JointState(name=names, position=[0.0, 1.0]), names)
+    twice = JointState(name=["j0", "j1", "j2", "j1"], position=[0.0, 1.0, 2.0, 9.0])
+    with pytest.raises(ConversionError, match=r"more than once: \['j1'\]"):  # not "the last one wins"
+        joint_positions(twice, names)
     assert gripper_width(JointState(name=["a", "b"], position=[0.01, 0.015]), ["a", "b"]) == pytest.approx(
         0.025
     )

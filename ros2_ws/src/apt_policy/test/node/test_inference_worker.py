@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import ObservationSet, StaleInputsError
+from apt_policy.control.watchdog import WatchdogConfig, stale_input_reason
 
 SHAPE = (4, 8)
 
@@ -140,15 +141,20 @@ def test_bad_output_is_an_error(h: Harness, output, match) -> None:
 
 def test_slow_inference_is_overdue_then_rejected() -> None:
     h = Harness(timeout_s=0.05)
+    watchdog = WatchdogConfig(inference_timeout=0.05)  # the controller's watchdog judges the running time
+
+    def overdue() -> str | None:
+        return stale_input_reason(watchdog, time.monotonic(), None, None, None, h.worker.busy_since)
+
     try:
         h.worker.set_instruction("x")
         assert h.policy.started.acquire(timeout=5)
         time.sleep(0.08)
-        assert h.worker.overdue(time.monotonic())
+        assert "inference running for" in (overdue() or "")
         h.policy.release.release()
         _wait(lambda: h.errors)
         assert "timeout" in h.errors[0] and not h.chunks
-        assert not h.worker.overdue(time.monotonic())
+        assert h.worker.busy_since is None and overdue() is None
     finally:
         for _ in range(4):
             h.policy.release.release()
@@ -168,9 +174,11 @@ def test_stale_inputs_wait_without_predicting() -> None:
         h.worker.set_instruction("x")
         assert not h.policy.started.acquire(timeout=0.1)
         assert h.worker.waits_for_inputs > 0
+        assert h.worker.waiting_reason == "camera:front never received"  # reported by the controller
         ready.set()
         h.step()
         _wait(lambda: h.chunks)
+        assert h.worker.waiting_reason is None
     finally:
         for _ in range(4):
             h.policy.release.release()

@@ -5,17 +5,31 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer, StaleInputsError
+from apt_policy.control.watchdog import MISSING, WatchdogConfig, stale_input_reason
 
 
 def _img(value: int = 0) -> np.ndarray:
     return np.full((4, 6, 3), value, np.uint8)
 
 
+WATCHDOG = WatchdogConfig(max_camera_age=0.2, max_state_age=0.05, max_gripper_age=0.2)
+
+
 def _buffer(**kw) -> ObservationBuffer:
-    limits = FreshnessLimits(max_image_age_s=0.2, max_state_age_s=0.05, max_skew_s=0.1)
     return ObservationBuffer(
-        ["front", "wrist"], joint_dim=7, use_gripper=kw.pop("use_gripper", True), limits=limits, **kw
+        ["front", "wrist"],
+        joint_dim=7,
+        use_gripper=kw.pop("use_gripper", True),
+        watchdog=WATCHDOG,
+        limits=FreshnessLimits(max_skew_s=0.1),
+        **kw,
     )
+
+
+def _stale(buf: ObservationBuffer, now: float) -> str | None:
+    """What the controller's watchdog says of the buffer's inputs (the node passes exactly this)."""
+    s = buf.stamps()
+    return stale_input_reason(buf.watchdog, now, s.state, s.cameras, s.gripper)
 
 
 def _fill(buf: ObservationBuffer, t: float) -> None:
@@ -47,23 +61,26 @@ def test_missing_camera_is_stale_and_named() -> None:
     buf = _buffer()
     _fill(buf, 1.0)
     buf.clear_camera("wrist")
-    with pytest.raises(StaleInputsError, match="camera:wrist never received"):
+    with pytest.raises(StaleInputsError, match="camera 'wrist' has no frame"):
         buf.freshest(1.0)
 
 
 def test_old_image_and_old_state_are_stale() -> None:
     buf = _buffer()
     _fill(buf, 1.0)
-    with pytest.raises(StaleInputsError, match="camera:front 250 ms old"):
-        buf.freshest(1.25)
-    buf.put_image("front", _img(), 1.2, 1.2)
-    buf.put_image("wrist", _img(), 1.2, 1.2)
-    with pytest.raises(StaleInputsError, match="joint_state"):
-        buf.freshest(1.25)
-    assert buf.stale_reason(1.25) is not None
     buf.put_joints(np.zeros(7), 1.25, 1.25)
     buf.put_gripper(0.0, 1.25, 1.25)
-    assert buf.stale_reason(1.25) is None
+    with pytest.raises(StaleInputsError, match=r"camera 'front' stale \(250 ms > 200 ms\)"):
+        buf.freshest(1.25)
+    _fill(buf, 1.0)
+    buf.put_image("front", _img(), 1.2, 1.2)
+    buf.put_image("wrist", _img(), 1.2, 1.2)
+    with pytest.raises(StaleInputsError, match="joint state stale"):
+        buf.freshest(1.25)
+    assert _stale(buf, 1.25) is not None
+    buf.put_joints(np.zeros(7), 1.25, 1.25)
+    buf.put_gripper(0.0, 1.25, 1.25)
+    assert _stale(buf, 1.25) is None
 
 
 def test_camera_skew_beyond_limit_is_refused() -> None:
@@ -114,16 +131,30 @@ def test_malformed_samples_raise_and_leave_buffer_unchanged(call, match) -> None
     np.testing.assert_array_equal(buf.freshest(1.0).state[:7], np.arange(7.0))
 
 
-def test_ages_report_inf_for_never_received() -> None:
+def test_stamps_say_never_received() -> None:
     buf = _buffer()
-    ages = buf.ages(3.0)
-    assert all(np.isinf(v) for v in ages.values())
-    assert set(ages) == {"camera:front", "camera:wrist", "joint_state", "gripper"}
+    stamps = buf.stamps()
+    assert stamps.state == MISSING and stamps.gripper == MISSING
+    assert stamps.cameras == {"front": None, "wrist": None}
+    assert _stale(buf, 3.0) == "joint state has no sample"
+    assert _buffer(use_gripper=False).stamps().gripper is None  # not checked
+
+
+def test_frames_stamped_far_from_the_node_clock_are_rejected_with_the_offset() -> None:
+    buf = _buffer()
+    _fill(buf, 100.0)
+    for stamp, where in ((110.0, "10.0 s in the future"), (90.0, "10.0 s in the past")):
+        with pytest.raises(ValueError, match=where):
+            buf.put_image("front", _img(7), stamp, 100.01, sensor_now_s=100.0)
+    assert buf.freshest(100.01).images["front"][0, 0, 0] == 1  # the good frame stays
+    buf.put_image("front", _img(7), 101.5, 100.01, sensor_now_s=100.0)  # within max_stamp_offset_s
 
 
 def test_invalid_limits_rejected() -> None:
     with pytest.raises(ValueError, match="max_skew_s"):
         FreshnessLimits(max_skew_s=0.0)
+    with pytest.raises(ValueError, match="max_stamp_offset_s"):
+        FreshnessLimits(max_stamp_offset_s=float("nan"))
     with pytest.raises(ValueError, match="unique"):
         ObservationBuffer(["a", "a"], 7, False)
 
@@ -134,6 +165,9 @@ def test_gripper_has_its_own_age_limit() -> None:
     buf.put_joints(np.zeros(7), 1.1, 1.1)
     buf.put_image("front", _img(), 1.1, 1.1)
     buf.put_image("wrist", _img(), 1.1, 1.1)
-    assert buf.stale_reason(1.1) is None  # gripper 100 ms old: fine at 15 Hz
-    with pytest.raises(StaleInputsError, match="gripper 250 ms old"):
+    assert _stale(buf, 1.1) is None  # gripper 100 ms old: fine at 15 Hz
+    buf.put_joints(np.zeros(7), 1.25, 1.25)
+    buf.put_image("front", _img(), 1.25, 1.25)
+    buf.put_image("wrist", _img(), 1.25, 1.25)
+    with pytest.raises(StaleInputsError, match=r"gripper state stale \(250 ms"):
         buf.freshest(1.25)

@@ -20,16 +20,16 @@ pytest.importorskip("apt_msgs")
 import itertools
 
 import rclpy
-from apt_msgs.msg import ActionChunk, PolicyStatus
-from apt_policy.core.config import ActionSemantics
+from apt_msgs.msg import PolicyStatus
 from apt_policy.robots.franka import FR3
 from apt_policy.ros.params import ParameterError
 from apt_policy.ros.policy_node import make_policy_node
-from apt_policy.ros.qos import COMMANDS, EVENTS, SENSOR
-from apt_policy.runtime.policy import PolicyInfo
+from apt_policy.ros.qos import EVENTS
+from apt_policy.sim import stand_ins
+from apt_policy.sim.stand_ins import RobotStandIn, hold_ready
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
@@ -40,89 +40,23 @@ READY = np.array(FR3.ready_pose)
 OFFSETS = {"left": 0.04, "right": -0.04}  # joint-1 offset of every action, by instruction
 
 
-class ScriptedPolicy:
-    """Actions = ready pose with joint 1 offset by the instruction's word, gripper 0.04; ~20 ms per call."""
+def _left_or_right(instruction: str, t: float) -> np.ndarray:
+    """Ready pose with joint 1 offset by the instruction's last word, gripper 0.04."""
+    actions = hold_ready(instruction, t, horizon=10, gripper=0.04)
+    actions[:, 0] += OFFSETS.get(instruction.split()[-1], 0.0)
+    return actions
+
+
+class ScriptedPolicy(stand_ins.ScriptedPolicy):
+    """The shared scripted policy (apt_policy.sim.stand_ins) acting out left / right; 20 ms a call."""
 
     def __init__(self) -> None:
-        self.info = PolicyInfo(
-            backend="scripted",
-            model_id="scripted-test",
-            cameras=("front",),
-            image_size=(24, 32),  # as the probe's camera (the node's self-check sends this size)
-            horizon=10,
-            action_dim=8,
-            action_names=(*JOINTS, "gripper"),
-            state_names=(*JOINTS, "gripper"),
-            dt=0.05,
-            action_semantics=ActionSemantics(arm="absolute", gripper="absolute"),
-            steps=1,
-        )
-        self.calls: list[str] = []
-        self.fail = False
-
-    def warmup(self) -> None:
-        pass
-
-    def predict(self, images, state, instruction, noise=None):
-        assert images["front"].shape == (24, 32, 3) and state.shape == (8,)
-        self.calls.append(instruction)
-        time.sleep(0.02)
-        if self.fail:
-            raise RuntimeError("scripted failure")
-        actions = np.tile(np.append(READY, 0.04), (10, 1))
-        actions[:, 0] += OFFSETS.get(instruction.split()[-1], 0.0)
-        return actions.astype(np.float32)
+        super().__init__(_left_or_right, image_shape=(24, 32), latency_s=0.02, model_id="scripted-test")
 
 
-class Probe:
-    """Robot + camera stand-in and recorder, on its own node in the same context."""
-
-    def __init__(self, node) -> None:
-        self.node = node
-        self.camera_on = True
-        self.bad_image: Image | None = None
-        self.trajectories: list[tuple[float, JointTrajectory]] = []
-        self.statuses: list[PolicyStatus] = []
-        self.chunks: list[ActionChunk] = []
-        self.chunk_times: list[float] = []
-        self.joints = node.create_publisher(JointState, "/franka/joint_states", SENSOR)
-        self.gripper = node.create_publisher(JointState, "/franka_gripper/joint_states", SENSOR)
-        self.camera = node.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR)
-        self.instruction = node.create_publisher(String, "/apt_policy/instruction", EVENTS)
-        node.create_subscription(
-            JointTrajectory,
-            "/fr3_arm_controller/joint_trajectory",
-            lambda m: self.trajectories.append((time.monotonic(), m)),
-            COMMANDS,
-        )
-        node.create_subscription(PolicyStatus, "/apt_policy/status", self.statuses.append, EVENTS)
-        node.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._on_chunk, EVENTS)
-        node.create_timer(0.005, self._publish_state)
-        node.create_timer(1 / 30, self._publish_image)
-
-    def _on_chunk(self, msg: ActionChunk) -> None:
-        self.chunk_times.append(time.monotonic())
-        self.chunks.append(msg)
-
-    def _publish_state(self) -> None:
-        stamp = self.node.get_clock().now().to_msg()
-        js = JointState(name=list(JOINTS), position=READY.tolist())
-        js.header.stamp = stamp
-        self.joints.publish(js)
-        g = JointState(name=list(FR3.gripper_joint_names), position=[0.02, 0.02])
-        g.header.stamp = stamp
-        self.gripper.publish(g)
-
-    def _publish_image(self) -> None:
-        if self.bad_image is not None:
-            self.camera.publish(self.bad_image)
-        elif self.camera_on:
-            msg = Image(height=24, width=32, encoding="rgb8", step=96, data=bytes(24 * 96))
-            msg.header.stamp = self.node.get_clock().now().to_msg()
-            self.camera.publish(msg)
-
-    def state(self) -> int | None:
-        return self.statuses[-1].state if self.statuses else None
+def Probe(node) -> RobotStandIn:  # noqa: N802 - the shared stand-in under this test's old name
+    """Robot + camera stand-in and recorder (apt_policy.sim.stand_ins), on its own node."""
+    return RobotStandIn(node)
 
 
 @pytest.fixture
@@ -212,7 +146,7 @@ def test_stale_camera_holds_and_recovers(running) -> None:
 
     def holding_for_camera() -> bool:
         snap = node.status_snapshot()
-        return snap["state_name"] == "HOLDING" and "camera:front" in snap["reason"]
+        return snap["state_name"] == "HOLDING" and "camera 'front' stale" in snap["reason"]
 
     _wait(holding_for_camera, timeout=2.0, what="HOLDING for the camera")
     probe.camera_on = True
