@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHON VENV
 
-.PHONY: help setup setup-runtime test test-fast lint demo bench clean
+.PHONY: help setup setup-runtime test test-fast lint demo bench faults soak clean
 
 help:
 	@echo "make demo           train (cached), export, verify, run the simulated Franka closed loop, write demo_out/"
@@ -14,6 +14,8 @@ help:
 	@echo "make setup-runtime  robot environment: ONNX Runtime / TensorRT path only, no torch"
 	@echo "make lint           ruff, import contracts (lint-imports), mypy, vermin (Python >= 3.10), hadolint, shellcheck"
 	@echo "make bench          inference, control and pre-processing benchmarks -> bench_out/report.md"
+	@echo "make faults         fault-injection matrix over real processes -> bench_out/faults.md"
+	@echo "make soak           one hour at 100 Hz with instruction switches and camera dropouts"
 
 setup:
 	@tools/setup.sh full
@@ -41,6 +43,12 @@ demo: setup
 
 bench: setup
 	$(PY) -m apt_policy.bench $(BENCH_ARGS)
+
+faults: setup
+	$(PY) -m apt_policy.bench.faults $(FAULTS_ARGS)
+
+soak: setup
+	$(PY) -m apt_policy.bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf build ros2_ws/build ros2_ws/install ros2_ws/log demo_out bench_out .pytest_cache

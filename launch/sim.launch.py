@@ -3,17 +3,18 @@
     ros2 launch apt_policy sim.launch.py model:=/path/to/export instruction:="reach the red block"
 
 The node reads ``params_file`` (default: the installed config/sim.yaml); ``model``, ``backend``,
-``control_rate`` and ``instruction`` override it when they are not empty.
+``control_rate`` and ``instruction`` override it when they are not empty. A ``params_file`` that cannot be
+read or a ``control_rate`` that is not a rate stops the launch before anything starts (checks:
+apt_policy.ros.launch_args); when the policy node exits, the whole launch ends (non-zero when it failed).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from apt_policy.ros.launch_args import node_overrides, params_file, policy_exit_failed, policy_exit_message
+from launch.actions import DeclareLaunchArgument, LogInfo, OpaqueFunction, RegisterEventHandler, Shutdown
+from launch.event_handlers import OnProcessExit
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 
 from launch import LaunchDescription
 
@@ -24,10 +25,16 @@ ARGUMENTS = {
     "backend": ("", "Inference backend auto|tensorrt|onnxruntime|torch (node parameter backend)."),
     "control_rate": ("", "Command rate in Hz (node parameter control_rate); empty: keep params_file's."),
     "instruction": ("", "Instruction to start with (node parameter instruction); empty: IDLE."),
-    "params_file": ("", "Node parameter file; empty: <apt_policy share>/config/sim.yaml."),
+    "autostart": (
+        "",
+        "Node parameter autostart: true configures and activates at once, false waits for "
+        "lifecycle transitions; empty: keep params_file's.",
+    ),
+    "params_file": ("", "Node parameter file (must exist); empty: <apt_policy share>/config/sim.yaml."),
 }
 # launch argument -> node parameter it overrides (when not empty)
 NODE_PARAMETERS = {
+    "autostart": "autostart",
     "model": "model",
     "backend": "backend",
     "control_rate": "control_rate",
@@ -36,55 +43,41 @@ NODE_PARAMETERS = {
 OWN_ARGUMENTS = ("params_file",)
 
 
-def package_share(package: str) -> str | None:
-    """The package's share directory from the ament index, or None when it is not installed."""
-    try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-    except ImportError:
-        return None
-    try:
-        return get_package_share_directory(package)
-    except (PackageNotFoundError, OSError):  # OSError: no AMENT_PREFIX_PATH at all
-        return None
-
-
-def default_params_file(name: str) -> str:
-    """config/<name> of the installed apt_policy, else of the source tree this file lives in."""
-    share = package_share(PACKAGE)
-    candidates = [Path(share) / "config" / name] if share else []
-    here = Path(os.path.abspath(__file__)).parent
-    candidates += [here.parent / "config" / name, here.parent / "ros2_ws" / "src" / PACKAGE / "config" / name]
-    for path in candidates:
-        if path.is_file():
-            return str(path)
-    raise FileNotFoundError(f"{name} not found in {[str(c) for c in candidates]}")
-
-
-def node_overrides(values: dict[str, str]) -> dict[str, object]:
-    """Typed node parameter overrides from the non-empty launch arguments in ``values``."""
-    out: dict[str, object] = {}
-    for arg, param in NODE_PARAMETERS.items():
-        text = values.get(arg, "").strip()
-        if text:
-            out[param] = float(text) if param == "control_rate" else text
-    return out
-
-
 def _launch_setup(context, *args, **kwargs):
     values = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
-    params_file = values["params_file"] or default_params_file("sim.yaml")
+    # Checked before any action is made: a bad argument starts nothing.
+    node_params = [params_file(values["params_file"], "sim.yaml", __file__)]
+    node_params.append(node_overrides(values, NODE_PARAMETERS))
+    # A managed node: launch_ros follows its lifecycle (transition events in the launch log, ChangeState
+    # events); with autostart false it waits unconfigured for `ros2 lifecycle set /apt_policy configure`.
+    policy = LifecycleNode(
+        package=PACKAGE,
+        executable="policy_node",
+        name="apt_policy",
+        namespace="",
+        parameters=node_params,
+        output="screen",
+        emulate_tty=True,
+    )
     return [
         Node(package=PACKAGE, executable="fake_franka", name="fake_franka", output="screen"),
         Node(package=PACKAGE, executable="fake_camera", name="fake_camera", output="screen"),
-        Node(
-            package=PACKAGE,
-            executable="policy_node",
-            name="apt_policy",
-            parameters=[params_file, node_overrides(values)],
-            output="screen",
-            emulate_tty=True,
-        ),
+        policy,
+        RegisterEventHandler(OnProcessExit(target_action=policy, on_exit=_on_policy_exit)),
     ]
+
+
+def _on_policy_exit(event, context):
+    """Without the policy node the simulated arm and camera serve nothing: everything ends (non-zero on
+    failure: an exception in launch makes ``ros2 launch`` log it, shut down and exit 1)."""
+    message = policy_exit_message(event.returncode)
+    if policy_exit_failed(event.returncode):
+        return [OpaqueFunction(function=_fail, args=[message])]
+    return [LogInfo(msg=message), Shutdown(reason=message)]
+
+
+def _fail(context, message):
+    raise RuntimeError(message)
 
 
 def generate_launch_description() -> LaunchDescription:

@@ -1,7 +1,9 @@
 """Write a tiny random one-camera FR3 policy bundle (test fixture): ``python make_tiny_bundle.py OUT_DIR``.
 
 Run in a subprocess so the test process never imports torch; the weights are random (seeded), so the model
-exercises every code path of export, runtime and node but does not solve the task.
+exercises every code path of export, runtime and node but does not solve the task. Its states and actions are
+normalised around the FR3's ready pose (absolute joint targets), so its chunks stay inside the joint limits
+like a trained policy's (the node's self-check refuses a model whose chunk is outside them).
 """
 
 import sys
@@ -14,14 +16,24 @@ from apt_policy.core.preprocess import build_word_tokenizer
 from apt_policy.model.apt import APTModel
 from apt_policy.model.bundle import save_bundle
 from apt_policy.model.presets import tiny_policy_config
+from apt_policy.robots.franka import FR3
 
 torch.manual_seed(0)
 torch.set_num_threads(1)
 root = Path(sys.argv[1])
 config = tiny_policy_config("pi", cameras=("front",), model_id="apt-tiny-launch-test")
 rng = np.random.default_rng(0)
-states = rng.normal(0.0, 0.5, size=(100, config.state_dim))
-actions = rng.normal(0.0, 0.5, size=(100, config.horizon, config.action_dim))
+
+
+def around_ready(size: int) -> np.ndarray:
+    """The ready pose (then an open gripper, 0.04 m) padded or cut to ``size`` values."""
+    return np.append(FR3.ready_pose, [0.04] * size)[:size]
+
+
+states = around_ready(config.state_dim) + rng.normal(0.0, 0.05, size=(100, config.state_dim))
+actions = around_ready(config.action_dim) + rng.normal(
+    0.0, 0.05, size=(100, config.horizon, config.action_dim)
+)
 normalizer = Normalizer.fit(states, actions, config.normalization)
 tokenizer = root / "tokenizer.json"
 build_word_tokenizer(["reach the red block", "reach the blue block"], tokenizer)

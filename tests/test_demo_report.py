@@ -1,4 +1,4 @@
-"""The demo report from synthetic recordings: metrics, summary table, figure, video, save/load."""
+"""The demo report from synthetic recordings: metrics, summary table, figure, video, MCAP save/load."""
 
 from __future__ import annotations
 
@@ -201,12 +201,28 @@ def test_video_without_frames_is_an_error(tmp_path, recordings) -> None:
         write_video(recordings, tmp_path / "x.mp4", fps=10)
 
 
-def test_recordings_round_trip(tmp_path, recordings) -> None:
+def _approx(value):
+    """pytest.approx for nested reports (times go through integer ns in the bag)."""
+    if isinstance(value, dict):
+        return {k: _approx(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_approx(v) for v in value]
+    return pytest.approx(value, abs=1e-6) if isinstance(value, float) else value
+
+
+def test_recordings_round_trip_through_an_mcap_bag(tmp_path, recordings) -> None:
     recordings[0].frame_t = np.array([0.0, 0.1])
-    recordings[0].frames = np.zeros((2, 6, 8, 3), np.uint8)
-    loaded = load_recordings(save_recordings(recordings, tmp_path / "rec.npz"))
+    recordings[0].frames = np.random.default_rng(0).integers(0, 255, (2, 6, 8, 3), dtype=np.uint8)
+    bag = save_recordings(recordings, tmp_path / "rec")
+    assert sorted(p.suffix for p in bag.iterdir()) == [".mcap", ".yaml"]
+    loaded = load_recordings(bag)
     assert [r.plan for r in loaded] == [r.plan for r in recordings]
     np.testing.assert_array_equal(loaded[1].joint_q, recordings[1].joint_q)
-    np.testing.assert_array_equal(loaded[0].frames, recordings[0].frames)
+    np.testing.assert_allclose(loaded[1].joint_t, recordings[1].joint_t, atol=1e-9)
+    np.testing.assert_array_equal(loaded[0].frames, recordings[0].frames)  # PNG in the synthetic bag
+    np.testing.assert_allclose(loaded[1].command_t, recordings[1].command_t, atol=1e-6)
     assert loaded[1].robot_report == recordings[1].robot_report
-    assert build_report(loaded, RATE) == build_report(recordings, RATE)
+    assert loaded[1].node_stats == recordings[1].node_stats
+    assert loaded[2].chunk_instruction == recordings[2].chunk_instruction
+    np.testing.assert_array_equal(loaded[1].status_interventions, recordings[1].status_interventions)
+    assert build_report(loaded, RATE) == _approx(build_report(recordings, RATE))

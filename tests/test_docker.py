@@ -636,9 +636,9 @@ def test_entrypoint_refuses_a_missing_model_and_skips_non_onnx_dirs(container: d
 def test_deploy_guide_parameters_exist_in_the_node() -> None:
     """The settings the dry run and first motion (docs/DEPLOY.md 8-9) put in the parameter file exist."""
     pytest.importorskip("rclpy")
-    from apt_policy.ros import interfaces, params
+    from apt_policy.ros import params
 
-    specs = {s.name: s for s in (*params.SPECS, *interfaces.SPECS)}
+    specs = params.SPEC_BY_NAME
     guide = (REPO / "docs" / "DEPLOY.md").read_text()
     steps = guide[guide.index("## 8. ") : guide.index("## 10. ")]
     settings = [(n, v) for n, v in re.findall(r"`([a-z_.]+): ([a-z0-9_.]+)`", steps) if n != "state"]

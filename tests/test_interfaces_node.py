@@ -9,7 +9,6 @@ runs with the exported demo model are in tests/test_launch_configs.py.
 from __future__ import annotations
 
 import itertools
-import math
 import threading
 import time
 from pathlib import Path
@@ -24,18 +23,15 @@ import rclpy
 from apt_msgs.action import FollowInstruction
 from apt_msgs.msg import PolicyStatus
 from apt_msgs.srv import SetInstruction
-from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3
-from apt_policy.ros.policy_node import PolicyNode
-from apt_policy.ros.qos import COMMANDS, EVENTS, SENSOR
-from apt_policy.runtime.policy import PolicyInfo
+from apt_policy.ros.policy_node import make_policy_node
+from apt_policy.sim import stand_ins
+from apt_policy.sim.stand_ins import RobotStandIn, hold_ready
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Float64, String
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(120)]
 
@@ -44,99 +40,38 @@ READY = np.array(FR3.ready_pose)
 GOAL = {"SUCCEEDED": 4, "CANCELED": 5, "ABORTED": 6}
 
 
-class ScriptedPolicy:
-    """See the module docstring; records (instruction, image mean) of every call."""
-
-    def __init__(self, image_shape: tuple[int, int]) -> None:
-        self.info = PolicyInfo(
-            backend="scripted",
-            model_id="scripted-interfaces",
-            cameras=("front",),
-            image_size=(32, 32),
-            horizon=10,
-            action_dim=8,
-            action_names=(*JOINTS, "gripper"),
-            state_names=(*JOINTS, "gripper"),
-            dt=0.05,
-            action_semantics=ActionSemantics(arm="absolute", gripper="absolute"),
-            steps=1,
-        )
-        self.image_shape = image_shape
-        self.calls: list[tuple[str, float]] = []
-
-    def warmup(self) -> None:
-        pass
-
-    def predict(self, images, state, instruction, noise=None):
-        image = images["front"]
-        assert image.shape == (*self.image_shape, 3) and state.shape == (8,)
-        self.calls.append((instruction, float(image.mean())))
-        time.sleep(0.01)
-        t = time.monotonic() + 0.05 * np.arange(10)
-        actions = np.tile(np.append(READY, 0.08), (10, 1))
-        if "wave" in instruction:
-            actions[:, 0] += 0.1 * np.sin(2 * np.pi * 0.5 * t)
-        if "close" in instruction:
-            actions[:, 7] = 0.0
-        return actions.astype(np.float32)
+def _wave_or_close(instruction: str, t: float) -> np.ndarray:
+    """Ready pose, gripper 0.08; "wave": joint 1 sways at 0.5 Hz; "close": gripper 0."""
+    actions = hold_ready(instruction, t, horizon=10, gripper=0.08)
+    if "wave" in instruction:
+        actions[:, 0] += 0.1 * np.sin(2 * np.pi * 0.5 * (t + 0.05 * np.arange(10)))
+    if "close" in instruction:
+        actions[:, 7] = 0.0
+    return actions
 
 
-class Probe:
-    """Arm stand-in (static state at the ready pose), optional camera, and recorder of what the node sends."""
+def ScriptedPolicy(image_shape: tuple[int, int]) -> stand_ins.ScriptedPolicy:  # noqa: N802
+    """The shared scripted policy (apt_policy.sim.stand_ins); records (instruction, image mean)."""
+    return stand_ins.ScriptedPolicy(
+        _wave_or_close, image_shape=image_shape, latency_s=0.01, model_id="scripted-interfaces"
+    )
+
+
+class Probe(RobotStandIn):
+    """The shared robot + camera stand-in (static at the ready pose) with the operator's clients."""
 
     def __init__(self, node, publish_images: bool = True) -> None:
-        self.node = node
-        self.publish_images = publish_images
-        self.commands: list[tuple[float, float]] = []  # (receive time, joint-1 position of the first point)
-        self.statuses: list[PolicyStatus] = []
-        self.gripper_commands: list[float] = []
-        self.joints = node.create_publisher(JointState, "/franka/joint_states", SENSOR)
-        self.fingers = node.create_publisher(JointState, "/franka_gripper/joint_states", SENSOR)
-        self.camera = node.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR)
-        self.instruction = node.create_publisher(String, "/apt_policy/instruction", EVENTS)
-        node.create_subscription(
-            JointTrajectory, "/fr3_arm_controller/joint_trajectory", self._on_trajectory, COMMANDS
-        )
-        node.create_subscription(PolicyStatus, "/apt_policy/status", self.statuses.append, EVENTS)
-        node.create_subscription(
-            Float64,
-            "/franka_gripper/width_command",
-            lambda m: self.gripper_commands.append(m.data),
-            COMMANDS,
-        )
-        node.create_timer(0.005, self._publish_state)
-        node.create_timer(1 / 30, self._publish_image)
+        super().__init__(node, camera_on=publish_images, finger_position=0.04)
         self.action = ActionClient(node, FollowInstruction, "/apt_policy/follow_instruction")
         self.set_srv = node.create_client(SetInstruction, "/apt_policy/set_instruction")
         self.triggers = {
             n: node.create_client(Trigger, f"/apt_policy/{n}") for n in ("pause", "resume", "stop")
         }
 
-    def _on_trajectory(self, msg: JointTrajectory) -> None:
-        self.commands.append((time.monotonic(), msg.points[0].positions[0]))
-
-    def _publish_state(self) -> None:
-        stamp = self.node.get_clock().now().to_msg()
-        js = JointState(name=list(JOINTS), position=READY.tolist())
-        js.header.stamp = stamp
-        self.joints.publish(js)
-        fingers = JointState(name=list(FR3.gripper_joint_names), position=[0.04, 0.04])
-        fingers.header.stamp = stamp
-        self.fingers.publish(fingers)
-
-    def _publish_image(self) -> None:
-        if self.publish_images:
-            msg = Image(height=24, width=32, encoding="rgb8", step=96, data=bytes(24 * 96))
-            msg.header.stamp = self.node.get_clock().now().to_msg()
-            self.camera.publish(msg)
-
-    def state(self) -> int | None:
-        return self.statuses[-1].state if self.statuses else None
-
-    def motion(self, since: float) -> float:
-        """Peak-to-peak joint-1 command since ``since`` (monotonic)."""
-        q = [q for t, q in list(self.commands) if t >= since]
-        return (max(q) - min(q)) if q else math.nan
+    @property
+    def commands(self) -> list[tuple[float, float]]:
+        """(receive time, joint-1 position of the first point) of every trajectory command."""
+        return [(t, m.points[0].positions[0]) for t, m in list(self.trajectories)]
 
 
 def wait_for(cond, timeout: float = 10.0, what: str = "condition") -> None:
@@ -163,7 +98,7 @@ def system(ros_env, tmp_path: Path, request):
     policy = ScriptedPolicy((24, 32) if images else (48, 64))
     params = [Parameter("model", value=str(tmp_path)), Parameter("status_rate", value=20.0)]
     params += [Parameter(k, value=v) for k, v in extra.items()]
-    node = PolicyNode(policy=policy, context=ctx, parameter_overrides=params)
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
     probe = Probe(rclpy.create_node("probe", context=ctx), publish_images=images)
     node_exec, probe_exec = SingleThreadedExecutor(context=ctx), SingleThreadedExecutor(context=ctx)
     node_exec.add_node(node)

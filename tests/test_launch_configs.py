@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytest.importorskip("rclpy")
 pytest.importorskip("apt_msgs")
@@ -19,6 +20,8 @@ import rclpy
 from apt_msgs.action import FollowInstruction
 from apt_msgs.msg import PolicyStatus
 from apt_msgs.srv import SetInstruction
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
 from rclpy.action import ActionClient
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -65,6 +68,17 @@ def test_node_comes_up_with_param_file_and_answers(params_file: Path, tiny_expor
             "the first ~/status",
         )
         assert proc.poll() is None, f"node exited:\n{processes.output('policy_node')[-3000:]}"
+        if yaml.safe_load(params_file.read_text())["apt_policy"]["ros__parameters"].get("autostart") is False:
+            # A lifecycle-managed setup (franka.yaml): configure and activate as an operator would.
+            assert statuses[-1].last_fault.startswith("lifecycle unconfigured"), statuses[-1]
+            change = node.create_client(ChangeState, "/apt_policy/change_state")
+            assert change.wait_for_service(timeout_sec=20.0)
+            for transition in (Transition.TRANSITION_CONFIGURE, Transition.TRANSITION_ACTIVATE):
+                future = change.call_async(ChangeState.Request(transition=Transition(id=transition)))
+                _spin_until(executor, future.done, 120.0, f"lifecycle transition {transition}")
+                assert future.result().success, processes.output("policy_node")[-3000:]
+            count = len(statuses)
+            _spin_until(executor, lambda: len(statuses) > count, 20.0, "~/status after activate")
         assert statuses[-1].model_id and statuses[-1].backend
 
         assert set_srv.wait_for_service(timeout_sec=20.0)

@@ -17,8 +17,8 @@ VENV=${VENV:-.venv}
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 case "$mode" in
-  full) extras=ort,torch,dev; editables=(-e "ros2_ws/src/apt_policy[EXTRAS]" -e export) ;;
-  runtime) extras=ort; editables=(-e "ros2_ws/src/apt_policy[EXTRAS]") ;;
+  full) extras=ort,torch,data,dev; editables=(-e "ros2_ws/src/apt_policy[EXTRAS]" -e export) ;;
+  runtime) extras=ort,data; editables=(-e "ros2_ws/src/apt_policy[EXTRAS]") ;;
   *) echo "usage: $0 [full|runtime]" >&2; exit 2 ;;
 esac
 [ -z "${ROS_DISTRO:-}" ] && extras="$extras,ros"

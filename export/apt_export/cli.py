@@ -1,6 +1,8 @@
 """apt-export: turn a trained APT bundle into ONNX graphs and TensorRT engines, and check their parity.
 
-    apt-export onnx   --bundle BUNDLE --out EXPORT [--precision fp32|fp16] [--steps N]
+    apt-export onnx   --bundle BUNDLE --out EXPORT [--precision fp32|fp16|int8] [--optimize ort] [--steps N]
+                      [--no-rtc-inputs]
+    apt-export quantize --onnx EXPORT --out INT8_EXPORT
     apt-export verify --bundle BUNDLE --onnx EXPORT [--cases N] [--json FILE]
     apt-export trt    --onnx EXPORT --out ENGINES [--precision fp16|bf16|fp8] [--force]
 
@@ -33,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="{onnx,verify,trt}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{onnx,quantize,verify,trt}")
 
     o = sub.add_parser(
         "onnx",
@@ -47,9 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument("--out", required=True, type=Path, help="output directory (created)")
     o.add_argument(
         "--precision",
-        choices=("fp32", "fp16"),
+        choices=("fp32", "fp16", "int8"),
         default="fp32",
-        help="graph precision; fp16 keeps softmax, norms and the flow integration in fp32 (default fp32)",
+        help="graph precision; fp16 keeps softmax, norms and the flow integration in fp32; int8 quantises "
+        "the weight MatMuls dynamically (int8 weights per channel, uint8 activations; default fp32)",
+    )
+    o.add_argument(
+        "--optimize",
+        choices=("ort", "transformer", "none"),
+        default="ort",
+        help="save ONNX Runtime's optimised graph (<graph>.opt.onnx, in the manifest) beside each graph: "
+        "ort = ORT's extended level; transformer = onnxruntime.transformers fusions first (default ort)",
     )
     o.add_argument(
         "--steps", type=int, default=None, help="flow steps unrolled in sampler.onnx (default: bundle's)"
@@ -63,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
         help="store weights in <graph>.onnx.data when a graph's weights exceed this many MB (default 1024)",
     )
     o.add_argument("--force", action="store_true", help="replace a non-empty --out directory")
+    o.add_argument(
+        "--no-rtc-inputs",
+        action="store_true",
+        help="leave out the real-time-chunking inputs (sampler: prefix, prefix_len, rtc_trained; "
+        "denoiser: clean_mask), giving the graphs as exported before RTC",
+    )
 
     v = sub.add_parser(
         "verify",
@@ -76,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--cases", type=int, default=4, help="number of fixed random cases (default 4)")
     v.add_argument("--json", type=Path, default=None, help="report path (default: <onnx>/parity.json)")
     v.add_argument("--provider", action="append", default=None, help="ONNX Runtime provider (repeatable)")
+
+    q = sub.add_parser(
+        "quantize",
+        help="int8 export from an fp32 export dir (dynamic quantisation of the weight MatMuls, no torch)",
+        description="Same as `apt-export onnx --precision int8` without re-tracing: quantise every graph "
+        "of an fp32 export (int8 weights per channel, uint8 activations at run time) into a new directory.",
+    )
+    q.add_argument("--onnx", required=True, type=Path, help="fp32 export directory")
+    q.add_argument("--out", required=True, type=Path, help="int8 export directory to create")
+    q.add_argument("--optimize", choices=("ort", "transformer", "none"), default="ort", help="as for onnx")
 
     t = sub.add_parser(
         "trt",
@@ -115,8 +141,19 @@ def _onnx(args: argparse.Namespace) -> int:
         exporter=args.exporter,
         external_data_threshold=args.external_data_mb << 20,
         overwrite=args.force,
+        rtc_inputs=not args.no_rtc_inputs,
+        optimize=args.optimize,
     )
     print(describe(manifest))
+    print(f"wrote {args.out}")
+    return EXIT_OK
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from .onnx_export import describe
+    from .quantize import quantize_export
+
+    print(describe(quantize_export(args.onnx, args.out, optimize=args.optimize)))
     print(f"wrote {args.out}")
     return EXIT_OK
 
@@ -161,7 +198,7 @@ def _trt(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"onnx": _onnx, "verify": _verify, "trt": _trt}[args.command]
+    handler = {"onnx": _onnx, "quantize": _quantize, "verify": _verify, "trt": _trt}[args.command]
     try:
         return handler(args)
     except (

@@ -4,8 +4,15 @@ Graphs (batch 1, static shapes; exporter: torch.onnx legacy TorchScript path, wh
 names and folds constants; the dynamo path is selectable with ``exporter="dynamo"``):
 
     prefix.onnx    pixel_values, input_ids, text_mask          -> model.prefix_names
-    denoiser.onnx  prefix..., state, x_t, t                    -> velocity
-    sampler.onnx   prefix..., state, noise                     -> actions (normalised, Euler unrolled)
+    denoiser.onnx  prefix..., state, x_t, t, clean_mask        -> velocity
+    sampler.onnx   prefix..., state, noise, prefix, prefix_len, rtc_trained
+                                                               -> actions (normalised, Euler unrolled)
+
+Real-time chunking inputs (docs/EXPORT.md; ``rtc_inputs=False`` exports the graphs without them, as
+before): ``prefix`` f32 [1, H, A] the committed actions (normalised; rows from ``prefix_len`` on are
+ignored), ``prefix_len`` i64 [1] (0: exactly the prefix-less sampler), ``rtc_trained`` f32 [1] (1: the
+prefix rows are clean tokens, trained RTC; 0: training-free hard prefix); the denoiser's ``clean_mask``
+f32 [1, H] marks action tokens at the clean flow time (1) for custom loops.
 
 Inputs a graph does not use are pruned by the exporter, so the manifest records each graph's real
 inputs. fp16 exports trace the model in float16 (weights, matmuls, activations) while softmax, norms,
@@ -31,10 +38,19 @@ import onnx
 import torch
 from apt_policy.model.apt import APTModel
 from apt_policy.model.bundle import load_bundle
-from apt_policy.runtime.manifest import GraphSpec, Manifest, TensorSpec, hash_files
+from apt_policy.runtime.manifest import (
+    RTC_DENOISER_INPUTS,
+    RTC_SAMPLER_INPUTS,
+    GraphSpec,
+    Manifest,
+    TensorSpec,
+    hash_files,
+)
 from tqdm import tqdm
 
 OPSET = 18
+PRECISIONS = ("fp32", "fp16", "int8")
+OPTIMIZE = ("ort", "transformer", "none")
 EXTERNAL_DATA_THRESHOLD = 1 << 30  # graphs with more weight bytes than this store them in <graph>.onnx.data
 TOKENIZER_FILE = "tokenizer.json"
 FP32_COMPUTED = (
@@ -95,6 +111,22 @@ def example_inputs(model: APTModel, seed: int = 0) -> dict[str, torch.Tensor]:
         "noise": torch.randn((1, cfg.horizon, cfg.action_dim), generator=g),
         "x_t": torch.randn((1, cfg.horizon, cfg.action_dim), generator=g),
         "t": torch.rand((1,), generator=g),
+        **rtc_example(cfg.horizon, cfg.action_dim, prefix_len=0, trained=False, seed=seed),
+    }
+
+
+def rtc_example(
+    horizon: int, action_dim: int, prefix_len: int, trained: bool, seed: int = 0
+) -> dict[str, torch.Tensor]:
+    """Real-time-chunking inputs: a random committed prefix (normalised units), its length, the mode and
+    the denoiser's clean mask for the same rows (all clean rows only in trained mode)."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    clean = (torch.arange(horizon) < prefix_len).float()[None] * float(trained)
+    return {
+        "prefix": torch.randn((1, horizon, action_dim), generator=g),
+        "prefix_len": torch.tensor([prefix_len], dtype=torch.int64),
+        "rtc_trained": torch.tensor([float(trained)]),
+        "clean_mask": clean,
     }
 
 
@@ -228,10 +260,21 @@ def export_onnx(
     external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
     overwrite: bool = False,
     progress: bool = True,
+    rtc_inputs: bool = True,
+    optimize: str = "ort",
 ) -> Manifest:
-    """Export a bundle to ``out_dir`` (written to a temp dir first, moved in place when complete)."""
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"precision must be fp32 or fp16, got {precision!r}")
+    """Export a bundle to ``out_dir`` (written to a temp dir first, moved in place when complete).
+
+    ``rtc_inputs=False`` leaves the real-time-chunking inputs out of the sampler and denoiser (the graphs
+    as exported before RTC existed; the runtime then refuses a prefix). ``precision`` int8: traced in
+    fp32, weight MatMuls quantised dynamically (quantize.py). ``optimize``: ``ort`` saves ONNX Runtime's
+    optimised graph beside each graph (optimize.py), ``transformer`` runs the transformer optimizer's
+    fusions before that, ``none`` saves none.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if optimize not in OPTIMIZE:
+        raise ValueError(f"optimize must be one of {OPTIMIZE}, got {optimize!r}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
@@ -245,7 +288,7 @@ def export_onnx(
         config = dataclasses.replace(config, sampling_steps=int(steps)).validate()
     model = bundle.model.eval()
     model.config = config
-    if precision == "fp16":
+    if precision == "fp16":  # int8 is traced in fp32 and quantised after export
         model = to_half(model)
     bar.update()
     x = example_inputs(model)
@@ -257,15 +300,16 @@ def export_onnx(
         with torch.inference_mode():
             prefix = wrap(_Prefix(model), prefix_in)(x["pixel_values"], x["input_ids"], x["text_mask"])
         prefix = tuple(t.clone() for t in prefix)  # inference tensors cannot be traced
+        denoiser_in = [*prefix_names, "state", "x_t", "t"]
+        sampler_in = [*prefix_names, "state", "noise"]
+        if rtc_inputs:  # traced with a non-empty prefix so that no branch of the RTC path folds away
+            x.update(rtc_example(config.horizon, config.action_dim, prefix_len=1, trained=True))
+            denoiser_in += RTC_DENOISER_INPUTS
+            sampler_in += RTC_SAMPLER_INPUTS
         jobs = [
             ("prefix", (x["pixel_values"], x["input_ids"], x["text_mask"]), prefix_in, prefix_names),
-            (
-                "denoiser",
-                (*prefix, x["state"], x["x_t"], x["t"]),
-                [*prefix_names, "state", "x_t", "t"],
-                ["velocity"],
-            ),
-            ("sampler", (*prefix, x["state"], x["noise"]), [*prefix_names, "state", "noise"], ["actions"]),
+            ("denoiser", (*prefix, *(x[n] for n in denoiser_in[len(prefix) :])), denoiser_in, ["velocity"]),
+            ("sampler", (*prefix, *(x[n] for n in sampler_in[len(prefix) :])), sampler_in, ["actions"]),
         ]
         modules = {"prefix": _Prefix(model), "denoiser": _Denoiser(model), "sampler": _Sampler(model)}
         graphs: dict[str, GraphSpec] = {}
@@ -281,9 +325,10 @@ def export_onnx(
                     raise ExportError(f"{name} graph failed ONNX checks: {exc}") from exc
                 bar.update()
         _check_interface(graphs, prefix_names)
+        graphs = _variants(staging, graphs, precision, optimize, bar)
         bar.set_postfix_str("writing manifest")
         shutil.copyfile(bundle.tokenizer_path, staging / TOKENIZER_FILE)
-        names = [f for g in graphs.values() for f in (g.file, *g.external_data)] + [TOKENIZER_FILE]
+        names = [f for g in graphs.values() for f in g.files] + [TOKENIZER_FILE]
         manifest = Manifest(
             model_id=config.model_id,
             precision=precision,
@@ -316,6 +361,21 @@ def export_onnx(
     return manifest
 
 
+def _variants(staging: Path, graphs: dict[str, GraphSpec], precision: str, optimize: str, bar) -> dict:
+    """int8 quantisation (in place) and the saved ORT-optimised graphs (optimize.py, quantize.py)."""
+    if precision == "int8":
+        from .quantize import quantize_graphs
+
+        bar.set_postfix_str("quantising MatMuls to int8")
+        graphs = quantize_graphs(staging, graphs)
+    if optimize != "none":
+        from .optimize import optimize_graphs
+
+        bar.set_postfix_str(f"optimising ({optimize})")
+        graphs = optimize_graphs(staging, graphs, fusions=optimize == "transformer")
+    return graphs
+
+
 def _check_interface(graphs: dict[str, GraphSpec], prefix_names: list[str]) -> None:
     """Every sampler/denoiser prefix input must be a prefix output of the same dtype and shape."""
     produced = {t.name: t for t in graphs["prefix"].outputs}
@@ -336,5 +396,7 @@ def describe(manifest: Manifest) -> str:
     for name, g in manifest.graphs.items():
         ins = ", ".join(f"{t.name}{list(t.shape)}" for t in g.inputs)
         outs = ", ".join(f"{t.name}{list(t.shape)}" for t in g.outputs)
-        lines.append(f"  {name:9s} {g.file}{' (+external data)' if g.external_data else ''}: {ins} -> {outs}")
+        opt = f" (+ {g.optimized.file}, ORT {g.optimized.level})" if g.optimized else ""
+        data = " (+external data)" if g.external_data else ""
+        lines.append(f"  {name:9s} {g.file}{data}{opt}: {ins} -> {outs}")
     return "\n".join(lines)

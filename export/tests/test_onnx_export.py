@@ -31,8 +31,19 @@ def test_export_writes_checked_graphs_and_a_complete_manifest(exported: tuple[Pa
         assert [i.name for i in model.graph.input] == list(graph.input_names), name
         assert not graph.external_data  # tiny model: one file per graph
     sampler = manifest.graphs["sampler"]
-    assert sampler.input_names[-2:] == ("state", "noise")
-    assert sampler.outputs[0].shape == (1, config["horizon"], len(config["action_names"]))
+    horizon, action_dim = config["horizon"], len(config["action_names"])
+    assert sampler.input_names[-5:] == ("state", "noise", "prefix", "prefix_len", "rtc_trained")
+    rtc_specs = {t.name: (t.shape, t.dtype) for t in sampler.inputs[-3:]}
+    assert rtc_specs == {
+        "prefix": ((1, horizon, action_dim), "float32"),
+        "prefix_len": ((1,), "int64"),
+        "rtc_trained": ((1,), "float32"),
+    }
+    assert manifest.rtc_inputs
+    denoiser = manifest.graphs["denoiser"]
+    assert denoiser.input_names[-4:] == ("state", "x_t", "t", "clean_mask")
+    assert (denoiser.inputs[-1].shape, denoiser.inputs[-1].dtype) == ((1, horizon), "float32")
+    assert sampler.outputs[0].shape == (1, horizon, action_dim)
     prefix_out = {t.name: t for t in manifest.graphs["prefix"].outputs}
     assert all(prefix_out[t.name] == t for t in sampler.inputs if t.name in prefix_out)
 
@@ -44,6 +55,15 @@ def test_verify_passes_fp32_and_reports_every_graph(exported: tuple[Path, Path],
     names = {c.name for c in report.comparisons}
     assert {"denoiser.velocity", "sampler.actions", "end_to_end.actions", "predict.actions"} <= names
     assert any(n.startswith("prefix.") for n in names)
+    rtc = {
+        "sampler.actions[rtc training-free]",
+        "sampler.actions[rtc trained]",
+        "denoiser.velocity[clean]",
+        "predict.actions[prefix]",
+    }
+    assert rtc <= names  # real-time chunking cases, gated like the rest
+    by_name = {c.name: c for c in report.comparisons}
+    assert by_name["sampler.prefix_rows"].max_abs == 0.0  # the committed rows come back exactly
     assert all(c.max_abs <= FP32_MAX_ABS and c.cosine > 0.9999 for c in report.comparisons)
     report_path = tmp_path / "parity.json"
     args = ["verify", "--bundle", str(bundle), "--onnx", str(out), "--cases", "1", "--json", str(report_path)]

@@ -6,6 +6,7 @@ This file is the single place where the Python dependencies of the project are d
 * ``ort``   – ONNX Runtime (CPU); on a Jetson install NVIDIA's onnxruntime-gpu instead.
 * ``torch`` – the PyTorch model, training and the torch backend (torch is pinned).
 * ``ros``   – ROS 2 Kilted as pip wheels, for machines without a system ROS 2 install.
+* ``data``  – recordings (MCAP via mcap, read with rosbags), LeRobotDataset export (pyarrow, pandas, PyAV).
 * ``dev``   – tests, linters, parity references and plotting.
 """
 
@@ -56,12 +57,14 @@ setup(
         "ort": ["onnxruntime>=1.17"],
         "torch": ["torch==2.13.0", "safetensors>=0.4"],
         "ros": ROS_WHEELS,
+        "data": ["mcap>=1.2", "rosbags>=0.10", "pyarrow>=15", "pandas>=2", "av>=12"],
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "ruff>=0.6",
             "import-linter>=2.1",
             "mypy>=1.10",
+            "hypothesis>=6.100",
             "vermin>=1.6",
             "transformers>=5.23,<6",
             "pillow>=10",
@@ -87,10 +90,14 @@ setup(
             "apt-fake-franka = apt_policy.sim.fake_franka:main",
             "apt-fake-camera = apt_policy.sim.fake_camera:main",
             "apt-train = apt_policy.training.cli:main",
+            "apt-record = apt_policy.recording.recorder:main",
+            "apt-data = apt_policy.data.cli:main",
+            "apt-replay = apt_policy.data.cli:replay_main",
             # `ros2 run apt_policy <executable>` names
             "policy_node = apt_policy.ros.policy_node:main",
             "fake_franka = apt_policy.sim.fake_franka:main",
             "fake_camera = apt_policy.sim.fake_camera:main",
+            "recorder = apt_policy.recording.recorder:main",
         ],
     },
 )

@@ -13,6 +13,11 @@ Sections (each prints a header and shows progress):
 3. pre-processing          two 640x480 rgb8 sensor_msgs/Image -> model tensors with the node's own functions
                            (``apt_policy.ros.conversions.image_to_rgb`` + the runtime's ObservationEncoder)
 4. control                 ``python -m apt_policy.bench.stream`` (commands measured at the simulated arm)
+5. chunk execution         strategy (none, crossfade, ensemble, RTC training-free, RTC trained) x latency
+                           profile on the simulated-clock evaluator (``apt_policy.sim.closed_loop``), with
+                           the scripted stand-in policy and the demo model (RTC rows where it takes a
+                           prefix); ``--chunking-episodes`` per cell (6: the >= 50-episode table comes from
+                           ``python -m apt_policy.sim.closed_loop --table``, see docs/CONTROL.md)
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add, matmuls and
 convolutions) over one full inference (prefix + every flow step); achieved FLOP/s = FLOPs / p50 latency.
@@ -21,6 +26,7 @@ convolutions) over one full inference (prefix + every flow step); achieved FLOP/
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -39,6 +45,8 @@ DEPLOY_VLM_LAYERS = 14  # of Qwen3-VL-2B's 28 decoder layers (docs/BACKBONE.md)
 DEPLOY_EXPERT = {"width": 1024, "num_heads": 16, "head_dim": 64, "mlp_dim": 4096, "num_layers": 9}
 DEPLOY_CAMERAS = ("front", "wrist")
 DEPLOY_IMAGE = (224, 224)
+# the deployment's widths with few layers (deployment_config(midsize=True)): exported and run in seconds
+MIDSIZE = {"vision_depth": 2, "vlm_layers": 2, "expert_layers": 2, "vocab_size": 4096}
 NOT_MEASURABLE = """\
 Not measurable on this machine (no GPU, no TensorRT, no Jetson): TensorRT engines (fp16/bf16/fp8), CUDA
 graphs, GPU ONNX Runtime providers, and anything about the Jetson's unified memory and clocks. To run the
@@ -107,8 +115,15 @@ def _torch_inputs(config: Any, device: str = "cpu") -> tuple:
 # ----------------------------------------------------------------------------------- deployment shape
 
 
-def deployment_config() -> Any:
-    """PolicyConfig of a deployment-shaped Stage-2 APT policy (see the module docstring)."""
+def deployment_config(midsize: bool = False) -> Any:
+    """PolicyConfig of a deployment-shaped Stage-2 APT policy (see the module docstring).
+
+    ``midsize``: the same layer widths, cameras, tokens, horizon and steps with only 2 vision blocks,
+    2 decoder layers, a 2-layer (Stage-2: 4) expert and a 4096-token vocabulary: the deployment's matrix
+    shapes in a model small enough to export and run in seconds (``MIDSIZE``).
+    """
+    import dataclasses
+
     from apt_policy.core.config import ActionSemantics, ExpertConfig, PolicyConfig
     from apt_policy.model.backbone import IMAGE_MEAN, IMAGE_STD, Qwen3VLBackboneConfig
 
@@ -118,14 +133,30 @@ def deployment_config() -> Any:
         max_text_tokens=32,
         num_layers=DEPLOY_VLM_LAYERS,
     )
-    n = DEPLOY_EXPERT["num_layers"]
+    expert = dict(DEPLOY_EXPERT)
+    if midsize:
+        vocab = MIDSIZE["vocab_size"]
+        backbone = dataclasses.replace(
+            backbone,
+            vision=dataclasses.replace(
+                backbone.vision, depth=MIDSIZE["vision_depth"], deepstack_visual_indexes=(0, 1)
+            ),
+            text=dataclasses.replace(backbone.text, vocab_size=vocab),
+            num_layers=MIDSIZE["vlm_layers"],
+            image_token_id=vocab - 3,
+            vision_start_token_id=vocab - 2,
+            vision_end_token_id=vocab - 1,
+        )
+        expert["num_layers"] = MIDSIZE["expert_layers"]
+    vlm_layers = int(backbone.num_layers)
+    n = expert["num_layers"]
     names = (*(f"fr3_joint{i}" for i in range(1, 8)), "gripper_width")
     return (
         PolicyConfig(
             architecture="pi",
             backbone=backbone.to_dict(),
-            expert=ExpertConfig(**DEPLOY_EXPERT),
-            layer_map=tuple(round((i + 1) * DEPLOY_VLM_LAYERS / n) - 1 for i in range(n)),
+            expert=ExpertConfig(**expert),
+            layer_map=tuple(round((i + 1) * vlm_layers / n) - 1 for i in range(n)),
             cameras=DEPLOY_CAMERAS,
             image_size=DEPLOY_IMAGE,
             max_instruction_tokens=32,
@@ -139,7 +170,7 @@ def deployment_config() -> Any:
             normalization="quantile",
             image_mean=tuple(IMAGE_MEAN),
             image_std=tuple(IMAGE_STD),
-            model_id="apt-deployment-shape",
+            model_id="apt-midsize-shape" if midsize else "apt-deployment-shape",
         )
         .validate()
         .with_stage(2)
@@ -206,6 +237,160 @@ def bench_deployment(iters: int, threads: int, min_free_gb: float) -> dict[str, 
     out["torch_ms"] = _pcts(times)
     del model
     return out
+
+
+# ------------------------------------------------------------------------ ONNX Runtime vs torch, peak
+
+
+def matmul_peak(threads: int, n: int = 2048, reps: int = 5) -> dict[str, float]:
+    """This CPU's measured matmul throughput at n x n x n, best median of ``reps`` calls: numpy sgemm
+    (its BLAS, default threads), ONNX Runtime MatMul fp32 and MatMulInteger u8 x s8 (``threads``), in
+    GFLOP/s (int8: GOP/s)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    a = rng.random((n, n), dtype=np.float32)
+    b = rng.random((n, n), dtype=np.float32)
+
+    def rate(fn: Callable[[], object]) -> float:
+        fn()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return 2 * n**3 / float(np.median(times)) / 1e9
+
+    def session(op: str, a_type: int, weight: np.ndarray, out_type: int) -> Any:
+        graph = helper.make_graph(
+            [helper.make_node(op, ["A", "B"], ["C"])],
+            "peak",
+            [helper.make_tensor_value_info("A", a_type, [n, n])],
+            [helper.make_tensor_value_info("C", out_type, [n, n])],
+            [numpy_helper.from_array(weight, "B")],
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    fp32 = session("MatMul", TensorProto.FLOAT, b, TensorProto.FLOAT)
+    int8 = session("MatMulInteger", TensorProto.UINT8, rng.integers(-127, 128, (n, n), dtype=np.int8), 6)
+    a8 = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    return {
+        "n": n,
+        "numpy_sgemm_gflops": rate(lambda: a @ b),
+        "ort_matmul_fp32_gflops": rate(lambda: fp32.run(None, {"A": a})),
+        "ort_matmul_int8_gops": rate(lambda: int8.run(None, {"A": a8})),
+    }
+
+
+def _random_bundle(config: Any, root: Path) -> tuple[Path, int, float]:
+    """A random-weight bundle of ``config`` in ``root`` (seed 0); returns (path, FLOPs, parameters M)."""
+    import torch
+
+    from apt_policy.core.normalize import Normalizer
+    from apt_policy.core.preprocess import build_word_tokenizer
+    from apt_policy.model.apt import APTModel
+    from apt_policy.model.bundle import save_bundle
+
+    torch.manual_seed(0)
+    model = APTModel(config).eval()
+    flops = inference_flops(model, _torch_inputs(config))
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    rng = np.random.default_rng(0)
+    states = rng.normal(0, 0.3, (64, config.state_dim))
+    actions = np.repeat(states[:, None, : config.action_dim], config.horizon, 1)
+    norm = Normalizer.fit(states, actions, config.normalization)
+    build_word_tokenizer(["reach the red block"], root / "tokenizer.json")
+    bundle = save_bundle(root / "bundle", model, norm, root / "tokenizer.json")
+    return bundle, flops, params
+
+
+def bench_onnx_vs_torch(
+    config: Any,
+    iters: int,
+    threads: int,
+    workdir: Path,
+    precisions: Sequence[str] = ("fp32", "int8"),
+    pairwise: bool = False,
+    optimize: str = "ort",
+    min_free_gb: float = 4.0,
+) -> dict[str, Any]:
+    """Random-weight ``config`` in torch eager and ONNX Runtime (each precision), interleaved (apt-bench).
+
+    ``pairwise``: torch is interleaved with one ONNX Runtime precision at a time and each session is freed
+    before the next (large models); otherwise all backends are interleaved together. Exports go to
+    ``workdir`` (fp32 by ``export_onnx``, int8 derived from it by ``quantize_export``).
+    """
+    import gc
+
+    from apt_export.bench import make_runner, run_bench
+    from apt_export.onnx_export import export_onnx
+    from apt_export.quantize import quantize_export
+
+    from apt_policy.runtime import load_policy
+    from apt_policy.runtime.torch_backend import APTPolicy
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    with_meta = _meta_params_m(config)
+    need_gb = with_meta * 1e6 * 4 / 2**30 * 2.2  # the model plus one copy (export, or the ORT session)
+    free_gb = _mem_available_gb()
+    out: dict[str, Any] = {"params_M": with_meta, "memory_needed_gb": need_gb, "memory_available_gb": free_gb}
+    if not (free_gb - need_gb >= min_free_gb):
+        out["skipped"] = f"needs ~{need_gb:.1f} GB, {free_gb:.1f} GB available"
+        return out
+    started = time.monotonic()
+    bundle, flops, _ = _random_bundle(config, workdir)
+    gc.collect()
+    exports = {"fp32": workdir / "onnx-fp32"}
+    print(f"    exporting {with_meta:.0f}M parameters to ONNX (fp32) ...", flush=True)
+    export_onnx(bundle, exports["fp32"], optimize=optimize)
+    if "int8" in precisions:
+        print("    quantising the export to int8 ...", flush=True)
+        exports["int8"] = workdir / "onnx-int8"
+        quantize_export(exports["fp32"], exports["int8"], optimize=optimize)
+    out["export_s"] = time.monotonic() - started
+    out["flops"] = flops
+    torch_policy = APTPolicy.from_bundle(bundle)
+    torch_runner = make_runner(torch_policy, threads)
+
+    def ort_runner(precision: str) -> Any:
+        options = {"intra_op_threads": threads, "allow_spinning": False}
+        policy = load_policy(exports[precision], "onnxruntime", **options)
+        return dataclasses.replace(make_runner(policy, threads), name=f"onnxruntime {precision}")
+
+    phases = [[p] for p in precisions] if pairwise else [list(precisions)]
+    timings: dict[str, Any] = {}
+    for phase in phases:
+        runners = [torch_runner, *(ort_runner(p) for p in phase)]
+        result = run_bench(runners, iters, warmup=1)
+        key = "torch" if not pairwise else f"torch (with {phase[0]})"
+        timings[key] = result.pop("torch")
+        timings.update(result)
+        del runners
+        gc.collect()
+    out["apt_bench"] = {"iters": iters, "threads": threads, "pairwise": pairwise, "results": timings}
+    torch_names = [k for k in timings if k.startswith("torch")]
+    for precision in precisions:
+        name = f"onnxruntime {precision}"
+        ref = next(k for k in torch_names if not pairwise or precision in k)
+        key = "onnxruntime_ms" if precision == "fp32" else f"onnxruntime_{precision}_ms"
+        out[key] = timings[name]["inference"]
+        ratio = timings[ref]["inference"]["p50"] / timings[name]["inference"]["p50"]
+        out[f"ratio_torch_over_{precision}"] = ratio
+    out["torch_interleaved_ms"] = timings[torch_names[0]]["inference"]
+    return out
+
+
+def _meta_params_m(config: Any) -> float:
+    import torch
+
+    from apt_policy.model.apt import APTModel
+
+    with torch.device("meta"):
+        return sum(p.numel() for p in APTModel(config).parameters()) / 1e6
 
 
 # -------------------------------------------------------------------------------------- demo model
@@ -277,7 +462,7 @@ def bench_preprocessing(export: Path | None, iters: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(2)]
     msgs = [_image_msg(f) for f in frames]
-    state = np.zeros(8, np.float32)
+    state = np.zeros(64, np.float32)  # cut to each model's state_dim
     encoders: dict[str, ObservationEncoder] = {}
     with tempfile.TemporaryDirectory() as tmp:
         config = deployment_config()
@@ -299,7 +484,7 @@ def bench_preprocessing(export: Path | None, iters: int) -> dict[str, Any]:
 
             def full(enc: ObservationEncoder = enc, cams: tuple = cams) -> None:
                 images = {c: conversions.image_to_rgb(msgs[i % 2]) for i, c in enumerate(cams)}
-                enc.encode(images, state, "reach the red block")
+                enc.encode(images, state[: enc.config.state_dim], "reach the red block")
 
             results[f"msgs -> tensors, {name}"] = _time_calls(full, iters)
     return results
@@ -323,6 +508,49 @@ def bench_control(export: Path, ticks: int, rates: Sequence[float], workdir: Pat
     cmd += ["--realtime-priority", str(STREAM_PRIORITY), "--robot-priority", str(ROBOT_PRIORITY)]
     subprocess.run(cmd, check=True)
     return json.loads(json_path.read_text())
+
+
+# -------------------------------------------------------------------------------------- chunk execution
+
+
+def bench_chunking(export: Path | None, episodes: int, latencies: Sequence[str]) -> dict[str, Any]:
+    """The strategy x latency table on the simulated clock: scripted stand-in, then the demo model."""
+    from dataclasses import asdict
+
+    from apt_policy.sim.closed_loop import model_rows, run_table, scripted_rows
+
+    out: dict[str, Any] = {"episodes": episodes, "latencies": list(latencies)}
+    out["scripted"] = [asdict(c) for c in run_table(scripted_rows(), latencies, episodes)]
+    if export is not None:
+        rows = model_rows(export)
+        out["model"] = [asdict(c) for c in run_table(rows, ("none", "orin"), episodes)]
+        out["model_path"] = str(export)
+    return out
+
+
+def _chunking_markdown(chunking: dict[str, Any]) -> list[str]:
+    from apt_policy.sim.closed_loop import CellResult, format_table
+
+    def cells(key: str) -> list[CellResult]:
+        return [CellResult(**c) for c in chunking.get(key, [])]
+
+    lines = [
+        "## Chunk execution at on-robot latency (simulated clock)",
+        "",
+        f"`apt_policy.sim.closed_loop`: {chunking['episodes']} episodes per cell (the >= 50-episode table:"
+        " `python -m apt_policy.sim.closed_loop --table --episodes 50`, docs/CONTROL.md). Switch dv = jump"
+        " of the policy target's velocity at a chunk switch (rad/s, max over joints); cmd da = jump of the"
+        " commanded acceleration (the safety filter caps it at J = 4 rad/s^2 per tick).",
+        "",
+        "Scripted stand-in (the task expert with 1 cm chunk-to-chunk disagreement; RTC rows: prefix honoured"
+        " with a trained-like continuation / with a hard prefix and no consistency):",
+        "",
+        format_table(cells("scripted")),
+        "",
+    ]
+    if chunking.get("model"):
+        lines += [f"Model `{chunking['model_path']}`:", "", format_table(cells("model")), ""]
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -392,6 +620,53 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _onnx_sections(results: dict[str, Any]) -> list[str]:
+    """Markdown for the matmul peak and the ONNX Runtime vs torch runs of the mid-size / deployment shapes."""
+    lines: list[str] = []
+    peak = results.get("matmul_peak")
+    if peak:
+        lines += [
+            f"## This CPU's matmul peak ({peak['n']}^3, best median of 5)",
+            "",
+            f"numpy sgemm {peak['numpy_sgemm_gflops']:.1f} GFLOP/s; ONNX Runtime MatMul fp32"
+            f" {peak['ort_matmul_fp32_gflops']:.1f} GFLOP/s; MatMulInteger u8 x s8"
+            f" {peak['ort_matmul_int8_gops']:.1f} GOP/s. Achieved rates below are FLOPs of one inference"
+            " / inference p50, as a share of the fp32 peak (max of numpy and ORT).",
+            "",
+        ]
+    fp32_peak = max(peak["numpy_sgemm_gflops"], peak["ort_matmul_fp32_gflops"]) if peak else None
+    for key, title in (("midsize", "mid-size shape"), ("deployment", "deployment shape")):
+        run = results.get(key)
+        if not run or "apt_bench" not in run:
+            if run and run.get("skipped"):
+                lines += [f"## ONNX Runtime vs PyTorch: {title}", "", f"Skipped: {run['skipped']}.", ""]
+            continue
+        bench = run["apt_bench"]
+        how = "one ORT precision at a time with torch" if bench["pairwise"] else "all backends together"
+        lines += [
+            f"## ONNX Runtime vs PyTorch eager: {title} (random weights)",
+            "",
+            f"{run['params_M']:.0f}M parameters, {run['flops'] / 1e9:.1f} GFLOP per inference;"
+            f" {bench['iters']} runs per backend after one warm-up, interleaved ({how}),"
+            f" {bench['threads']} thread(s); export + quantisation took {run['export_s']:.0f} s.",
+            "",
+            "| backend | inference p50 ms | p90 ms | total p50 ms | GFLOP/s | share of fp32 peak |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, stages in bench["results"].items():
+            inf = stages["inference"]
+            rate = run["flops"] / (inf["p50"] * 1e-3) / 1e9
+            share = f"{rate / fp32_peak:.0%}" if fp32_peak else "-"
+            lines.append(
+                f"| {name} | {inf['p50']:.0f} | {inf['p90']:.0f} | {stages['total']['p50']:.0f} |"
+                f" {rate:.1f} | {share} |"
+            )
+        ratios = [f"{p}: **{run[f'ratio_torch_over_{p}']:.2f}x**" for p in ("fp32", "int8")
+                  if f"ratio_torch_over_{p}" in run]  # fmt: skip
+        lines += ["", f"Inference p50 ratio torch / ONNX Runtime, {', '.join(ratios)}.", ""]
+    return lines
+
+
 def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path:
     ctx = results["context"]
     lines = [
@@ -431,6 +706,7 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
                     f"\n{stage} p50 ratio {a}/{b}: **{bench[a][stage]['p50'] / bench[b][stage]['p50']:.2f}x**"
                 )
         lines.append("")
+    lines += _onnx_sections(results)
     dep = results.get("deployment")
     if dep:
         c = dep["config"]
@@ -460,12 +736,12 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
             notes.append(f"PyTorch latency not measured: {dep['latency_skipped']}.")
         if dep.get("flops_error"):
             notes.append(f"FLOPs not counted: {dep['flops_error']}.")
-        notes.append(
-            "ONNX Runtime not run for this shape here: exporting the ~1.7B-parameter graph"
-            " (~7 GB fp32 external data) and holding both copies does not fit a shared 2-core/24 GB"
-            " machine in the bench budget;"
-            " on the target, export a real bundle and run `apt-bench` (below)."
-        )
+        if "onnxruntime_ms" not in dep:
+            notes.append(
+                "ONNX Runtime not run for this shape in this run: it needs the ~7 GB fp32 export; run"
+                " `python -m apt_policy.bench.report --skip demo midsize preprocessing control --deploy-onnx"
+                " --merge` (docs/DEMO.md)."
+            )
         lines += ["", *notes, ""]
     pre = results.get("preprocessing")
     if pre:
@@ -512,6 +788,8 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
                 f" {r['node_lateness_p99_ms']:.2f} | {r['inference_p50_ms']:.1f} | {r['chunks']} |" + probe
             )
         lines.append("")
+    if results.get("chunking"):
+        lines += _chunking_markdown(results["chunking"])
     for name, err in results.get("errors", {}).items():
         lines.append(f"**{name} failed**: {err}\n")
     lines += [
@@ -545,12 +823,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=30, help="apt-bench iterations per backend (default 30)")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads per backend")
     p.add_argument("--deploy-iters", type=int, default=2, help="deployment-shape PyTorch runs (0: skip; 2)")
+    p.add_argument(
+        "--deploy-onnx",
+        action="store_true",
+        help="also export the deployment shape (fp32 ~7 GB + int8, in a temp dir) and run ONNX Runtime"
+        " interleaved with PyTorch, one precision at a time (minutes; needs ~16 GB free)",
+    )
+    p.add_argument("--mid-iters", type=int, default=3, help="mid-size shape runs per backend (default 3)")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="update <out>/results.json with this run's sections (keeping the others) and rewrite report.md",
+    )
     p.add_argument("--min-free-gb", type=float, default=4.0, help="memory to leave free for others (4 GB)")
     p.add_argument("--pre-iters", type=int, default=100, help="pre-processing calls timed (default 100)")
     p.add_argument("--stream-ticks", type=int, default=1500, help="commands per rate in bench_stream (1500)")
     p.add_argument("--rates", type=float, nargs="+", default=[50.0, 100.0, 200.0], help="control rates (Hz)")
+    p.add_argument("--chunking-episodes", type=int, default=6, help="episodes per chunk-execution cell (6)")
     p.add_argument(
-        "--skip", nargs="*", default=[], choices=("demo", "deployment", "preprocessing", "control")
+        "--chunking-latencies", nargs="+", default=["none", "rtx4090", "thor", "orin", "fixed:300"]
+    )
+    p.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=("demo", "midsize", "deployment", "preprocessing", "control", "chunking"),
     )
     return p
 
@@ -570,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "errors": {},
     }
     bundle, export = args.model_bundle, args.model_export
-    total = 4
+    total = 6
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         _header(1, total, "inference: demo model, torch vs onnxruntime (apt-bench)")
@@ -588,24 +885,63 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results["demo_model"]["source"] = source
             except (subprocess.CalledProcessError, OSError, ValueError, RuntimeError) as exc:
                 results["errors"]["demo model inference"] = f"{type(exc).__name__}: {exc}"
-        _header(2, total, "inference: deployment-shaped policy (Qwen3-VL-2B truncated, 300M expert)")
+        _header(2, total, "inference: mid-size shape (deployment widths, few layers), torch vs ORT")
+        if "midsize" not in args.skip:
+            try:
+                results["matmul_peak"] = matmul_peak(args.threads)
+                mid = bench_onnx_vs_torch(
+                    deployment_config(midsize=True), args.mid_iters, args.threads, work / "midsize",
+                    min_free_gb=args.min_free_gb,
+                )  # fmt: skip
+                results["midsize"] = {**mid, "config": dict(MIDSIZE)}
+            except (subprocess.CalledProcessError, OSError, MemoryError, RuntimeError, ValueError) as exc:
+                results["errors"]["mid-size shape"] = f"{type(exc).__name__}: {exc}"
+        _header(3, total, "inference: deployment-shaped policy (Qwen3-VL-2B truncated, 300M expert)")
         if "deployment" not in args.skip:
             try:
-                results["deployment"] = bench_deployment(args.deploy_iters, args.threads, args.min_free_gb)
-            except (MemoryError, RuntimeError, ValueError) as exc:
+                iters = 0 if args.deploy_onnx else args.deploy_iters  # interleaved with ORT below instead
+                results["deployment"] = bench_deployment(iters, args.threads, args.min_free_gb)
+                if args.deploy_onnx:
+                    results.setdefault("matmul_peak", matmul_peak(args.threads))
+                    onnx_run = bench_onnx_vs_torch(
+                        deployment_config(), args.deploy_iters, args.threads, work / "deployment",
+                        pairwise=True, optimize="none", min_free_gb=args.min_free_gb,
+                    )  # fmt: skip
+                    results["deployment"].update(onnx_run)
+                    if "torch_interleaved_ms" in onnx_run:
+                        results["deployment"]["torch_ms"] = onnx_run["torch_interleaved_ms"]
+                        results["deployment"].pop("latency_skipped", None)
+            except (subprocess.CalledProcessError, OSError, MemoryError, RuntimeError, ValueError) as exc:
                 results["errors"]["deployment shape"] = f"{type(exc).__name__}: {exc}"
-        _header(3, total, "pre-processing: two 640x480 camera messages -> model tensors")
+        _header(4, total, "pre-processing: two 640x480 camera messages -> model tensors")
         if "preprocessing" not in args.skip:
             results["preprocessing"] = bench_preprocessing(export, args.pre_iters)
-        _header(4, total, f"control: bench_stream at {', '.join(f'{r:g}' for r in args.rates)} Hz")
+        _header(5, total, f"control: bench_stream at {', '.join(f'{r:g}' for r in args.rates)} Hz")
         if "control" not in args.skip:
             try:
                 results["control"] = bench_control(export, args.stream_ticks, args.rates, work)
             except (subprocess.CalledProcessError, OSError, ValueError) as exc:
                 results["errors"]["control stream"] = f"{type(exc).__name__}: {exc}"
+        _header(6, total, "chunk execution: strategy x latency on the simulated clock")
+        if "chunking" not in args.skip:
+            try:
+                results["chunking"] = bench_chunking(export, args.chunking_episodes, args.chunking_latencies)
+            except (OSError, ValueError, RuntimeError) as exc:
+                results["errors"]["chunk execution"] = f"{type(exc).__name__}: {exc}"
     results["context"]["load_end"] = os.getloadavg()[0]
     results["context"]["total_s"] = time.monotonic() - started
+    if args.merge and (out / "results.json").is_file():  # read now: another run may have written it since
+        previous = json.loads((out / "results.json").read_text())
+        previous.update({k: v for k, v in results.items() if k not in ("context", "errors")})
+        previous.setdefault("context", {})["merged_run"] = results["context"]
+        previous["errors"] = {**previous.get("errors", {}), **results["errors"]}
+        results = previous
     plots = _plots(results, out)
+    if results.get("chunking"):
+        from apt_policy.sim.closed_loop import CellResult, plot_table
+
+        cells = [CellResult(**c) for c in results["chunking"]["scripted"]]
+        plots.append(plot_table(cells, out / "chunking.png").name)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     report = write_markdown(results, out, plots)
     print(f"\n{report.read_text()}")

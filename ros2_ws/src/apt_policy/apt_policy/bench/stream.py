@@ -189,9 +189,11 @@ def run_rate(
     publish_lead: float | None = None,
     robot_priority: int = 0,
     probe_priority: int | None = 99,
+    record: Path | None = None,
 ) -> StreamResult:
     """Run the three processes at ``rate`` and measure ``ticks`` commands at fake_franka; with
-    ``probe_priority`` (not None) the stall probe runs beside them at that SCHED_FIFO priority."""
+    ``probe_priority`` (not None) the stall probe runs beside them at that SCHED_FIFO priority; with
+    ``record`` (a bag directory to create) ``apt-record`` records every default topic beside them."""
     env = {
         **os.environ,
         "ROS_DOMAIN_ID": str(domain),
@@ -233,6 +235,16 @@ def run_rate(
             env=env, stdout=logs["node"], stderr=subprocess.STDOUT,
         ),
     ]  # fmt: skip
+    if record is not None:
+        recorder = [sys.executable, "-m", "apt_policy.recording", "--ros-args", "-p", f"output:={record}"]
+        procs.append(
+            subprocess.Popen(
+                recorder,
+                env=env,
+                stdout=logs.setdefault("recorder", (workdir / f"recorder_{rate:g}.log").open("ab")),
+                stderr=subprocess.STDOUT,
+            )
+        )
     if probe_priority is not None:
         probe_cmd = [sys.executable, "-m", "apt_policy.bench.stall_probe", "--out", str(stalls_file)]
         probe_cmd += ["--priority", str(probe_priority), "--period-ms", str(PROBE_PERIOD_MS)]
@@ -369,6 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         "--no-probe", action="store_true", help="do not run the stall probe (machine stall attribution)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the process logs (printed path)")
+    parser.add_argument(
+        "--record-pairs",
+        type=int,
+        default=0,
+        help="per rate, N interleaved pairs of runs without / with apt-record recording every default"
+        " topic beside the node (order alternating); prints the p99 jitter of each run and the differences",
+    )
     args = parser.parse_args(argv)
     if args.ticks < 10:
         parser.error("--ticks must be >= 10")
@@ -381,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         args.model = ensure_demo_export()
     horizon = int(load_manifest(args.model, verify=False).config["horizon"])
     workdir = Path(tempfile.mkdtemp(prefix="apt_bench_stream_"))
+    if args.record_pairs:
+        return _record_pairs(args, horizon, workdir)
     results = []
     for i, rate in enumerate(args.rates):
         print(
@@ -415,6 +436,55 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep:
         print(f"logs in {workdir}")
     else:
+        import shutil
+
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _record_pairs(args: argparse.Namespace, horizon: int, workdir: Path) -> int:
+    """--record-pairs: off/on pairs per rate, in alternating order (off-on, on-off, ...)."""
+    rows = []
+    for i, rate in enumerate(args.rates):
+        for pair in range(args.record_pairs):
+            order = (False, True) if pair % 2 == 0 else (True, False)
+            runs: dict[bool, StreamResult] = {}
+            for k, on in enumerate(order):
+                domain = 1 + (os.getpid() + 17 * i + 5 * pair + 2 * k) % 100
+                bag = workdir / f"bag_{rate:g}_{pair}" if on else None
+                print(
+                    f"[bench_stream] {rate:g} Hz pair {pair + 1} recorder {'on' if on else 'off'} ...",
+                    flush=True,
+                )
+                runs[on] = run_rate(
+                    args.model, rate, args.ticks, horizon, workdir, domain, args.realtime_priority,
+                    args.publish_lead, args.robot_priority, None if args.no_probe else 99, bag,
+                )  # fmt: skip
+            size = sum(p.stat().st_size for p in (workdir / f"bag_{rate:g}_{pair}").iterdir())
+            rows.append(
+                (rate, pair + 1, "off-on" if order[0] is False else "on-off", runs[False], runs[True], size)
+            )
+    print(f"\n{os.cpu_count()} CPUs | load average {os.getloadavg()[0]:.1f} | {args.ticks} commands per run")
+    print(
+        "| rate (Hz) | pair | order | jitter p99 off (ms) | jitter p99 on (ms) | on - off (ms) "
+        "| jitter p50 off / on (ms) | missed off / on | bag (MB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for rate, pair, order, off, on, size in rows:
+        print(
+            f"| {rate:g} | {pair} | {order} | {off.jitter_p99_ms:.3f} | {on.jitter_p99_ms:.3f} | "
+            f"{on.jitter_p99_ms - off.jitter_p99_ms:+.3f} | "
+            f"{off.jitter_p50_ms:.3f} / {on.jitter_p50_ms:.3f} | "
+            f"{off.missed_ticks} / {on.missed_ticks} | {size / 1e6:.1f} |"
+        )
+    deltas = [on.jitter_p99_ms - off.jitter_p99_ms for *_, off, on, _ in rows]
+    print(f"p99 difference on - off: median {np.median(deltas):+.3f} ms, mean {np.mean(deltas):+.3f} ms")
+    if args.json:
+        args.json.write_text(
+            json.dumps([{"rate": r, "pair": p, "order": o, "off": asdict(a), "on": asdict(b), "bag_bytes": n}
+                        for r, p, o, a, b, n in rows], indent=2)
+        )  # fmt: skip
+    if not args.keep:
         import shutil
 
         shutil.rmtree(workdir, ignore_errors=True)

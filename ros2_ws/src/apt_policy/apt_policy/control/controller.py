@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from apt_policy.control.blending import BlendConfig
+from apt_policy.control.chunking import ChunkingConfig, DelayEstimator
 from apt_policy.control.limits import JointLimits
 from apt_policy.control.lookahead import Target, Trajectory, plan_lookahead
 from apt_policy.control.plan import ExecutedPlan, arrival_problem
@@ -75,6 +76,7 @@ class ControllerConfig:
                         (keep it above v_max x the arm's tracking lag and below max_deviation, so that an
                         arm that does not follow faults before the target clamp would park the command)
     lookahead_points    planned points per look-ahead trajectory (before braking)      default 10
+    chunking            real-time chunking (committed prefixes) and the delay estimate  (off)
     output              what the commands drive: trajectory (a JTC: every tick returns its look-ahead),
                         position (a forward position controller), none (dry run)         default "trajectory"
     stamped             trajectories carry the tick's time as their start (header.stamp) default False
@@ -104,6 +106,7 @@ class ControllerConfig:
     blend: BlendConfig = field(default_factory=BlendConfig)
     safety: SafetyConfig = field(default_factory=SafetyConfig)
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
 
     def __post_init__(self) -> None:
         for name in ("control_dt", "chunk_dt"):
@@ -214,6 +217,7 @@ class Controller:
         self.schedule = ChunkSchedule(
             layout, self.config.chunk_dt, self.config.blend, interpolation=self.config.interpolation
         )
+        self.delay = DelayEstimator(self.config.chunk_dt, self.config.chunking)
         self._lock = threading.RLock()
         self._state = ControllerState.IDLE
         self._reason = "no instruction"
@@ -244,6 +248,32 @@ class Controller:
         self._last_drop = ""
 
     # ------------------------------------------------------------------------------------ operator API
+
+    def reconfigure(self, config: ControllerConfig) -> str | None:
+        """Switch to ``config`` at run time; None when applied, else why not (nothing changed then).
+
+        Blending, the request threshold, the tracking-error bound, the watchdog and the safety limits may
+        change; the stream's timing (control_dt, chunk_dt, interpolation, look-ahead) may not. New safety
+        limits are refused while the last command would violate them (e.g. a lower velocity limit while the
+        arm moves faster): the filter's invariant must hold from the very next tick.
+        """
+        fixed = ("control_dt", "chunk_dt", "interpolation", "lookahead_points", "action_lead")
+        changed = [name for name in fixed if getattr(config, name) != getattr(self.config, name)]
+        if changed:
+            return f"{', '.join(changed)} cannot change at run time"
+        with self._lock:
+            safety = self.safety
+            if config.safety != self.config.safety:
+                safety = SafetyFilter(self.limits, config.safety, config.control_dt)
+                if self._cmd is not None and not safety.is_safe(self._cmd):
+                    return (
+                        "the last command is outside the new safety limits (moving too fast or too close to "
+                        "a limit for them): change them while holding or paused"
+                    )
+            self.safety = safety
+            self.schedule.blend = config.blend
+            self.config = config
+        return None
 
     @property
     def state(self) -> ControllerState:
@@ -340,6 +370,11 @@ class Controller:
                 self._accepted += 1
                 self._chunk_seen = True
                 self._inference_problem = None
+                self.delay.add(float(chunk.t_obs), float(t_now))
+                if decision.rtc == "on_time":
+                    self.delay.on_time += 1
+                elif decision.rtc == "late":
+                    self.delay.late += 1
             else:
                 self._refused += 1
                 self._last_refusal = decision.reason
@@ -356,6 +391,7 @@ class Controller:
             )
             if int(chunk.epoch) == self._epoch:
                 self._inference_problem = decision.reason
+                self.delay.add(float(chunk.t_obs), t_now)
             return decision
         return self.schedule.push(chunk, t_now, self._epoch)
 
@@ -371,9 +407,42 @@ class Controller:
                 return False
             if self._inference_problem is not None:
                 return True  # holding for want of a good chunk: ask again at once
-            return self.schedule.should_request(
-                t_now + self.config.action_lead, self.config.request_when_left
+            threshold = self.delay.request_threshold(self.config.request_when_left, self.schedule.horizon)
+            return self.schedule.should_request(t_now + self.config.action_lead, threshold)
+
+    def request_threshold(self) -> int:
+        """Actions left at which the next chunk is requested (derived from the delay estimate)."""
+        with self._lock:
+            return self.delay.request_threshold(self.config.request_when_left, self.schedule.horizon)
+
+    def rtc_prefix(self, t_obs: float, state: np.ndarray | None, action_dim: int) -> np.ndarray | None:
+        """The committed prefix for a request observed at ``t_obs`` (real-time chunking), or None.
+
+        Rows ``i`` = what the schedule executes at ``t_obs + i * chunk_dt`` as raw actions in robot units
+        (delta semantics relative to ``state``, the observation's joints), as many rows as the delay estimate
+        (:meth:`DelayEstimator.prefix_length`). None when RTC is off, nothing executes (not RUNNING), or no
+        delay has been measured yet. Send it with the request; the chunk carries ``prefix_len = len(rows)``.
+        """
+        with self._lock:
+            if not self.config.chunking.rtc or self._state != ControllerState.RUNNING:
+                return None
+            horizon = self.schedule.horizon
+            if horizon is None:
+                return None
+            rows = self.delay.prefix_length(horizon)
+            if rows <= 0 or (self.layout.arm == "delta" and state is None):
+                return None
+            prefix = self.schedule.committed(float(t_obs), rows, int(action_dim), state)
+            return prefix if len(prefix) else None
+
+    def chunking_status(self) -> dict[str, int]:
+        """Delay estimate and real-time-chunking counters (see :class:`DelayEstimator`)."""
+        with self._lock:
+            snap = self.delay.snapshot()
+            snap["request_threshold"] = self.delay.request_threshold(
+                self.config.request_when_left, self.schedule.horizon
             )
+            return snap
 
     # -------------------------------------------------------------------------------------------- tick
 

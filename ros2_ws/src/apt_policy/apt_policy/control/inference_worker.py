@@ -5,6 +5,8 @@ executing chunk runs low, and the worker hands each finished chunk to ``on_chunk
 thread). Instructions carry an epoch: a result computed for an older instruction is discarded, and the epoch
 check plus the hand-over happen under the worker's lock so a new instruction cannot slip in between.
 Failures (exception, wrong shape, NaN/inf, slower than ``timeout_s``) go to ``on_error`` and produce no chunk.
+With ``prefix`` (real-time chunking), the committed prefix for each observation is asked for right after the
+observation is taken and passed to ``predict(..., prefix=rows)``; the chunk carries ``prefix_len``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +22,8 @@ import numpy as np
 from apt_policy.control.observations import ObservationSet, StaleInputsError
 
 FAILURE_BACKOFF_S = 0.1  # wait after a failed inference before the next attempt
-PredictFn = Callable[[Mapping[str, np.ndarray], np.ndarray, str], np.ndarray]
+PredictFn = Callable[..., np.ndarray]  # (images, state, instruction[, prefix=rows]) -> (horizon, action_dim)
+PrefixFn = Callable[[ObservationSet], "np.ndarray | None"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,8 @@ class ChunkResult:
     epoch: int
     chunk_id: int
     inference_s: float  # observation set taken -> actions ready
+    prefix_len: int = 0  # committed rows sent with the request (real-time chunking)
+    prefix: np.ndarray | None = None  # those rows (robot units)
 
 
 class InferenceWorker:
@@ -56,6 +61,7 @@ class InferenceWorker:
         retry_s: float = 0.01,
         clock: Callable[[], float] = time.monotonic,
         latency_window: int = 200,
+        prefix: PrefixFn | None = None,
     ) -> None:
         if timeout_s <= 0 or retry_s <= 0:
             raise ValueError("timeout_s and retry_s must be positive")
@@ -67,6 +73,7 @@ class InferenceWorker:
         self.timeout_s = float(timeout_s)
         self.retry_s = float(retry_s)
         self._clock = clock
+        self._prefix = prefix
         self._cond = threading.Condition()
         self._instruction: str | None = None
         self._epoch = 0
@@ -165,8 +172,16 @@ class InferenceWorker:
     def _infer(self, obs: ObservationSet, instruction: str, epoch: int) -> None:
         t0 = self._clock()
         self._busy_since = t0
+        prefix = None
         try:
-            actions = np.asarray(self._predict(obs.images, obs.state, instruction))
+            if self._prefix is not None:
+                prefix = self._prefix(obs)
+            if prefix is not None and len(prefix) > 0:
+                prefix = np.asarray(prefix, dtype=np.float64)
+                actions = np.asarray(self._predict(obs.images, obs.state, instruction, prefix=prefix))
+            else:
+                prefix = None
+                actions = np.asarray(self._predict(obs.images, obs.state, instruction))
             error = _check_actions(actions, self.expected_shape)
         except Exception as exc:  # any backend failure is reported, never propagated into the stream
             error = f"inference failed: {type(exc).__name__}: {exc}"
@@ -195,6 +210,8 @@ class InferenceWorker:
                 epoch=epoch,
                 chunk_id=self._next_id,
                 inference_s=elapsed,
+                prefix_len=0 if prefix is None else len(prefix),
+                prefix=prefix,
             )
             self._on_chunk(result)
             self.chunks_produced += 1

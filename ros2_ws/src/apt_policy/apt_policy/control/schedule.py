@@ -11,6 +11,12 @@ inferring are skipped (latency compensation). Between two actions a position tar
 * ``hold`` -- each action held for ``dt`` (zero-order hold, no feed-forward: the arm moves in steps).
 
 Velocity actions and the gripper are always held.
+
+A chunk with a committed prefix (``prefix_len = d > 0``: its rows ``0..d-1`` were asked to equal what this
+schedule executes at ``t_obs + i dt``, real-time chunking, see :mod:`.chunking`) takes over at
+``t_obs + (d-1) dt``, from its last committed action toward its first non-committed one, without blending;
+until then the executing chunk continues. One that arrives after that instant is blended in from its arrival
+like any other chunk.
 A chunk is refused when it belongs to an older instruction epoch (the
 instruction changed after its observation was taken), is malformed or non-finite, is older than the executing
 chunk, or has no action left. Overlapping chunks are combined as configured in :mod:`.blending`.
@@ -47,6 +53,7 @@ class Chunk:
     chunk_id: int = 0
     dt: float | None = None
     inference_s: float = math.nan
+    prefix_len: int = 0
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class ChunkDecision:
 
     accepted: bool
     reason: str = ""
+    rtc: str = ""  # a chunk with a committed prefix: "on_time" (takes over at its prefix end) or "late"
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,7 +73,7 @@ class ScheduledAction:
     arm_velocity  velocity of the position target (rad/s), for feed-forward; zeros for "hold" and for
                   velocity semantics
     gripper       raw (blended) gripper value, None when unused
-    index         step of the executing (newest) chunk; actions_left counts that step and the rest
+    index         step of the executing chunk; actions_left counts that step and the rest
     """
 
     arm: np.ndarray
@@ -86,6 +94,9 @@ class _Resolved:
     dt: float
     chunk_id: int
     t_accepted: float
+    t_start: float  # when it starts to execute (arrival, or the end of its committed prefix)
+    blend_in: bool  # blended with the chunk(s) before it from t_start (False: takes over exactly)
+    raw: np.ndarray  # the raw actions (robot units), for building prefixes
     horizon: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -169,6 +180,14 @@ class ChunkSchedule:
             )
         arm = self.layout.resolve_arm(actions, state)
         tangents = np.gradient(arm, dt, axis=0) if horizon > 1 else np.zeros_like(arm)
+        prefix_len = int(getattr(chunk, "prefix_len", 0) or 0)
+        t_start, blend_in, rtc = float(t_now), True, ""
+        if prefix_len > 0 and self._chunks:
+            t_take = t_obs + (min(prefix_len, horizon) - 1) * dt
+            if t_take >= t_now - _EPS * dt:  # in time: the executing chunk continues until then
+                t_start, blend_in, rtc = t_take, False, "on_time"
+            else:
+                rtc = "late"
         resolved = _Resolved(
             arm=arm,
             tangents=tangents,
@@ -177,10 +196,54 @@ class ChunkSchedule:
             dt=dt,
             chunk_id=int(getattr(chunk, "chunk_id", 0)),
             t_accepted=float(t_now),
+            t_start=t_start,
+            blend_in=blend_in,
+            raw=actions.copy(),
         )
         self._chunks.append(resolved)
         self._prune(t_now)
-        return ChunkDecision(True)
+        return ChunkDecision(True, rtc=rtc)
+
+    @property
+    def horizon(self) -> int | None:
+        """Horizon of the newest chunk (None when there is none)."""
+        return self._chunks[-1].horizon if self._chunks else None
+
+    def executing_chunk_id(self, t: float) -> int | None:
+        """Id of the chunk that executes at ``t`` (an accepted chunk may wait for its prefix to end)."""
+        if not self._chunks:
+            return None
+        return self._chunks[self._executing(t)].chunk_id
+
+    def committed(self, t_obs: float, rows: int, action_dim: int, state: np.ndarray | None) -> np.ndarray:
+        """What this schedule executes at ``t_obs + i dt``, ``i < rows``, as raw actions (robot units).
+
+        Stops early where the schedule has no action (fewer rows). Arm columns hold the (blended) targets in
+        the layout's semantics relative to ``state`` (delta), the gripper column the (blended) raw value,
+        other columns the executing chunk's raw value at that step.
+        """
+        out: list[np.ndarray] = []
+        for i in range(max(0, int(rows))):
+            t = t_obs + i * self.dt
+            action = self.sample(t, prune=False)
+            if action is None:
+                break
+            cur = self._chunks[self._executing(t)]
+            row = np.zeros(action_dim)
+            width = min(action_dim, cur.raw.shape[1])
+            row[:width] = cur.raw[min(action.index, cur.horizon - 1), :width]
+            row[: self.layout.dof] = self.layout.unresolve_arm(action.arm, state)
+            if action.gripper is not None and self.layout.gripper_column < action_dim:
+                row[self.layout.gripper_column] = action.gripper
+            out.append(row)
+        return np.array(out, dtype=np.float64).reshape(len(out), action_dim)
+
+    def _executing(self, t: float) -> int:
+        """Index of the newest chunk that has started at ``t`` (0 when none has)."""
+        for k in range(len(self._chunks) - 1, -1, -1):
+            if self._chunks[k].t_start <= t + _EPS * self.dt:
+                return k
+        return 0
 
     def actions_left(self, t: float) -> int:
         """Actions of the executing chunk at or after time ``t`` (0 when none)."""
@@ -202,17 +265,18 @@ class ChunkSchedule:
             self._prune(t)
         if not self._chunks:
             return None
-        cur = self._chunks[-1]
+        ex = self._executing(t)
+        cur = self._chunks[ex]
         idx = cur.index(t)
         if idx >= cur.horizon:
             return None
-        live = [c for c in self._chunks if c.index(t) < c.horizon]
+        live = [c for c in self._chunks[: ex + 1] if c.index(t) < c.horizon]
         mode = self.blend.mode
-        if mode == "crossfade" and len(live) >= 2:
+        if mode == "crossfade" and len(live) >= 2 and cur.blend_in:
             prev = live[-2]
-            alpha = crossfade_alpha(t, cur.t_accepted, self.blend.crossfade_steps, cur.dt)
+            alpha = crossfade_alpha(t, cur.t_start, self.blend.crossfade_steps, cur.dt)
             parts, weights = [prev, cur], np.array([1.0 - alpha, alpha])
-        elif mode == "ensemble" and len(live) >= 2:
+        elif mode == "ensemble" and len(live) >= 2 and cur.blend_in:
             parts, weights = live, ensemble_weights(len(live), self.blend.ensemble_decay)
         else:
             parts, weights = [cur], np.ones(1)
@@ -240,8 +304,9 @@ class ChunkSchedule:
         """Drop chunks that are finished at ``t`` or no longer needed by the blend mode."""
         if not self._chunks:
             return
-        cur = self._chunks[-1]
-        older = [c for c in self._chunks[:-1] if c.index(t) < c.horizon]
+        ex = self._executing(t)
+        cur, pending = self._chunks[ex], self._chunks[ex + 1 :]
+        older = [c for c in self._chunks[:ex] if c.index(t) < c.horizon]
         keep = {"none": 0, "crossfade": 1, "ensemble": self.blend.max_chunks - 1}[self.blend.mode]
-        older = older[-keep:] if keep > 0 else []
-        self._chunks = [*older, cur]
+        older = older[-keep:] if keep > 0 and cur.blend_in else []
+        self._chunks = [*older, cur, *pending]

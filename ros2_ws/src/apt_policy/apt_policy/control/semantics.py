@@ -121,6 +121,16 @@ class ActionLayout:
             return q[None, :] + self.arm_scale * arm
         return self.arm_scale * arm
 
+    def unresolve_arm(self, arm: np.ndarray, state: np.ndarray | None) -> np.ndarray:
+        """The raw arm action :meth:`resolve_arm` maps to ``arm`` (dof,) (delta: relative to ``state``)."""
+        arm = np.asarray(arm, dtype=np.float64)
+        if self.arm == "delta":
+            q = np.asarray(state, dtype=np.float64).reshape(-1)[: self.dof]
+            return (arm - q) / self.arm_scale
+        if self.arm == "velocity":
+            return arm / self.arm_scale
+        return arm.copy()
+
     def raw_gripper(self, actions: np.ndarray) -> np.ndarray | None:
         """(horizon,) raw gripper values, or None when the policy does not drive the gripper."""
         if self.gripper == "none":

@@ -99,6 +99,7 @@ class PolicyConfig:
     image_mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     model_id: str = "apt"
+    rtc_max_delay: int = 0  # trained real-time chunking: largest prefix (actions) seen in training; 0 = none
     format_version: int = FORMAT_VERSION
 
     # ----------------------------------------------------------------- derived
@@ -118,6 +119,10 @@ class PolicyConfig:
     def with_stage(self, stage: int) -> PolicyConfig:
         """The same policy at another training stage (Stage 2 adds the inserted layers)."""
         return replace(self, stage=stage).validate()
+
+    def with_rtc_max_delay(self, rtc_max_delay: int) -> PolicyConfig:
+        """The same policy trained for real-time chunking up to ``rtc_max_delay`` actions (0: not)."""
+        return replace(self, rtc_max_delay=rtc_max_delay).validate()
 
     # -------------------------------------------------------------- validation
     def validate(self) -> PolicyConfig:
@@ -171,11 +176,19 @@ class PolicyConfig:
             raise ConfigError(f"noise_scale={self.noise_scale!r}: must be a number in [0, 1]")
         if self.stage not in (1, 2):
             raise ConfigError(f"stage={self.stage!r}: expected 1 or 2")
+        d = self.rtc_max_delay
+        if not isinstance(d, int) or isinstance(d, bool) or not 0 <= d < self.horizon:
+            raise ConfigError(
+                f"rtc_max_delay={d!r}: must be an integer in [0, horizon - 1 = {self.horizon - 1}]"
+                " (0: not trained for real-time chunking)"
+            )
         if self.normalization not in NORMALIZATION_MODES:
             raise ConfigError(f"normalization={self.normalization!r}: expected one of {NORMALIZATION_MODES}")
         for name in ("image_mean", "image_std"):
             value = getattr(self, name)
-            if len(value) != 3 or any(not math.isfinite(v) for v in value):
+            if len(value) != 3 or any(
+                not isinstance(v, (int, float)) or isinstance(v, bool) or not abs(v) < 1e3 for v in value
+            ):
                 raise ConfigError(f"{name}={value!r}: expected 3 finite numbers (R, G, B)")
         if any(v <= 0 for v in self.image_std):
             raise ConfigError(f"image_std={self.image_std!r}: must be > 0")
@@ -247,7 +260,12 @@ class PolicyConfig:
             kw["backbone"] = dict(kw["backbone"]) if isinstance(kw["backbone"], Mapping) else kw["backbone"]
         except TypeError as exc:  # pragma: no cover - defensive, _sub converts most
             raise ConfigError(f"config: {exc}") from exc
-        return cls(**kw).validate()
+        try:
+            return cls(**kw).validate()
+        except ConfigError:
+            raise
+        except (TypeError, ValueError, AttributeError) as exc:  # a value of the wrong type deep inside
+            raise ConfigError(f"config: a field has a value of the wrong type: {exc}") from exc
 
     @classmethod
     def from_json(cls, source: str | Path) -> PolicyConfig:

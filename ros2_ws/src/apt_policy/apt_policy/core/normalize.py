@@ -60,8 +60,12 @@ class Stats:
         for key in ("mean", "std", "q01", "q99"):
             if key not in data:
                 raise NormStatsError(f"norm_stats.{name}: missing '{key}'")
-            arr = np.asarray(data[key], dtype=np.float64)
-            if arr.ndim != 1 or not np.all(np.isfinite(arr)):
+            try:
+                arr = np.asarray(data[key], dtype=np.float64)
+            except (TypeError, ValueError):
+                arr = np.array([np.nan])  # not numbers: refused below
+            # float32 is what the graphs compute in: a statistic beyond its range would become inf there
+            if arr.ndim != 1 or arr.size == 0 or not np.all(np.abs(arr) < np.finfo(np.float32).max):
                 raise NormStatsError(f"norm_stats.{name}.{key}: expected a 1-D list of finite numbers")
             arrays[key] = arr
         dims = {k: a.shape[0] for k, a in arrays.items()}

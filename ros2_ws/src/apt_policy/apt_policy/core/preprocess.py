@@ -1,9 +1,16 @@
 """Image and instruction preprocessing shared by every backend (numpy, OpenCV, tokenizers; no torch).
 
 ``ImagePreprocessor`` turns camera images (any size, HxWx3 uint8 RGB) into the backbone's input
-[1, n_cam, 3, H, W] float32, normalised per channel as ``(x / 255 - mean) / std``. Resizing uses
-OpenCV (INTER_AREA when shrinking, INTER_LINEAR when enlarging). The steady path writes into buffers
-allocated once, so the returned array is reused by the next call: copy it if you keep it.
+[1, n_cam, 3, H, W] float32, normalised per channel as ``(x / 255 - mean) / std`` (computed as
+``x * scale + offset`` in float32). Resizing is ``resize_rgb``: OpenCV INTER_AREA when shrinking, INTER_LINEAR
+when enlarging; a shrink by a non-integer factor of 2 or more (640x480 -> 224x224) is done as an exact box
+average by the integer part (INTER_AREA's fast integer path) followed by INTER_LINEAR for the rest (< 2),
+because OpenCV's generic INTER_AREA takes 1.3 ms per 640x480 frame on this project's CPU (0.15 ms this way;
+on rendered task scenes the result differs from one-pass INTER_AREA by 0.003 mean, 0.07 p99 and 0.30 max
+(at edges) in normalised units). Integer factors (the demo: 480x640 -> 96x128) and enlarging are
+unchanged. The steady path writes into buffers allocated once (resized uint8 frame, then one fused
+scale/offset per channel plane straight into the output), so the returned array is reused by the next
+call: copy it if you keep it.
 
 ``InstructionTokenizer`` turns an instruction into fixed-length ``input_ids``/``text_mask`` [1, T]
 int64 (T = max_instruction_tokens, so every graph has static shapes). Truncation policy: the text is
@@ -34,6 +41,44 @@ class PreprocessError(ValueError):
     """An input image or instruction cannot be used; the message says which and why."""
 
 
+def _area_stages(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> tuple[int, int] | None:
+    """Intermediate (h, w) for a two-stage shrink, or None when one INTER_AREA pass is fast (or required).
+
+    Two stages when the shrink is by a non-integer factor >= 2 on some axis and the source divides evenly
+    by the integer parts (so the first stage is INTER_AREA's exact, fast integer path).
+    """
+    (sh, sw), (dh, dw) = src_hw, dst_hw
+    if sh < dh or sw < dw:
+        return None
+    if sh % dh == 0 and sw % dw == 0:
+        return None  # integer factors: INTER_AREA's fast path already
+    ky, kx = sh // dh, sw // dw
+    if max(ky, kx) < 2 or sh % ky or sw % kx:
+        return None
+    return sh // ky, sw // kx
+
+
+def resize_rgb(img: np.ndarray, size: tuple[int, int], dst: np.ndarray | None = None) -> np.ndarray:
+    """Resize an HxWxC uint8 image to ``size`` = (h, w) as every backend and the training data do.
+
+    No axis shrinking: INTER_LINEAR. Otherwise INTER_AREA, in two stages for non-integer factors >= 2
+    (module docstring). ``dst``: optional preallocated (h, w, C) uint8 output.
+    """
+    h, w = int(size[0]), int(size[1])
+    if img.shape[0] == h and img.shape[1] == w:
+        if dst is None:
+            return img
+        np.copyto(dst, img)
+        return dst
+    if img.shape[0] <= h and img.shape[1] <= w:
+        return cv2.resize(img, (w, h), dst=dst, interpolation=cv2.INTER_LINEAR)
+    mid = _area_stages(img.shape[:2], (h, w))  # None also when one axis enlarges: one INTER_AREA pass
+    if mid is None:
+        return cv2.resize(img, (w, h), dst=dst, interpolation=cv2.INTER_AREA)
+    half = cv2.resize(img, (mid[1], mid[0]), interpolation=cv2.INTER_AREA)
+    return cv2.resize(half, (w, h), dst=dst, interpolation=cv2.INTER_LINEAR)
+
+
 class ImagePreprocessor:
     """Camera dict -> normalised float32 [1, n_cam, 3, H, W] in the config's camera order."""
 
@@ -52,7 +97,7 @@ class ImagePreprocessor:
         self._offset = (-np.asarray(mean, dtype=np.float32) / std_arr).astype(np.float32)
         self._out = np.empty((1, len(self.cameras), 3, self.height, self.width), dtype=np.float32)
         self._resized = np.empty((self.height, self.width, 3), dtype=np.uint8)
-        self._hwc = np.empty((self.height, self.width, 3), dtype=np.float32)
+        self._planes = tuple(np.empty((self.height, self.width), dtype=np.uint8) for _ in range(3))
 
     def check(self, images: Mapping[str, np.ndarray]) -> None:
         """Raise PreprocessError for a missing/unknown camera or an image of the wrong dtype/shape."""
@@ -83,12 +128,17 @@ class ImagePreprocessor:
             if img.shape[0] == self.height and img.shape[1] == self.width:
                 src = img
             else:
-                shrink = img.shape[0] > self.height or img.shape[1] > self.width
-                interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-                src = cv2.resize(img, (self.width, self.height), dst=self._resized, interpolation=interp)
-            np.multiply(src, self._scale, out=self._hwc, casting="unsafe")
-            self._hwc += self._offset
-            self._out[0, i] = self._hwc.transpose(2, 0, 1)
+                src = resize_rgb(img, (self.height, self.width), dst=self._resized)
+            # HWC uint8 -> CHW planes (cv2.split, contiguous frames) -> x * scale + offset in float32,
+            # written straight into the output: the same arithmetic as before, without an HWC float copy
+            if src.flags.c_contiguous:
+                planes = cv2.split(src, self._planes)
+            else:
+                planes = [src[..., c] for c in range(3)]
+            for c in range(3):
+                out = self._out[0, i, c]
+                np.multiply(planes[c], self._scale[c], out=out, casting="unsafe")
+                out += self._offset[c]
         return self._out
 
     def batch(self, images: Mapping[str, np.ndarray]) -> np.ndarray:

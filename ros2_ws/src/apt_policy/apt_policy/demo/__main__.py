@@ -28,7 +28,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: 101 + pid %% 100)")
     p.add_argument("--params-file", type=Path, default=None, help="node parameters (default config/sim.yaml)")
     p.add_argument("--video-fps", type=float, default=15.0, help="recorded camera frames per second (15)")
-    p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/recording.npz")
+    p.add_argument(
+        "--latency",
+        default="",
+        help="simulated inference latency (simulation only): none | fixed:<ms> | orin | thor | rtx4090",
+    )
+    p.add_argument(
+        "--chunk-execution",
+        default=None,
+        choices=("auto", "rtc", "crossfade", "ensemble", "none"),
+        help="the node's chunk_execution (default: the params file's, else auto)",
+    )
+    p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/recording/")
     return p
 
 
@@ -56,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             domain_id=args.domain_id,
             video_fps=args.video_fps,
             params_file=args.params_file,
+            latency=args.latency,
+            chunk_execution=args.chunk_execution,
         )
         return run_demo(opts)
     except DemoError as exc:

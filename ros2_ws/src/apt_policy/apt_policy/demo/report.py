@@ -182,6 +182,12 @@ def format_summary(report: Mapping[str, Any]) -> str:
         f"safety             {s['safety_interventions']} safety-filter/watchdog interventions,"
         f" {s['robot_violations']} contract violations at the robot",
     ]
+    ctx = report.get("context", {})
+    if "latency_profile" in ctx:
+        used = ctx.get("chunk_execution", {}).get("used") or ctx.get("chunk_execution", {}).get("requested")
+        lines.append(
+            f"chunk execution    {used}; simulated inference latency {ctx['latency_profile']['description']}"
+        )
     return "\n".join(lines)
 
 

@@ -9,7 +9,10 @@ Steps (each prints a header; any failure ends the demo with a message naming the
             and ``apt-policy-node`` (config/sim.yaml, ONNX Runtime) starts; once the node is IDLE the demo
             publishes the instruction(s) on ``/apt_policy/instruction`` and records until the arm settles at
             the named block or the episode times out; then the node and the arm are stopped (SIGINT)
-5. report   ``report.json``, ``report.png``, ``episode.mp4``, ``recording.npz`` (raw data; --report-only)
+            ``apt-record`` records every topic of the run to ``recording/`` (rosbag2 MCAP), and the demo marks
+            each episode in it (``apt_policy.demo.recording``)
+5. report   ``report.json``, ``report.png``, ``episode.mp4``, all computed from ``recording/`` read back
+            (``--report-only`` rebuilds them from it)
 
 The demo process itself never imports torch: training, export and verification run as subprocesses.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -28,9 +32,18 @@ from typing import Any
 
 import numpy as np
 
+from apt_policy.data.bag import bag_size
 from apt_policy.demo.episodes import plan_episodes
 from apt_policy.demo.processes import ManagedProcesses, ProcessDiedError, log_tail
-from apt_policy.demo.recording import EpisodePlan, EpisodeRecording, load_recordings, save_recordings
+from apt_policy.demo.recording import (
+    CAMERA_TOPIC,
+    EPISODE_TOPIC,
+    EpisodePlan,
+    EpisodeRecording,
+    end_marker,
+    load_recordings,
+    start_marker,
+)
 from apt_policy.demo.report import (
     build_report,
     format_summary,
@@ -48,6 +61,8 @@ TRAJECTORY_TOPIC = "/fr3_arm_controller/joint_trajectory"
 SETTLE_SPEED = 0.03  # rad/s: every joint slower than this counts as at rest
 SETTLE_TIME_S = 0.4  # at rest within the success radius this long ends the episode
 STUCK_TIME_S = 2.0  # at rest elsewhere this long (after the last instruction) ends it too
+RECORDING = "recording"  # the rosbag2 MCAP directory in <out>
+VIDEO_WIDTH = 400  # recorded camera frames are resized to this width (the video's)
 
 
 class DemoError(RuntimeError):
@@ -67,6 +82,8 @@ class DemoOptions:
     video_fps: float = 15.0
     params_file: Path | None = None
     cache: Path | None = None
+    latency: str = ""  # the node's simulated_latency (simulation only): fixed:<ms> | orin | thor | rtx4090
+    chunk_execution: str | None = None  # the node's chunk_execution (None: the params file's / default)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -209,9 +226,50 @@ def _robot_summary(log: Path) -> dict[str, Any]:
     return {}
 
 
+def node_overrides(opts: DemoOptions) -> list[str]:
+    """``-p`` arguments for the options that change node parameters (latency profile, chunk execution)."""
+    args = []
+    if opts.latency:
+        args += ["-p", f"simulated_latency:={opts.latency}"]
+    if opts.chunk_execution:
+        args += ["-p", f"chunk_execution:={opts.chunk_execution}"]
+    return args
+
+
+def chunk_execution_context(opts: DemoOptions, params_file: Path, log_dir: Path) -> dict[str, Any]:
+    """The latency profile and the chunk-execution strategy the demo ran with (for report.json)."""
+    import re
+
+    import yaml
+
+    from apt_policy.runtime.latency import parse_latency
+
+    profile = parse_latency(opts.latency)
+    requested = opts.chunk_execution
+    if requested is None:
+        data = yaml.safe_load(params_file.read_text()) or {}
+        node = next(iter(data.values()), {}) if isinstance(data, dict) else {}
+        requested = (node or {}).get("ros__parameters", {}).get("chunk_execution", "auto")
+    used = sorted(
+        {
+            m.group(1)
+            for log in log_dir.glob("*_policy_node.log")
+            for m in re.finditer(r"chunk execution (\w+)", log.read_text(errors="replace"))
+        }
+    )
+    return {
+        "latency_profile": {
+            "name": profile.name,
+            "description": profile.describe(),
+            "source": profile.source,
+        },
+        "chunk_execution": {"requested": requested, "used": used[0] if len(used) == 1 else used},
+    }
+
+
 def run_episode(
     plan: EpisodePlan, probe: Any, procs: ManagedProcesses, export: Path, params_file: Path, opts: DemoOptions
-) -> EpisodeRecording:
+) -> EpisodeOutcome:
     """One episode (see the module docstring, step 4)."""
     sent = [time.monotonic()]
     probe.send_scene(plan.scene_seed)
@@ -244,7 +302,15 @@ def run_episode(
     )
     node = procs.start(
         "policy_node",
-        [_tool("apt-policy-node"), "--ros-args", "--params-file", str(params_file), "-p", f"model:={export}"],
+        [
+            _tool("apt-policy-node"),
+            "--ros-args",
+            "--params-file",
+            str(params_file),
+            "-p",
+            f"model:={export}",
+            *node_overrides(opts),
+        ],
         log_name=f"{plan.name}_policy_node",
     )
     _wait(
@@ -258,10 +324,9 @@ def run_episode(
         f"the policy node to be ready (IDLE); log {node.log}",
         procs,
     )
-    with probe._lock:  # counters are cumulative since the node started: the episode counts from here
-        baseline = probe.statuses[-1]
     probe.clear()
     t0 = time.monotonic()
+    probe.send_episode_marker(start_marker(plan, scene.to_dict(), time.time_ns()))
     pending = list(plan.instructions)
     last_instruction_t = max(t for t, _ in plan.instructions)
     rest_since: float | None = None
@@ -291,52 +356,30 @@ def run_episode(
     procs.stop("policy_node")
     procs.stop("fake_franka")
     robot_log = procs.log_dir / f"{plan.name}_fake_franka.log"
-    return _recording(plan, probe, scene, t0, duration, arrivals, robot_log, baseline)
-
-
-def _recording(
-    plan: EpisodePlan,
-    probe: Any,
-    scene: Scene,
-    t0: float,
-    duration: float,
-    arrivals: Path,
-    robot_log: Path,
-    baseline: tuple[float, int, int, int],
-) -> EpisodeRecording:
     with probe._lock:
-        joints = [j for j in probe.joints if t0 - 0.2 <= j[0] <= t0 + duration]
-        chunks = [c for c in probe.chunks if t0 <= c[0] <= t0 + duration]
-        statuses = [s for s in probe.statuses if s[0] <= t0 + duration]
-        frames = [f for f in probe.frames if t0 <= f[0] <= t0 + duration]
-        node_stats = dict(probe.node_stats)
+        joints = [j for j in probe.joints if t0 <= j[0] <= t0 + duration]
+        chunks = sum(1 for c in probe.chunks if t0 <= c[0] <= t0 + duration)
         robot_report = dict(probe.robot_report)
+    if not joints:
+        raise DemoError(f"{plan.name}: no joint states were received; see {robot_log}")
     try:
         command_t = np.asarray(json.loads(arrivals.read_text())["topics"][TRAJECTORY_TOPIC], dtype=np.float64)
     except (OSError, ValueError, KeyError):
         command_t = np.zeros(0)
     robot_report = _robot_summary(robot_log) or robot_report
-    if not joints:
-        raise DemoError(f"{plan.name}: no joint states were received; see {robot_log}")
-    return EpisodeRecording(
-        plan=plan,
-        scene=scene.to_dict(),
-        joint_t=np.array([j[0] - t0 for j in joints]),
-        joint_q=np.stack([j[1] for j in joints]),
-        chunk_t=np.array([c[0] - t0 for c in chunks]),
-        chunk_ms=np.array([c[1] for c in chunks]),
-        chunk_instruction=[c[2] for c in chunks],
-        command_t=command_t - t0,
-        status_t=np.array([s[0] - t0 for s in statuses]),
-        status_state=np.array([s[1] for s in statuses], dtype=np.int64),
-        status_interventions=np.array([s[2] - baseline[2] for s in statuses], dtype=np.int64),
-        status_missed_ticks=np.array([s[3] - baseline[3] for s in statuses], dtype=np.int64),
-        robot_report=robot_report,
-        node_stats=node_stats,
-        duration_s=duration,
-        frame_t=np.array([f[0] - t0 for f in frames]),
-        frames=np.stack([f[1] for f in frames]) if frames else np.zeros((0, 1, 1, 3), np.uint8),
-    )
+    probe.send_episode_marker(end_marker(plan.name, duration, command_t - t0, robot_report))
+    return EpisodeOutcome(plan, scene, joints[-1][1], duration, chunks)
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    """What the demo prints after an episode (the report itself comes from the recording)."""
+
+    plan: EpisodePlan
+    scene: Scene
+    final_q: np.ndarray
+    duration_s: float
+    chunks: int
 
 
 def ros_environment(out: Path, domain_id: int | None) -> dict[str, str]:
@@ -352,34 +395,69 @@ def ros_environment(out: Path, domain_id: int | None) -> dict[str, str]:
     return env
 
 
+def recorder_command(bag: Path, video_fps: float) -> list[str]:
+    """``apt-record`` for the demo: the default topics + the episode markers and the current scene, the
+    camera at the video's rate and width."""
+    from apt_policy.recording.recorder import DEFAULT_TOPICS
+
+    topics = [*DEFAULT_TOPICS, f"{EPISODE_TOPIC}:std_msgs/msg/String", "/fake_camera/current_scene"]
+    exe = Path(sys.executable).parent / "apt-record"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "apt_policy.recording"]
+    return [
+        *cmd,
+        "--ros-args",
+        "-p",
+        f"output:={bag}",
+        "-p",
+        f"topics:=[{','.join(repr(t) for t in topics)}]",
+        "-p",
+        f"cameras:=['{CAMERA_TOPIC.removesuffix('/compressed')}']",
+        "-p",
+        f"camera_rate:={float(video_fps)}",
+        "-p",
+        f"camera_width:={VIDEO_WIDTH}",
+    ]
+
+
 def run_episodes(
     plans: list[EpisodePlan], export: Path, params_file: Path, opts: DemoOptions, procs: ManagedProcesses
-) -> list[EpisodeRecording]:
+) -> Path:
+    """Every episode, recorded by ``apt-record``; returns the recording (closed)."""
     from apt_policy.sim.probe import DemoProbe
 
-    probe = DemoProbe(video_fps=opts.video_fps)
+    bag = opts.out.resolve() / RECORDING
+    if bag.exists():
+        shutil.rmtree(bag)
+    probe = DemoProbe(EPISODE_TOPIC)
     try:
         camera = procs.start(
             "fake_camera",
             [_tool("apt-fake-camera"), "--ros-args", "-p", f"scene_seed:={plans[0].scene_seed}"],
         )
+        recorder = procs.start("recorder", recorder_command(bag, opts.video_fps))
         _wait(lambda: probe.scene is not None, 60.0, f"fake_camera to start; log {camera.log}", procs)
+        _wait(
+            lambda: probe.episode_pub.get_subscription_count() > 0,
+            60.0,
+            f"the recorder to subscribe; log {recorder.log}",
+            procs,
+        )
         _header(4, 5, f"episodes: {len(plans)} instructions on the simulated FR3")
-        recordings = []
         for plan in plans:
             t = time.monotonic()
-            rec = run_episode(plan, probe, procs, export, params_file, opts)
-            recordings.append(rec)
-            tcp = tcp_positions(rec.joint_q[-1:])[0]
-            dist = float(np.linalg.norm(tcp - Scene.from_dict(rec.scene).block(plan.target).reach_point))
+            outcome = run_episode(plan, probe, procs, export, params_file, opts)
+            tcp = tcp_positions(outcome.final_q[None])[0]
+            dist = float(np.linalg.norm(tcp - outcome.scene.block(plan.target).reach_point))
             verdict = "success" if dist < SUCCESS_RADIUS else "FAIL"
             print(
                 f"    {plan.name}: {verdict}, {dist * 100:.1f} cm from the {plan.target} block after"
-                f" {rec.duration_s:.1f} s, {len(rec.chunk_t)} chunks"
+                f" {outcome.duration_s:.1f} s, {outcome.chunks} chunks"
                 f" ({time.monotonic() - t:.1f} s with process restarts)",
                 flush=True,
             )
-        return recordings
+        time.sleep(0.5)  # the last end marker reaches the recorder
+        procs.stop("recorder")
+        return bag
     finally:
         procs.stop_all()
         probe.shutdown()
@@ -437,12 +515,12 @@ def run_demo(opts: DemoOptions) -> int:
     t = time.monotonic()
     with ManagedProcesses(log_dir, env={**os.environ, **env}) as procs:
         try:
-            recordings = run_episodes(plans, export, params_file, opts, procs)
+            bag = run_episodes(plans, export, params_file, opts, procs)
         except ProcessDiedError as exc:
             raise DemoError(str(exc)) from exc
     opts.timings["episodes_s"] = time.monotonic() - t
-    save_recordings(recordings, out / "recording.npz")
-    _header(5, 5, f"report: {out}")
+    _header(5, 5, f"report: {out} (from {bag}, {bag_size(bag) / 1e6:.1f} MB)")
+    recordings = read_recordings(bag, len(plans))
     opts.timings["total_s"] = time.monotonic() - started
     context = {
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
@@ -453,6 +531,7 @@ def run_demo(opts: DemoOptions) -> int:
         "parity": parity.get("summary", parity) if isinstance(parity, dict) else parity,
         "training_evaluation": evaluation,
         "timings_s": dict(opts.timings),
+        **chunk_execution_context(opts, params_file, log_dir),
     }
     report = make_report(recordings, out, control_rate_of(params_file), context, opts.video_fps)
     print(format_summary(report), flush=True)
@@ -465,9 +544,20 @@ def run_demo(opts: DemoOptions) -> int:
     return 0
 
 
+def read_recordings(bag: Path, expected: int | None = None) -> list[EpisodeRecording]:
+    """The episodes of the demo's recording; DemoError when it cannot be read or misses an episode."""
+    try:
+        recordings = load_recordings(bag)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DemoError(f"cannot read the recording {bag}: {exc}") from exc
+    if not recordings or (expected is not None and len(recordings) != expected):
+        raise DemoError(f"{bag} holds {len(recordings)} complete episodes, expected {expected or '> 0'}")
+    return recordings
+
+
 def rebuild_report(out: Path, params_file: Path | None, fps: float) -> int:
-    """--report-only: rebuild the report from ``<out>/recording.npz`` (keeps the saved context)."""
-    recordings = load_recordings(out / "recording.npz")
+    """--report-only: rebuild the report from ``<out>/recording`` (keeps the saved context)."""
+    recordings = read_recordings(out / RECORDING)
     context: dict[str, Any] = {}
     old = out / "report.json"
     if old.is_file():

@@ -4,8 +4,15 @@ Graph API (traced by the exporter; see docs/ARCHITECTURE.md):
 
     encode_prefix(pixel_values, input_ids, text_mask)
         -> (prefix_keys, prefix_values, vision_mask, context_mask)
-    velocity(*prefix, state, x_t, t) -> v
-    sample(*prefix, state, noise) -> normalised actions   (Euler loop unrolled over config.sampling_steps)
+    velocity(*prefix, state, x_t, t[, clean_mask]) -> v
+    sample(*prefix, state, noise[, action_prefix, prefix_len, rtc_trained]) -> normalised actions
+                                                        (Euler loop unrolled over config.sampling_steps)
+
+Real-time chunking (RTC; docs/APT_MODEL.md): ``sample`` takes a committed action prefix (normalised
+actions [B, H, A], the first ``prefix_len`` [B] rows used) and keeps the first rows on the path from the
+initial noise to it (training-free "hard prefix", ``rtc_trained`` 0) or gives them as clean data with the
+clean per-token flow time (trained RTC, ``rtc_trained`` 1; the bundle's ``rtc_max_delay`` > 0). Per-token
+time enters ``velocity`` as ``clean_mask`` [B, H] (1 = that action token is at the data end, t = 0).
 
 Prefix tensors (names in ``prefix_names``):
     prefix_keys / prefix_values  [L_e, B, heads, S, head_dim]  K/V for each expert layer, projected once
@@ -132,27 +139,58 @@ class APTModel(nn.Module):
         state: torch.Tensor,
         x_t: torch.Tensor,
         t: torch.Tensor,
+        clean_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """One denoising step: velocity [B, H, A] for normalised state [B, S_d], x_t [B, H, A], t [B]."""
+        """One denoising step: velocity [B, H, A] for normalised state [B, S_d], x_t [B, H, A], t [B].
+
+        ``clean_mask`` [B, H] (float, 1 = clean): per-token flow time, action token i at ``flow.CLEAN_TIME``
+        where the mask is 1 and at t elsewhere. The clean-time embedding is computed separately and selected
+        per token (never mixed into one matmul), so with an all-zero mask every value equals the
+        mask-less call bit for bit. π-style: the selected time embedding enters the action token; GR00T-style:
+        each DiT block selects between the adaLN modulation of t and of the clean time per token (the state
+        token always takes t).
+        """
         w = self.config.expert.width
         temb = timestep_embedding(t, w).to(x_t.dtype)
         actions = self.action_in(x_t)
+        clean: torch.Tensor | None = None
+        temb_clean: torch.Tensor | None = None
+        if clean_mask is not None:
+            clean = clean_mask > 0.5  # [B, H] bool
+            temb_clean = timestep_embedding(torch.full_like(t, flow.CLEAN_TIME), w).to(x_t.dtype)
+        clean_cond: tuple[torch.Tensor, torch.Tensor] | None = None
         if self.config.architecture == "pi":  # π0: time mixed into every action token
-            actions = self.time_mlp(torch.cat([actions, temb[:, None, :].expand_as(actions)], dim=-1))
+            if clean is None or temb_clean is None:
+                token_time = temb[:, None, :].expand_as(actions)
+            else:
+                token_time = torch.where(clean[..., None], temb_clean[:, None, :], temb[:, None, :])
+            actions = self.time_mlp(torch.cat([actions, token_time], dim=-1))
             cond = temb
         else:  # GR00T: time conditions adaptive LayerNorm
             cond = self.time_mlp(temb)
+            if clean is not None and temb_clean is not None:
+                state_token = torch.zeros_like(clean[:, :1])
+                tokens = torch.cat([state_token, clean], dim=1)[..., None]  # [B, 1 + H, 1]
+                clean_cond = (self.time_mlp(temb_clean), tokens)
         h = torch.cat([self.state_in(state)[:, None, :], actions], dim=1) + self.position
         vision_bias = mask_to_bias(vision_mask)
         context_bias = mask_to_bias(context_mask)
         stage2 = self.config.stage == 2
         for i, layer in enumerate(self.layers):
             j = 2 * i if stage2 else i
-            h = h + layer.delta(h, cond, prefix_keys[j], prefix_values[j], vision_bias, self.suffix_bias)
+            h = h + layer.delta(
+                h, cond, prefix_keys[j], prefix_values[j], vision_bias, self.suffix_bias, clean_cond
+            )
             if stage2:
                 ins = self.inserted[i]
                 h = h + ins.delta(
-                    h, cond, prefix_keys[j + 1], prefix_values[j + 1], context_bias, self.suffix_bias
+                    h,
+                    cond,
+                    prefix_keys[j + 1],
+                    prefix_values[j + 1],
+                    context_bias,
+                    self.suffix_bias,
+                    clean_cond,
                 )
         return self.action_out(self.final_norm(h[:, 1:]))
 
@@ -164,16 +202,58 @@ class APTModel(nn.Module):
         context_mask: torch.Tensor,
         state: torch.Tensor,
         noise: torch.Tensor,
+        action_prefix: torch.Tensor | None = None,
+        prefix_len: torch.Tensor | None = None,
+        rtc_trained: torch.Tensor | None = None,
+        ramp: int = 0,
     ) -> torch.Tensor:
-        """Euler-integrate from noise (t=1) to actions (t=0), unrolled; x and dt kept in float32."""
+        """Euler-integrate from noise (t=1) to actions (t=0), unrolled; x and dt kept in float32.
+
+        Real-time chunking: ``action_prefix`` [B, H, A] (normalised; rows from ``prefix_len`` [B] int64 on
+        are ignored, except the ``ramp`` rows after the prefix) and ``rtc_trained`` [B] (1.0: trained RTC,
+        the prefix rows are clean tokens; 0.0 or None: training-free hard prefix). Before every step the
+        prefix rows are set to ``flow.prefix_path`` at the step's time; the result's prefix rows equal
+        the prefix exactly. ``ramp`` > 0 (torch only, not exported) blends the ``ramp`` rows after the
+        prefix towards the training-free path with weights ``flow.ramp_weights`` (the prefix must then
+        carry those rows too). ``prefix_len`` all 0 gives the prefix-less result bit for bit.
+        """
         steps = self.config.sampling_steps
         x = noise.float()
         ones = torch.ones_like(x[:, 0, 0])
+        if action_prefix is None:
+            for t in flow.euler_times(steps):
+                v = self.velocity(
+                    prefix_keys, prefix_values, vision_mask, context_mask, state, x.to(noise.dtype), ones * t
+                )
+                x = x - v.float() * (1.0 / steps)
+            return x
+        if prefix_len is None:
+            raise ValueError("sample: action_prefix needs prefix_len")
+        x0 = x
+        target = action_prefix.float()
+        rows = flow.prefix_rows(prefix_len, x.shape[1])  # [B, H] bool
+        fixed = rows[..., None]
+        trained = torch.zeros_like(ones) if rtc_trained is None else rtc_trained.float()
+        clean_mask = rows.float() * trained[:, None]  # 1 where a token is given clean (trained RTC)
+        soft = flow.ramp_weights(prefix_len, x.shape[1], ramp)[..., None] if ramp > 0 else None
         for t in flow.euler_times(steps):
+            x = torch.where(fixed, flow.prefix_path(target, x0, t, trained), x)
+            if soft is not None:
+                x = x + soft * (flow.prefix_path(target, x0, t, torch.zeros_like(trained)) - x)
             v = self.velocity(
-                prefix_keys, prefix_values, vision_mask, context_mask, state, x.to(noise.dtype), ones * t
+                prefix_keys,
+                prefix_values,
+                vision_mask,
+                context_mask,
+                state,
+                x.to(noise.dtype),
+                ones * t,
+                clean_mask.to(noise.dtype),
             )
             x = x - v.float() * (1.0 / steps)
+        x = torch.where(fixed, target, x)  # t = 0: the path ends at the prefix
+        if soft is not None:
+            x = x + soft * (target - x)
         return x
 
     # ----------------------------------------------------------------------------------- training
@@ -184,11 +264,24 @@ class APTModel(nn.Module):
         actions: torch.Tensor,
         noise: torch.Tensor,
         t: torch.Tensor,
+        delay: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean squared error between predicted and target velocity."""
+        """Mean squared error between predicted and target velocity.
+
+        ``delay`` [B] int64 (trained RTC, arXiv 2512.05964): the first delay[b] actions of sample b are given
+        clean (x = the action, per-token time ``flow.CLEAN_TIME``) and the loss is the mean over the other
+        rows only. None: the plain loss over every row.
+        """
         x_t, target = flow.interpolate(actions, noise, t)
-        v = self.velocity(*prefix, state, x_t, t)
-        return torch.mean((v - target) ** 2)
+        if delay is None:
+            v = self.velocity(*prefix, state, x_t, t)
+            return torch.mean((v - target) ** 2)
+        clean = flow.prefix_rows(delay, actions.shape[1])  # [B, H]
+        x_t = torch.where(clean[..., None], actions, x_t)
+        v = self.velocity(*prefix, state, x_t, t, clean.float())
+        keep = (~clean)[..., None].to(v.dtype)
+        count = keep.sum() * v.shape[-1]
+        return torch.sum((v - target) ** 2 * keep) / torch.clamp(count, min=1.0)
 
     def expert_parameters(self, inserted_only: bool = False) -> list[nn.Parameter]:
         """Trainable parameters: the inserted layers + gates (+ their contexts), or all but the backbone."""

@@ -7,7 +7,9 @@ tokens see the state and every action token).
 
 GR00T-style (``DiTBlock``): a DiT block with adaptive LayerNorm on the flow time: self-attention over
 state + action tokens, cross-attention to the VLM layer's features, MLP; each modulated by
-shift/scale/gate from the time embedding.
+shift/scale/gate from the time embedding. Per-token flow time (trained real-time chunking: committed
+action tokens at the clean time, the rest at t) selects, per token, between the modulation of t and that
+of the clean time (``clean_cond``); see docs/APT_MODEL.md.
 
 APT fusion (``GatedInserted``): a Stage-2 layer of the same kind, inserted after each Stage-1 layer,
 that sees vision AND language tokens and adds its residual update through a learnable per-channel
@@ -18,10 +20,15 @@ so the gate alone could not do that; see docs/APT_MODEL.md).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
 from .layers import MLP, attend, merge_heads, split_heads, zero_
+
+# per-token flow time for DiT blocks: (time condition of the clean time [B, W], clean tokens [B, N, 1] bool)
+CleanCondition = tuple[torch.Tensor, torch.Tensor]
 
 
 class PiLayer(nn.Module):
@@ -45,8 +52,10 @@ class PiLayer(nn.Module):
         prefix_v: torch.Tensor,
         prefix_bias: torch.Tensor,
         suffix_bias: torch.Tensor,
+        clean_cond: CleanCondition | None = None,
     ) -> torch.Tensor:
-        """Residual update for tokens h [B, N, W] (cond unused: π-style puts time into the tokens)."""
+        """Residual update for tokens h [B, N, W] (cond and clean_cond unused: π-style puts time into the
+        tokens)."""
         q, k, v = self.qkv(self.norm1(h)).chunk(3, dim=-1)
         q, k, v = (split_heads(x, self.num_heads) for x in (q, k, v))
         keys = torch.cat([prefix_k, k], dim=2)
@@ -94,10 +103,20 @@ class DiTBlock(nn.Module):
         prefix_v: torch.Tensor,
         prefix_bias: torch.Tensor,
         suffix_bias: torch.Tensor,
+        clean_cond: CleanCondition | None = None,
     ) -> torch.Tensor:
-        """Residual update for tokens h [B, N, W] given the time condition cond [B, W]."""
-        mod = self.modulation(cond)[:, None, :].chunk(9, dim=-1)
-        sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = mod
+        """Residual update for tokens h [B, N, W] given the time condition cond [B, W].
+
+        ``clean_cond`` (per-token flow time, trained RTC): (condition of the clean time [B, W], token mask
+        [B, N, 1] bool); masked tokens take the adaLN shift/scale/gate of the clean time, the others those
+        of ``cond``. Both modulations are computed as [B, W] -> [B, 1, 9W] and selected per token, so an
+        all-false mask reproduces the single-time block bit for bit.
+        """
+        mod = self.modulation(cond)[:, None, :]
+        if clean_cond is not None:
+            cond_clean, tokens = clean_cond
+            mod = torch.where(tokens, self.modulation(cond_clean)[:, None, :], mod)
+        sh1, sc1, g1, sh2, sc2, g2, sh3, sc3, g3 = mod.chunk(9, dim=-1)
         x = self.norm_sa(h) * (1 + sc1) + sh1
         q, k, v = (split_heads(y, self.num_heads) for y in self.qkv(x).chunk(3, dim=-1))
         a = g1 * self.out_sa(merge_heads(attend(q, k, v, suffix_bias)))
@@ -123,5 +142,5 @@ class GatedInserted(nn.Module):
         self.layer = layer
         self.gate = nn.Parameter(torch.full((width,), float(gate_init)))
 
-    def delta(self, h: torch.Tensor, *args: torch.Tensor) -> torch.Tensor:
+    def delta(self, h: torch.Tensor, *args: Any) -> torch.Tensor:
         return torch.sigmoid(self.gate) * self.layer.delta(h, *args)

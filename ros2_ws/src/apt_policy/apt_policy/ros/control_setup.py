@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from apt_policy.control.blending import BlendConfig
+from apt_policy.control.chunking import ChunkingConfig, ExecutionPlan, resolve_strategy
 from apt_policy.control.controller import Controller, ControllerConfig
 from apt_policy.control.limits import JointLimits
 from apt_policy.control.safety import SafetyConfig
@@ -16,13 +17,31 @@ from apt_policy.control.semantics import ActionLayout
 from apt_policy.control.watchdog import WatchdogConfig
 from apt_policy.robots.franka import RobotProfile, get_profile
 from apt_policy.ros.params import NodeParams, ParameterError
+from apt_policy.runtime.policy import PolicyInfo
 
 OUTPUTS = {"joint_trajectory": "trajectory", "joint_position": "position", "none": "none"}
 
 
-def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile]:
+def execution_plan(p: NodeParams, info: PolicyInfo) -> ExecutionPlan:
+    """``chunk_execution`` for this model: rtc only when it takes a prefix (``PolicyInfo.rtc_inputs``)."""
+    return resolve_strategy(p.chunk_execution, bool(info.rtc_inputs), fallback=p.blending)
+
+
+def build_controller(p: NodeParams, info: PolicyInfo) -> tuple[Controller, RobotProfile]:
     """The controller for robot ``p.robot`` executing chunks of the policy described by ``info``."""
     profile = get_profile(p.robot)
+    config, layout = controller_config(p, info, profile)
+    try:
+        controller = Controller(JointLimits.from_profile(profile), layout, config)
+    except ValueError as exc:
+        raise ParameterError(f"control configuration: {exc}") from exc
+    return controller, profile
+
+
+def controller_config(
+    p: NodeParams, info: PolicyInfo, profile: RobotProfile
+) -> tuple[ControllerConfig, ActionLayout]:
+    """The controller's configuration and action layout from the parameters (ParameterError if invalid)."""
     dof = profile.dof
     arm_names = tuple(info.action_names[:dof])
     if arm_names != tuple(profile.joint_names):
@@ -37,6 +56,7 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
             f"horizon {info.horizon}"
         )
     try:
+        plan = execution_plan(p, info)
         layout = ActionLayout.from_config(
             info.action_semantics,
             dof,
@@ -55,7 +75,14 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
             lookahead_points=p.lookahead_points,
             output=OUTPUTS[p.output_mode],
             stamped=p.trajectory_stamp == "tick",
-            blend=BlendConfig(mode=p.blending, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m),
+            blend=BlendConfig(
+                mode=plan.blend_mode, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m
+            ),
+            chunking=ChunkingConfig(
+                rtc=plan.rtc,
+                delay_quantile=p.rtc_delay_quantile,
+                trained_max_delay=int(info.rtc_max_delay),
+            ),
             safety=SafetyConfig(
                 margin=p.position_margin,
                 velocity_scale=p.velocity_scale,
@@ -72,10 +99,9 @@ def build_controller(p: NodeParams, info: Any) -> tuple[Controller, RobotProfile
                 inference_timeout=p.inference_timeout,
             ),
         )
-        controller = Controller(JointLimits.from_profile(profile), layout, config)
     except ValueError as exc:
         raise ParameterError(f"control configuration: {exc}") from exc
-    return controller, profile
+    return config, layout
 
 
 def build_loop(

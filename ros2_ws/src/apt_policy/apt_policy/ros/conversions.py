@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from apt_policy.ros import image_cdr
+
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 DIRECT_ENCODINGS = frozenset(_CHANNELS)  # decoded with NumPy; the others need cv_bridge
 MAX_IMAGE_PIXELS = 4096 * 4096
@@ -52,6 +54,33 @@ def image_to_rgb(msg) -> np.ndarray:
     if enc in ("bgr8", "bgra8"):
         return rows[:, :, 2::-1]
     return np.broadcast_to(rows, (h, w, 3))  # mono8: one byte shown as grey, no copy
+
+
+def raw_image_to_rgb(raw: bytes) -> tuple[np.ndarray, float]:
+    """A serialised sensor_msgs/Image -> (RGB, header stamp in s), read in place by ``image_cdr``.
+
+    Bytes ``image_cdr`` cannot read are rejected with its reason and never handed to rclpy's deserialiser:
+    that crashes the process on some malformed input (4 bytes ``00 00 2c b5``, a big-endian header and no
+    body, segfaults Fast CDR; found by tools/fuzz_decoders.py). Encodings NumPy does not decode go through
+    cv_bridge on a message rebuilt from the parsed fields.
+    """
+    try:
+        view = image_cdr.parse_image(raw)
+    except image_cdr.CdrError as exc:
+        raise ConversionError(f"not a serialised sensor_msgs/Image this node reads: {exc}") from None
+    if view.encoding.lower() in DIRECT_ENCODINGS:
+        return image_to_rgb(view), view.stamp_s
+    from sensor_msgs.msg import Image
+
+    msg = Image(
+        height=view.height,
+        width=view.width,
+        encoding=view.encoding,
+        is_bigendian=view.is_bigendian,
+        step=view.step,
+        data=bytes(view.data),
+    )
+    return image_to_rgb(msg), view.stamp_s
 
 
 def _via_cv_bridge(msg, enc: str) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Operator interfaces of the policy node: instruction service and action, pause/resume/stop, gripper output,
-in-process RealSense cameras. ``attach_interfaces(node)`` is called at the end of ``PolicyNode.__init__``.
+in-process RealSense cameras. ``attach_interfaces(node)`` is called by ``PolicyNode``'s configure transition.
 
 On the node (``~`` = ``/apt_policy``):
 
@@ -33,157 +33,59 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.task import Future
 
+from apt_policy.control.controller import ControllerState
 from apt_policy.control.gripper import GripperDecisionConfig
-from apt_policy.ros.gripper_output import OUTPUT_MODES, GripperOutput, GripperOutputSettings
-from apt_policy.ros.params import ParameterError, Spec, check_value
+from apt_policy.ros.gripper_output import GripperOutput, GripperOutputSettings
+from apt_policy.ros.params import InterfaceParams, ParameterError, declare
+from apt_policy.ros.qos import SERVICES
 from apt_policy.ros.realsense_camera import CameraNotFoundError, ColorProfile, RealSenseCamera, open_cameras
 
-# PolicyStatus constants (apt_msgs/msg/PolicyStatus), repeated to avoid importing messages for comparisons.
-IDLE, RUNNING, HOLDING, PAUSED, FAULT = 0, 1, 2, 3, 4
+# PolicyStatus states: the controller's own enumeration (same numbers as apt_msgs/msg/PolicyStatus).
+IDLE, RUNNING, HOLDING, PAUSED, FAULT = (
+    ControllerState.IDLE,
+    ControllerState.RUNNING,
+    ControllerState.HOLDING,
+    ControllerState.PAUSED,
+    ControllerState.FAULT,
+)
 
 
 class InterfaceParameterError(ParameterError):
     """An invalid interface parameter; the message names it and says why (the node exits with it)."""
 
 
-_G = GripperDecisionConfig()
-_S = GripperOutputSettings()
-
-SPECS: tuple[Spec, ...] = (
-    Spec(
-        "interfaces.feedback_rate",
-        10.0,
-        "FollowInstruction feedback and goal supervision rate (Hz).",
-        2.0,
-        100.0,
-    ),
-    # gripper
-    Spec(
-        "gripper.output",
-        _S.output,
-        "auto (franka_actions when franka_msgs imports, else width_topic), "
-        "franka_actions, width_topic, none.",
-        choices=OUTPUT_MODES,
-    ),
-    Spec(
-        "gripper.node_name", _S.node_name, "franka_gripper node name; actions <name>/move and <name>/grasp."
-    ),
-    Spec(
-        "gripper.width_topic",
-        "",
-        "std_msgs/Float64 width topic for width_topic mode "
-        "(empty: the node's gripper_command_topic, else /franka_gripper/width_command).",
-    ),
-    Spec(
-        "gripper.decision",
-        _G.mode,
-        "binary: open/close on threshold with hysteresis; width: follow the width.",
-        choices=("binary", "width"),
-    ),
-    Spec("gripper.threshold", _G.threshold, "binary: widths below it mean close (m).", 0.0, 0.2),
-    Spec("gripper.hysteresis", _G.hysteresis, "binary: total dead band around the threshold (m).", 0.0, 0.1),
-    Spec("gripper.open_width", _G.open_width, "binary: width commanded for open (m).", 0.0, 0.2),
-    Spec("gripper.closed_width", _G.closed_width, "binary: grasp target width for close (m).", 0.0, 0.2),
-    Spec("gripper.max_width", _G.max_width, "largest width ever commanded (m).", 0.001, 0.2),
-    Spec(
-        "gripper.min_width_delta",
-        _G.min_width_delta,
-        "width: smallest change that is commanded (m).",
-        0.0,
-        0.1,
-    ),
-    Spec(
-        "gripper.min_interval", _G.min_interval, "shortest time between two gripper commands (s).", 0.0, 10.0
-    ),
-    Spec("gripper.speed", _S.speed, "finger speed of move/grasp (m/s).", 0.001, 0.2),
-    Spec("gripper.force", _S.force, "grasp force (N).", 1.0, 70.0),
-    Spec(
-        "gripper.epsilon_inner",
-        _S.epsilon_inner,
-        "grasp succeeds down to width - epsilon_inner (m).",
-        0.0,
-        0.08,
-    ),
-    Spec(
-        "gripper.epsilon_outer",
-        _S.epsilon_outer,
-        "grasp succeeds up to width + epsilon_outer (m).",
-        0.0,
-        0.08,
-    ),
-    # in-process RealSense cameras
-    Spec(
-        "realsense.camera_names",
-        [""],
-        "Model camera names fed by in-process RealSense capture "
-        "(empty: none; those cameras then come from pyrealsense2, not from topics).",
-    ),
-    Spec("realsense.serial_numbers", [""], "Serial numbers, one per realsense.camera_names entry."),
-    Spec("realsense.profile", "640x480x30", "Colour stream WIDTHxHEIGHTxFPS (rgb8)."),
-)
-
-
-def _check(spec: Spec, value: Any) -> Any:
-    """The node's parameter check with this module's error; empty list entries are dropped ([""] = none)."""
-    value = check_value(spec, value, InterfaceParameterError)
-    return tuple(v for v in value if v) if isinstance(value, tuple) else value
-
-
-def declare_parameters(node: Node) -> dict[str, Any]:
-    """Declare every interface parameter with a descriptor and return the checked values by name."""
-    from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
-
-    values: dict[str, Any] = {}
-    for spec in SPECS:
-        if node.has_parameter(spec.name):
-            value = node.get_parameter(spec.name).value
-        else:
-            desc = ParameterDescriptor(description=spec.description, read_only=True)
-            desc.dynamic_typing = isinstance(spec.default, float)  # accept `force: 20` for a double
-            if spec.choices:
-                desc.additional_constraints = "one of: " + ", ".join(spec.choices)
-            if spec.low is not None and spec.high is not None:
-                desc.floating_point_range = [FloatingPointRange(from_value=spec.low, to_value=spec.high)]
-            try:
-                value = node.declare_parameter(spec.name, spec.default, desc).value
-            except Exception as exc:  # InvalidParameterValueException / type mismatch from rclpy
-                raise InterfaceParameterError(f"parameter '{spec.name}': {exc}") from exc
-        values[spec.name] = _check(spec, value)
-    return values
-
-
 def gripper_configs(
-    values: Mapping[str, Any], fallback_topic: str
+    values: InterfaceParams, fallback_topic: str
 ) -> tuple[GripperOutputSettings, GripperDecisionConfig]:
     """Build the gripper transport and decision configs from checked parameter values."""
     try:
         settings = GripperOutputSettings(
-            output=values["gripper.output"],
-            node_name=values["gripper.node_name"],
-            width_topic=values["gripper.width_topic"] or fallback_topic,
-            speed=values["gripper.speed"],
-            force=values["gripper.force"],
-            epsilon_inner=values["gripper.epsilon_inner"],
-            epsilon_outer=values["gripper.epsilon_outer"],
+            output=values.gripper_output,
+            node_name=values.gripper_node_name,
+            width_topic=values.gripper_width_topic or fallback_topic,
+            speed=values.gripper_speed,
+            force=values.gripper_force,
+            epsilon_inner=values.gripper_epsilon_inner,
+            epsilon_outer=values.gripper_epsilon_outer,
         )
         decision = GripperDecisionConfig(
-            mode=values["gripper.decision"],
-            max_width=values["gripper.max_width"],
-            open_width=values["gripper.open_width"],
-            closed_width=values["gripper.closed_width"],
-            threshold=values["gripper.threshold"],
-            hysteresis=values["gripper.hysteresis"],
-            min_width_delta=values["gripper.min_width_delta"],
-            min_interval=values["gripper.min_interval"],
+            mode=values.gripper_decision,
+            max_width=values.gripper_max_width,
+            open_width=values.gripper_open_width,
+            closed_width=values.gripper_closed_width,
+            threshold=values.gripper_threshold,
+            hysteresis=values.gripper_hysteresis,
+            min_width_delta=values.gripper_min_width_delta,
+            min_interval=values.gripper_min_interval,
         )
     except ValueError as exc:
         raise InterfaceParameterError(str(exc)) from exc
     return settings, decision
 
 
-def realsense_serials(values: Mapping[str, Any]) -> dict[str, str]:
+def realsense_serials(values: InterfaceParams) -> dict[str, str]:
     """``camera name -> serial`` from the parallel ``realsense.camera_names`` / ``serial_numbers`` lists."""
-    names, serials = values["realsense.camera_names"], values["realsense.serial_numbers"]
+    names, serials = values.realsense_camera_names, values.realsense_serial_numbers
     if len(names) != len(serials):
         raise InterfaceParameterError(
             f"parameters 'realsense.camera_names' ({len(names)}) and 'realsense.serial_numbers' "
@@ -261,7 +163,7 @@ class Interfaces:
         self.cameras: list[RealSenseCamera] = []
         self.gripper_output: GripperOutput | None = None
 
-        values = declare_parameters(node)
+        values = declare(node, InterfaceParams, InterfaceParameterError)
         fallback_topic = (
             node.get_parameter("gripper_command_topic").value
             if node.has_parameter("gripper_command_topic")
@@ -270,19 +172,29 @@ class Interfaces:
         settings, decision = gripper_configs(values, fallback_topic)
         serials = realsense_serials(values)
         try:
-            profile = ColorProfile.parse(values["realsense.profile"])
+            profile = ColorProfile.parse(values.realsense_profile)
         except ValueError as exc:
             raise InterfaceParameterError(f"parameter 'realsense.profile': {exc}") from exc
 
         group = ReentrantCallbackGroup()
         self.services = [
             node.create_service(
-                SetInstruction, "~/set_instruction", self._on_set_instruction, callback_group=group
+                SetInstruction,
+                "~/set_instruction",
+                self._on_set_instruction,
+                qos_profile=SERVICES,
+                callback_group=group,
             ),
-            node.create_service(Trigger, "~/pause", self._on_pause, callback_group=group),
-            node.create_service(Trigger, "~/resume", self._on_resume, callback_group=group),
-            node.create_service(Trigger, "~/stop", self._on_stop, callback_group=group),
-            node.create_service(Trigger, "~/reset", self._on_reset, callback_group=group),
+            node.create_service(
+                Trigger, "~/pause", self._on_pause, qos_profile=SERVICES, callback_group=group
+            ),
+            node.create_service(
+                Trigger, "~/resume", self._on_resume, qos_profile=SERVICES, callback_group=group
+            ),
+            node.create_service(Trigger, "~/stop", self._on_stop, qos_profile=SERVICES, callback_group=group),
+            node.create_service(
+                Trigger, "~/reset", self._on_reset, qos_profile=SERVICES, callback_group=group
+            ),
         ]
         self.action_server = ActionServer(
             node,
@@ -292,8 +204,11 @@ class Interfaces:
             goal_callback=self._on_goal,
             cancel_callback=self._on_cancel,
             callback_group=group,
+            goal_service_qos_profile=SERVICES,
+            result_service_qos_profile=SERVICES,
+            cancel_service_qos_profile=SERVICES,
         )
-        self.timer = node.create_timer(1.0 / values["interfaces.feedback_rate"], self._supervise, group)
+        self.timer = node.create_timer(1.0 / values.interfaces_feedback_rate, self._supervise, group)
         node.add_instruction_listener(self._on_instruction_changed)
 
         # The node calls gripper_sink(width_m, now_s) on every tick; ours decides when to command.

@@ -17,6 +17,7 @@ Everything that decides something lives in ``apt_policy.control``; this module c
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import threading
@@ -26,42 +27,167 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
+from rclpy.lifecycle import Node as LifecycleNode
+from rclpy.lifecycle import State as LifecycleState
+from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 
 from apt_policy.control.controller import Command, ControllerState
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
+from apt_policy.control.self_check import SelfCheckResult, run_self_check, synthetic_images
 from apt_policy.control.stats import RollingStats
-from apt_policy.ros import conversions, image_cdr
-from apt_policy.ros.control_setup import build_controller, build_loop
+from apt_policy.ros import conversions
+from apt_policy.ros.control_setup import build_controller, build_loop, controller_config, execution_plan
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
-from apt_policy.ros.params import NodeParams, ParameterError, declare_and_read
-from apt_policy.ros.polling import PolledSubscription
+from apt_policy.ros.params import NODE_SPECS, NodeParams, ParameterError, check_update, declare
+from apt_policy.ros.polling import PolledSubscription, helper_node
 from apt_policy.ros.qos import EVENTS, SENSOR
 from apt_policy.ros.spin import spin_node
 
 NODE_NAME = "apt_policy"
 
 REJECT_LOG_PERIOD_S = 5.0
+HOLD_WAIT_S = 1.0  # deactivate: longest wait for the stream to send the hold before it stops
 
 
-class PolicyNode(Node):
-    """The policy node. ``policy`` may be injected (in-process use), else ``load_policy(model, backend)``."""
+NODE_PARAMETER_NAMES = frozenset(s.name for s in NODE_SPECS)
+
+
+class PolicyNode(LifecycleNode):
+    """The policy node, a managed (lifecycle) node. ``policy`` may be injected (in-process use), else
+    ``load_policy(model, backend)`` when it is configured.
+
+    Construction declares and validates the parameters and creates ~/status and /diagnostics, nothing else:
+    no model, no process, no thread. The transitions (``~/change_state``, or :meth:`autostart`):
+
+    * configure -- load the model (its process), build the controller, inputs, outputs and operator
+      interfaces, warm up, self-check (a prediction on a synthetic observation: finite, inside the joint
+      limits; latency logged and in the status). A failure releases everything and stays unconfigured.
+    * activate -- start the inference worker and the command stream (and the ``instruction`` parameter).
+    * deactivate -- hold (pause: braking within the limits, the last look-ahead ends at rest), then stop
+      the stream and the worker; activate resumes the paused instruction.
+    * cleanup / shutdown -- release everything: interfaces, subscriptions, publishers, the inference process.
+    """
 
     def __init__(self, policy: Any = None, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
-        self.params: NodeParams = declare_and_read(self)
+        self.params: NodeParams = declare(self, NodeParams)
+        if self.params.instruction:
+            problem = instruction_problem(self.params.instruction, self.params.max_instruction_bytes)
+            if problem:
+                raise ParameterError(f"parameter 'instruction': {problem}")
+        self._injected_policy = policy
+        self._lock = threading.Lock()  # listeners, counters shared between threads
+        self._instruction_lock = threading.Lock()  # keeps controller and worker epochs in the same order
+        self._listeners: list[Callable[[str, str], None]] = []
+        self._rejections: dict[str, int] = {}
+        self._last_reject_log: dict[tuple[str, str], float] = {}
+        self._last_inference_error = ""
+        self._transition_error: BaseException | None = None  # why the last transition failed
+        self._self_check: SelfCheckResult | None = None
+        self._paused_by_deactivate = False
+        self._configured_entities: dict[str, set[Any]] = {}
+        self._configured = False
+        self._owns_policy = False
+        self._poll_node: Node | None = None
+        self._camera_pollers: list[tuple[Callable[[Any], None], PolledSubscription]] = []
+        self._joint_poller: PolledSubscription | None = None
+        self._parameters_ready = False  # True once every parameter (the interfaces' too) is declared
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._make_status_outputs()
+        self._status_timer = self.create_timer(1.0 / self.params.status_rate, self._publish_status)
+        self._diag_every = max(1, round(self.params.status_rate))
+        self._status_count = 0
+        self._parameters_ready = True
+
+    # -- lifecycle ------------------------------------------------------------------------------------------
+
+    def autostart(self) -> None:
+        """Configure and activate now (``autostart``: the one-command start). Raises why a step failed:
+        :class:`ParameterError` for a parameter that does not fit the model, else the model's error."""
+        for step, trigger in (("configure", self.trigger_configure), ("activate", self.trigger_activate)):
+            if trigger() != TransitionCallbackReturn.SUCCESS:
+                error = self._transition_error
+                raise error if error is not None else RuntimeError(f"lifecycle transition {step} failed")
+
+    @property
+    def lifecycle_state(self) -> str:
+        """unconfigured, inactive, active, finalized (or a transition state while one runs)."""
+        return str(self._state_machine.current_state[1])
+
+    @property
+    def done(self) -> bool:
+        """Finalized (shut down): nothing is left to spin for."""
+        return self.lifecycle_state == "finalized"
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("configure", self._configure, release_on_failure=True)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("activate", self._activate)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("deactivate", self._deactivate)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        return self._transition("cleanup", self._release)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        def shutdown() -> None:
+            if self._streaming():
+                self._deactivate()
+            self._release()
+
+        return self._transition("shutdown", shutdown)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()  # back to unconfigured with nothing held
+        return TransitionCallbackReturn.SUCCESS
+
+    def _transition(
+        self, name: str, step: Callable[[], None], release_on_failure: bool = False
+    ) -> TransitionCallbackReturn:
+        """Run ``step``; an exception is logged, kept for :meth:`autostart`, and fails the transition."""
+        self._transition_error = None
+        try:
+            step()
+        except Exception as exc:
+            self._transition_error = exc
+            self.get_logger().error(f"lifecycle {name} failed: {type(exc).__name__}: {exc}")
+            if release_on_failure:
+                self._release()
+            return TransitionCallbackReturn.FAILURE
+        self.get_logger().info(f"lifecycle {name}: done")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _configure(self) -> None:
+        """Everything the stream needs, without starting it (see the class docstring)."""
+        self._configured_entities = _entities(self)
         p = self.params
+        policy = self._injected_policy
         self._owns_policy = policy is None
         if policy is None:
+            self.get_logger().info(f"loading the model {p.model} ({p.backend})")
             policy = _load_policy(p)
+        if p.simulated_latency:
+            from apt_policy.runtime.latency import SimulatedLatencyPolicy, parse_latency
+
+            profile = parse_latency(p.simulated_latency)
+            self.get_logger().warning(
+                f"SIMULATION ONLY: every inference is delayed to the latency profile {profile.describe()} "
+                "(parameter simulated_latency); never use this on a robot"
+            )
+            policy = SimulatedLatencyPolicy(policy, profile)
         self.policy = policy
         info = policy.info
         self.info = info
         self.camera_names = self._camera_mapping(info)
         self.controller, self.profile = build_controller(p, info)
+        self.execution = execution_plan(p, info)
+        if self.execution.note:
+            self.get_logger().warning(f"chunk_execution {p.chunk_execution}: {self.execution.note}")
         self.joint_names = tuple(self.profile.joint_names)
         self.finger_names = tuple(self.profile.gripper_joint_names)
         self.use_gripper_state = len(info.state_names) == len(self.joint_names) + 1
@@ -77,50 +203,117 @@ class PolicyNode(Node):
             watchdog=self.controller.config.watchdog,  # the controller's watchdog judges both
             limits=FreshnessLimits(max_skew_s=p.max_skew),
         )
-        self._lock = threading.Lock()  # listeners, counters shared between threads
-        self._instruction_lock = threading.Lock()  # keeps controller and worker epochs in the same order
-        self._listeners: list[Callable[[str, str], None]] = []
-        self._rejections: dict[str, int] = {}
-        self._last_reject_log: dict[tuple[str, str], float] = {}
-        self._last_inference_error = ""
         self.tick_durations = RollingStats(1000)  # s, compute time of each stream tick
         self._rt_applied = False
         self._last_state: Any = None  # controller state of the previous tick
+        self.worker = self._make_worker()
+        self._make_publishers()
+        self._make_subscriptions()
+        self.get_logger().info(
+            f"model {info.model_id} ({info.backend}): cameras {list(self.camera_names)} <- "
+            f"{list(p.camera_topics)}, horizon {info.horizon} x {info.action_dim}, dt {info.dt} s; "
+            f"output {p.output_mode} at {p.control_rate} Hz; chunk execution {self.execution.strategy}"
+        )
+        self.get_logger().info("warming up the policy")
+        self.policy.warmup()
+        self._run_self_check()
+        self.loop = build_loop(p, self._tick, self._on_tick_error)
+        self._attach_interfaces()  # before any thread runs: a failure here leaves nothing behind
+        self._configured = True
+        # Everything built so far lives while configured: freezing it keeps the garbage collector's full
+        # passes short (they hold the GIL; a 24 ms stall in a stream trace went away with this).
+        gc.collect()
+        gc.freeze()
 
-        self.worker = InferenceWorker(
+    def _make_worker(self) -> InferenceWorker:
+        return InferenceWorker(
             predict=self.policy.predict,
             observe=self.observations.freshest,
             on_chunk=self._on_chunk,
             on_error=self._on_inference_error,
-            expected_shape=(info.horizon, info.action_dim),
-            timeout_s=p.inference_timeout,
+            expected_shape=(self.info.horizon, self.info.action_dim),
+            timeout_s=self.params.inference_timeout,
+            prefix=self._rtc_prefix if self.execution.rtc else None,
         )
-        self._make_publishers()
-        self._make_subscriptions()
-        self._status_timer = self.create_timer(1.0 / p.status_rate, self._publish_status)
-        self._diag_every = max(1, round(p.status_rate))
-        self._status_count = 0
 
-        self.get_logger().info(
-            f"model {info.model_id} ({info.backend}): cameras {list(self.camera_names)} <- "
-            f"{list(p.camera_topics)}, horizon {info.horizon} x {info.action_dim}, dt {info.dt} s; "
-            f"output {p.output_mode} at {p.control_rate} Hz"
+    def _run_self_check(self) -> None:
+        """A prediction on a synthetic observation (control/self_check.py); a failure fails configure."""
+        state = self.profile.ready_pose.astype(np.float64)
+        if self.use_gripper_state:
+            state = np.append(state, self.profile.max_gripper_width)
+        result = run_self_check(
+            self.policy.predict,
+            synthetic_images(self.camera_names, self.info.image_size),
+            state,
+            (self.info.horizon, self.info.action_dim),
+            self.controller.layout,
+            self.controller.limits,
         )
-        self.get_logger().info("warming up the policy")
-        self.policy.warmup()
-        self.loop = build_loop(p, self._tick, self._on_tick_error)
-        # Everything built so far lives for the node's lifetime: freezing it keeps the garbage collector's
-        # full passes short (they hold the GIL; a 24 ms stall in a stream trace went away with this).
-        gc.collect()
-        gc.freeze()
-        self._attach_interfaces()  # before any thread runs: a failure here leaves nothing behind
+        self._self_check = result
+        if not result.ok:
+            raise RuntimeError(f"self-check: {result.problem}")
+        self.get_logger().info(
+            f"self-check passed: a chunk of {self.info.horizon} finite actions inside the joint limits in "
+            f"{result.latency_ms:.1f} ms"
+        )
+
+    def _activate(self) -> None:
+        """Start inference and the command stream; a paused instruction (deactivate) resumes."""
+        if self.controller.instruction:
+            self.worker.set_instruction(self.controller.instruction, self.controller.epoch)
         self.worker.start()
         self.loop.start()
-        if p.instruction:
-            ok, why = self.set_instruction(p.instruction)
+        if self._paused_by_deactivate:
+            self._paused_by_deactivate = False
+            self.resume()
+        elif self.params.instruction and not self.controller.instruction:
+            ok, why = self.set_instruction(self.params.instruction)
             if not ok:
-                self.shutdown()
                 raise ParameterError(f"parameter 'instruction': {why}")
+
+    def _streaming(self) -> bool:
+        loop = getattr(self, "loop", None) if self._configured else None
+        return loop is not None and loop.running
+
+    def _deactivate(self) -> None:
+        """Hold, then stop: the stream sends the braking hold (its look-ahead ends at rest, which the arm's
+        controller then keeps) before it stops; a fresh, unstarted worker and loop wait for activate."""
+        if self.controller.pause():
+            self._paused_by_deactivate = True
+            self.get_logger().info("deactivating: holding position")
+        sent = self.loop.ticks
+        deadline = time.monotonic() + HOLD_WAIT_S
+        while self.loop.ticks < sent + 2 and self.loop.running and time.monotonic() < deadline:
+            time.sleep(self.params.period_s / 2)  # two ticks: the last message sent is the hold's
+        self.loop.stop()
+        self.worker.stop(timeout_s=2.0)
+        self.worker = self._make_worker()
+        self.loop = build_loop(self.params, self._tick, self._on_tick_error)
+
+    def _release(self) -> None:
+        """Back to unconfigured: stop what runs, close the interfaces and the inference process, destroy
+        every ROS entity made since configure (and the poll node). Safe at any point of a configure."""
+        self._configured = False
+        interfaces = self.__dict__.pop("interfaces", None)
+        if interfaces is not None:
+            interfaces.close()
+        loop = self.__dict__.pop("loop", None)
+        if loop is not None:
+            loop.stop()
+        worker = self.__dict__.pop("worker", None)
+        if worker is not None:
+            worker.stop(timeout_s=2.0)
+        policy = self.__dict__.pop("policy", None)
+        close = getattr(policy, "close", None)
+        if close is not None and self._owns_policy:
+            close()  # the inference process (ProcessPolicy) and its shared memory file
+        _destroy_new_entities(self, self._configured_entities)
+        self._configured_entities = {}
+        poll_node, self._poll_node = self._poll_node, None
+        if poll_node is not None:
+            poll_node.destroy_node()
+        self._camera_pollers, self._joint_poller = [], None
+        self._paused_by_deactivate = False
 
     # -- setup --------------------------------------------------------------------------------------------
 
@@ -140,8 +333,7 @@ class PolicyNode(Node):
         return tuple(names)
 
     def _make_publishers(self) -> None:
-        from apt_msgs.msg import ActionChunk, PolicyStatus
-        from diagnostic_msgs.msg import DiagnosticArray
+        from apt_msgs.msg import ActionChunk
 
         p = self.params
         self.arm_output: TrajectoryOutput | PositionOutput | None = None
@@ -155,22 +347,26 @@ class PolicyNode(Node):
         # The interfaces module may replace this (franka_gripper actions); called with (width_m, now_s).
         self.gripper_sink: Callable[[float, float], object] | None = self.gripper_output
         self._chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", EVENTS)
+        self._chunk_msg_type = ActionChunk
+
+    def _make_status_outputs(self) -> None:
+        """~/status and /diagnostics: in every lifecycle state (they report it)."""
+        from apt_msgs.msg import PolicyStatus
+        from diagnostic_msgs.msg import DiagnosticArray
+
         self._status_pub = self.create_publisher(PolicyStatus, "~/status", EVENTS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", EVENTS)
-        self._chunk_msg_type, self._status_msg_type = ActionChunk, PolicyStatus
+        self._status_msg_type = PolicyStatus
 
     def _make_subscriptions(self) -> None:
         from sensor_msgs.msg import CompressedImage, Image, JointState
         from std_msgs.msg import String
 
         p = self.params
-        self._poll_node: Node | None = None
         poll_node: Node = self  # replaced by the poll node when polling is on (only then used)
         if p.poll_joint_states or p.poll_cameras:  # read by the stream thread (see ros/polling.py)
-            poll_node = self._poll_node = rclpy.create_node(
-                f"{NODE_NAME}_poll", context=self.context, start_parameter_services=False
-            )
-        self._camera_pollers: list[tuple[Callable[[Any], None], PolledSubscription]] = []
+            poll_node = self._poll_node = helper_node(self, "poll")  # survives a launch file's name=
+        self._camera_pollers = []
         for name, topic in zip(self.camera_names, p.camera_topics, strict=True):
             compressed = topic.rstrip("/").endswith("/compressed")
             msg_type = CompressedImage if compressed else Image
@@ -182,7 +378,7 @@ class PolicyNode(Node):
                 self._camera_pollers.append((callback, poller))
             else:
                 self.create_subscription(msg_type, topic, callback, SENSOR, raw=not compressed)
-        self._joint_poller: PolledSubscription | None = None
+        self._joint_poller = None
         if p.poll_joint_states:
             self._joint_poller = PolledSubscription(poll_node, JointState, p.joint_states_topic, SENSOR)
         else:
@@ -190,6 +386,43 @@ class PolicyNode(Node):
         if self.use_gripper_state:
             self.create_subscription(JointState, p.gripper_states_topic, self._on_gripper_state, SENSOR)
         self.create_subscription(String, "~/instruction", self._on_instruction_msg, EVENTS)
+
+    def _on_set_parameters(self, parameters: list[Any]) -> Any:
+        """Validate and apply a run-time parameter change (all or nothing); refusals carry the reason."""
+        from rcl_interfaces.msg import SetParametersResult
+
+        # Parameters of others (the interfaces declaring theirs, rclpy's own) are theirs to check; read-only
+        # ones are refused by rclpy before this callback.
+        changes = {p.name: p.value for p in parameters if p.name in NODE_PARAMETER_NAMES}
+        if not self._parameters_ready:
+            return SetParametersResult(successful=True)  # still declaring (interfaces)
+        if any(p.name == "use_sim_time" for p in parameters):
+            reason = (
+                "use_sim_time cannot change at run time: the command stream runs on the monotonic clock and "
+                "stamps on the ROS clock chosen at start; restart the node with it set"
+            )
+            self.get_logger().warning(f"parameter change refused: {reason}")
+            return SetParametersResult(successful=False, reason=reason)
+        if not changes:
+            return SetParametersResult(successful=True)
+        configured = self._configured
+        try:
+            moving = configured and self.controller.state == ControllerState.RUNNING
+            new = check_update(self.params, changes, moving=moving)
+            if configured:
+                config, _ = controller_config(new, self.info, self.profile)
+        except ParameterError as exc:
+            self.get_logger().warning(f"parameter change refused: {exc}")
+            return SetParametersResult(successful=False, reason=str(exc))
+        problem = self.controller.reconfigure(config) if configured else None
+        if problem is not None:
+            self.get_logger().warning(f"parameter change refused: {problem}")
+            return SetParametersResult(successful=False, reason=problem)
+        old, self.params = self.params, new
+        for name in changes:
+            attr = name
+            self.get_logger().info(f"parameter {name}: {getattr(old, attr)!r} -> {getattr(new, attr)!r}")
+        return SetParametersResult(successful=True)
 
     def _attach_interfaces(self) -> None:
         """Services, the FollowInstruction action, the gripper output and in-process cameras."""
@@ -269,16 +502,10 @@ class PolicyNode(Node):
 
     def set_instruction(self, text: str) -> tuple[bool, str]:
         """Follow ``text`` from now on (pre-empts the current instruction). Returns (accepted, message)."""
-        if not isinstance(text, str):
-            return False, "instruction must be a string"
-        size = len(text.encode("utf-8", errors="replace"))
-        if size > self.params.max_instruction_bytes:
-            return False, f"instruction is {size} bytes, the limit is {self.params.max_instruction_bytes}"
+        problem = instruction_problem(text, self.params.max_instruction_bytes)
+        if problem:
+            return False, problem
         text = text.strip()
-        if not text:
-            return False, "instruction is empty (use ~/stop to stop)"
-        if not text.isprintable():
-            return False, "instruction contains control characters"
         with self._instruction_lock:
             old = self.controller.instruction
             try:
@@ -286,8 +513,16 @@ class PolicyNode(Node):
             except ValueError as exc:
                 return False, str(exc)
             self.worker.set_instruction(text, epoch)
-        self.get_logger().info(f"instruction: {text!r} (epoch {epoch})")
+            paused = self.controller.state == ControllerState.PAUSED
+        self.get_logger().info(f"instruction: {text!r} (epoch {epoch})" + (" while paused" if paused else ""))
         self._notify(old, text)
+        if paused:  # nothing moves until resume: say so rather than "following"
+            return True, f"accepted {text!r} while paused: holding until ~/resume, then following it"
+        if not self._streaming():
+            return (
+                True,
+                f"accepted {text!r}: not streaming (lifecycle {self.lifecycle_state}); followed on activate",
+            )
         return True, f"following {text!r}"
 
     def pause(self) -> tuple[bool, str]:
@@ -343,7 +578,34 @@ class PolicyNode(Node):
             self._listeners.append(callback)
 
     def status_snapshot(self) -> dict[str, Any]:
-        """State (apt_msgs/PolicyStatus constant), instruction, counters, last fault."""
+        """State (apt_msgs/PolicyStatus constant), instruction, counters, last fault, lifecycle state and
+        self-check. Unconfigured (nothing loaded): IDLE, zero counters, ``last_fault`` saying why."""
+        lifecycle = self._lifecycle_fields()
+        if not self._configured:
+            return {**_UNCONFIGURED_SNAPSHOT, "last_fault": lifecycle["lifecycle_reason"], **lifecycle}
+        snap = self._configured_snapshot()
+        snap.update(lifecycle)
+        if lifecycle["lifecycle_state"] != "active" and not snap["last_fault"]:
+            snap["last_fault"] = lifecycle["lifecycle_reason"]
+        return snap
+
+    def _lifecycle_fields(self) -> dict[str, Any]:
+        state = self.lifecycle_state
+        check = self._self_check
+        error = self._transition_error
+        reason = {"unconfigured": "lifecycle unconfigured: no model loaded, not streaming"}.get(
+            state, f"lifecycle {state}: not streaming" if state != "active" else ""
+        )
+        if error is not None:
+            reason = f"{reason} (last transition failed: {type(error).__name__}: {error})".strip()
+        return {
+            "lifecycle_state": state,
+            "lifecycle_reason": reason,
+            "self_check": "not run" if check is None else ("passed" if check.ok else check.problem),
+            "self_check_ms": float("nan") if check is None else check.latency_ms,
+        }
+
+    def _configured_snapshot(self) -> dict[str, Any]:
         st = self.controller.status()
         lat = np.array(self.worker.latencies_s) * 1e3
         snap: dict[str, Any] = {
@@ -373,6 +635,10 @@ class PolicyNode(Node):
             "tick_lateness_p99_ms": self.loop.jitter.p99 * 1e3,
             "send_lateness_p99_ms": self.loop.send_lateness.p99 * 1e3,
             "tick_compute_p99_ms": self.tick_durations.p99 * 1e3,
+            "backend": self.info.backend,
+            "model_id": self.info.model_id,
+            "chunk_execution": self.execution.strategy,
+            **self.controller.chunking_status(),
         }
         with self._lock:
             snap["rejected_inputs"] = dict(self._rejections)
@@ -380,6 +646,10 @@ class PolicyNode(Node):
         return snap
 
     # -- worker callbacks (inference thread) --------------------------------------------------------------
+
+    def _rtc_prefix(self, obs: Any) -> np.ndarray | None:
+        """The committed prefix for this observation (real-time chunking; decided by the controller)."""
+        return self.controller.rtc_prefix(obs.t_obs, obs.state, self.info.action_dim)
 
     def _on_chunk(self, result: ChunkResult) -> None:
         decision = self.controller.on_chunk(result, time.monotonic())
@@ -534,8 +804,8 @@ class PolicyNode(Node):
         conversions.s_to_stamp(self.get_clock().now().nanoseconds * 1e-9, msg.header.stamp)
         msg.state = int(snap["state"])
         msg.instruction = snap["instruction"]
-        msg.backend = self.info.backend
-        msg.model_id = self.info.model_id
+        msg.backend = snap["backend"]
+        msg.model_id = snap["model_id"]
         msg.inference_latency_p50_ms = _f32(snap["inference_p50_ms"])
         msg.inference_latency_p99_ms = _f32(snap["inference_p99_ms"])
         msg.control_rate_hz = _f32(snap["control_rate_hz"])
@@ -554,18 +824,35 @@ class PolicyNode(Node):
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
         status = DiagnosticStatus(
-            name=f"{self.get_fully_qualified_name()}: policy", hardware_id=self.info.model_id
+            name=f"{self.get_fully_qualified_name()}: policy", hardware_id=str(snap["model_id"])
         )
         state = int(snap["state"])
         from apt_msgs.msg import PolicyStatus
 
-        if state == PolicyStatus.FAULT:
+        if snap["lifecycle_state"] != "active":  # not streaming: say why (a failed transition is an error)
+            failed = self._transition_error is not None
+            status.level = DiagnosticStatus.ERROR if failed else DiagnosticStatus.OK
+            status.message = snap["lifecycle_reason"]
+        elif state == PolicyStatus.FAULT:
             status.level, status.message = DiagnosticStatus.ERROR, f"FAULT: {snap.get('last_fault', '')}"
         elif state == PolicyStatus.HOLDING:
             status.level, status.message = DiagnosticStatus.WARN, f"HOLDING: {snap.get('last_fault', '')}"
         else:
             status.level = DiagnosticStatus.OK
             status.message = {PolicyStatus.IDLE: "idle", PolicyStatus.RUNNING: "running"}.get(state, "paused")
+        trained_max = int(snap.get("rtc_trained_max_delay", 0))
+        if (
+            self._configured
+            and self.execution.rtc
+            and trained_max > 0
+            and int(snap.get("delay_last_actions", 0)) > trained_max
+        ):
+            if status.level == DiagnosticStatus.OK:
+                status.level = DiagnosticStatus.WARN
+            status.message += (
+                f"; inference delay {snap['delay_last_actions']} actions exceeds the model's trained maximum"
+                f" {trained_max} (real-time chunking)"
+            )
         flat = {k: v for k, v in snap.items() if not isinstance(v, dict)}
         flat.update({f"rejected {k}": v for k, v in snap["rejected_inputs"].items()})
         for limit, per_joint in snap["interventions_by_limit"].items():
@@ -578,25 +865,92 @@ class PolicyNode(Node):
     # -- shutdown -----------------------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        """Stop the interfaces, the stream (the JTC keeps its last target and ends at rest), the worker."""
-        interfaces = getattr(self, "interfaces", None)
-        if interfaces is not None:
-            interfaces.close()
-        loop = getattr(self, "loop", None)
-        if loop is not None:
-            loop.stop()
-        worker = getattr(self, "worker", None)
-        if worker is not None:
-            worker.stop(timeout_s=2.0)
-        close = getattr(getattr(self, "policy", None), "close", None)
-        if close is not None and getattr(self, "_owns_policy", False):
-            close()  # the inference process (ProcessPolicy)
+        """The lifecycle shutdown from any primary state (idempotent): hold and stop the stream if it runs
+        (the arm's controller keeps the final look-ahead, which ends at rest), then release everything."""
+        if self.lifecycle_state in ("unconfigured", "inactive", "active"):
+            self.trigger_shutdown()
 
     def destroy_node(self) -> None:
-        poll_node = getattr(self, "_poll_node", None)
-        if poll_node is not None:
-            poll_node.destroy_node()
+        if self._poll_node is not None:  # a node destroyed without its shutdown transition
+            self._poll_node.destroy_node()
+            self._poll_node = None
         super().destroy_node()
+
+
+def instruction_problem(text: Any, max_bytes: int) -> str:
+    """Why ``text`` cannot be an instruction (empty string when it can)."""
+    if not isinstance(text, str):
+        return "instruction must be a string"
+    size = len(text.encode("utf-8", errors="replace"))
+    if size > max_bytes:
+        return f"instruction is {size} bytes, the limit is {max_bytes}"
+    text = text.strip()
+    if not text:
+        return "instruction is empty (use ~/stop to stop)"
+    if not text.isprintable():
+        return "instruction contains control characters"
+    return ""
+
+
+_ENTITY_KINDS = ("publishers", "subscriptions", "clients", "services", "timers", "guards", "waitables")
+
+
+def _entities(node: Node) -> dict[str, set[Any]]:
+    """The node's ROS entities by kind (to tell which ones a configure made)."""
+    return {kind: set(getattr(node, kind)) for kind in _ENTITY_KINDS}
+
+
+def _destroy_new_entities(node: Node, before: dict[str, set[Any]]) -> None:
+    """Destroy the entities ``node`` has now that it did not have in ``before`` (nothing when empty)."""
+    if not before:
+        return
+    destroy: dict[str, Callable[[Any], Any]] = {
+        "publishers": node.destroy_publisher,
+        "subscriptions": node.destroy_subscription,
+        "clients": node.destroy_client,
+        "services": node.destroy_service,
+        "timers": node.destroy_timer,
+        "guards": node.destroy_guard_condition,
+    }
+    for kind in _ENTITY_KINDS:
+        for entity in set(getattr(node, kind)) - before.get(kind, set()):
+            if kind == "waitables":  # action servers and clients
+                entity.destroy()
+                with contextlib.suppress(ValueError):
+                    node.remove_waitable(entity)
+            else:
+                destroy[kind](entity)
+
+
+_UNCONFIGURED_SNAPSHOT: dict[str, Any] = {
+    "state": 0,  # apt_msgs/PolicyStatus IDLE
+    "state_name": "IDLE",
+    "reason": "",
+    "instruction": "",
+    "epoch": 0,
+    "actions_left": 0,
+    "chunks_executed": 0,
+    "chunks_refused": 0,
+    "last_refusal": "",
+    "safety_interventions": 0,
+    "interventions_by_limit": {},
+    "chunks_produced": 0,
+    "chunks_discarded": 0,
+    "inference_failures": 0,
+    "inference_p50_ms": float("nan"),
+    "inference_p99_ms": float("nan"),
+    "ticks": 0,
+    "missed_ticks": 0,
+    "control_rate_hz": 0.0,
+    "tick_errors": 0,
+    "tick_lateness_p99_ms": float("nan"),
+    "send_lateness_p99_ms": float("nan"),
+    "tick_compute_p99_ms": float("nan"),
+    "backend": "",
+    "model_id": "",
+    "rejected_inputs": {},
+    "last_inference_error": "",
+}
 
 
 def _compressed_to_rgb(msg: Any) -> tuple[np.ndarray, float]:
@@ -605,22 +959,8 @@ def _compressed_to_rgb(msg: Any) -> tuple[np.ndarray, float]:
 
 
 def _raw_image_to_rgb(raw: bytes) -> tuple[np.ndarray, float]:
-    """A serialised sensor_msgs/Image -> (RGB view on ``raw``, header stamp in s). Encodings that need
-    cv_bridge, and serialisations image_cdr does not read, go through rclpy's deserialisation."""
-    try:
-        view = image_cdr.parse_image(raw)
-        if view.encoding.lower() in conversions.DIRECT_ENCODINGS:
-            return conversions.image_to_rgb(view), view.stamp_s
-    except image_cdr.CdrError:
-        pass
-    from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import Image
-
-    try:
-        msg = deserialize_message(raw, Image)
-    except Exception as exc:  # rclpy raises a bare RuntimeError-like error for malformed bytes
-        raise conversions.ConversionError(f"not a sensor_msgs/Image: {exc}") from None
-    return conversions.image_to_rgb(msg), conversions.stamp_to_s(msg.header.stamp)
+    """A serialised sensor_msgs/Image -> (RGB, header stamp in s); see conversions.raw_image_to_rgb."""
+    return conversions.raw_image_to_rgb(raw)
 
 
 def _load_policy(p: NodeParams) -> Any:
@@ -646,7 +986,23 @@ def _f32(value: float) -> float:
 def main(args: list[str] | None = None) -> int:
     """Entry point (``apt-policy-node``, ``ros2 run apt_policy policy_node``); handles --ros-args."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    return spin_node(PolicyNode, "apt_policy", args, parameter_errors=(ParameterError,), report_errors=True)
+    return spin_node(
+        make_policy_node, "apt_policy", args, parameter_errors=(ParameterError,), report_errors=True
+    )
+
+
+def make_policy_node(policy: Any = None, **node_kwargs: Any) -> PolicyNode:
+    """A :class:`PolicyNode`, configured and activated when its ``autostart`` parameter is true (the
+    executables' start); a failed step shuts it down and raises why."""
+    node = PolicyNode(policy, **node_kwargs)
+    if node.params.autostart:
+        try:
+            node.autostart()
+        except BaseException:
+            node.shutdown()
+            node.destroy_node()
+            raise
+    return node
 
 
 if __name__ == "__main__":

@@ -17,11 +17,30 @@ the wait set of ``rclpy.wait_for_message`` (rclpy/wait_for_message.py).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import rclpy
 from rclpy.node import Node
+
+
+def helper_node(parent: Node, suffix: str) -> Node:
+    """A second node in ``parent``'s process, named ``<parent's name>_<suffix>`` in its namespace.
+
+    A launch file's ``name=`` becomes ``--ros-args -r __node:=NAME``, a global rule that renames every node
+    of the process: the helper would get the parent's name, and the graph would list that name twice. A
+    node-local ``__node`` rule (local arguments win over global ones in rcl) keeps the helper's own name,
+    while the global topic and namespace remappings still apply to its subscriptions.
+    """
+    name = f"{parent.get_name()}_{suffix}"
+    return rclpy.create_node(
+        name,
+        context=parent.context,
+        cli_args=["--ros-args", "-r", f"__node:={name}"],
+        start_parameter_services=False,
+    )
 
 
 class PolledSubscription:
@@ -73,6 +92,7 @@ class SubscriptionReceiver:
 
     def run(self, poll_s: float = 0.5) -> None:
         """Receive until :meth:`stop` (checks the context every ``poll_s`` s)."""
+        from rclpy.exceptions import InvalidHandle
         from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
 
         context = self._node.context
@@ -81,16 +101,26 @@ class SubscriptionReceiver:
         wait_set = _rclpy.WaitSet(len(self._entries), 1, 0, 0, 0, 0, handle)
         timeout_ns = int(poll_s * 1e9)
         while not self._stop.is_set() and context.ok():
-            wait_set.clear_entities()
-            for sub, _ in self._entries:
-                wait_set.add_subscription(sub.handle)
-            wait_set.add_guard_condition(self._wake.handle)
-            wait_set.wait(timeout_ns)
-            ready = wait_set.get_ready_entities("subscription")
-            for sub, handler in self._entries:
-                if sub.handle.pointer in ready:
-                    for msg, info in take_all(sub):
-                        handler(msg, info)
+            # Hold every handle while waiting and taking, as rclpy's executors do: a context shutdown
+            # destroys the node's entities from another thread, and rcl would free a subscription this wait
+            # still uses (a segmentation fault seen under load); held handles are destroyed when released.
+            with contextlib.ExitStack() as held:
+                try:
+                    for sub, _ in self._entries:
+                        held.enter_context(sub.handle)
+                    held.enter_context(self._wake.handle)
+                except InvalidHandle:
+                    return  # destroyed already: the node or context is going away
+                wait_set.clear_entities()
+                for sub, _ in self._entries:
+                    wait_set.add_subscription(sub.handle)
+                wait_set.add_guard_condition(self._wake.handle)
+                wait_set.wait(timeout_ns)
+                ready = wait_set.get_ready_entities("subscription")
+                for sub, handler in self._entries:
+                    if sub.handle.pointer in ready:
+                        for msg, info in take_all(sub):
+                            handler(msg, info)
 
     def stop(self) -> None:
         """End :meth:`run` (from any thread)."""

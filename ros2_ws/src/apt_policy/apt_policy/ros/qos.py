@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-__all__ = ["COMMANDS", "EVENTS", "LATCHED", "SENSOR"]
+__all__ = ["COMMANDS", "EVENTS", "LATCHED", "SENSOR", "SERVICES", "SERVICE_QUEUE_DEPTH"]
 
 # Status, chunks, diagnostics, commands to the simulated arm: every message matters, a short queue.
 EVENTS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
@@ -21,6 +21,17 @@ LATCHED = QoSProfile(
 COMMANDS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     depth=1,
+    reliability=ReliabilityPolicy.RELIABLE,
+    durability=DurabilityPolicy.VOLATILE,
+)
+# Services and the action's services (requests and replies): a burst of calls must all be answered. rclpy's
+# default (keep last 10) lets requests that arrive before the executor takes them overwrite each other, so a
+# client waits for a reply that never comes (200 calls at once: 153 unanswered). A client sending bursts needs
+# the same depth for its replies.
+SERVICE_QUEUE_DEPTH = 1000
+SERVICES = QoSProfile(
+    history=HistoryPolicy.KEEP_LAST,
+    depth=SERVICE_QUEUE_DEPTH,
     reliability=ReliabilityPolicy.RELIABLE,
     durability=DurabilityPolicy.VOLATILE,
 )

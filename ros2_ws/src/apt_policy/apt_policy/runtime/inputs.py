@@ -22,13 +22,17 @@ from .policy import InferenceError
 @dataclass(frozen=True)
 class ModelInputs:
     """Batch-of-one graph inputs: pixel_values [1, n_cam, 3, H, W] f32, input_ids / text_mask [1, T] i64,
-    state [1, state_dim] f32 (normalised), noise [1, horizon, action_dim] f32."""
+    state [1, state_dim] f32 (normalised), noise [1, horizon, action_dim] f32, and the real-time-chunking
+    action prefix [1, horizon, action_dim] f32 (normalised, zero after the first prefix_len rows) with
+    prefix_len [1] i64 (0: no prefix)."""
 
     pixel_values: np.ndarray
     input_ids: np.ndarray
     text_mask: np.ndarray
     state: np.ndarray
     noise: np.ndarray
+    prefix: np.ndarray
+    prefix_len: np.ndarray
 
 
 class ObservationEncoder:
@@ -46,6 +50,8 @@ class ObservationEncoder:
         self.noise_shape = (1, config.horizon, config.action_dim)
         self._state = np.empty((1, config.state_dim), dtype=np.float32)
         self._noise = np.empty(self.noise_shape, dtype=np.float32)
+        self._prefix = np.zeros(self.noise_shape, dtype=np.float32)
+        self._prefix_len = np.zeros((1,), dtype=np.int64)
         self._rng = np.random.default_rng(seed)
 
     @classmethod
@@ -65,8 +71,12 @@ class ObservationEncoder:
         state: np.ndarray,
         instruction: str,
         noise: np.ndarray | None = None,
+        prefix: np.ndarray | None = None,
     ) -> ModelInputs:
-        """Validate and convert one observation; raises PreprocessError naming the bad input."""
+        """Validate and convert one observation; raises PreprocessError naming the bad input.
+
+        ``prefix``: (d, action_dim) committed actions in robot units, 0 <= d <= horizon (None: d = 0),
+        normalised with the action statistics."""
         pixel_values = self.images(images)
         input_ids, text_mask = self.tokenizer(instruction)
         state = np.asarray(state)
@@ -88,7 +98,28 @@ class ObservationEncoder:
             if not np.all(np.isfinite(noise)):
                 raise PreprocessError("noise contains non-finite values")
             self._noise[...] = noise.reshape(self.noise_shape)
-        return ModelInputs(pixel_values, input_ids, text_mask, self._state, self._noise)
+        self._encode_prefix(prefix)
+        return ModelInputs(
+            pixel_values, input_ids, text_mask, self._state, self._noise, self._prefix, self._prefix_len
+        )
+
+    def _encode_prefix(self, prefix: np.ndarray | None) -> None:
+        horizon, action_dim = self.noise_shape[1:]
+        self._prefix.fill(0.0)
+        if prefix is None:
+            self._prefix_len[0] = 0
+            return
+        prefix = np.asarray(prefix)
+        if prefix.ndim != 2 or prefix.shape[1] != action_dim or prefix.shape[0] > horizon:
+            raise PreprocessError(
+                f"prefix has shape {prefix.shape}, expected (d, {action_dim}), 0 <= d <= horizon {horizon}"
+            )
+        if not np.issubdtype(prefix.dtype, np.number) or not np.all(np.isfinite(prefix)):
+            raise PreprocessError("prefix contains non-finite or non-numeric values")
+        d = prefix.shape[0]
+        if d:
+            self._prefix[0, :d] = self.normalizer.normalize_actions(prefix.astype(np.float32))
+        self._prefix_len[0] = d
 
     def decode(self, normalized_actions: np.ndarray) -> np.ndarray:
         """[1, horizon, action_dim] normalised -> fresh (horizon, action_dim) float32 in robot units."""

@@ -18,6 +18,9 @@ MANIFEST_NAME = "manifest.json"
 FORMAT = "apt-policy-export"
 FORMAT_VERSION = 1
 GRAPH_NAMES = ("prefix", "denoiser", "sampler")
+# real-time chunking inputs (exports made before RTC lack them): sampler / denoiser
+RTC_SAMPLER_INPUTS = ("prefix", "prefix_len", "rtc_trained")
+RTC_DENOISER_INPUTS = ("clean_mask",)
 
 Dim = int | str  # a fixed size, or a symbolic name ("batch") for a dynamic axis
 
@@ -56,13 +59,44 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class OptimizedGraph:
+    """ONNX Runtime's optimised version of a graph, saved at export (same interface as the graph).
+
+    It holds ORT contrib operators (fused norms, GELU, quantised MatMuls), so only ONNX Runtime's CPU
+    provider of the recorded version runs it; anything else (TensorRT, other providers) uses the graph.
+    """
+
+    file: str
+    level: str  # ORT graph optimisation level it was saved at ("extended")
+    onnxruntime_version: str
+    external_data: tuple[str, ...] = ()
+    fusions: dict[str, int] = field(default_factory=dict)  # transformer-optimizer fused operators, if run
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> OptimizedGraph:
+        return cls(
+            file=str(d["file"]),
+            level=str(d["level"]),
+            onnxruntime_version=str(d["onnxruntime_version"]),
+            external_data=tuple(d.get("external_data", ())),
+            fusions={str(k): int(v) for k, v in d.get("fusions", {}).items()},
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["external_data"] = list(self.external_data)
+        return d
+
+
+@dataclass(frozen=True)
 class GraphSpec:
-    """One ONNX graph file (plus its external-data files, if any) and its interface."""
+    """One ONNX graph file (plus its external-data files, if any), its interface and optimised version."""
 
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     external_data: tuple[str, ...] = ()
+    optimized: OptimizedGraph | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GraphSpec:
@@ -71,15 +105,25 @@ class GraphSpec:
             inputs=tuple(TensorSpec.from_dict(x) for x in d["inputs"]),
             outputs=tuple(TensorSpec.from_dict(x) for x in d["outputs"]),
             external_data=tuple(d.get("external_data", ())),
+            optimized=OptimizedGraph.from_dict(d["optimized"]) if d.get("optimized") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "file": self.file,
             "external_data": list(self.external_data),
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
         }
+        if self.optimized is not None:
+            d["optimized"] = self.optimized.to_dict()
+        return d
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file of this graph: the graph, its external data, the optimised graph and its data."""
+        opt = () if self.optimized is None else (self.optimized.file, *self.optimized.external_data)
+        return (self.file, *self.external_data, *opt)
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -129,6 +173,12 @@ class Manifest:
     engines: dict[str, EngineSpec] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
+    @property
+    def rtc_inputs(self) -> bool:
+        """The sampler graph takes the real-time-chunking inputs (``RTC_SAMPLER_INPUTS``)."""
+        sampler = self.graphs.get("sampler")
+        return sampler is not None and all(n in sampler.input_names for n in RTC_SAMPLER_INPUTS)
+
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
             "format": FORMAT,
@@ -161,7 +211,7 @@ class Manifest:
                 f"(supports {FORMAT_VERSION}); re-export with a matching apt-export"
             )
         try:
-            return cls(
+            manifest = cls(
                 model_id=str(d["model_id"]),
                 precision=str(d["precision"]),
                 opset=int(d["opset"]),
@@ -174,8 +224,15 @@ class Manifest:
                 exporter=dict(d.get("exporter", {})),
                 engines={k: EngineSpec.from_dict(e) for k, e in d.get("engines", {}).items()},
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ManifestError(f"malformed manifest: {exc!r}") from exc
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest.files.items()):
+            raise ManifestError("malformed manifest: 'files' must map file names to sha256 strings")
+        if manifest.tokenizer is not None and not isinstance(manifest.tokenizer, str):
+            raise ManifestError(
+                f"malformed manifest: 'tokenizer' must be a file name, not {manifest.tokenizer!r}"
+            )
+        return manifest
 
     def write(self, directory: str | Path) -> Path:
         path = Path(directory) / MANIFEST_NAME
@@ -225,7 +282,7 @@ def load_manifest(directory: str | Path, verify: bool = True) -> Manifest:
     manifest = Manifest.from_dict(raw)
     # An engine dir keeps the graphs' interfaces but not the ONNX files; its engines are hashed instead.
     for name, graph in ({} if manifest.engines else manifest.graphs).items():
-        for f in (graph.file, *graph.external_data):
+        for f in graph.files:
             if f not in manifest.files:
                 raise ManifestError(f"graph {name!r} file {f} has no sha256 in the manifest")
     for name, engine in manifest.engines.items():

@@ -11,7 +11,7 @@ import numpy as np
 
 from .inputs import ObservationEncoder
 from .manifest import Manifest, ManifestError, TensorSpec, load_manifest
-from .policy import GraphPolicy, InferenceError, PolicyInfo
+from .policy import GraphPolicy, InferenceError, PolicyInfo, resolve_rtc_mode
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -47,7 +47,12 @@ class OnnxRuntimePolicy(GraphPolicy):
         intra_op_threads: int = 0,
         seed: int | None = None,
         allow_spinning: bool = True,
+        rtc_mode: str = "auto",
+        use_optimized: bool = True,
     ) -> None:
+        """``intra_op_threads`` 0 = ONNX Runtime's default, one thread per physical core (the graphs run
+        sequentially, so there are no inter-op threads). ``use_optimized``: run the ORT-optimised graphs
+        saved at export (``<graph>.opt.onnx``) when the provider is CPU and ONNX Runtime's version matches."""
         import onnxruntime as ort
 
         self.directory = Path(directory)
@@ -60,18 +65,35 @@ class OnnxRuntimePolicy(GraphPolicy):
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = int(intra_op_threads)
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.inter_op_num_threads = 1
         if not allow_spinning:  # idle worker threads sleep instead of spinning (shared CPUs, benchmarks)
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.providers = choose_providers(ort.get_available_providers(), providers)
+        self.use_optimized = use_optimized and self.providers == ["CPUExecutionProvider"]
+        self._ort_version = ort.__version__
         self._sessions = {name: self._open(ort, name, options) for name in ("prefix", "sampler")}
         self._prefix_outputs = list(self.manifest.graphs["prefix"].output_names)
         self._sampler_inputs = list(self.manifest.graphs["sampler"].input_names)
-        self._info = PolicyInfo.from_config(self.config, self.backend, self.manifest.steps)
+        self._rtc = self.manifest.rtc_inputs
+        mode = resolve_rtc_mode(rtc_mode, self.config)
+        self._info = PolicyInfo.from_config(
+            self.config, self.backend, self.manifest.steps, rtc_inputs=self._rtc, rtc_mode=mode
+        )
+        self._rtc_trained = np.full((1,), 1.0 if mode == "trained" else 0.0, np.float32)
         self._lock = threading.RLock()  # buffers are reused: one prediction at a time (thread-safe)
         self._bind_outputs()
 
+    def graph_file(self, name: str) -> Path:
+        """The file run for graph ``name``: its saved ORT-optimised version where usable, else the graph."""
+        spec = self.manifest.graphs[name]
+        opt = spec.optimized
+        if self.use_optimized and opt is not None and opt.onnxruntime_version == self._ort_version:
+            return self.directory / opt.file
+        return self.directory / spec.file
+
     def _open(self, ort: Any, name: str, options: Any) -> Any:
-        path = self.directory / self.manifest.graphs[name].file
+        path = self.graph_file(name)
         try:
             return ort.InferenceSession(str(path), options, providers=self.providers)
         except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid graphs
@@ -109,9 +131,17 @@ class OnnxRuntimePolicy(GraphPolicy):
         text_mask: np.ndarray,
         state: np.ndarray,
         noise: np.ndarray,
+        prefix: np.ndarray | None = None,
+        prefix_len: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Graphs only: normalised inputs -> normalised actions [B, horizon, action_dim]."""
-        prefix, sampler = self._bindings["prefix"], self._bindings["sampler"]
+        """Graphs only: normalised inputs -> normalised actions [B, horizon, action_dim].
+
+        A sampler with RTC inputs always gets them: a zero prefix of length 0 when none is given (which
+        the graph turns into exactly the prefix-less result)."""
+        has_prefix = prefix_len is not None and int(np.max(prefix_len, initial=0)) > 0
+        if has_prefix and not self._rtc:
+            raise InferenceError(f"{self.directory}: the sampler graph has no real-time-chunking inputs")
+        prefix_io, sampler = self._bindings["prefix"], self._bindings["sampler"]
         with self._lock:
             try:
                 for name, value in (
@@ -119,14 +149,21 @@ class OnnxRuntimePolicy(GraphPolicy):
                     ("input_ids", input_ids),
                     ("text_mask", text_mask),
                 ):
-                    prefix.bind_cpu_input(name, np.ascontiguousarray(value))
-                self._sessions["prefix"].run_with_iobinding(prefix)
+                    prefix_io.bind_cpu_input(name, np.ascontiguousarray(value))
+                self._sessions["prefix"].run_with_iobinding(prefix_io)
                 if self._device == "cuda":
-                    for name, value in zip(self._prefix_outputs, prefix.get_outputs(), strict=True):
+                    for name, value in zip(self._prefix_outputs, prefix_io.get_outputs(), strict=True):
                         if name in self._sampler_inputs:
                             sampler.bind_ortvalue_input(name, value)
                 sampler.bind_cpu_input("state", np.ascontiguousarray(state))
                 sampler.bind_cpu_input("noise", np.ascontiguousarray(noise))
+                if self._rtc:
+                    if prefix is None or prefix_len is None:
+                        prefix, prefix_len = np.zeros_like(noise), np.zeros((noise.shape[0],), np.int64)
+                    sampler.bind_cpu_input("prefix", np.ascontiguousarray(prefix))
+                    sampler.bind_cpu_input("prefix_len", np.ascontiguousarray(prefix_len))
+                    trained = np.broadcast_to(self._rtc_trained, (noise.shape[0],))
+                    sampler.bind_cpu_input("rtc_trained", np.ascontiguousarray(trained))
                 self._sessions["sampler"].run_with_iobinding(sampler)
             except Exception as exc:  # onnxruntime raises its own exception types for shape/type errors
                 raise InferenceError(f"ONNX Runtime inference failed: {exc}") from exc

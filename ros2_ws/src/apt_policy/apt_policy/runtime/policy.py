@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 
 from ..core.config import ActionSemantics, PolicyConfig
+from ..core.preprocess import PreprocessError
 
 if TYPE_CHECKING:
     from .inputs import ObservationEncoder
@@ -22,6 +23,12 @@ class PolicyInfo:
 
     ``action_semantics`` says how to read an action row (absolute / delta / velocity arm targets, gripper
     mode; see core.config.ActionSemantics); ``dt`` is the time between consecutive actions, seconds.
+
+    Real-time chunking: ``rtc_inputs`` says whether ``predict`` accepts a committed ``prefix`` (False for
+    exports made before RTC: they run, but refuse a prefix); ``rtc_max_delay`` is the largest prefix
+    (actions) the model was trained with (0: not trained for RTC, training-free hard prefix only);
+    ``rtc_mode`` is how this policy uses a prefix: "trained" (prefix rows given clean, needs
+    ``rtc_max_delay`` > 0) or "training_free" (hard prefix); chosen at load (``rtc_mode=`` option).
     """
 
     backend: str
@@ -36,9 +43,19 @@ class PolicyInfo:
     action_semantics: ActionSemantics
     steps: int  # flow-matching integration steps per prediction
     noise_scale: float = 1.0  # std of the initial flow noise the policy draws (0: deterministic)
+    rtc_inputs: bool = False  # predict accepts a committed action prefix
+    rtc_max_delay: int = 0  # trained maximum prefix length in actions (0: training-free only)
+    rtc_mode: str = "training_free"  # how a prefix is used: "trained" or "training_free"
 
     @classmethod
-    def from_config(cls, config: PolicyConfig, backend: str, steps: int | None = None) -> PolicyInfo:
+    def from_config(
+        cls,
+        config: PolicyConfig,
+        backend: str,
+        steps: int | None = None,
+        rtc_inputs: bool = True,
+        rtc_mode: str = "training_free",
+    ) -> PolicyInfo:
         return cls(
             backend=backend,
             model_id=config.model_id,
@@ -52,12 +69,38 @@ class PolicyInfo:
             action_semantics=config.action_semantics,
             steps=int(steps if steps is not None else config.sampling_steps),
             noise_scale=float(config.noise_scale),
+            rtc_inputs=bool(rtc_inputs),
+            rtc_max_delay=int(config.rtc_max_delay),
+            rtc_mode=rtc_mode,
         )
+
+
+RTC_MODES = ("auto", "trained", "training_free")
+
+
+def resolve_rtc_mode(requested: str, config: PolicyConfig) -> str:
+    """The RTC mode a policy uses: "auto" is "trained" for a model trained for RTC (``rtc_max_delay`` > 0),
+    else "training_free"; "trained" on a model not trained for it is refused (ValueError)."""
+    if requested not in RTC_MODES:
+        raise ValueError(f"rtc_mode must be one of {RTC_MODES}, got {requested!r}")
+    if requested == "auto":
+        return "trained" if config.rtc_max_delay > 0 else "training_free"
+    if requested == "trained" and config.rtc_max_delay == 0:
+        raise ValueError(
+            f"rtc_mode='trained' needs a model trained for real-time chunking; {config.model_id} has "
+            "rtc_max_delay 0 (use 'training_free' or 'auto')"
+        )
+    return requested
 
 
 @runtime_checkable
 class Policy(Protocol):
-    """A policy: camera images + robot state + instruction -> an action chunk (horizon, action_dim)."""
+    """A policy: camera images + robot state + instruction -> an action chunk (horizon, action_dim).
+
+    ``prefix`` (real-time chunking): (d, action_dim) actions in robot units, 0 <= d <= horizon, that rows
+    0..d-1 of the returned chunk must equal (the previous chunk's actions that execute before this one
+    takes over, in this chunk's time frame); None or d == 0: no prefix. Only if ``info.rtc_inputs``.
+    """
 
     @property
     def info(self) -> PolicyInfo: ...
@@ -68,6 +111,7 @@ class Policy(Protocol):
         state: np.ndarray,
         instruction: str,
         noise: np.ndarray | None = None,
+        prefix: np.ndarray | None = None,
     ) -> np.ndarray: ...
 
     def warmup(self) -> None: ...
@@ -101,7 +145,11 @@ class GraphPolicy:
         text_mask: np.ndarray,
         state: np.ndarray,
         noise: np.ndarray,
+        prefix: np.ndarray | None = None,
+        prefix_len: np.ndarray | None = None,
     ) -> np.ndarray:
+        """Graph inputs -> normalised actions. ``prefix`` [1, H, A] (normalised) and ``prefix_len`` [1] int64
+        are the real-time-chunking inputs (None or length 0: none), used in ``self.info.rtc_mode``."""
         raise NotImplementedError
 
     def predict(
@@ -110,11 +158,20 @@ class GraphPolicy:
         state: np.ndarray,
         instruction: str,
         noise: np.ndarray | None = None,
+        prefix: np.ndarray | None = None,
     ) -> np.ndarray:
         """(horizon, action_dim) actions in robot units; raises PreprocessError / InferenceError."""
+        if prefix is not None and np.size(prefix) > 0 and not self._info.rtc_inputs:
+            raise PreprocessError(
+                f"{self._info.model_id}: this export takes no action prefix (made before real-time chunking; "
+                "re-export with apt-export onnx). Check info.rtc_inputs before sending one."
+            )
         with self._lock:  # the encoder's and the graphs' buffers are reused: one prediction at a time
-            x = self.encoder.encode(images, state, instruction, noise)
-            return self.encoder.decode(self.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise))
+            x = self.encoder.encode(images, state, instruction, noise, prefix)
+            actions = self.run(
+                x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise, x.prefix, x.prefix_len
+            )
+            return self.encoder.decode(actions)
 
     def warmup(self, iterations: int | None = None) -> None:
         """Run the graphs on synthetic inputs so the first real prediction is not slow."""

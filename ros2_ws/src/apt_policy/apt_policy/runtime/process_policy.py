@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass
 from itertools import count
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -41,6 +42,67 @@ from .policy import InferenceError, PolicyInfo
 
 START_TIMEOUT_S = 300.0  # loading (TensorRT engines, torch) can take a while on a Jetson
 CLOSE_TIMEOUT_S = 5.0
+
+ImageSlot = tuple[str, tuple[int, ...], str, int]  # camera, shape, dtype, byte offset in the arena
+
+
+# ---------------------------------------------------------------------------------- the pipe's messages
+@dataclass(frozen=True)
+class LoadRequest:
+    """First message to the child: what to load (load_policy's arguments)."""
+
+    path: str
+    backend: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    """One prediction: images in the shared arena (path, generation, size, layout), the rest pickled."""
+
+    arena_path: str
+    generation: int
+    arena_size: int
+    layout: list[ImageSlot]
+    state: np.ndarray
+    instruction: str
+    noise: np.ndarray | None = None
+    prefix: np.ndarray | None = None  # (d, action_dim) committed actions for real-time chunking
+
+
+@dataclass(frozen=True)
+class WarmupRequest:
+    """Run the policy's warm-up."""
+
+
+@dataclass(frozen=True)
+class CloseRequest:
+    """Exit the child."""
+
+
+@dataclass(frozen=True)
+class Ready:
+    """The child loaded the policy."""
+
+    info: PolicyInfo
+
+
+@dataclass(frozen=True)
+class Done:
+    """A request succeeded; ``actions`` for a prediction."""
+
+    actions: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A request (or loading) failed in the child; ``message`` says why."""
+
+    message: str
+
+
+Request = LoadRequest | PredictRequest | WarmupRequest | CloseRequest
+Reply = Ready | Done | Failed
 
 
 class ProcessPolicy:
@@ -65,7 +127,7 @@ class ProcessPolicy:
         )
         child_sock.close()
         self._conn = Connection(parent_sock.detach())
-        self._conn.send((str(path), backend, options))
+        self._conn.send(LoadRequest(str(path), backend, dict(options)))
         self._lock = threading.Lock()
         self._broken: str | None = None
         self._arena: _ImageArena | None = None
@@ -74,10 +136,10 @@ class ProcessPolicy:
         except InferenceError:
             self.close()
             raise
-        if reply[0] != "ready":
+        if not isinstance(reply, Ready):
             self.close()
             raise _child_error(reply, "loading the policy")
-        self._info: PolicyInfo = reply[1]
+        self._info: PolicyInfo = reply.info
 
     @property
     def info(self) -> PolicyInfo:
@@ -93,8 +155,10 @@ class ProcessPolicy:
         state: np.ndarray,
         instruction: str,
         noise: np.ndarray | None = None,
+        prefix: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Actions (horizon, action_dim) computed by the child; InferenceError on any failure."""
+        """Actions (horizon, action_dim) computed by the child; InferenceError on any failure (a bad prefix
+        too: the child's PreprocessError comes back as InferenceError with its message)."""
         arrays = {name: np.asarray(img) for name, img in images.items()}
         with self._lock:
             need = sum(a.nbytes for a in arrays.values())
@@ -103,8 +167,7 @@ class ProcessPolicy:
                     self._arena.close()
                 self._arena = _ImageArena(max(need, 1))
             layout = self._arena.put(arrays)
-            request = (
-                "predict",
+            request = PredictRequest(
                 self._arena.path,
                 self._arena.generation,
                 self._arena.size,
@@ -112,12 +175,15 @@ class ProcessPolicy:
                 np.asarray(state),
                 instruction,
                 noise,
+                None if prefix is None else np.asarray(prefix),  # (d, action_dim): small, pickled
             )
             reply = self._call_locked(request, "predict")
-        return reply[1]
+        if reply.actions is None:
+            raise self._fail("a prediction came back without actions")
+        return reply.actions
 
     def warmup(self) -> None:
-        self._call(("warmup",), "warmup")
+        self._call(WarmupRequest(), "warmup")
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         """Ask the child to exit; terminate (then kill) it if it does not within ``timeout_s``.
@@ -129,7 +195,7 @@ class ProcessPolicy:
         try:
             if asked and self._process.poll() is None:
                 with contextlib.suppress(OSError, ValueError):
-                    self._conn.send(("close",))
+                    self._conn.send(CloseRequest())
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self._process.wait(timeout_s)
             for stop in (self._process.terminate, self._process.kill):
@@ -151,11 +217,11 @@ class ProcessPolicy:
 
     # ------------------------------------------------------------------------------------------ protocol
 
-    def _call(self, request: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+    def _call(self, request: Request, what: str) -> Done:
         with self._lock:
             return self._call_locked(request, what)
 
-    def _call_locked(self, request: tuple[Any, ...], what: str) -> tuple[Any, ...]:
+    def _call_locked(self, request: Request, what: str) -> Done:
         """Send ``request`` and wait for the reply (``self._lock`` held by the caller)."""
         if self._broken is not None:
             raise InferenceError(f"inference process unavailable: {self._broken}")
@@ -164,11 +230,11 @@ class ProcessPolicy:
         except (OSError, ValueError) as exc:
             raise self._fail(f"cannot reach it ({exc})") from None
         reply = self._receive(None, what)
-        if reply[0] != "ok":
+        if not isinstance(reply, Done):
             raise _child_error(reply, what)
         return reply
 
-    def _receive(self, timeout_s: float | None, what: str) -> tuple[Any, ...]:
+    def _receive(self, timeout_s: float | None, what: str) -> Reply:
         """The child's next reply. ``timeout_s`` None: wait as long as the child lives."""
         waited = 0.0
         while not self._conn.poll(0.5):
@@ -178,9 +244,12 @@ class ProcessPolicy:
             if timeout_s is not None and waited >= timeout_s:
                 raise self._fail(f"no answer within {timeout_s:.0f} s during {what}")
         try:
-            return self._conn.recv()
+            reply = self._conn.recv()
         except (EOFError, OSError) as exc:
             raise self._fail(f"connection lost during {what} ({type(exc).__name__})") from None
+        if not isinstance(reply, (Ready, Done, Failed)):
+            raise self._fail(f"unexpected reply {type(reply).__name__} during {what}")
+        return reply
 
     def _fail(self, reason: str) -> InferenceError:
         self._broken = reason
@@ -204,7 +273,7 @@ class _ImageArena:
         finally:
             os.close(fd)
 
-    def put(self, arrays: Mapping[str, np.ndarray]) -> list[tuple[str, tuple[int, ...], str, int]]:
+    def put(self, arrays: Mapping[str, np.ndarray]) -> list[ImageSlot]:
         """Copy ``arrays`` in, back to back; returns (name, shape, dtype, offset) per array."""
         layout, offset = [], 0
         for name, arr in arrays.items():
@@ -229,9 +298,7 @@ class _ArenaReader:
         self.generation: int | None = None
         self._map: mmap.mmap | None = None
 
-    def views(
-        self, path: str, generation: int, size: int, layout: list[tuple[str, tuple[int, ...], str, int]]
-    ) -> dict[str, np.ndarray]:
+    def views(self, path: str, generation: int, size: int, layout: list[ImageSlot]) -> dict[str, np.ndarray]:
         if generation != self.generation:
             if self._map is not None:
                 with contextlib.suppress(BufferError):
@@ -247,15 +314,18 @@ class _ArenaReader:
         }
 
 
-def _child_error(reply: tuple[Any, ...], what: str) -> InferenceError:
-    if reply and reply[0] == "error":
-        return InferenceError(f"{what} failed in the inference process: {reply[1]}")
-    return InferenceError(f"{what}: unexpected reply from the inference process: {reply[:1]!r}")
+def _child_error(reply: Reply, what: str) -> InferenceError:
+    if isinstance(reply, Failed):
+        return InferenceError(f"{what} failed in the inference process: {reply.message}")
+    return InferenceError(f"{what}: unexpected reply from the inference process: {type(reply).__name__}")
 
 
 def serve(conn: Connection) -> None:
     """The child: load, say ready (or why not), then answer requests until "close" or a lost parent."""
-    path, backend, options = conn.recv()
+    load = conn.recv()
+    if not isinstance(load, LoadRequest):
+        conn.send(Failed(f"expected a LoadRequest first, got {type(load).__name__}"))
+        return
     if hasattr(os, "sched_setscheduler"):
         # A real-time parent must not make model inference real-time (it would starve the machine).
         with contextlib.suppress(OSError):
@@ -263,29 +333,29 @@ def serve(conn: Connection) -> None:
     from .load import load_policy
 
     try:
-        policy = load_policy(path, backend, **options)
+        policy = load_policy(load.path, load.backend, **load.options)
     except Exception as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        conn.send(Failed(f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", policy.info))
+    conn.send(Ready(policy.info))
     arena = _ArenaReader()
     while True:
         try:
             request = conn.recv()
         except (EOFError, OSError):
             return  # the parent is gone
-        kind = request[0]
-        if kind == "close":
+        if isinstance(request, CloseRequest):
             return
         try:
-            if kind == "predict":
-                _, path, generation, size, layout, state, instruction, noise = request
-                images = arena.views(path, generation, size, layout)
-                conn.send(("ok", np.asarray(policy.predict(images, state, instruction, noise))))
-            elif kind == "warmup":
+            if isinstance(request, PredictRequest):
+                r = request
+                images = arena.views(r.arena_path, r.generation, r.arena_size, r.layout)
+                actions = policy.predict(images, r.state, r.instruction, r.noise, r.prefix)
+                conn.send(Done(np.asarray(actions)))
+            elif isinstance(request, WarmupRequest):
                 policy.warmup()
-                conn.send(("ok",))
+                conn.send(Done())
             else:
-                conn.send(("error", f"unknown request {kind!r}"))
+                conn.send(Failed(f"unknown request {type(request).__name__}"))
         except Exception as exc:  # reported to the caller, the child keeps serving
-            conn.send(("error", f"{type(exc).__name__}: {exc}"))
+            conn.send(Failed(f"{type(exc).__name__}: {exc}"))

@@ -20,13 +20,14 @@ from typing import Any
 import numpy as np
 
 from .inputs import ObservationEncoder
-from .manifest import Manifest, ManifestError, load_manifest
-from .policy import GraphPolicy, InferenceError, PolicyInfo
-from .trt_plan import Buffer, buffer_plan, check_engine_compatible
+from .manifest import RTC_SAMPLER_INPUTS, Manifest, ManifestError, load_manifest
+from .policy import GraphPolicy, InferenceError, PolicyInfo, resolve_rtc_mode
+from .trt_plan import Buffer, buffer_plan, check_engine_compatible, check_host_inputs
 
 log = logging.getLogger(__name__)
 
 ORDER = ("prefix", "sampler")
+FED = ("pixel_values", "input_ids", "text_mask", "state", "noise")  # host inputs run() fills (+ RTC ones)
 INSTALL_HINT = (
     "the TensorRT backend needs TensorRT 10 (`import tensorrt`; JetPack ships it, on x86 install NVIDIA's "
     "tensorrt wheels) and cuda-python (`pip install 'cuda-python>=12'`)"
@@ -84,6 +85,7 @@ class TensorRTPolicy(GraphPolicy):
         device: int = 0,
         use_cuda_graph: bool = True,
         seed: int | None = None,
+        rtc_mode: str = "auto",
     ) -> None:
         self.directory = Path(directory)
         self.manifest = manifest if manifest is not None else load_manifest(self.directory)  # integrity first
@@ -94,7 +96,12 @@ class TensorRTPolicy(GraphPolicy):
             raise ManifestError(f"{self.directory} has no engine for {missing}; run apt-export trt")
         self.encoder = ObservationEncoder.from_manifest(self.directory, self.manifest, seed)
         self.config = self.encoder.config
-        self._info = PolicyInfo.from_config(self.config, self.backend, self.manifest.steps)
+        self._rtc = self.manifest.rtc_inputs  # engines built from a sampler with RTC inputs
+        mode = resolve_rtc_mode(rtc_mode, self.config)
+        self._info = PolicyInfo.from_config(
+            self.config, self.backend, self.manifest.steps, rtc_inputs=self._rtc, rtc_mode=mode
+        )
+        self._rtc_trained = np.full((1,), 1.0 if mode == "trained" else 0.0, np.float32)
 
         cuda_check(cudart.cudaSetDevice(device))
         gpu_name, cc = gpu_identity(cudart, device)
@@ -121,6 +128,10 @@ class TensorRTPolicy(GraphPolicy):
             for spec in (*graphs[g][0], *graphs[g][1])
         }
         self._plan: list[Buffer] = buffer_plan(graphs, ORDER, shapes, outputs=["actions"])
+        try:
+            check_host_inputs(self._plan, (*FED, *(RTC_SAMPLER_INPUTS if self._rtc else ())))
+        except ValueError as exc:
+            raise ManifestError(f"{self.directory}: {exc}") from exc
         self._stream = cuda_check(cudart.cudaStreamCreate())
         self._device: dict[str, int] = {}
         self._host: dict[str, np.ndarray] = {}
@@ -188,8 +199,14 @@ class TensorRTPolicy(GraphPolicy):
         text_mask: np.ndarray,
         state: np.ndarray,
         noise: np.ndarray,
+        prefix: np.ndarray | None = None,
+        prefix_len: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Normalised inputs (batch 1) -> normalised actions [1, horizon, action_dim] (a fresh array)."""
+        """Normalised inputs (batch 1) -> normalised actions [1, horizon, action_dim] (a fresh array).
+
+        Engines with RTC inputs always get them (a zero prefix of length 0 when none is given)."""
+        if prefix_len is not None and int(np.max(prefix_len, initial=0)) > 0 and not self._rtc:
+            raise InferenceError(f"{self.directory}: the sampler engine has no real-time-chunking inputs")
         with self._lock:
             feeds = {
                 "pixel_values": pixel_values,
@@ -198,6 +215,10 @@ class TensorRTPolicy(GraphPolicy):
                 "state": state,
                 "noise": noise,
             }
+            if self._rtc:
+                feeds["prefix"] = np.zeros_like(noise) if prefix is None else prefix
+                feeds["prefix_len"] = np.zeros((1,), np.int64) if prefix_len is None else prefix_len
+                feeds["rtc_trained"] = self._rtc_trained
             for name, value in feeds.items():
                 host = self._host[name]
                 if value.shape != host.shape:

@@ -18,12 +18,14 @@ from ..core.normalize import Normalizer
 from ..model.apt import APTModel
 from ..model.bundle import load_bundle
 from .inputs import ObservationEncoder
-from .policy import GraphPolicy, Policy, PolicyInfo
+from .policy import GraphPolicy, Policy, PolicyInfo, resolve_rtc_mode
 
 
-def load_torch_policy(path: str | Path, seed: int | None = None, device: str = "cpu") -> Policy:
+def load_torch_policy(
+    path: str | Path, seed: int | None = None, device: str = "cpu", rtc_mode: str = "auto"
+) -> Policy:
     """APTPolicy.from_bundle (validates config, weights, norm stats, tokenizer)."""
-    return APTPolicy.from_bundle(path, seed=seed, device=device)
+    return APTPolicy.from_bundle(path, seed=seed, device=device, rtc_mode=rtc_mode)
 
 
 class APTPolicy(GraphPolicy):
@@ -31,7 +33,8 @@ class APTPolicy(GraphPolicy):
 
     ``predict`` and ``warmup`` are the runtime's ``GraphPolicy``: validation, preprocessing, noise and
     (un)normalisation by the same ``ObservationEncoder`` the ONNX Runtime and TensorRT backends use; only
-    running the graphs (:meth:`run`) is torch here.
+    running the graphs (:meth:`run`) is torch here. ``rtc_mode`` ("auto", "trained", "training_free"; see
+    ``runtime.policy.resolve_rtc_mode``) says how a real-time-chunking prefix is used.
     """
 
     warmup_iterations = 1
@@ -43,6 +46,7 @@ class APTPolicy(GraphPolicy):
         tokenizer: str | Path,
         seed: int | None = None,
         device: str = "cpu",
+        rtc_mode: str = "auto",
     ) -> None:
         self.config: PolicyConfig = model.config
         self.model = model.to(device).eval()
@@ -50,13 +54,24 @@ class APTPolicy(GraphPolicy):
         self.normalizer = normalizer
         self.encoder = ObservationEncoder(self.config, normalizer, tokenizer, seed)
         self._lock = threading.Lock()  # the encoder's buffers are reused: one prediction at a time
-        self._info = PolicyInfo.from_config(self.config, backend="torch")
+        mode = resolve_rtc_mode(rtc_mode, self.config)
+        self._info = PolicyInfo.from_config(self.config, backend="torch", rtc_inputs=True, rtc_mode=mode)
+        self._rtc_trained = torch.full((1,), 1.0 if mode == "trained" else 0.0, device=self.device)
 
     @classmethod
-    def from_bundle(cls, path: str | Path, seed: int | None = None, device: str = "cpu") -> APTPolicy:
+    def from_bundle(
+        cls, path: str | Path, seed: int | None = None, device: str = "cpu", rtc_mode: str = "auto"
+    ) -> APTPolicy:
         """Load and validate a bundle directory (see model/bundle.py for the checks)."""
         bundle = load_bundle(path)
-        return cls(bundle.model, bundle.normalizer, bundle.tokenizer_path, seed=seed, device=device)
+        return cls(
+            bundle.model,
+            bundle.normalizer,
+            bundle.tokenizer_path,
+            seed=seed,
+            device=device,
+            rtc_mode=rtc_mode,
+        )
 
     @torch.inference_mode()
     def run(
@@ -66,8 +81,12 @@ class APTPolicy(GraphPolicy):
         text_mask: np.ndarray,
         state: np.ndarray,
         noise: np.ndarray,
+        prefix: np.ndarray | None = None,
+        prefix_len: np.ndarray | None = None,
     ) -> np.ndarray:
-        """The model on encoded inputs -> normalised actions (GraphPolicy.predict encodes and decodes)."""
+        """The model on encoded inputs -> normalised actions (GraphPolicy.predict encodes and decodes).
+
+        Without a prefix (None or length 0) this is the prefix-less sampler, exactly as before RTC."""
         dev = self.device
         keys, values, vision_mask, context_mask = self.model.encode_prefix(
             torch.from_numpy(pixel_values).to(dev),
@@ -75,5 +94,18 @@ class APTPolicy(GraphPolicy):
             torch.from_numpy(text_mask.copy()).to(dev),
         )
         state_t, noise_t = torch.from_numpy(state).to(dev), torch.from_numpy(noise).to(dev)
-        actions = self.model.sample(keys, values, vision_mask, context_mask, state_t, noise_t)
+        if prefix is None or prefix_len is None or int(prefix_len.max(initial=0)) == 0:
+            actions = self.model.sample(keys, values, vision_mask, context_mask, state_t, noise_t)
+        else:
+            actions = self.model.sample(
+                keys,
+                values,
+                vision_mask,
+                context_mask,
+                state_t,
+                noise_t,
+                torch.from_numpy(prefix).to(dev),
+                torch.from_numpy(prefix_len).to(dev),
+                self._rtc_trained.expand(noise_t.shape[0]),
+            )
         return actions.cpu().numpy()

@@ -218,3 +218,14 @@ def buffer_plan(
         )
         for name, e in buffers.items()
     ]
+
+
+def check_host_inputs(plan: Sequence[Buffer], fed: Sequence[str]) -> None:
+    """Every host input of ``plan`` must be among the tensors the backend fills before a run (``fed``);
+    an unfed input would run on uninitialised device memory. Raises ValueError naming the missing ones."""
+    missing = sorted(b.name for b in plan if b.host_input and b.name not in fed)
+    if missing:
+        raise ValueError(
+            f"the engines take inputs {missing} that this runtime does not feed; re-export with a matching "
+            "apt-export or update apt_policy"
+        )

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
@@ -46,7 +45,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
 from apt_policy.robots.franka import get_profile
-from apt_policy.ros.polling import SubscriptionReceiver
+from apt_policy.ros.polling import SubscriptionReceiver, helper_node
 from apt_policy.ros.qos import EVENTS, LATCHED
 from apt_policy.ros.spin import spin_node
 from apt_policy.sim.arm import ArrivalLog, SimArm
@@ -142,9 +141,7 @@ class FakeFranka(Node):
         # executor: a controller takes a command as it arrives): the main executor's timers and services never
         # delay them, and with realtime_priority that thread ranks above the physics thread, as a real
         # controller's would. Handlers get the RMW's MessageInfo (reception/source timestamps).
-        self._rx_node = rclpy.create_node(
-            "fake_franka_commands", context=self.context, start_parameter_services=False
-        )
+        self._rx_node = helper_node(self, "commands")  # keeps its own name under a launch file's name=
         self._receiver = SubscriptionReceiver(self._rx_node)
         self._receiver.add(JointTrajectory, p["trajectory_topic"], EVENTS, self._on_trajectory)
         self._receiver.add(Float64MultiArray, p["position_command_topic"], EVENTS, self._on_positions)

@@ -2,11 +2,13 @@
 
 It talks to the other processes only over DDS, like an operator's tool would:
 
-* publishes ``/apt_policy/instruction`` (std_msgs/String) and ``/fake_camera/scene`` (scene JSON)
-* records ``/franka/joint_states``, ``/apt_policy/action_chunk``, ``/apt_policy/status``, the node's
-  ``/diagnostics`` values, ``/fake_franka/violations`` and (down-sampled) camera frames
+* publishes ``/apt_policy/instruction`` (std_msgs/String), ``/fake_camera/scene`` (scene JSON) and the
+  episode markers on ``/apt_demo/episode`` (recorded by ``apt-record`` with everything else)
+* follows ``/franka/joint_states``, ``/apt_policy/action_chunk``, ``/apt_policy/status``, the node's
+  ``/diagnostics`` values and ``/fake_franka/violations``: what the demo needs to run the episodes (is the
+  node ready, has the arm settled); the data of the report is the recorder's MCAP recording
 
-Every callback only appends to lists under a lock; :meth:`DemoProbe.take` hands an episode's samples over.
+Every callback only appends to lists under a lock.
 """
 
 from __future__ import annotations
@@ -16,15 +18,13 @@ import threading
 import time
 from typing import Any
 
-import cv2
 import numpy as np
 import rclpy
 from apt_msgs.msg import ActionChunk, PolicyStatus
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 
 from apt_policy.robots.franka import FR3
@@ -33,14 +33,11 @@ from apt_policy.ros.qos import EVENTS, LATCHED
 
 __all__ = ["DemoProbe"]
 
-# Reliable like the camera itself: best-effort 900 kB frames are often dropped on a loaded loopback.
-FRAMES = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-
 
 class DemoProbe:
     """rclpy node on its own context and executor thread (see the module docstring)."""
 
-    def __init__(self, video_fps: float = 15.0, video_width: int = 400) -> None:
+    def __init__(self, episode_topic: str = "/apt_demo/episode") -> None:
         self.context = rclpy.context.Context()
         # The demo owns Ctrl-C (KeyboardInterrupt -> stop every process): rclpy must not take SIGINT over.
         rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
@@ -48,8 +45,6 @@ class DemoProbe:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._lock = threading.Lock()
-        self._frame_period = 1.0 / video_fps if video_fps > 0 else float("inf")
-        self._video_width = video_width
         self.clear()
         self.scene: dict[str, Any] | None = None
         self.robot_report: dict[str, Any] = {}
@@ -57,13 +52,13 @@ class DemoProbe:
         n = self.node
         self.instruction_pub = n.create_publisher(String, "/apt_policy/instruction", EVENTS)
         self.scene_pub = n.create_publisher(String, "/fake_camera/scene", EVENTS)
+        self.episode_pub = n.create_publisher(String, episode_topic, EVENTS)
         n.create_subscription(JointState, "/franka/joint_states", self._on_joints, EVENTS)
         n.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._on_chunk, EVENTS)
         n.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, EVENTS)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, EVENTS)
         n.create_subscription(String, "/fake_franka/violations", self._on_violations, LATCHED)
         n.create_subscription(String, "/fake_camera/current_scene", self._on_scene, LATCHED)
-        n.create_subscription(Image, "/camera/camera/color/image_raw", self._on_image, FRAMES)
         self._thread = threading.Thread(target=self._spin, name="apt-demo-probe", daemon=True)
         self._thread.start()
 
@@ -81,8 +76,6 @@ class DemoProbe:
             self.joints: list[tuple[float, np.ndarray]] = []
             self.chunks: list[tuple[float, float, str]] = []
             self.statuses: list[tuple[float, int, int, int]] = []
-            self.frames: list[tuple[float, np.ndarray]] = []
-            self._last_frame = -np.inf
             self.status_instruction = ""
             self.status_fault = ""
             self.robot_report = {}
@@ -137,25 +130,12 @@ class DemoProbe:
         with self._lock:
             self.scene = scene
 
-    def _on_image(self, msg: Image) -> None:
-        now = time.monotonic()
-        if now - self._last_frame < self._frame_period * 0.9:
-            return
-        try:
-            rgb = conversions.image_to_rgb(msg)
-        except conversions.ConversionError:
-            return
-        h, w = rgb.shape[:2]
-        small = cv2.resize(
-            rgb, (self._video_width, round(h * self._video_width / w)), interpolation=cv2.INTER_AREA
-        )
-        with self._lock:
-            self._last_frame = now
-            self.frames.append((now, small))
-
     # ----------------------------------------------------------------------------------------- actions
     def send_instruction(self, text: str) -> None:
         self.instruction_pub.publish(String(data=text))
+
+    def send_episode_marker(self, marker: str) -> None:
+        self.episode_pub.publish(String(data=marker))
 
     def send_scene(self, seed: int) -> None:
         self.scene_pub.publish(String(data=json.dumps({"seed": int(seed)})))

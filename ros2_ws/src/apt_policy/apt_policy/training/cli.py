@@ -13,6 +13,7 @@ is a policy bundle (config.json, model.safetensors, norm_stats.json, tokenizer.j
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -56,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--sampling-steps", type=int, default=5, help="Euler steps at inference")
     s1.add_argument("--normalization", choices=("quantile", "mean_std"), default="quantile")
     s1.add_argument("--model-id", default="apt-reaching")
+    s1.add_argument(
+        "--rtc-max-delay",
+        type=int,
+        default=0,
+        help="trained real-time chunking: each sample's first d ~ U{0..N} actions given clean, no loss on"
+        " them (0: off; Stage 2 keeps the Stage-1 value unless it sets its own)",
+    )
 
     s2 = sub.add_parser("stage2", help="insert gated layers after each Stage-1 layer and unmask language")
     _train_args(s2, steps=2000, lr=1e-3)
@@ -65,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("inserted", "expert"),
         default="inserted",
         help="inserted: only inserted layers + gates; expert: the whole action expert",
+    )
+    s2.add_argument(
+        "--rtc-max-delay",
+        type=int,
+        default=None,
+        help="trained real-time chunking delay bound for Stage 2 (default: the Stage-1 bundle's)",
     )
 
     demo = sub.add_parser("demo", help="train both stages of a small model on the reaching task, evaluate")
@@ -137,6 +151,7 @@ def _stage1(args: argparse.Namespace) -> Path:
         model_id=args.model_id,
         backbone=None if backbone is None else backbone.config.to_dict(),
     )
+    config = dataclasses.replace(config, rtc_max_delay=args.rtc_max_delay).validate()
     tokenizer = args.tokenizer
     if tokenizer is None:
         tokenizer = write_default_tokenizer(args.out.parent / f"{args.out.name}_tokenizer.json")
@@ -166,6 +181,7 @@ def _stage2(args: argparse.Namespace) -> Path:
         _train_config(args, args.train),
         resume=args.resume,
         progress=not args.quiet,
+        rtc_max_delay=args.rtc_max_delay,
     )
     _report(bundle, result)
     return bundle
@@ -200,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=not args.quiet,
             )
             print(json.dumps(report["summary"], indent=2))
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
         print(f"apt-train: error: {exc}", file=sys.stderr)
         return 2
     return 0

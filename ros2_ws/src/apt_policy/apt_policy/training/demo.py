@@ -9,7 +9,8 @@ What it does (deterministic for a given seed; results cached in ``out`` and reus
      (where each colour is; which block a colour word in a random caption refers to), then frozen;
   3. trains Stage 1 (frozen VLM, expert only) and Stage 2 (inserted gated layers; with
      ``stage2_train="expert"`` the rest of the expert too), writing bundles ``out/stage1`` and
-     ``out/stage2``;
+     ``out/stage2``; both train real-time chunking (``rtc_max_delay``: a random committed prefix of
+     0..rtc_max_delay actions given clean), so the bundles serve trained and training-free RTC;
   4. evaluates both closed loop (``eval_episodes`` per policy and phrasing set: training phrasings and
      the held-out phrasing) and writes ``out/eval.json``.
 """
@@ -65,6 +66,9 @@ class DemoSettings:
     stage2_lr: float = 1e-3
     sampling_steps: int = 5
     noise_scale: float = 0.0  # initial flow noise at inference (bundle field; 0: deterministic)
+    # trained real-time chunking: d ~ U{0..4} committed actions per training sample. 4 actions = 0.4 s at
+    # dt 0.1: an Orin-like 180-300 ms inference delay is 2-3 actions, plus one for the request margin.
+    rtc_max_delay: int = 4
     eval_episodes: int = 60
     eval_max_steps: int = 60
     eval_actions_per_chunk: int = 12  # as the node runs it: config/sim.yaml chunk_request_threshold 4
@@ -176,7 +180,9 @@ def run_demo(
         model_id=f"apt-reaching-demo-{settings.arch}",
         backbone=backbone.to_dict(),
     )
-    config = dataclasses.replace(config, noise_scale=settings.noise_scale).validate()
+    config = dataclasses.replace(
+        config, noise_scale=settings.noise_scale, rtc_max_delay=settings.rtc_max_delay
+    ).validate()
     common = {
         "batch_size": settings.batch_size,
         "seed": settings.seed,

@@ -69,13 +69,17 @@ def run_stage2(
     resume: bool = False,
     progress: bool = True,
     features: EncodedDataset | None = None,
+    rtc_max_delay: int | None = None,
 ) -> tuple[Path, TrainResult]:
     """Train Stage 2 from a Stage-1 bundle and write its bundle to ``out_dir``.
 
     ``features``: the encoding of ``dataset`` made by ``run_stage1(features_out=...)`` with the same
-    (frozen) backbone, to skip re-encoding."""
+    (frozen) backbone, to skip re-encoding. ``rtc_max_delay``: the trained real-time-chunking delay bound
+    of Stage 2 (None: the Stage-1 bundle's)."""
     stage1 = load_bundle(init_bundle)
     model = stage2_from_stage1(stage1)
+    if rtc_max_delay is not None:
+        model.config = model.config.with_rtc_max_delay(rtc_max_delay)
     if train_cfg.steps == 0:
         return save_bundle(out_dir, model, stage1.normalizer, stage1.tokenizer_path), TrainResult(steps=0)
     torch.manual_seed(train_cfg.seed)

@@ -1,6 +1,6 @@
 """The training loop shared by both stages: deterministic, checkpointed, resumable.
 
-Every random draw of step k (batch indices, flow times, noise) comes from a generator seeded with
+Every random draw of step k (batch indices, flow times, noise, RTC delays) comes from a generator seeded with
 (seed, k), so a run resumed from the checkpoint of step k continues exactly as the uninterrupted run
 would. Checkpoints hold the trainable weights, the optimiser state and the loss history; the frozen
 backbone is not repeated in them.
@@ -64,6 +64,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def sample_delay(batch: int, max_delay: int, generator: torch.Generator) -> torch.Tensor | None:
+    """Trained real-time chunking: a delay d ~ U{0..max_delay} [batch] int64 per sample (None when
+    max_delay is 0, which draws nothing, so runs without RTC keep their random streams)."""
+    if max_delay <= 0:
+        return None
+    return torch.randint(0, max_delay + 1, (batch,), generator=generator)
+
+
 def trainable_parameters(model: APTModel, cfg: TrainConfig) -> list[torch.nn.Parameter]:
     if cfg.train == "inserted":
         if model.config.stage != 2:
@@ -110,7 +118,10 @@ def train(
     progress: bool = True,
     desc: str = "train",
 ) -> TrainResult:
-    """Minimise the flow-matching loss on ``data``; checkpoints go to ``out_dir/checkpoints``."""
+    """Minimise the flow-matching loss on ``data``; checkpoints go to ``out_dir/checkpoints``.
+
+    With ``model.config.rtc_max_delay`` > 0 each sample's first d ~ U{0..rtc_max_delay} actions are given
+    clean and left out of the loss (trained real-time chunking, ``APTModel.flow_loss``)."""
     out = Path(out_dir)
     params = trainable_parameters(model, cfg)
     for p in model.parameters():
@@ -141,8 +152,9 @@ def train(
         hidden, vision, language, states, actions = data.batch(index)
         noise = torch.randn(actions.shape, generator=g)
         t = flow.sample_time(actions.shape[0], g)
+        delay = sample_delay(actions.shape[0], model.config.rtc_max_delay, g)
         prefix = model.project_prefix(hidden, vision, language, preselected=True)
-        loss = model.flow_loss(prefix, states, actions, noise, t)
+        loss = model.flow_loss(prefix, states, actions, noise, t, delay)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)

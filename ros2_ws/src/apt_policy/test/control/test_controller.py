@@ -486,3 +486,26 @@ def test_a_lagging_arm_runs_and_an_arm_that_does_not_follow_faults() -> None:
             break
         assert np.max(np.abs(cmd.positions - Q0)) <= ctrl.config.max_tracking_error + 1e-9
     assert cmd.state == S.FAULT and "tracking error" in cmd.reason and cmd.positions is None
+
+
+def test_reconfigure_refuses_limits_the_last_command_violates_and_timing_changes() -> None:
+    import dataclasses
+
+    from apt_policy.control.safety import CommandState
+
+    ctrl = make()
+    cfg = ctrl.config
+    assert "control_dt" in (ctrl.reconfigure(dataclasses.replace(cfg, control_dt=0.002)) or "")
+    assert ctrl.reconfigure(dataclasses.replace(cfg, blend=BlendConfig(mode="ensemble"))) is None
+    assert ctrl.schedule.blend.mode == "ensemble"
+    cfg = ctrl.config
+    mid = (LIMITS.lower + LIMITS.upper) / 2
+    fast = ctrl.safety.v_max * 0.9  # moving at 90 % of today's velocity limit on every joint
+    ctrl._cmd = CommandState(mid, fast, np.zeros(7))
+    slower = dataclasses.replace(cfg.safety, velocity_scale=cfg.safety.velocity_scale * 0.5)
+    why = ctrl.reconfigure(dataclasses.replace(cfg, safety=slower))
+    assert why is not None and "outside the new safety limits" in why
+    assert ctrl.config.safety == cfg.safety and np.allclose(ctrl.safety.v_max, fast / 0.9)  # unchanged
+    ctrl._cmd = CommandState(mid, np.zeros(7), np.zeros(7))  # at rest: the new limit applies
+    assert ctrl.reconfigure(dataclasses.replace(cfg, safety=slower)) is None
+    assert np.allclose(ctrl.safety.v_max, fast / 0.9 * 0.5)

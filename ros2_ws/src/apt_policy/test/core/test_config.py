@@ -82,3 +82,20 @@ def test_from_json_rejects_unknown_missing_and_bad_version(tmp_path):
     with pytest.raises(ConfigError, match="not valid JSON"):
         PolicyConfig.from_json(tmp_path / "bad.json")
     assert json.loads(make_config().to_json())["stage"] == 1
+
+
+def test_rtc_max_delay_round_trip_default_and_validation(tmp_path):
+    cfg = make_config(rtc_max_delay=4).validate()
+    cfg.to_json(tmp_path / "config.json")
+    back = PolicyConfig.from_json(tmp_path / "config.json")
+    assert back.rtc_max_delay == 4 and back == cfg
+    assert back.with_stage(2).rtc_max_delay == 4  # Stage 2 keeps the Stage-1 training setting
+    assert cfg.with_rtc_max_delay(0).rtc_max_delay == 0
+    # a bundle written before the field existed loads unchanged, as not trained for RTC
+    old = make_config().validate().to_dict()
+    del old["rtc_max_delay"]
+    assert PolicyConfig.from_dict(old).rtc_max_delay == 0
+    for bad in (-1, 8, 9, 2.0, True, "3"):  # horizon 8: at least one row must keep a loss
+        with pytest.raises(ConfigError, match="rtc_max_delay"):
+            make_config(rtc_max_delay=bad).validate()
+    assert make_config(rtc_max_delay=7).validate().rtc_max_delay == 7

@@ -103,6 +103,14 @@ class HookNode(Node):
             cb(old, "")
         return True, "stopped"
 
+    def reset(self):
+        self.calls.append("reset")
+        with self.lock:
+            if self.state != FAULT:
+                return False, "no fault to clear"
+            self.state = IDLE
+        return True, "fault cleared"
+
     def add_instruction_listener(self, cb):
         self.listeners.append(cb)
 
@@ -182,6 +190,43 @@ def h(ctx):
     harness = Harness(ctx)
     yield harness
     harness.close()
+
+
+def test_a_burst_of_200_calls_and_20_goals_and_cancels_is_answered_every_one(h):
+    """Issue #17: 200 service calls at once left 153 unanswered, 10 of 20 cancels too (queue depth 10).
+    The client side gets the same deep queues (a client's replies are its own queue)."""
+    from apt_policy.ros.qos import SERVICES
+
+    stop = h.client.create_client(Trigger, "/apt_policy/stop", qos_profile=SERVICES)
+    assert stop.wait_for_service(timeout_sec=10.0)
+    calls = [stop.call_async(Trigger.Request()) for _ in range(200)]
+    end = time.monotonic() + 15.0
+    while not all(f.done() for f in calls) and time.monotonic() < end:
+        h.exec.spin_once(timeout_sec=0.05)
+    assert sum(f.done() for f in calls) == 200
+    assert all(f.result().success for f in calls)
+
+    action = ActionClient(
+        h.client,
+        FollowInstruction,
+        "/apt_policy/follow_instruction",
+        goal_service_qos_profile=SERVICES,
+        result_service_qos_profile=SERVICES,
+        cancel_service_qos_profile=SERVICES,
+    )
+    assert action.wait_for_server(timeout_sec=10.0)
+    goal = FollowInstruction.Goal(instruction="reach the red block", duration=0.0)
+    sent = [action.send_goal_async(goal) for _ in range(20)]
+    end = time.monotonic() + 15.0
+    while not all(f.done() for f in sent) and time.monotonic() < end:
+        h.exec.spin_once(timeout_sec=0.05)
+    assert sum(f.done() for f in sent) == 20, "goal requests left without a reply"
+    cancels = [f.result().cancel_goal_async() for f in sent]
+    end = time.monotonic() + 15.0
+    while not all(f.done() for f in cancels) and time.monotonic() < end:
+        h.exec.spin_once(timeout_sec=0.05)
+    assert sum(f.done() for f in cancels) == 20, "cancel requests left without a reply"
+    action.destroy()
 
 
 def test_set_instruction_service_accepts_and_refuses_with_reason(h):

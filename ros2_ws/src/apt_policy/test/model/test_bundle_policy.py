@@ -121,6 +121,16 @@ def _short_stats(d):
     (d / "norm_stats.json").write_text(json.dumps(data))
 
 
+def _truncate(name: str, keep: float):
+    """Keep the first ``keep`` bytes (int) or fraction (float) of ``name``."""
+
+    def mutate(d):
+        data = (d / name).read_bytes()
+        (d / name).write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
+
+    return mutate
+
+
 @pytest.mark.parametrize(
     ("mutate", "needle"),
     [
@@ -137,6 +147,12 @@ def _short_stats(d):
         (_short_stats, "norm_stats.json: statistics have state dim 3"),
         (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), "cannot read safetensors"),
         (lambda d: (d / "tokenizer.json").write_text("{}"), "tokenizer.json"),
+        # truncated copies of the weights, at the header, in the header, in the tensor data
+        (_truncate("model.safetensors", 4), "cannot read safetensors"),
+        (_truncate("model.safetensors", 0.01), "cannot read safetensors"),
+        (_truncate("model.safetensors", 0.9), "cannot read safetensors"),
+        (lambda d: (d / "norm_stats.json").write_text('{"state": {"mean": ['), "norm_stats.json"),
+        (lambda d: (d / "config.json").write_text('{"format_version": 1, "hor'), "config"),
     ],
 )
 def test_every_validation_error_names_the_problem(bundle_dir, tmp_path, mutate, needle):

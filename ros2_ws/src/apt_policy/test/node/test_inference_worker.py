@@ -201,3 +201,39 @@ def test_explicit_epochs_must_increase(h: Harness) -> None:
     h.step()
     _wait(lambda: h.chunks)
     assert h.chunks[0].epoch == 5
+
+
+def test_prefix_is_taken_per_observation_and_sent_with_the_request() -> None:
+    """Real-time chunking: the committed prefix for the observation goes to predict(prefix=...) and the
+    chunk records its length; without a prefix the 3-argument call is kept (policies without RTC inputs)."""
+    calls: list[np.ndarray | None] = []
+    prefixes = [np.ones((2, SHAPE[1])), None]
+    asked: list[float] = []
+
+    def predict(images, state, instruction, prefix=None):
+        calls.append(prefix)
+        return np.zeros(SHAPE)
+
+    def prefix_for(obs: ObservationSet):
+        asked.append(obs.t_obs)
+        return prefixes[len(asked) - 1]
+
+    chunks: list[ChunkResult] = []
+    got = threading.Semaphore(0)
+
+    def on_chunk(c: ChunkResult) -> None:
+        chunks.append(c)
+        got.release()
+
+    worker = InferenceWorker(predict, _obs, on_chunk, lambda e: None, SHAPE, prefix=prefix_for)
+    worker.start()
+    try:
+        worker.set_instruction("go")
+        assert got.acquire(timeout=5)
+        worker.request()
+        assert got.acquire(timeout=5)
+    finally:
+        worker.stop()
+    assert chunks[0].prefix_len == 2 and chunks[0].t_obs == asked[0]
+    np.testing.assert_array_equal(calls[0], prefixes[0])
+    assert calls[1] is None and chunks[1].prefix_len == 0 and chunks[1].prefix is None

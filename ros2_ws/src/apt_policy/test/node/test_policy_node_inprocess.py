@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +20,16 @@ pytest.importorskip("apt_msgs")
 import itertools
 
 import rclpy
-from apt_msgs.msg import ActionChunk, PolicyStatus
-from apt_policy.core.config import ActionSemantics
+from apt_msgs.msg import PolicyStatus
 from apt_policy.robots.franka import FR3
 from apt_policy.ros.params import ParameterError
-from apt_policy.ros.policy_node import PolicyNode
-from apt_policy.ros.qos import COMMANDS, EVENTS, SENSOR
-from apt_policy.runtime.policy import PolicyInfo
+from apt_policy.ros.policy_node import make_policy_node
+from apt_policy.ros.qos import EVENTS
+from apt_policy.sim import stand_ins
+from apt_policy.sim.stand_ins import RobotStandIn, hold_ready
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
@@ -39,89 +40,23 @@ READY = np.array(FR3.ready_pose)
 OFFSETS = {"left": 0.04, "right": -0.04}  # joint-1 offset of every action, by instruction
 
 
-class ScriptedPolicy:
-    """Actions = ready pose with joint 1 offset by the instruction's word, gripper 0.04; ~20 ms per call."""
+def _left_or_right(instruction: str, t: float) -> np.ndarray:
+    """Ready pose with joint 1 offset by the instruction's last word, gripper 0.04."""
+    actions = hold_ready(instruction, t, horizon=10, gripper=0.04)
+    actions[:, 0] += OFFSETS.get(instruction.split()[-1], 0.0)
+    return actions
+
+
+class ScriptedPolicy(stand_ins.ScriptedPolicy):
+    """The shared scripted policy (apt_policy.sim.stand_ins) acting out left / right; 20 ms a call."""
 
     def __init__(self) -> None:
-        self.info = PolicyInfo(
-            backend="scripted",
-            model_id="scripted-test",
-            cameras=("front",),
-            image_size=(32, 32),
-            horizon=10,
-            action_dim=8,
-            action_names=(*JOINTS, "gripper"),
-            state_names=(*JOINTS, "gripper"),
-            dt=0.05,
-            action_semantics=ActionSemantics(arm="absolute", gripper="absolute"),
-            steps=1,
-        )
-        self.calls: list[str] = []
-        self.fail = False
-
-    def warmup(self) -> None:
-        pass
-
-    def predict(self, images, state, instruction, noise=None):
-        assert images["front"].shape == (24, 32, 3) and state.shape == (8,)
-        self.calls.append(instruction)
-        time.sleep(0.02)
-        if self.fail:
-            raise RuntimeError("scripted failure")
-        actions = np.tile(np.append(READY, 0.04), (10, 1))
-        actions[:, 0] += OFFSETS.get(instruction.split()[-1], 0.0)
-        return actions.astype(np.float32)
+        super().__init__(_left_or_right, image_shape=(24, 32), latency_s=0.02, model_id="scripted-test")
 
 
-class Probe:
-    """Robot + camera stand-in and recorder, on its own node in the same context."""
-
-    def __init__(self, node) -> None:
-        self.node = node
-        self.camera_on = True
-        self.bad_image: Image | None = None
-        self.trajectories: list[tuple[float, JointTrajectory]] = []
-        self.statuses: list[PolicyStatus] = []
-        self.chunks: list[ActionChunk] = []
-        self.chunk_times: list[float] = []
-        self.joints = node.create_publisher(JointState, "/franka/joint_states", SENSOR)
-        self.gripper = node.create_publisher(JointState, "/franka_gripper/joint_states", SENSOR)
-        self.camera = node.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR)
-        self.instruction = node.create_publisher(String, "/apt_policy/instruction", EVENTS)
-        node.create_subscription(
-            JointTrajectory,
-            "/fr3_arm_controller/joint_trajectory",
-            lambda m: self.trajectories.append((time.monotonic(), m)),
-            COMMANDS,
-        )
-        node.create_subscription(PolicyStatus, "/apt_policy/status", self.statuses.append, EVENTS)
-        node.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._on_chunk, EVENTS)
-        node.create_timer(0.005, self._publish_state)
-        node.create_timer(1 / 30, self._publish_image)
-
-    def _on_chunk(self, msg: ActionChunk) -> None:
-        self.chunk_times.append(time.monotonic())
-        self.chunks.append(msg)
-
-    def _publish_state(self) -> None:
-        stamp = self.node.get_clock().now().to_msg()
-        js = JointState(name=list(JOINTS), position=READY.tolist())
-        js.header.stamp = stamp
-        self.joints.publish(js)
-        g = JointState(name=list(FR3.gripper_joint_names), position=[0.02, 0.02])
-        g.header.stamp = stamp
-        self.gripper.publish(g)
-
-    def _publish_image(self) -> None:
-        if self.bad_image is not None:
-            self.camera.publish(self.bad_image)
-        elif self.camera_on:
-            msg = Image(height=24, width=32, encoding="rgb8", step=96, data=bytes(24 * 96))
-            msg.header.stamp = self.node.get_clock().now().to_msg()
-            self.camera.publish(msg)
-
-    def state(self) -> int | None:
-        return self.statuses[-1].state if self.statuses else None
+def Probe(node) -> RobotStandIn:  # noqa: N802 - the shared stand-in under this test's old name
+    """Robot + camera stand-in and recorder (apt_policy.sim.stand_ins), on its own node."""
+    return RobotStandIn(node)
 
 
 @pytest.fixture
@@ -142,7 +77,7 @@ def running(ros_env, tmp_path: Path, request):
         Parameter("max_skew", value=0.5),
         Parameter("poll_joint_states", value=getattr(request, "param", True)),
     ]
-    node = PolicyNode(policy=policy, context=ctx, parameter_overrides=params)
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
     probe = Probe(rclpy.create_node("probe", context=ctx))
     executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
@@ -301,12 +236,27 @@ def test_pause_resume_stop_hooks(running) -> None:
     assert node.status_snapshot()["instruction"] == ""
 
 
+def test_an_instruction_while_paused_is_not_answered_with_following(running) -> None:
+    """Issue #17: accepted while PAUSED with "following ..." although nothing moves until resume."""
+    node, probe, _ = running
+    ok, message = node.set_instruction("go left")
+    assert ok and message == "following 'go left'"
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    assert node.pause()[0]
+    ok, message = node.set_instruction("go right")
+    assert ok and "paused" in message and "resume" in message and not message.startswith("following")
+    assert node.status_snapshot()["state_name"] == "PAUSED"
+    assert node.resume()[0]
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING on the new instruction")
+    assert node.status_snapshot()["instruction"] == "go right"
+
+
 def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
     try:
         with pytest.raises(ParameterError, match="output_mode"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
@@ -315,7 +265,7 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
                 ],
             )
         with pytest.raises(ParameterError, match="camera_names"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
@@ -324,7 +274,7 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
                 ],
             )
         with pytest.raises(ParameterError, match="chunk_request_threshold"):
-            PolicyNode(
+            make_policy_node(
                 policy=ScriptedPolicy(),
                 context=ctx,
                 parameter_overrides=[
@@ -333,4 +283,111 @@ def test_invalid_parameter_names_it(ros_env, tmp_path: Path) -> None:
                 ],
             )
     finally:
+        rclpy.try_shutdown(context=ctx)
+
+
+def _set_over_dds(client, *params: Parameter) -> list:
+    """Set parameters through the node's ~/set_parameters service; the SetParametersResult of each."""
+    future = client.set_parameters(list(params))
+    _wait(future.done, what="the set_parameters reply")
+    return list(future.result().results)
+
+
+def test_run_time_parameters_are_validated_over_dds(running) -> None:
+    from rclpy.parameter_client import AsyncParameterClient
+
+    node, probe, _policy = running
+    client = AsyncParameterClient(probe.node, "/apt_policy")
+    assert client.wait_for_services(timeout_sec=10.0)
+    ok, _ = node.set_instruction("go left")
+    assert ok
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    # tightening a safety limit while moving is applied to the running controller
+    (res,) = _set_over_dds(client, Parameter("velocity_scale", value=0.3))
+    assert res.successful, res.reason
+    assert node.params.velocity_scale == 0.3 and node.controller.config.safety.velocity_scale == 0.3
+    # loosening it while moving is refused with the reason; nothing changes
+    (res,) = _set_over_dds(client, Parameter("velocity_scale", value=0.9))
+    assert not res.successful and "would loosen a safety limit" in res.reason
+    assert node.controller.config.safety.velocity_scale == 0.3
+    (res,) = _set_over_dds(client, Parameter("blending", value="ensemble"))
+    assert res.successful and node.controller.schedule.blend.mode == "ensemble"
+    (res,) = _set_over_dds(client, Parameter("use_sim_time", value=True))
+    assert not res.successful and "use_sim_time cannot change at run time" in res.reason
+    (res,) = _set_over_dds(client, Parameter("model", value="/elsewhere"))
+    assert not res.successful  # read-only: rclpy refuses it
+    assert probe.state() == PolicyStatus.RUNNING  # the refusals left the node running
+    # once stopped (holding, not following the policy) the limit may be loosened again
+    node.stop()
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE")
+    (res,) = _set_over_dds(client, Parameter("velocity_scale", value=0.9))
+    assert res.successful, res.reason
+    assert node.controller.config.safety.velocity_scale == 0.9
+
+
+class RtcPolicy(ScriptedPolicy):
+    """The scripted policy with real-time-chunking inputs: rows 0..d-1 of its chunk are the prefix."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # trained for 1 action: the node's measured delay (>= 2 with 60 ms) exceeds it
+        self.info = replace(self.info, rtc_inputs=True, rtc_max_delay=1)
+        self.prefixes: list[np.ndarray | None] = []
+
+    def predict(self, images, state, instruction, noise=None, prefix=None):
+        self.prefixes.append(None if prefix is None else np.array(prefix))
+        actions = super().predict(images, state, instruction, noise)
+        if prefix is not None:
+            actions[: len(prefix)] = prefix
+        return actions
+
+
+def test_rtc_node_sends_prefixes_reports_delays_over_the_trained_max_and_simulates_latency(
+    ros_env, tmp_path: Path
+) -> None:
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    policy = RtcPolicy()
+    params = [
+        Parameter("model", value=str(tmp_path)),
+        Parameter("chunk_request_threshold", value=4),
+        Parameter("status_rate", value=20.0),
+        Parameter("max_state_age", value=0.5),
+        Parameter("max_gripper_age", value=0.5),
+        Parameter("max_skew", value=0.5),
+        Parameter("simulated_latency", value="fixed:60"),
+    ]
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
+    probe = Probe(rclpy.create_node("probe", context=ctx))
+    diagnostics: list = []
+    probe.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, EVENTS)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    executor.add_node(probe.node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        assert node.execution.strategy == "rtc"
+        assert node.set_instruction("go left")[0]
+        _wait(lambda: sum(p is not None for p in policy.prefixes) >= 3, what="requests with a prefix")
+        snap = node.status_snapshot()
+        assert snap["chunk_execution"] == "rtc" and snap["rtc_on_time"] >= 1
+        assert snap["delay_last_actions"] >= 2 and snap["delay_over_trained_max"] >= 1  # 60 ms + compute
+        assert min(node.worker.latencies_s) >= 0.06  # the simulated latency delayed every inference
+        assert all(p.shape[1] == 8 and len(p) >= 2 for p in policy.prefixes if p is not None)
+
+        def warned() -> bool:
+            return any("trained maximum" in s.message for d in diagnostics for s in d.status)
+
+        _wait(warned, what="a /diagnostics warning about the trained maximum delay")
+        for _, msg in probe.trajectories[-20:]:
+            _traj_ok(msg)
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        thread.join(5)
+        node.destroy_node()
+        probe.node.destroy_node()
         rclpy.try_shutdown(context=ctx)

@@ -15,7 +15,7 @@ from apt_policy.runtime.inputs import ObservationEncoder
 from apt_policy.runtime.load import detect_kind
 from apt_policy.runtime.manifest import ManifestError
 from apt_policy.runtime.onnx_backend import choose_providers
-from apt_policy.runtime.policy import InferenceError, PolicyInfo
+from apt_policy.runtime.policy import InferenceError, PolicyInfo, resolve_rtc_mode
 
 
 def _config() -> PolicyConfig:
@@ -91,6 +91,30 @@ def test_noise_scale_of_the_bundle_scales_drawn_noise_only(tmp_path: Path):
     assert np.array_equal(encoder(0.0).encode(_images(), np.zeros(3), "reach", given).noise[0], given)
 
 
+def test_prefix_is_normalised_padded_and_validated(encoder: ObservationEncoder):
+    x = encoder.encode(_images(), np.zeros(3), "reach")
+    assert x.prefix.shape == (1, 5, 4) and x.prefix.dtype == np.float32 and not np.any(x.prefix)
+    assert x.prefix_len.dtype == np.int64 and x.prefix_len.tolist() == [0]
+    committed = np.array([[0.5, -1.0, 2.0, 0.0], [1.0, 1.5, -0.5, 1.0]], np.float32)  # robot units
+    x = encoder.encode(_images(), np.zeros(3), "reach", None, committed)
+    assert x.prefix_len.tolist() == [2]
+    np.testing.assert_allclose(x.prefix[0, :2], encoder.normalizer.normalize_actions(committed), rtol=1e-6)
+    assert not np.any(x.prefix[0, 2:])  # rows after the prefix are zero
+    x = encoder.encode(_images(), np.zeros(3), "reach", None, np.zeros((0, 4)))  # d = 0: no prefix
+    assert x.prefix_len.tolist() == [0] and not np.any(x.prefix)  # and the previous prefix is gone
+    full = np.ones((5, 4), np.float64)  # d = horizon is allowed; any float dtype
+    assert encoder.encode(_images(), np.zeros(3), "reach", None, full).prefix_len.tolist() == [5]
+    for bad, needle in (
+        (np.zeros((6, 4)), "prefix has shape"),  # longer than the horizon
+        (np.zeros((2, 3)), "prefix has shape"),
+        (np.zeros(4), "prefix has shape"),
+        (np.array([[0.0, np.inf, 0.0, 0.0]]), "prefix contains non-finite"),
+        (np.array([["a", "b", "c", "d"]]), "prefix contains non-finite or non-numeric"),
+    ):
+        with pytest.raises(PreprocessError, match=needle):
+            encoder.encode(_images(), np.zeros(3), "reach", None, bad)
+
+
 def test_state_and_images_are_checked(encoder: ObservationEncoder):
     with pytest.raises(PreprocessError, match=r"expected \(3,\)"):
         encoder.encode(_images(), np.zeros(4), "reach")
@@ -116,6 +140,22 @@ def test_policy_info_from_config():
     assert info.action_semantics.arm == "delta" and info.action_semantics.arm_scale == 0.5
     assert info.noise_scale == 1.0
     assert PolicyInfo.from_config(dataclasses.replace(_config(), noise_scale=0.25), "x").noise_scale == 0.25
+    assert info.rtc_inputs and info.rtc_max_delay == 0 and info.rtc_mode == "training_free"
+    trained = dataclasses.replace(_config(), rtc_max_delay=2)
+    info = PolicyInfo.from_config(trained, "x", rtc_inputs=False, rtc_mode="trained")
+    assert not info.rtc_inputs and info.rtc_max_delay == 2 and info.rtc_mode == "trained"
+
+
+def test_rtc_mode_resolution():
+    plain, trained = _config(), dataclasses.replace(_config(), rtc_max_delay=2)
+    assert resolve_rtc_mode("auto", plain) == "training_free"
+    assert resolve_rtc_mode("auto", trained) == "trained"
+    assert resolve_rtc_mode("training_free", trained) == "training_free"
+    assert resolve_rtc_mode("trained", trained) == "trained"
+    with pytest.raises(ValueError, match="rtc_max_delay 0"):
+        resolve_rtc_mode("trained", plain)
+    with pytest.raises(ValueError, match="rtc_mode must be one of"):
+        resolve_rtc_mode("hard", plain)
 
 
 def test_provider_choice():

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from apt_policy.runtime.manifest import EngineSpec, TensorSpec
+from apt_policy.runtime.manifest import RTC_SAMPLER_INPUTS, EngineSpec, GraphSpec, Manifest, TensorSpec
 from apt_policy.runtime.trt_plan import (
     EngineMismatchError,
     buffer_plan,
     build_plan,
     check_engine_compatible,
+    check_host_inputs,
     engine_cache_key,
     resolve_profile,
 )
@@ -148,3 +149,44 @@ def test_buffer_plan_rejects_mismatched_links_and_symbolic_shapes():
         buffer_plan({"a": (PREFIX_IN, ())}, ["a"], {}, outputs=[])
     with pytest.raises(ValueError, match="produced by no graph"):
         buffer_plan({"a": ((), ())}, ["a"], {}, outputs=["actions"])
+
+
+RTC_IN = (  # what apt-export onnx adds to the sampler (see export/tests for the real interface)
+    TensorSpec("prefix", ("batch", 4, 8), "float32"),
+    TensorSpec("prefix_len", ("batch",), "int64"),
+    TensorSpec("rtc_trained", ("batch",), "float32"),
+)
+
+
+def test_rtc_inputs_get_profiles_and_host_buffers():
+    """The real-time-chunking sampler inputs are in the engine's optimisation profile and are host inputs
+    the runtime feeds (copied to the device before each run); an unfed host input is refused."""
+    sampler_in = (*SAMPLER_IN, *RTC_IN)
+    profile = resolve_profile(sampler_in)
+    assert profile["prefix"] == ((1, 4, 8),) * 3
+    assert profile["prefix_len"] == ((1,),) * 3 and profile["rtc_trained"] == ((1,),) * 3
+    assert resolve_profile(sampler_in, {"batch": (1, 2, 4)})["prefix_len"] == ((1,), (2,), (4,))
+    shapes = {s.name: (1, *s.shape[1:]) for s in (*PREFIX_IN, *PREFIX_OUT, *sampler_in, *SAMPLER_OUT)}
+    graphs = {"prefix": (PREFIX_IN, PREFIX_OUT), "sampler": (sampler_in, SAMPLER_OUT)}
+    plan = buffer_plan(graphs, ["prefix", "sampler"], shapes, outputs=["actions"])
+    by_name = {b.name: b for b in plan}
+    for name in RTC_SAMPLER_INPUTS:
+        assert by_name[name].host_input and by_name[name].bindings == (("sampler", name),)
+    assert by_name["prefix"].nbytes == 4 * 4 * 8 and by_name["prefix_len"].nbytes == 8
+    fed = ("pixel_values", "input_ids", "text_mask", "state", "noise")
+    check_host_inputs(plan, (*fed, *RTC_SAMPLER_INPUTS))
+    with pytest.raises(ValueError, match=r"\['prefix', 'prefix_len', 'rtc_trained'\]"):
+        check_host_inputs(plan, fed)
+    # the cache key follows the profile: an engine built before the RTC inputs is not reused for them
+    old = engine_cache_key("a" * 64, "10.3.0", "Orin", "8.7", "fp16", resolve_profile(SAMPLER_IN))
+    assert engine_cache_key("a" * 64, "10.3.0", "Orin", "8.7", "fp16", profile) != old
+
+
+def test_manifest_says_whether_the_sampler_takes_a_prefix():
+    def manifest(sampler_in: tuple[TensorSpec, ...]) -> Manifest:
+        graph = GraphSpec("sampler.onnx", sampler_in, SAMPLER_OUT)
+        return Manifest("m", "fp32", 18, 5, {"sampler": graph}, {}, {}, None, {})
+
+    assert manifest((*SAMPLER_IN, *RTC_IN)).rtc_inputs
+    assert not manifest(SAMPLER_IN).rtc_inputs  # exported before RTC
+    assert not manifest((*SAMPLER_IN, RTC_IN[0])).rtc_inputs  # incomplete

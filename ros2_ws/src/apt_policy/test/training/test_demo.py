@@ -23,6 +23,7 @@ TOY = {
     "batch_size": 8,
     "eval_max_steps": 4,
     "grounding_steps": 2,
+    "rtc_max_delay": 2,  # the demo trains real-time chunking (default 4 needs a horizon > 4)
 }
 
 
@@ -31,6 +32,8 @@ def test_demo_writes_bundles_and_report_and_reuses_them(tmp_path):
     report = run_demo(tmp_path, eval_episodes=3, progress=False, **TOY)
     assert load_bundle(tmp_path / "stage1").config.stage == 1
     assert load_bundle(tmp_path / "stage2").config.stage == 2
+    for stage in ("stage1", "stage2"):  # both bundles record the trained RTC delay bound
+        assert load_bundle(tmp_path / stage).config.rtc_max_delay == 2
     on_disk = json.loads((tmp_path / "eval.json").read_text())
     for key in ("stage1/train_phrasing", "stage1/held_out_phrasing", "stage2/train_phrasing"):
         result = on_disk["results"][key]

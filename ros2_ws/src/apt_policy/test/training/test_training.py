@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from apt_policy.core.config import PolicyConfig
+from apt_policy.model.apt import APTModel
 from apt_policy.runtime.torch_backend import APTPolicy
 from apt_policy.tasks.dataset import DemoConfig, generate_dataset
 from apt_policy.training.cli import main
-from apt_policy.training.trainer import latest_checkpoint
+from apt_policy.training.trainer import latest_checkpoint, sample_delay
 from safetensors.torch import load_file
 
 TINY = ["--width", "32", "--heads", "2", "--layers", "1", "--vlm-layers", "2", "--quiet", "--threads", "1"]
@@ -89,3 +91,38 @@ def test_cli_errors_are_clear(tmp_path, capsys):
         == 2
     )
     assert "error" in capsys.readouterr().err
+
+
+def test_rtc_training_draws_delays_and_bundles_record_them(data_path, tmp_path, monkeypatch):
+    """--rtc-max-delay N: every step's flow loss gets a delay d ~ U{0..N} per sample; the bundle records N,
+    Stage 2 keeps it unless told otherwise; without it no delay is drawn (the plain loss)."""
+    seen: list[torch.Tensor | None] = []
+    original = APTModel.flow_loss
+
+    def spy(self, prefix, state, actions, noise, t, delay=None):
+        seen.append(None if delay is None else delay.clone())
+        return original(self, prefix, state, actions, noise, t, delay)
+
+    monkeypatch.setattr(APTModel, "flow_loss", spy)
+    base = ["--data", str(data_path), "--batch-size", "16", "--steps", "6", *TINY]
+    s1 = tmp_path / "s1"
+    assert main(["stage1", "--out", str(s1), "--rtc-max-delay", "2", *base]) == 0
+    assert PolicyConfig.from_json(s1 / "config.json").rtc_max_delay == 2
+    assert len(seen) == 6 and all(d is not None and d.shape == (16,) for d in seen)
+    drawn = torch.cat([d for d in seen if d is not None])
+    assert drawn.min() == 0 and drawn.max() == 2 and drawn.dtype == torch.int64
+    seen.clear()
+    s2 = tmp_path / "s2"
+    args = ["stage2", "--init", str(s1), "--data", str(data_path), "--out", str(s2), "--steps", "2"]
+    assert main([*args, "--quiet", "--threads", "1"]) == 0
+    assert PolicyConfig.from_json(s2 / "config.json").rtc_max_delay == 2 and len(seen) == 2
+    s2b = tmp_path / "s2b"
+    args = ["stage2", "--init", str(s1), "--data", str(data_path), "--out", str(s2b), "--steps", "1"]
+    assert main([*args, "--rtc-max-delay", "0", "--quiet", "--threads", "1"]) == 0
+    assert PolicyConfig.from_json(s2b / "config.json").rtc_max_delay == 0 and seen[-1] is None
+    g = torch.Generator().manual_seed(0)
+    assert sample_delay(8, 0, g) is None
+    counts = torch.bincount(sample_delay(6000, 4, g), minlength=5)  # type: ignore[arg-type]
+    assert counts.numel() == 5 and counts.min() > 1000  # uniform over 0..4
+    # a bound the horizon cannot hold (4 actions: at most 3) is refused with a clear error
+    assert main(["stage1", "--out", str(tmp_path / "bad"), "--rtc-max-delay", "4", *base]) == 2
