@@ -289,13 +289,13 @@ def test_camera_stop_holds_within_three_ticks_and_recovers(processes, probe, mod
     def camera_hold():  # the first status after the stop that holds for the camera
         with probe.lock:
             holds = [m for _, m in probe.statuses[n_before:] if m.state == PolicyStatus.HOLDING]
-        return next((m for m in holds if "camera:front" in m.last_fault), None)
+        return next((m for m in holds if "camera 'front' stale" in m.last_fault), None)
 
     wait_for(lambda: camera_hold() is not None, 5, "HOLDING for the camera after it stopped")
     # The transition is published from the tick that makes it, with the frame's age on the node's own clock
     # at that tick: HOLDING within 3 ticks of the frame becoming older than max_image_age.
     reason = camera_hold().last_fault
-    age_ms = float(re.search(r"camera:front (\d+) ms old", reason).group(1))
+    age_ms = float(re.search(r"camera 'front' stale \((\d+) ms", reason).group(1))
     print(f"HOLDING when the last frame was {age_ms:.0f} ms old (limit {max_age * 1e3:.0f} ms): {reason}")
     # The reason prints whole milliseconds: 1 ms of rounding on either side.
     assert max_age * 1e3 - 1 < age_ms <= (max_age + 3 / rate) * 1e3 + 1, reason
@@ -420,9 +420,8 @@ def _moving(probe: Probe, speed: float = 0.2) -> bool:
 
 
 def test_node_stalls_never_send_what_the_arm_cannot_follow(processes, probe, model_dir) -> None:
-    start_stack(
-        processes, model_dir, "instruction:=reach the red block", "max_state_age:=0.3", franka_args=REALTIME_ARM
-    )
+    params = ("instruction:=reach the red block", "max_state_age:=0.3")
+    start_stack(processes, model_dir, *params, franka_args=REALTIME_ARM)
     wait_running(probe, processes)
     node = processes.procs[2][1]
     stalls = [0.02, 0.05, 0.1, 0.2] * 4
@@ -458,9 +457,8 @@ def test_controller_restart_resynchronises_before_sending(processes, probe, mode
     wait_running(probe, processes, timeout=30)
     # the new controller's first report that counts trajectories (1 Hz, and at once on a violation): the
     # old code's first trajectory to it needed 118 rad/s, then it FAULTed on the tracking error
-    wait_for(
-        lambda: probe.violations.get("accepted", {}).get("trajectory", 0) > 0, 5, "the new controller's report"
-    )
+    accepted = lambda: probe.violations.get("accepted", {}).get("trajectory", 0)  # noqa: E731
+    wait_for(lambda: accepted() > 0, 5, "the new controller's report")
     report = probe.violations
     print(f"after the restart: {report['accepted']}, violations {report['violations']}")
     assert not any(report["violations"].values()), report
