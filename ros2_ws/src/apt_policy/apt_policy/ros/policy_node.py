@@ -43,7 +43,7 @@ from apt_policy.ros.control_setup import build_controller, build_loop, controlle
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
 from apt_policy.ros.params import NODE_SPECS, NodeParams, ParameterError, check_update, declare
 from apt_policy.ros.polling import PolledSubscription, helper_node
-from apt_policy.ros.qos import EVENTS, SENSOR
+from apt_policy.ros.qos import CAMERA, EVENTS, SENSOR
 from apt_policy.ros.spin import spin_node
 
 NODE_NAME = "apt_policy"
@@ -367,6 +367,7 @@ class PolicyNode(LifecycleNode):
         if p.poll_joint_states or p.poll_cameras:  # read by the stream thread (see ros/polling.py)
             poll_node = self._poll_node = helper_node(self, "poll")  # survives a launch file's name=
         self._camera_pollers = []
+        camera_qos = CAMERA if p.camera_reliability == "reliable" else SENSOR
         for name, topic in zip(self.camera_names, p.camera_topics, strict=True):
             compressed = topic.rstrip("/").endswith("/compressed")
             msg_type = CompressedImage if compressed else Image
@@ -374,10 +375,10 @@ class PolicyNode(LifecycleNode):
             # 640x480 frame holds the GIL for ~0.6 ms, which would delay the command stream.
             callback = self._camera_callback(name, topic, compressed)
             if p.poll_cameras and not compressed:  # JPEG decoding (ms) stays off the stream thread
-                poller = PolledSubscription(poll_node, msg_type, topic, SENSOR, raw=True)
+                poller = PolledSubscription(poll_node, msg_type, topic, camera_qos, raw=True)
                 self._camera_pollers.append((callback, poller))
             else:
-                self.create_subscription(msg_type, topic, callback, SENSOR, raw=not compressed)
+                self.create_subscription(msg_type, topic, callback, camera_qos, raw=not compressed)
         self._joint_poller = None
         if p.poll_joint_states:
             self._joint_poller = PolledSubscription(poll_node, JointState, p.joint_states_topic, SENSOR)
