@@ -100,6 +100,7 @@ class PolicyNode(LifecycleNode):
         self._status_timer = self.create_timer(1.0 / self.params.status_rate, self._publish_status)
         self._diag_every = max(1, round(self.params.status_rate))
         self._status_count = 0
+        self._diag_mark = (0, 0)  # missed ticks, dropped commands at the last /diagnostics
         self._parameters_ready = True
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -854,7 +855,21 @@ class PolicyNode(LifecycleNode):
                 f"; inference delay {snap['delay_last_actions']} actions exceeds the model's trained maximum"
                 f" {trained_max} (real-time chunking)"
             )
+        # Could the node keep its rate since the last report? (missed ticks: the rate loop's count; dropped:
+        # commands the controller would not release, late or infeasible at arrival)
+        missed, dropped = int(snap.get("missed_ticks", 0)), int(snap.get("commands_dropped", 0))
+        new_missed = max(0, missed - self._diag_mark[0])  # (the counts restart with a new configure)
+        new_dropped = max(0, dropped - self._diag_mark[1])
+        self._diag_mark = (missed, dropped)
+        if self._configured and (new_missed > 0 or new_dropped > 0):
+            if status.level == DiagnosticStatus.OK:
+                status.level = DiagnosticStatus.WARN
+            status.message += (
+                f"; could not keep {self.params.control_rate:g} Hz: {new_missed} ticks missed, "
+                f"{new_dropped} commands not sent since the last report"
+            )
         flat = {k: v for k, v in snap.items() if not isinstance(v, dict)}
+        flat.update(missed_ticks_since_last_report=new_missed, commands_dropped_since_last_report=new_dropped)
         flat.update({f"rejected {k}": v for k, v in snap["rejected_inputs"].items()})
         for limit, per_joint in snap["interventions_by_limit"].items():
             flat.update({f"interventions {limit} {joint}": n for joint, n in per_joint.items()})

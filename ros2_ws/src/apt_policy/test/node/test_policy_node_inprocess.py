@@ -232,6 +232,41 @@ def test_camera_frames_are_subscribed_reliable_and_frames_stamped_far_off_are_co
         _wait(lambda: node.status_snapshot()["state_name"] == "RUNNING", what="RUNNING again")
 
 
+def test_fault_is_logged_and_left_through_the_reset_service_once_the_arm_is_at_rest(running, capfd) -> None:
+    from std_srvs.srv import Trigger
+
+    node, probe, _ = running
+    node.set_instruction("go left")
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    node.controller.fault("robot reflex (test)")
+    _wait(lambda: probe.state() == PolicyStatus.FAULT, what="FAULT")
+    _wait(lambda: "FAULT: robot reflex (test)" in capfd.readouterr().err, what="the FAULT log line")
+    ok, why = node.set_instruction("again")
+    assert not ok and "FAULT" in why
+    client = probe.node.create_client(Trigger, "/apt_policy/reset")
+    assert client.wait_for_service(5.0)
+
+    def call() -> Trigger.Response:
+        future = client.call_async(Trigger.Request())
+        _wait(future.done, what="~/reset reply")
+        return future.result()
+
+    # the stand-in arm rests at the ready pose with a fresh state: accepted once it has been at rest 0.1 s
+    # and the last look-ahead sent has ended (both within ~0.5 s here)
+    end = time.monotonic() + 5.0
+    reply = call()
+    while not reply.success and time.monotonic() < end:
+        assert "cannot reset" in reply.message, reply.message
+        time.sleep(0.1)
+        reply = call()
+    assert reply.success and "robot reflex (test)" in reply.message, reply.message
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE after the reset")
+    assert not call().success  # not in FAULT any more
+    ok, _ = node.set_instruction("go left")
+    assert ok
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING after the reset")
+
+
 def test_inference_failure_holds(running) -> None:
     node, probe, policy = running
     node.set_instruction("go left")
