@@ -41,7 +41,7 @@ class Probe:
         from std_srvs.srv import SetBool
         from trajectory_msgs.msg import JointTrajectory
 
-        from apt_policy.ros.qos import COMMANDS, EVENTS, LATCHED, SENSOR
+        from apt_policy.ros.qos import CAMERA, COMMANDS, EVENTS, LATCHED, SENSOR
 
         self._ctx = rclpy.Context()
         rclpy.init(context=self._ctx)
@@ -55,7 +55,7 @@ class Probe:
         self.msg = {"String": String, "JointState": JointState, "Image": Image, "SetBool": SetBool}
         self.instruction = n.create_publisher(String, "/apt_policy/instruction", EVENTS)
         self.joints = n.create_publisher(JointState, "/franka/joint_states", SENSOR)
-        self.camera_pub = n.create_publisher(Image, "/camera/camera/color/image_raw", SENSOR)
+        self.camera_pub = n.create_publisher(Image, "/camera/camera/color/image_raw", CAMERA)
         self.camera_switch = n.create_client(SetBool, "/fake_camera/enable")
         n.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, EVENTS)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, EVENTS)

@@ -43,7 +43,7 @@ from apt_policy.ros.control_setup import build_controller, build_loop, controlle
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
 from apt_policy.ros.params import NODE_SPECS, NodeParams, ParameterError, check_update, declare
 from apt_policy.ros.polling import PolledSubscription, helper_node
-from apt_policy.ros.qos import EVENTS, SENSOR
+from apt_policy.ros.qos import CAMERA, EVENTS, SENSOR
 from apt_policy.ros.spin import spin_node
 
 NODE_NAME = "apt_policy"
@@ -100,6 +100,7 @@ class PolicyNode(LifecycleNode):
         self._status_timer = self.create_timer(1.0 / self.params.status_rate, self._publish_status)
         self._diag_every = max(1, round(self.params.status_rate))
         self._status_count = 0
+        self._diag_mark = (0, 0)  # missed ticks, dropped commands at the last /diagnostics
         self._parameters_ready = True
 
     # -- lifecycle ------------------------------------------------------------------------------------------
@@ -367,6 +368,7 @@ class PolicyNode(LifecycleNode):
         if p.poll_joint_states or p.poll_cameras:  # read by the stream thread (see ros/polling.py)
             poll_node = self._poll_node = helper_node(self, "poll")  # survives a launch file's name=
         self._camera_pollers = []
+        camera_qos = CAMERA if p.camera_reliability == "reliable" else SENSOR
         for name, topic in zip(self.camera_names, p.camera_topics, strict=True):
             compressed = topic.rstrip("/").endswith("/compressed")
             msg_type = CompressedImage if compressed else Image
@@ -374,10 +376,10 @@ class PolicyNode(LifecycleNode):
             # 640x480 frame holds the GIL for ~0.6 ms, which would delay the command stream.
             callback = self._camera_callback(name, topic, compressed)
             if p.poll_cameras and not compressed:  # JPEG decoding (ms) stays off the stream thread
-                poller = PolledSubscription(poll_node, msg_type, topic, SENSOR, raw=True)
+                poller = PolledSubscription(poll_node, msg_type, topic, camera_qos, raw=True)
                 self._camera_pollers.append((callback, poller))
             else:
-                self.create_subscription(msg_type, topic, callback, SENSOR, raw=not compressed)
+                self.create_subscription(msg_type, topic, callback, camera_qos, raw=not compressed)
         self._joint_poller = None
         if p.poll_joint_states:
             self._joint_poller = PolledSubscription(poll_node, JointState, p.joint_states_topic, SENSOR)
@@ -864,7 +866,21 @@ class PolicyNode(LifecycleNode):
                 f"; inference delay {snap['delay_last_actions']} actions exceeds the model's trained maximum"
                 f" {trained_max} (real-time chunking)"
             )
+        # Could the node keep its rate since the last report? (missed ticks: the rate loop's count; dropped:
+        # commands the controller would not release, late or infeasible at arrival)
+        missed, dropped = int(snap.get("missed_ticks", 0)), int(snap.get("commands_dropped", 0))
+        new_missed = max(0, missed - self._diag_mark[0])  # (the counts restart with a new configure)
+        new_dropped = max(0, dropped - self._diag_mark[1])
+        self._diag_mark = (missed, dropped)
+        if self._configured and (new_missed > 0 or new_dropped > 0):
+            if status.level == DiagnosticStatus.OK:
+                status.level = DiagnosticStatus.WARN
+            status.message += (
+                f"; could not keep {self.params.control_rate:g} Hz: {new_missed} ticks missed, "
+                f"{new_dropped} commands not sent since the last report"
+            )
         flat = {k: v for k, v in snap.items() if not isinstance(v, dict)}
+        flat.update(missed_ticks_since_last_report=new_missed, commands_dropped_since_last_report=new_dropped)
         flat.update({f"rejected {k}": v for k, v in snap["rejected_inputs"].items()})
         for limit, per_joint in snap["interventions_by_limit"].items():
             flat.update({f"interventions {limit} {joint}": n for joint, n in per_joint.items()})

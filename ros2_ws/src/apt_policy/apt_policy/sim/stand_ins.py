@@ -26,7 +26,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3
-from apt_policy.ros.qos import COMMANDS, EVENTS, SENSOR
+from apt_policy.ros.qos import CAMERA, COMMANDS, EVENTS, SENSOR
 from apt_policy.runtime.policy import PolicyInfo
 
 JOINTS = tuple(FR3.joint_names)
@@ -128,7 +128,7 @@ class RobotStandIn:
         self.gripper_commands: list[float] = []
         self.joints = node.create_publisher(JointState, "/franka/joint_states", SENSOR)
         self.fingers = node.create_publisher(JointState, "/franka_gripper/joint_states", SENSOR)
-        self.camera = node.create_publisher(Image, CAMERA_TOPIC, SENSOR)
+        self.camera = node.create_publisher(Image, CAMERA_TOPIC, CAMERA)  # reliable, as realsense-ros
         self.instruction = node.create_publisher(String, "/apt_policy/instruction", EVENTS)
         node.create_subscription(
             JointTrajectory, "/fr3_arm_controller/joint_trajectory", self._on_trajectory, COMMANDS

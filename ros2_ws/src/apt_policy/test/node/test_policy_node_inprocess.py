@@ -29,6 +29,7 @@ from apt_policy.sim import stand_ins
 from apt_policy.sim.stand_ins import RobotStandIn, hold_ready
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
+from rclpy.qos import ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
@@ -201,6 +202,69 @@ def test_bad_inputs_rejected_and_node_keeps_running(running) -> None:
     )
     _wait(lambda: node.status_snapshot()["state_name"] == "RUNNING", what="RUNNING again")
     assert node.status_snapshot()["instruction"] == "go left"
+
+
+def test_camera_frames_are_subscribed_reliable_and_frames_stamped_far_off_are_counted(running) -> None:
+    """Best effort lost 46% of fake_camera's 640x480 frames on the loaded 2-core machine (a lost fragment
+    loses the frame; gaps up to 1.3 s: the node flipped to HOLDING, "camera ~205 ms old"). Reliable repairs
+    them; realsense-ros and fake_camera publish reliable."""
+    node, probe, _ = running
+    infos = probe.node.get_subscriptions_info_by_topic(stand_ins.CAMERA_TOPIC)
+    ours = [i for i in infos if i.node_name.startswith("apt_policy")]
+    assert ours and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in ours)
+    node.set_instruction("go left")
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    for offset, where in ((10.0, "in the future"), (-10.0, "in the past")):  # rejected, counted, logged
+        h, w = probe.image_shape
+        off_clock = Image(height=h, width=w, encoding="rgb8", step=3 * w, data=bytes(h * 3 * w))
+        off_clock.header.stamp = probe.node.get_clock().now().to_msg()
+        off_clock.header.stamp.sec += int(offset)
+        probe.bad_image = off_clock
+        _wait(
+            lambda: node.status_snapshot()["rejected_inputs"].get(stand_ins.CAMERA_TOPIC, 0) > 2,
+            what="off-clock frames rejected",
+        )
+        with node._lock:  # the reasons logged (each at most every 5 s)
+            logged = [reason for source, reason in node._last_reject_log if source == stand_ins.CAMERA_TOPIC]
+            node._rejections.clear()
+        assert any(f"10.0 s {where}" in reason for reason in logged), logged
+        probe.bad_image = None
+        _wait(lambda: node.status_snapshot()["state_name"] == "RUNNING", what="RUNNING again")
+
+
+def test_fault_is_logged_and_left_through_the_reset_service_once_the_arm_is_at_rest(running, capfd) -> None:
+    from std_srvs.srv import Trigger
+
+    node, probe, _ = running
+    node.set_instruction("go left")
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING")
+    node.controller.fault("robot reflex (test)")
+    _wait(lambda: probe.state() == PolicyStatus.FAULT, what="FAULT")
+    _wait(lambda: "FAULT: robot reflex (test)" in capfd.readouterr().err, what="the FAULT log line")
+    ok, why = node.set_instruction("again")
+    assert not ok and "FAULT" in why
+    client = probe.node.create_client(Trigger, "/apt_policy/reset")
+    assert client.wait_for_service(5.0)
+
+    def call() -> Trigger.Response:
+        future = client.call_async(Trigger.Request())
+        _wait(future.done, what="~/reset reply")
+        return future.result()
+
+    # the stand-in arm rests at the ready pose with a fresh state: accepted once it has been at rest 0.1 s
+    # and the last look-ahead sent has ended (both within ~0.5 s here)
+    end = time.monotonic() + 5.0
+    reply = call()
+    while not reply.success and time.monotonic() < end:
+        assert "cannot reset" in reply.message, reply.message
+        time.sleep(0.1)
+        reply = call()
+    assert reply.success and "robot reflex (test)" in reply.message, reply.message
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE after the reset")
+    assert not call().success  # not in FAULT any more
+    ok, _ = node.set_instruction("go left")
+    assert ok
+    _wait(lambda: probe.state() == PolicyStatus.RUNNING, what="RUNNING after the reset")
 
 
 def test_inference_failure_holds(running) -> None:
