@@ -74,7 +74,10 @@ def _for(seconds: float, rate: float, action: Callable[[], None]) -> None:
 
 
 def _measured(rig: Rig) -> list[float]:
-    return list(FR3.ready_pose)
+    """The arm's latest measured joint positions (FR3 order); the ready pose before any state arrived."""
+    with rig.probe.lock:
+        measured = dict(rig.probe.measured)
+    return [measured.get(n, q) for n, q in zip(FR3.joint_names, FR3.ready_pose, strict=True)]
 
 
 def _mark(o: Outcome, t_inject: float, rig: Rig) -> None:
@@ -150,10 +153,10 @@ def joint_state_jump(rig: Rig, o: Outcome) -> None:
 
 def joint_state_missing_and_reordered(rig: Rig, o: Outcome) -> None:
     names = list(FR3.joint_names)
-    q = _measured(rig)
     t = time.monotonic()
-    _for(1.0, 200.0, lambda: _joint_state(rig, q[:6], names[:6]))
-    _for(1.0, 200.0, lambda: _joint_state(rig, q[::-1], names[::-1]))  # same state, other order
+    _for(1.0, 200.0, lambda: _joint_state(rig, _measured(rig)[:6], names[:6]))
+    # the arm's own current state, in another order (the real arm publishes too: both must agree)
+    _for(1.0, 200.0, lambda: _joint_state(rig, _measured(rig)[::-1], names[::-1]))
     _mark(o, t, rig)
     o.notes.append(f"rejections: { {k: v for k, v in rig.probe.diag.items() if k.startswith('rejected')} }")
 

@@ -52,12 +52,14 @@ class Probe:
         self.diag: dict[str, str] = {}
         self.violations: dict[str, Any] = {}
         self.commands: list[float] = []  # receive times of trajectory commands
+        self.measured: dict[str, float] = {}  # the arm's latest joint positions, by name
         self.msg = {"String": String, "JointState": JointState, "Image": Image, "SetBool": SetBool}
         self.instruction = n.create_publisher(String, "/apt_policy/instruction", EVENTS)
         self.joints = n.create_publisher(JointState, "/franka/joint_states", SENSOR)
         self.camera_pub = n.create_publisher(Image, "/camera/camera/color/image_raw", CAMERA)
         self.camera_switch = n.create_client(SetBool, "/fake_camera/enable")
         n.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, EVENTS)
+        n.create_subscription(JointState, "/franka/joint_states", self._on_joints, SENSOR)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, EVENTS)
         n.create_subscription(String, "/fake_franka/violations", self._on_violations, LATCHED)
         n.create_subscription(
@@ -81,6 +83,11 @@ class Probe:
             if last is None or last[1] != msg.state:
                 self.timeline.append((time.monotonic(), int(msg.state), str(msg.last_fault)))
             self.status = msg
+
+    def _on_joints(self, msg: Any) -> None:
+        if len(msg.name) == len(msg.position) and all(p == p for p in msg.position):  # skip injected NaN
+            with self.lock:
+                self.measured = dict(zip(msg.name, msg.position, strict=True))
 
     def _on_diag(self, msg: Any) -> None:
         for st in msg.status:
