@@ -649,6 +649,8 @@ def test_deploy_guide_parameters_exist_in_the_node() -> None:
         assert name in specs, f"docs/DEPLOY.md sets unknown node parameter {name}"
         if specs[name].choices:
             assert value in specs[name].choices, f"{name}: {value} not in {specs[name].choices}"
+        elif isinstance(specs[name].default, bool):
+            assert value in ("true", "false"), f"{name}: {value} is not a boolean"
         else:
             low = -float("inf") if specs[name].low is None else specs[name].low
             high = float("inf") if specs[name].high is None else specs[name].high

@@ -88,8 +88,14 @@ def graph(ros_env: dict[str, str]) -> Any:
 
 
 def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
+    """Child processes of ``pid``, whichever of its threads started them."""
+    found: list[int] = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            found += [int(x) for x in path.read_text().split()]
+        except OSError:  # the thread ended meanwhile
+            continue
+    return sorted(found)
 
 
 def _alive(pid: int) -> bool:

@@ -117,3 +117,70 @@ def test_close_ends_a_prediction_stuck_on_a_hung_child(exported_pi: tuple[Path, 
 def test_a_model_that_does_not_load_says_why(tmp_path: Path):
     with pytest.raises(InferenceError, match=r"loading the policy failed in the inference process: \w+"):
         ProcessPolicy(tmp_path)
+
+
+def _gone(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().split(") ")[-1][:1] == "Z"
+
+
+def test_a_killed_child_is_replaced_and_serving_goes_on(exported_pi: tuple[Path, Path]):
+    """Issue #17: a killed inference process was never replaced (the node held forever with a zombie)."""
+    from apt_policy.runtime.process_policy import RestartingProcessPolicy
+
+    _, out = exported_pi
+    waits: list[float] = []
+    policy = RestartingProcessPolicy(out, max_restarts=2, backoff_s=0.5, sleep=waits.append)
+    images, state, noise = _inputs(policy, 0)
+    first = policy.predict(images, state, "reach the red cube", noise)
+    old = policy.pid
+    os.kill(old, signal.SIGKILL)
+    with pytest.raises(InferenceError, match="a new inference process was started"):
+        policy.predict(images, state, "reach the red cube", noise)
+    assert policy.pid != old and policy.alive and policy.restarts == 1 and waits == [0.5]
+    assert _gone(old), "the dead child was not reaped"
+    np.testing.assert_array_equal(policy.predict(images, state, "reach the red cube", noise), first)
+    assert policy.failures_in_a_row == 0
+    policy.close()
+    assert _gone(policy.pid)
+
+
+def test_it_gives_up_after_max_restarts_in_a_row_and_can_be_revived(exported_pi: tuple[Path, Path]):
+    from apt_policy.runtime.process_policy import RestartingProcessPolicy
+
+    _, out = exported_pi
+    waits: list[float] = []
+    policy = RestartingProcessPolicy(out, max_restarts=1, backoff_s=0.25, sleep=waits.append)
+    images, state, noise = _inputs(policy, 0)
+    os.kill(policy.pid, signal.SIGKILL)
+    with pytest.raises(InferenceError, match="new inference process"):
+        policy.predict(images, state, "reach the red cube", noise)
+    os.kill(policy.pid, signal.SIGKILL)  # dies again before any successful prediction
+    with pytest.raises(InferenceError, match=r"down: 2 failures in a row"):
+        policy.predict(images, state, "reach the red cube", noise)
+    assert policy.down and not policy.alive and waits == [0.25]
+    with pytest.raises(InferenceError, match="down"):
+        policy.predict(images, state, "reach the red cube", noise)
+    dead = policy.pid
+    assert _gone(dead)
+    policy.revive()  # the operator cleared the fault: try again
+    with pytest.raises(InferenceError, match="new inference process"):
+        policy.predict(images, state, "reach the red cube", noise)
+    assert policy.predict(images, state, "reach the red cube", noise).shape == (
+        policy.info.horizon,
+        policy.info.action_dim,
+    )
+    policy.close()
+    assert _gone(policy.pid)
+
+
+def test_a_model_error_in_a_serving_child_is_not_a_restart(exported_pi: tuple[Path, Path]):
+    from apt_policy.runtime.process_policy import RestartingProcessPolicy
+
+    _, out = exported_pi
+    policy = RestartingProcessPolicy(out, max_restarts=0, sleep=lambda s: None)
+    images, state, _ = _inputs(policy, 0)
+    with pytest.raises(InferenceError, match="failed in the inference process"):
+        policy.predict(images, state[:2], "reach the red cube")  # wrong state size: the model refuses
+    assert policy.alive and policy.restarts == 0 and policy.down is None
+    policy.close()

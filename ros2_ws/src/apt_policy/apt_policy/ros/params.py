@@ -117,6 +117,13 @@ class NodeParams:
         "Run the policy in a child process (its own interpreter: model pre/post-processing never holds "
         "the command stream's interpreter lock). false: in a thread of the node.",
     )
+    inference_restarts: int = param(
+        3,
+        "With inference_process: how many times in a row a dead inference process is replaced (after 1, 2, "
+        "4, ... s; a successful prediction resets the count) before the node gives up and FAULTs.",
+        low=0,
+        high=100,
+    )
     robot: str = param(
         "fr3",
         "Robot profile (joint names and hardware limits).",

@@ -519,6 +519,8 @@ class PolicyNode(LifecycleNode):
             paused = self.controller.state == ControllerState.PAUSED
         self.get_logger().info(f"instruction: {text!r} (epoch {epoch})" + (" while paused" if paused else ""))
         self._notify(old, text)
+        if not getattr(self.policy, "alive", True):  # never claim to follow while inference is down
+            return True, f"accepted {text!r}: holding, the inference process is down (being restarted)"
         if paused:  # nothing moves until resume: say so rather than "following"
             return True, f"accepted {text!r} while paused: holding until ~/resume, then following it"
         if not self._streaming():
@@ -562,6 +564,9 @@ class PolicyNode(LifecycleNode):
             if not ok:
                 return False, why
             self.worker.set_instruction(None, self.controller.epoch)
+            revive = getattr(self.policy, "revive", None)  # an inference process given up on: try again
+            if revive is not None and getattr(self.policy, "down", None) is not None:
+                revive()
         self.get_logger().warning(f"reset by the operator: {why}; IDLE")
         self._notify(old, "")
         return True, why
@@ -629,6 +634,7 @@ class PolicyNode(LifecycleNode):
             "chunks_produced": self.worker.chunks_produced,
             "chunks_discarded": self.worker.discarded_stale_epoch,
             "inference_failures": self.worker.failures,
+            "inference_restarts": int(getattr(self.policy, "restarts", 0)),
             "inference_p50_ms": float(np.percentile(lat, 50)) if lat.size else float("nan"),
             "inference_p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
             "ticks": self.loop.ticks,
@@ -677,6 +683,11 @@ class PolicyNode(LifecycleNode):
     def _on_inference_error(self, reason: str) -> None:
         with self._lock:
             self._last_inference_error = reason
+        down = getattr(self.policy, "down", None)  # RestartingProcessPolicy gave up on the model's process
+        if down is not None and self.controller.state != ControllerState.FAULT:
+            self.controller.fault(f"inference process down: {down}")
+            self.get_logger().error(f"FAULT: inference process down ({down}); ~/reset to try again")
+            return
         self.controller.on_inference_error(reason)
         self.get_logger().error(reason, throttle_duration_sec=2.0)
 
@@ -954,6 +965,7 @@ _UNCONFIGURED_SNAPSHOT: dict[str, Any] = {
     "chunks_produced": 0,
     "chunks_discarded": 0,
     "inference_failures": 0,
+    "inference_restarts": 0,
     "inference_p50_ms": float("nan"),
     "inference_p99_ms": float("nan"),
     "ticks": 0,
@@ -990,9 +1002,9 @@ def _load_policy(p: NodeParams) -> Any:
     if p.backend == "onnxruntime" or (p.backend == "auto" and detect_kind(path) == "onnx"):
         options = {"intra_op_threads": p.inference_threads, "allow_spinning": p.inference_spinning}
     if p.inference_process:
-        from apt_policy.runtime.process_policy import ProcessPolicy
+        from apt_policy.runtime.process_policy import RestartingProcessPolicy
 
-        return ProcessPolicy(path, p.backend, **options)
+        return RestartingProcessPolicy(path, p.backend, max_restarts=p.inference_restarts, **options)
     return load_policy(path, p.backend, **options)
 
 

@@ -15,8 +15,9 @@ module) talking over a socket pair; it runs with normal scheduling even if its p
 the policy with
 ``load_policy(path, backend, **options)`` and answers requests in order. Errors in the child come back as
 :class:`~apt_policy.runtime.inputs.InferenceError` with the child's message; a child that exits or stops
-answering makes every later call raise ``InferenceError`` saying so (the node holds; it does not restart
-it by itself).
+answering makes every later call of that ProcessPolicy raise ``InferenceError`` saying so.
+:class:`RestartingProcessPolicy` (what the node uses) replaces a child that died, a bounded number of times
+in a row with a growing back-off, and then stays down (the node FAULTs).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import count
 from multiprocessing.connection import Connection
@@ -149,6 +151,11 @@ class ProcessPolicy:
     def pid(self) -> int:
         return self._process.pid
 
+    @property
+    def alive(self) -> bool:
+        """The child is running (it may still be loading or hung; a dead one is not)."""
+        return self._process.poll() is None
+
     def predict(
         self,
         images: Mapping[str, np.ndarray],
@@ -254,6 +261,112 @@ class ProcessPolicy:
     def _fail(self, reason: str) -> InferenceError:
         self._broken = reason
         return InferenceError(f"inference process (pid {self._process.pid}): {reason}")
+
+
+class RestartingProcessPolicy:
+    """A :class:`ProcessPolicy` whose child is replaced when it dies (killed, crashed, out of memory).
+
+    A ``predict`` that finds the child dead raises ``InferenceError`` (the caller holds for that chunk) after
+    starting a new child: the ``n``-th failure in a row waits ``backoff_s * 2**(n-1)`` s first, and a
+    prediction that succeeds resets the count. After ``max_restarts`` failures in a row (a child that dies
+    again at once, a model that no longer loads) it gives up: :attr:`down` says why, every call raises, and
+    the node FAULTs. A model error in a child that keeps serving is passed on unchanged (no restart).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        backend: str = "auto",
+        max_restarts: int = 3,
+        backoff_s: float = 1.0,
+        start: Callable[..., ProcessPolicy] = ProcessPolicy,
+        sleep: Callable[[float], None] = time.sleep,
+        **options: Any,
+    ) -> None:
+        self._start = lambda: start(path, backend, **options)
+        self.max_restarts = int(max_restarts)
+        self.backoff_s = float(backoff_s)
+        self._sleep = sleep
+        self._lock = threading.Lock()  # the current child is swapped under it
+        self._policy: ProcessPolicy = self._start()
+        self._info = self._policy.info
+        self.restarts = 0  # children started after the first one
+        self.failures_in_a_row = 0
+        self.down: str | None = None  # why it gave up (None while it serves or restarts)
+        self._closed = False
+
+    @property
+    def info(self) -> PolicyInfo:
+        return self._info
+
+    @property
+    def pid(self) -> int:
+        return self._policy.pid
+
+    @property
+    def alive(self) -> bool:
+        """A child is running and serving is not given up."""
+        return self.down is None and not self._closed and self._policy.alive
+
+    def warmup(self) -> None:
+        self._policy.warmup()
+
+    def predict(
+        self,
+        images: Mapping[str, np.ndarray],
+        state: np.ndarray,
+        instruction: str,
+        noise: np.ndarray | None = None,
+        prefix: np.ndarray | None = None,
+    ) -> np.ndarray:
+        if self.down is not None:
+            raise InferenceError(f"inference process down: {self.down}")
+        policy = self._policy
+        try:
+            actions = policy.predict(images, state, instruction, noise, prefix)
+        except InferenceError as exc:
+            if policy.alive or self._closed:
+                raise  # the model failed in a child that still serves (or we are closing): no restart
+            self._replace(policy, str(exc))
+            raise InferenceError(f"{exc}; a new inference process was started") from None
+        self.failures_in_a_row = 0
+        return actions
+
+    def _replace(self, dead: ProcessPolicy, reason: str) -> None:
+        """Start a new child for ``dead`` after the back-off, or give up (:attr:`down`)."""
+        dead.close(timeout_s=1.0)  # reap it, close the socket and the image file
+        self.failures_in_a_row += 1
+        if self.failures_in_a_row > self.max_restarts:
+            self.down = (
+                f"{self.failures_in_a_row} failures in a row (max_restarts {self.max_restarts}): {reason}"
+            )
+            raise InferenceError(f"inference process down: {self.down}")
+        self._sleep(self.backoff_s * 2 ** (self.failures_in_a_row - 1))
+        try:
+            fresh = self._start()
+            fresh.warmup()
+        except InferenceError as exc:  # it did not come up: counted, tried again at the next call
+            reason = f"{reason}; restart failed: {exc}"
+            if self.failures_in_a_row >= self.max_restarts:
+                self.down = f"{self.failures_in_a_row} failures in a row: {reason}"
+            raise InferenceError(f"inference process restart failed: {exc}") from None
+        with self._lock:
+            if self._closed:  # closed while it was starting: it must not outlive us
+                fresh.close()
+                return
+            self._policy = fresh
+            self.restarts += 1
+
+    def revive(self) -> None:
+        """After giving up (an operator cleared the fault): try again from the next ``predict``."""
+        self.down = None
+        self.failures_in_a_row = 0
+
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        with self._lock:
+            self._closed = True
+            policy = self._policy
+        policy.close(timeout_s)
 
 
 class _ImageArena:

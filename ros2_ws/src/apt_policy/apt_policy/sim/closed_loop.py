@@ -561,17 +561,22 @@ def scripted_rows(disagreement: float = 0.01, max_delay: int = 8) -> dict[str, t
 
 
 def model_rows(model: Path, trained: Path | None = None) -> dict[str, tuple[Any, str]]:
-    """The table's rows with exported models: ``model`` for none / crossfade / ensemble, and for RTC the
-    one(s) that take a prefix, labelled by their trained maximum delay (0: training-free)."""
+    """The table's rows with exported models: ``model`` for none / crossfade / ensemble, and for RTC every
+    export that takes a prefix, in each mode it supports: training-free (hard prefix) always, trained
+    when it was trained for RTC (``rtc_max_delay`` > 0). One RTC-trained export gives both RTC rows."""
     from apt_policy.runtime.load import load_policy
 
     base = load_policy(model)
     rows: dict[str, tuple[Any, str]] = {s: (base, s) for s in ("none", "crossfade", "ensemble")}
-    for policy in (base, load_policy(trained) if trained is not None else None):
-        if policy is None or not getattr(policy.info, "rtc_inputs", False):
+    for path in (model, trained):
+        if path is None:
             continue
-        kind = "trained" if int(getattr(policy.info, "rtc_max_delay", 0) or 0) > 0 else "training-free"
-        rows[f"rtc ({kind})"] = (policy, "rtc")
+        policy = base if path == model else load_policy(path)
+        if not policy.info.rtc_inputs:
+            continue
+        rows["rtc (training-free)"] = (load_policy(path, rtc_mode="training_free"), "rtc")
+        if policy.info.rtc_max_delay > 0:
+            rows["rtc (trained)"] = (load_policy(path, rtc_mode="trained"), "rtc")
     return rows
 
 
