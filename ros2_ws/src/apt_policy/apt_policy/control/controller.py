@@ -82,6 +82,8 @@ class ControllerConfig:
     stamped             trajectories carry the tick's time as their start (header.stamp) default False
     stamped_min_span    s, a stamped trajectory lasts at least this long (rests at its last point), so a
                         late message still ends in the future                           default 0.25
+    commit_points       stamped: the first points of each look-ahead repeat the executing one (a message
+                        that much late changes nothing; reactions come that much later) default 0
     max_send_delay      s, a command later than this at send time is dropped (None: one control_dt)
     arrival_allowance   s, feasibility at arrival is checked from the send time to this much later (the
                         transport's share; a constant transport delay cancels out)      default 0.002
@@ -99,6 +101,7 @@ class ControllerConfig:
     output: str = "trajectory"
     stamped: bool = False
     stamped_min_span: float = 0.25
+    commit_points: int = 0
     max_send_delay: float | None = None
     arrival_allowance: float = 0.002
     resync_settle_time: float = 0.1
@@ -117,6 +120,11 @@ class ControllerConfig:
                 )
         if self.request_when_left < 0 or self.lookahead_points < 1:
             raise ValueError("request_when_left must be >= 0 and lookahead_points >= 1")
+        if not (0 <= self.commit_points < self.lookahead_points):
+            raise ValueError(
+                f"commit_points must be >= 0 and below lookahead_points ({self.lookahead_points}), "
+                f"got {self.commit_points}"
+            )
         if not (math.isfinite(self.action_lead) and self.action_lead >= 0):
             raise ValueError(f"action_lead must be finite and >= 0, got {self.action_lead}")
         if not (self.max_tracking_error > 0):
@@ -514,13 +522,26 @@ class Controller:
                 start = self._released.plan.state_at(t_now)
             else:
                 start = self._cmd
+            # Stamped output commits the next commit_points points: they repeat what the arm's controller
+            # already executes, so a message delivered that much later changes nothing; the new plan
+            # branches off at t_branch.
+            committed: list[CommandState] = []
+            if self.config.output == "trajectory" and self.config.stamped and self._released is not None:
+                plan_now = self._released.plan
+                dt = self.config.control_dt
+                if plan_now is not None:
+                    committed = [
+                        plan_now.state_at(t_now + i * dt) for i in range(1, self.config.commit_points + 1)
+                    ]
+            branch = committed[-1] if committed else start
+            t_branch = t_now + len(committed) * self.config.control_dt
 
             notes = Interventions()
             action = None
             if self._state in (ControllerState.RUNNING, ControllerState.HOLDING):
                 hold = stale or self._inference_problem
                 if hold is None:
-                    action = self.schedule.sample(t_now + self.config.action_lead)
+                    action = self.schedule.sample(t_branch + self.config.action_lead)
                     if action is None:
                         if inference_waiting:
                             hold = f"inference waiting for inputs: {inference_waiting}"
@@ -532,12 +553,12 @@ class Controller:
                     self._set_state(ControllerState.RUNNING, "")
 
             if action is None:
-                cmd = self.safety.brake(start)
+                step = self.safety.brake(branch)
             else:
                 if self.layout.arm == "velocity":
-                    cmd, notes = self.safety.follow_velocity(start, action.arm, q)
+                    step, notes = self.safety.follow_velocity(branch, action.arm, q)
                 else:
-                    cmd, notes = self.safety.track(start, action.arm, q, action.arm_velocity)
+                    step, notes = self.safety.track(branch, action.arm, q, action.arm_velocity)
                 if action.gripper is not None:
                     width = self.layout.gripper_width(action.gripper)
                     if width is not None:
@@ -546,6 +567,7 @@ class Controller:
                     self._count(
                         {k: tuple(self.limits.names[j] for j in v) for k, v in notes.by_limit.items()}
                     )
+            cmd = committed[0] if committed else step  # the command due one period from now
             self._cmd = cmd
             if notes and self._state == ControllerState.RUNNING:
                 self._interventions += 1
@@ -564,7 +586,7 @@ class Controller:
             trajectory = None
             before = (self._released, self._plan_end)
             if self.config.output == "trajectory":
-                trajectory = self._lookahead(t_now, cmd)
+                trajectory = self._lookahead(t_branch, step, committed)
                 plan = ExecutedPlan.from_states(
                     t_now, start, trajectory.times, trajectory.positions, trajectory.velocities
                 )
@@ -637,10 +659,14 @@ class Controller:
                 )
         return None
 
-    def _lookahead(self, t: float, cmd: CommandState) -> Trajectory:
-        """The look-ahead from this tick's command over the schedule, then braking to rest (see
-        :mod:`.lookahead`); stamped output rests at its last point until ``stamped_min_span``."""
-        n = self.config.lookahead_points
+    def _lookahead(
+        self, t: float, cmd: CommandState, committed: list[CommandState] | None = None
+    ) -> Trajectory:
+        """The ``committed`` points, then the look-ahead from ``cmd`` (the step after them, due at ``t`` +
+        one period) over the schedule, then braking to rest (see :mod:`.lookahead`); stamped output rests
+        at its last point until ``stamped_min_span``."""
+        committed = committed or []
+        n = self.config.lookahead_points - len(committed)
         targets: list[Target | None] = []
         running = self._state == ControllerState.RUNNING
         t0 = t + self.config.action_lead
@@ -654,6 +680,14 @@ class Controller:
             else:
                 targets.append(Target("position", action.arm, action.arm_velocity))
         traj = plan_lookahead(self.safety, cmd, targets)
+        if committed:
+            dt = self.config.control_dt
+            m = len(committed)
+            traj = Trajectory(
+                times=np.concatenate([dt * np.arange(1, m + 1), traj.times + m * dt]),
+                positions=np.vstack([np.stack([c.positions for c in committed]), traj.positions]),
+                velocities=np.vstack([np.stack([c.velocities for c in committed]), traj.velocities]),
+            )
         span = self.config.stamped_min_span
         if self.config.stamped and traj.times[-1] < span:  # a late message still ends in the future
             traj = Trajectory(

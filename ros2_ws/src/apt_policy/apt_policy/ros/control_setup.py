@@ -75,6 +75,7 @@ def controller_config(
             lookahead_points=p.lookahead_points,
             output=OUTPUTS[p.output_mode],
             stamped=p.trajectory_stamp == "tick",
+            commit_points=p.commit_points if p.trajectory_stamp == "tick" else 0,
             blend=BlendConfig(
                 mode=plan.blend_mode, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m
             ),

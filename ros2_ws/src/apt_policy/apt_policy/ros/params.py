@@ -240,6 +240,14 @@ class NodeParams:
         "stamped with the tick's deadline, immune to delivery jitter (controller clock must be synced).",
         choices=("zero", "tick"),
     )
+    commit_points: int = param(
+        2,
+        "trajectory_stamp tick: the first points of each look-ahead repeat what the arm's controller already "
+        "executes, so a message delivered up to that many periods late (plus ~25 ms) changes nothing; "
+        "reactions (new chunks, holds) start that much later. Must be below lookahead_points.",
+        low=0,
+        high=99,
+    )
     publish_lead: float = param(
         0.8,
         "Fraction of a period by which each command is computed before its deadline; it is published at "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import sys
 import threading
 import time
@@ -1014,6 +1015,9 @@ def _f32(value: float) -> float:
 def main(args: list[str] | None = None) -> int:
     """Entry point (``apt-policy-node``, ``ros2 run apt_policy policy_node``); handles --ros-args."""
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    # Fast DDS writes from the publishing thread, not a later one: a command released as feasible leaves
+    # then, not whenever a starved (or stopped) writer thread gets to it (unset: rmw_fastrtps' default).
+    os.environ.setdefault("RMW_FASTRTPS_PUBLICATION_MODE", "SYNCHRONOUS")
     return spin_node(
         make_policy_node, "apt_policy", args, parameter_errors=(ParameterError,), report_errors=True
     )

@@ -88,19 +88,37 @@ class World:
         self.delivered += 1
 
 
-def sweep_chunk(t_obs: float, epoch: int, horizon: int = 200) -> Chunk:
+def sweep_chunk(t_obs: float, epoch: int, horizon: int = 200, phase: float = 0.0) -> Chunk:
     """Targets sweeping joints 1-4 at up to ~1.5 rad/s (the filter caps them at its v_max, 1.31 rad/s)."""
     k = np.arange(horizon)[:, None] * 0.1
-    arm = Q0 + 0.7 * np.sin(2.1 * k) * np.array([1, 0.6, 1, 0.8, 0, 0, 0])
+    arm = Q0 + 0.7 * np.sin(2.1 * k + phase) * np.array([1, 0.6, 1, 0.8, 0, 0, 0])
     return Chunk(np.c_[arm, np.full(horizon, 0.04)], t_obs, epoch)
 
 
-def run_stream(stamped: bool, stalls, transport=None, seconds: float = 4.0):
+def run_stream(
+    stamped: bool,
+    stalls,
+    transport=None,
+    seconds: float = 4.0,
+    commit: int = 0,
+    turns: bool = False,
+    late_writes=None,
+):
+    """``turns``: every 0.3 s a chunk that reverses the sweep (each plan turns at full acceleration);
+    ``late_writes``: message number -> stall (s) of the stream thread after release() said yes, before the
+    write (the node cannot see it)."""
+    late_writes = late_writes or {}
     limits = JointLimits.from_profile(FR3)
     ctrl = Controller(
         limits,
         ActionLayout(dof=7, arm="absolute", gripper="absolute"),
-        ControllerConfig(control_dt=DT, lookahead_points=5, stamped=stamped, blend=BlendConfig(mode="none")),
+        ControllerConfig(
+            control_dt=DT,
+            lookahead_points=5,
+            stamped=stamped,
+            commit_points=commit,
+            blend=BlendConfig(mode="none"),
+        ),
     )
     world = World(stamped, stalls, transport or {})
 
@@ -112,11 +130,14 @@ def run_stream(stamped: bool, stalls, transport=None, seconds: float = 4.0):
         cmd = ctrl.tick(t, q, state_stamp=now)
         if ctrl.state == ControllerState.HOLDING and not ctrl.status().chunks_accepted:
             ctrl.on_chunk(sweep_chunk(t, ctrl.epoch), t)
+        elif turns and info.index % 30 == 0:
+            ctrl.on_chunk(sweep_chunk(t, ctrl.epoch, phase=np.pi * (info.index // 30 % 2)), t)
         world.stall_point()  # a late publish: descheduled between computing and sending
 
         def send() -> None:
             world.stall_point()
             if cmd.positions is not None and ctrl.release(cmd, world.clock()):
+                world.advance(world.t + late_writes.get(world.sent + 1, 0.0))
                 world.send(cmd)
 
         return send
@@ -166,3 +187,15 @@ def test_transport_delays_within_the_documented_bound_stay_feasible(delay: float
         _, world, _ = run_stream(stamped, [], transport)
         assert world.violations == [], (stamped, world.violations[:3])
         assert world.delivered > 200
+
+
+def test_stamped_committed_points_absorb_a_write_stalled_after_release() -> None:
+    """Stamped, plans turning at full acceleration every 0.3 s, the stream thread stalled for 40 ms between
+    release() and the write (a stall the node cannot see): beyond the ~25 ms bound without committed
+    points, inside it with two (20 ms + ~25 ms)."""
+    late = {n: 0.04 for n in range(40, 360)}  # every message from the 40th on
+    _, world, _ = run_stream(True, [], commit=0, turns=True, late_writes=late)
+    assert len(world.violations) > 10, "the scenario must exceed the bound without them"
+    ctrl, world, _ = run_stream(True, [], commit=2, turns=True, late_writes=late)
+    assert world.violations == [], world.violations[:3]
+    assert world.delivered > 200 and ctrl.status().chunks_accepted >= 4  # it turned, again and again
