@@ -63,10 +63,23 @@ def _wait(cond, timeout: float, what: str, procs=None) -> None:
         time.sleep(0.05)
 
 
+def _root_conftest():
+    """The repository's conftest.py by path: in a whole-suite run ``import conftest`` finds another one."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "apt_root_conftest", Path(__file__).parents[1] / "conftest.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def recording(tmp_path_factory, tiny_export: Path):
     """The bag directory of one recorded rollout (see the module docstring) and its recorder summary."""
-    from conftest import ProcessGroup  # the shared fixture's process handling, at module scope
+    ProcessGroup = _root_conftest().ProcessGroup  # the shared fixture's process handling, at module scope
 
     root = tmp_path_factory.mktemp("recording")
     env = {

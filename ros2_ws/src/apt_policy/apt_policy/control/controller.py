@@ -33,7 +33,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,9 +43,12 @@ from apt_policy.control.limits import JointLimits
 from apt_policy.control.lookahead import Target, Trajectory, plan_lookahead
 from apt_policy.control.plan import ExecutedPlan, arrival_problem
 from apt_policy.control.safety import CommandState, Interventions, SafetyConfig, SafetyFilter
-from apt_policy.control.schedule import ChunkDecision, ChunkSchedule
+from apt_policy.control.schedule import Chunk, ChunkDecision, ChunkSchedule
 from apt_policy.control.semantics import ActionLayout
 from apt_policy.control.watchdog import WatchdogConfig, stale_input_reason, state_problem
+
+if TYPE_CHECKING:
+    from apt_policy.control.inference_worker import ChunkResult
 
 OUTPUTS = ("trajectory", "position", "none")
 
@@ -364,7 +367,7 @@ class Controller:
 
     # ----------------------------------------------------------------------------- inference side API
 
-    def on_chunk(self, chunk: Any, t_now: float) -> ChunkDecision:
+    def on_chunk(self, chunk: Chunk | ChunkResult, t_now: float) -> ChunkDecision:
         """Offer a chunk (``schedule.Chunk`` or the worker's ``ChunkResult``) that arrived at ``t_now``.
 
         Never raises: a malformed chunk is refused with the reason (the caller logs it).
@@ -388,7 +391,7 @@ class Controller:
                 self._last_refusal = decision.reason
             return decision
 
-    def _decide(self, chunk: Any, t_now: float) -> ChunkDecision:
+    def _decide(self, chunk: Chunk | ChunkResult, t_now: float) -> ChunkDecision:
         if self._state in (ControllerState.IDLE, ControllerState.PAUSED, ControllerState.FAULT):
             return ChunkDecision(False, f"not accepting chunks in {self._state.name}")
         latency = t_now - float(chunk.t_obs)

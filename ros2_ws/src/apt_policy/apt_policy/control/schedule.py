@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +35,10 @@ from apt_policy.control.semantics import ActionLayout
 
 INTERPOLATIONS = ("cubic", "linear", "hold")
 _EPS = 1e-9  # tolerance on (t - t_obs) / dt so that t = t_obs + k * dt maps to step k despite rounding
+
+
+if TYPE_CHECKING:
+    from apt_policy.control.inference_worker import ChunkResult
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,7 +157,7 @@ class ChunkSchedule:
     def clear(self) -> None:
         self._chunks.clear()
 
-    def push(self, chunk: Any, t_now: float, epoch: int) -> ChunkDecision:
+    def push(self, chunk: Chunk | ChunkResult, t_now: float, epoch: int) -> ChunkDecision:
         """Offer a chunk at time ``t_now`` while instruction ``epoch`` is current."""
         if int(chunk.epoch) != int(epoch):
             return ChunkDecision(False, f"stale instruction epoch {chunk.epoch} (current {epoch})")

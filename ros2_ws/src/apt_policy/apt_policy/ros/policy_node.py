@@ -28,14 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State as LifecycleState
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from apt_policy.control.controller import Command, ControllerState
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
-from apt_policy.control.observations import FreshnessLimits, ObservationBuffer
+from apt_policy.control.observations import FreshnessLimits, ObservationBuffer, ObservationSet
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
 from apt_policy.control.self_check import SelfCheckResult, run_self_check, synthetic_images
 from apt_policy.control.stats import RollingStats
@@ -46,6 +48,7 @@ from apt_policy.ros.params import NODE_SPECS, NodeParams, ParameterError, check_
 from apt_policy.ros.polling import PolledSubscription, helper_node
 from apt_policy.ros.qos import CAMERA, EVENTS, SENSOR
 from apt_policy.ros.spin import spin_node
+from apt_policy.runtime.policy import Policy, PolicyInfo
 
 NODE_NAME = "apt_policy"
 
@@ -72,7 +75,9 @@ class PolicyNode(LifecycleNode):
     * cleanup / shutdown -- release everything: interfaces, subscriptions, publishers, the inference process.
     """
 
-    def __init__(self, policy: Any = None, **node_kwargs: Any) -> None:
+    _poll_node: Node | None = None  # the stream thread's helper node, made at configure (see polling.py)
+
+    def __init__(self, policy: Policy | None = None, **node_kwargs: Any) -> None:
         super().__init__(NODE_NAME, **node_kwargs)
         self.params: NodeParams = declare(self, NodeParams)
         if self.params.instruction:
@@ -207,7 +212,7 @@ class PolicyNode(LifecycleNode):
         )
         self.tick_durations = RollingStats(1000)  # s, compute time of each stream tick
         self._rt_applied = False
-        self._last_state: Any = None  # controller state of the previous tick
+        self._last_state: ControllerState | None = None  # controller state of the previous tick
         self.worker = self._make_worker()
         self._make_publishers()
         self._make_subscriptions()
@@ -319,7 +324,7 @@ class PolicyNode(LifecycleNode):
 
     # -- setup --------------------------------------------------------------------------------------------
 
-    def _camera_mapping(self, info: Any) -> tuple[str, ...]:
+    def _camera_mapping(self, info: PolicyInfo) -> tuple[str, ...]:
         topics = self.params.camera_topics
         names = self.params.camera_names or tuple(info.cameras)
         if len(names) != len(topics):
@@ -390,7 +395,7 @@ class PolicyNode(LifecycleNode):
             self.create_subscription(JointState, p.gripper_states_topic, self._on_gripper_state, SENSOR)
         self.create_subscription(String, "~/instruction", self._on_instruction_msg, EVENTS)
 
-    def _on_set_parameters(self, parameters: list[Any]) -> Any:
+    def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Validate and apply a run-time parameter change (all or nothing); refusals carry the reason."""
         from rcl_interfaces.msg import SetParametersResult
 
@@ -656,7 +661,7 @@ class PolicyNode(LifecycleNode):
 
     # -- worker callbacks (inference thread) --------------------------------------------------------------
 
-    def _rtc_prefix(self, obs: Any) -> np.ndarray | None:
+    def _rtc_prefix(self, obs: ObservationSet) -> np.ndarray | None:
         """The committed prefix for this observation (real-time chunking; decided by the controller)."""
         return self.controller.rtc_prefix(obs.t_obs, obs.state, self.info.action_dim)
 
@@ -899,9 +904,9 @@ class PolicyNode(LifecycleNode):
             self.trigger_shutdown()
 
     def destroy_node(self) -> None:
-        if self._poll_node is not None:  # a node destroyed without its shutdown transition
-            self._poll_node.destroy_node()
-            self._poll_node = None
+        poll_node, self._poll_node = self._poll_node, None
+        if poll_node is not None:  # a node destroyed without its shutdown transition
+            poll_node.destroy_node()
         super().destroy_node()
 
 
@@ -992,7 +997,7 @@ def _raw_image_to_rgb(raw: bytes) -> tuple[np.ndarray, float]:
     return conversions.raw_image_to_rgb(raw)
 
 
-def _load_policy(p: NodeParams) -> Any:
+def _load_policy(p: NodeParams) -> Policy:
     """The policy (in a child process when ``inference_process``), with the CPU thread options when the
     model runs on ONNX Runtime."""
     from apt_policy.runtime.load import detect_kind, load_policy
@@ -1023,7 +1028,7 @@ def main(args: list[str] | None = None) -> int:
     )
 
 
-def make_policy_node(policy: Any = None, **node_kwargs: Any) -> PolicyNode:
+def make_policy_node(policy: Policy | None = None, **node_kwargs: Any) -> PolicyNode:
     """A :class:`PolicyNode`, configured and activated when its ``autostart`` parameter is true (the
     executables' start); a failed step shuts it down and raises why."""
     node = PolicyNode(policy, **node_kwargs)

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 MANIFEST_NAME = "manifest.json"
 FORMAT = "apt-policy-export"
 FORMAT_VERSION = 1
@@ -52,7 +54,17 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
-        return cls(name=str(d["name"]), shape=tuple(d["shape"]), dtype=str(d["dtype"]))
+        spec = cls(name=str(d["name"]), shape=tuple(d["shape"]), dtype=str(d["dtype"]))
+        for dim in spec.shape:
+            if isinstance(dim, bool) or not (isinstance(dim, str) or (isinstance(dim, int) and dim >= 0)):
+                raise ManifestError(
+                    f"tensor {spec.name!r}: dimension {dim!r} is neither a size nor an axis name"
+                )
+        try:
+            np.dtype(spec.dtype)
+        except (TypeError, ValueError):
+            raise ManifestError(f"tensor {spec.name!r}: {spec.dtype!r} is not a numpy dtype") from None
+        return spec
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
