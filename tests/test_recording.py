@@ -209,7 +209,10 @@ def test_export_round_trips_frames_and_actions(recording, tmp_path) -> None:
     frames = ds["videos"]["observation.images.front"]
     assert frames.shape == (result.frames, 480, 640, 3)
     episodes = find_episodes(bag)
-    trajectories = [(m.t_ns, m.msg) for m in read_messages(bag, ["/fr3_arm_controller/joint_trajectory"])]
+    trajectories = sorted(
+        ((m.t_ns, m.msg) for m in read_messages(bag, ["/fr3_arm_controller/joint_trajectory"])),
+        key=lambda item: item[0],
+    )
     images = [(m.t_ns, m.msg) for m in read_messages(bag, [CAMERA])]
     data = ds["data"]
     for row in ds["episodes"]:

@@ -78,6 +78,7 @@ class _Latest:
     """The newest sample at or before a time, over a time-sorted list."""
 
     def __init__(self, samples: list[tuple[int, Any]]) -> None:
+        samples = sorted(samples, key=lambda s: s[0])  # split files and writer threads need not be in order
         self.t = np.array([s[0] for s in samples], dtype=np.int64)
         self.v = [s[1] for s in samples]
 
