@@ -248,13 +248,16 @@ def test_replay_is_zero_for_the_same_model_and_seed_and_not_for_a_perturbed_one(
     policy = load_policy(tiny_export, backend="onnxruntime")
     opts = ReplayOptions(seed=3, max_chunks=12)
     live = replay(bag, policy, opts)  # against the node's own chunks: live frames and the node's noise
-    assert live.chunks == 12 and live.max_abs > 0
+    # chunks from before the recorder's first joint state are skipped with that reason (start-up race)
+    assert all("no joint state before its stamp" in why for why in live.skipped)
+    n = live.chunks
+    assert n >= 4 and n + len(live.skipped) == 12 and live.max_abs > 0
     reference = write_replayed(bag, tmp_path / "reference", live, opts.chunk_topic)
     same = replay(reference, policy, opts)
-    assert same.chunks == 12 and same.max_abs == 0.0
+    assert same.chunks == n and same.max_abs == 0.0
     assert same.per_step_max == [0.0] * same.horizon
     other_seed = replay(reference, policy, ReplayOptions(seed=4, max_chunks=12))
     assert other_seed.max_abs > 0 or policy.info.noise_scale == 0
     perturbed = load_policy(_perturbed(tiny_export, tmp_path / "perturbed"), backend="onnxruntime")
     moved = replay(reference, perturbed, opts)
-    assert moved.chunks == 12 and moved.max_abs > 1e-3
+    assert moved.chunks == n and moved.max_abs > 1e-3

@@ -56,6 +56,7 @@ class SoakReport:
     holds_seen: int = 0
     violations: dict[str, Any] = field(default_factory=dict)
     exited: dict[str, int | None] = field(default_factory=dict)
+    shm_files_before: int = 0
     shm_files_after: int = 0
 
     def baseline(self, warmup_s: float) -> Sample:
@@ -114,6 +115,7 @@ def run_soak(
 ) -> SoakReport:
     """Run the soak (see the module docstring); processes and logs under ``workdir``."""
     report = SoakReport(duration_s=duration_s, rate_hz=rate)
+    report.shm_files_before = shm_files()  # other programs' arenas (a killed test's) are not ours
     rig = Rig(model, workdir, ["-p", "inference_timeout:=5.0"], rate=rate, domain=domain)
     probe = rig.probe
     try:
@@ -180,10 +182,12 @@ def problems(report: SoakReport, warmup_s: float, rss_mb: float = 30.0) -> list[
         out.append(f"file descriptors grew {first.fds} -> {last.fds}")
     if last.threads > first.threads:
         out.append(f"threads grew {first.threads} -> {last.threads}")
-    if max(s.shm_files for s in report.samples) > 1:
-        out.append(f"{max(s.shm_files for s in report.samples)} image arena files in /dev/shm at once")
-    if report.shm_files_after:
-        out.append(f"{report.shm_files_after} image arena files left in /dev/shm after the node stopped")
+    most = max(s.shm_files for s in report.samples) - report.shm_files_before
+    if most > 1:
+        out.append(f"{most} image arena files of the node in /dev/shm at once")
+    left = report.shm_files_after - report.shm_files_before
+    if left > 0:
+        out.append(f"{left} image arena files left in /dev/shm after the node stopped")
     total = report.violations.get("total_violations")
     if total is None:
         out.append("no violations report from fake_franka")

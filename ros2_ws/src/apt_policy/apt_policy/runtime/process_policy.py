@@ -156,6 +156,12 @@ class ProcessPolicy:
         """The child is running (it may still be loading or hung; a dead one is not)."""
         return self._process.poll() is None
 
+    @property
+    def usable(self) -> bool:
+        """The child runs and its connection works (a killed child may not be reaped yet when the
+        connection already failed: then it is not usable although ``alive``)."""
+        return self._broken is None and self.alive
+
     def predict(
         self,
         images: Mapping[str, np.ndarray],
@@ -325,7 +331,7 @@ class RestartingProcessPolicy:
         try:
             actions = policy.predict(images, state, instruction, noise, prefix)
         except InferenceError as exc:
-            if policy.alive or self._closed:
+            if policy.usable or self._closed:
                 raise  # the model failed in a child that still serves (or we are closing): no restart
             self._replace(policy, str(exc))
             raise InferenceError(f"{exc}; a new inference process was started") from None
