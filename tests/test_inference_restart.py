@@ -19,6 +19,7 @@ pytest.importorskip("apt_msgs")
 
 from apt_msgs.msg import PolicyStatus  # noqa: E402
 from apt_msgs.srv import SetInstruction  # noqa: E402
+from apt_policy.bench.procfs import children as _children  # noqa: E402
 from apt_policy.ros.qos import EVENTS  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
@@ -64,17 +65,6 @@ def watcher(ros_env: dict[str, str]) -> Any:
         yield w
     finally:
         w.close()
-
-
-def _children(pid: int) -> list[int]:
-    """Child processes of ``pid``, whichever of its threads started them."""
-    found: list[int] = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            found += [int(x) for x in path.read_text().split()]
-        except OSError:  # the thread ended meanwhile
-            continue
-    return sorted(found)
 
 
 def _start(processes: Any, tiny_export: Path, *extra: str) -> Any:

@@ -21,7 +21,10 @@ rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("apt_msgs")
 
 from apt_msgs.msg import PolicyStatus  # noqa: E402
+from apt_policy.bench.procfs import children as _children  # noqa: E402
+from apt_policy.bench.procfs import gone as _gone  # noqa: E402
 from apt_policy.ros.qos import COMMANDS, EVENTS  # noqa: E402
+from apt_policy.runtime.process_policy import arena_files as _shm_files  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
@@ -104,27 +107,6 @@ def operator(ros_env: dict[str, str]) -> Any:
         yield op
     finally:
         op.close()
-
-
-def _children(pid: int) -> list[int]:
-    """Child processes of ``pid``, whichever of its threads started them."""
-    found: list[int] = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            found += [int(x) for x in path.read_text().split()]
-        except OSError:  # the thread ended meanwhile
-            continue
-    return sorted(found)
-
-
-def _shm_files() -> set[str]:
-    shm = Path("/dev/shm")
-    return {p.name for p in shm.glob("apt_images_*")} if shm.is_dir() else set()
-
-
-def _gone(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().split(") ")[-1][:1] == "Z"
 
 
 def _start_node(processes: Any, tiny_export: Path, *extra: str) -> Any:

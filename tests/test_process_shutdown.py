@@ -27,6 +27,8 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 pytest.importorskip("apt_msgs")
 
+from apt_policy.bench.procfs import children as _children  # noqa: E402
+from apt_policy.runtime.process_policy import arena_files as _shm_files  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 
 pytestmark = [pytest.mark.ros, pytest.mark.timeout(600)]
@@ -87,17 +89,6 @@ def graph(ros_env: dict[str, str]) -> Any:
         probe.close()
 
 
-def _children(pid: int) -> list[int]:
-    """Child processes of ``pid``, whichever of its threads started them."""
-    found: list[int] = []
-    for path in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            found += [int(x) for x in path.read_text().split()]
-        except OSError:  # the thread ended meanwhile
-            continue
-    return sorted(found)
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -105,11 +96,6 @@ def _alive(pid: int) -> bool:
         return False
     stat = Path(f"/proc/{pid}/stat")
     return stat.exists() and stat.read_text().split(") ")[-1][:1] != "Z"
-
-
-def _shm_files() -> set[str]:
-    shm = Path("/dev/shm")
-    return {p.name for p in shm.glob("apt_images_*")} if shm.is_dir() else set()
 
 
 def _ctrl_c(proc: subprocess.Popen, times: int, gap_s: float = 0.02) -> int:

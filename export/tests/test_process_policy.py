@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from apt_policy.bench.procfs import gone as _gone
 from apt_policy.runtime import InferenceError, load_policy
-from apt_policy.runtime.process_policy import ProcessPolicy
+from apt_policy.runtime.process_policy import ARENA_PREFIX, ProcessPolicy
 
 
 def _inputs(policy, seed: int):
@@ -75,10 +76,10 @@ def test_a_dead_child_is_reported_and_close_cleans_up(exported_pi: tuple[Path, P
     policy = ProcessPolicy(out)
     images, state, noise = _inputs(policy, 0)
     arena = Path(tempfile.gettempdir() if not os.path.isdir("/dev/shm") else "/dev/shm")
-    before = set(arena.glob("apt_images_*"))
+    before = set(arena.glob(ARENA_PREFIX + "*"))
     first = policy.predict(images, state, "reach the red cube", noise)
     # the child mapped the arena and unlinked it: nothing is left behind even if this process dies now
-    assert set(arena.glob("apt_images_*")) == before
+    assert set(arena.glob(ARENA_PREFIX + "*")) == before
     np.testing.assert_array_equal(policy.predict(images, state, "reach the red cube", noise), first)
     os.kill(policy.pid, signal.SIGKILL)
     with pytest.raises(InferenceError, match=r"exited with code -9|connection lost|cannot reach"):
@@ -117,11 +118,6 @@ def test_close_ends_a_prediction_stuck_on_a_hung_child(exported_pi: tuple[Path, 
 def test_a_model_that_does_not_load_says_why(tmp_path: Path):
     with pytest.raises(InferenceError, match=r"loading the policy failed in the inference process: \w+"):
         ProcessPolicy(tmp_path)
-
-
-def _gone(pid: int) -> bool:
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().split(") ")[-1][:1] == "Z"
 
 
 def test_a_killed_child_is_replaced_and_serving_goes_on(exported_pi: tuple[Path, Path]):

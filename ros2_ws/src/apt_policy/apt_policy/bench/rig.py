@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from apt_policy.bench.procfs import children
+
 INSTRUCTIONS = ("reach the red block", "reach the green block", "reach the blue block")
 MODULES = {
     "franka": "apt_policy.sim.fake_franka",
@@ -206,12 +208,8 @@ class Rig:
             proc.wait(15)
 
     def children(self, name: str) -> list[int]:
-        """Child processes of ``name`` (the node's inference process)."""
-        pid = self.procs[name].pid
-        try:
-            return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        except OSError:
-            return []
+        """Child processes of ``name`` (the node's inference process, also when restarted by a thread)."""
+        return children(self.procs[name].pid)
 
     def wait_streaming(self, timeout: float = 180.0) -> None:
         end = time.monotonic() + timeout

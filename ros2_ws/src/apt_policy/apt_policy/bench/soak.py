@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apt_policy.bench.procfs import process_tree
 from apt_policy.bench.rig import INSTRUCTIONS, Rig
-
-SHM_PREFIX = "apt_images_"  # runtime.process_policy's image arena in /dev/shm
+from apt_policy.runtime.process_policy import arena_files
 
 
 @dataclass
@@ -64,24 +64,10 @@ class SoakReport:
         return after[0] if after else self.samples[0]
 
 
-def _proc_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (the inference child)."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            children = []
-        todo += [int(c) for c in children]
-    return out
-
-
 def _resources(pid: int) -> tuple[float, int, int]:
     """(RSS MB, open fds, threads) summed over the process tree of ``pid``."""
     rss_kb, fds, threads = 0, 0, 0
-    for p in _proc_tree(pid):
+    for p in process_tree(pid):
         try:
             status = Path(f"/proc/{p}/status").read_text().splitlines()
             fds += len(os.listdir(f"/proc/{p}/fd"))
@@ -96,10 +82,8 @@ def _resources(pid: int) -> tuple[float, int, int]:
 
 
 def shm_files() -> int:
-    try:
-        return sum(1 for name in os.listdir("/dev/shm") if name.startswith(SHM_PREFIX))
-    except OSError:
-        return 0
+    """How many image arena files are in /dev/shm (runtime.process_policy)."""
+    return len(arena_files())
 
 
 def run_soak(

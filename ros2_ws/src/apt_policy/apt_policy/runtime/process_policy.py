@@ -44,6 +44,14 @@ from .policy import InferenceError, PolicyInfo
 
 START_TIMEOUT_S = 300.0  # loading (TensorRT engines, torch) can take a while on a Jetson
 CLOSE_TIMEOUT_S = 5.0
+ARENA_PREFIX = "apt_images_"  # the image arenas' file names in /dev/shm
+
+
+def arena_files() -> set[str]:
+    """Image arena files present in /dev/shm (each lives until its child has mapped it)."""
+    shm = Path("/dev/shm")
+    return {p.name for p in shm.glob(ARENA_PREFIX + "*")} if shm.is_dir() else set()
+
 
 ImageSlot = tuple[str, tuple[int, ...], str, int]  # camera, shape, dtype, byte offset in the arena
 
@@ -384,7 +392,7 @@ class _ImageArena:
     def __init__(self, size: int) -> None:
         directory = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.generation = next(self._generations)
-        fd, self.path = tempfile.mkstemp(prefix="apt_images_", dir=directory)
+        fd, self.path = tempfile.mkstemp(prefix=ARENA_PREFIX, dir=directory)
         try:
             os.ftruncate(fd, size)
             self.size = size
