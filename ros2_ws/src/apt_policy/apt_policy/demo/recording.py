@@ -27,6 +27,7 @@ import numpy as np
 from apt_policy.data.bag import BagWriter, read_messages
 from apt_policy.data.messages import Messages, decode_jpeg
 from apt_policy.robots.franka import FR3
+from apt_policy.ros.conversions import node_diagnostics
 
 __all__ = [
     "CAMERA_TOPIC",
@@ -138,20 +139,6 @@ def _joint_positions(msg: Any) -> np.ndarray | None:
         return None
 
 
-def _node_stats(msg: Any) -> dict[str, float] | None:
-    for status in msg.status:
-        if "apt_policy" not in status.name:
-            continue
-        values: dict[str, float] = {}
-        for kv in status.values:
-            try:
-                values[kv.key] = float(kv.value)
-            except ValueError:
-                continue
-        return values
-    return None
-
-
 def load_recordings(bag: Path) -> list[EpisodeRecording]:
     """Every episode marked in the bag at ``bag`` (see the module docstring), in order."""
     topics = [EPISODE_TOPIC, JOINTS_TOPIC, CHUNK_TOPIC, STATUS_TOPIC, DIAGNOSTICS_TOPIC, CAMERA_TOPIC]
@@ -188,7 +175,7 @@ def load_recordings(bag: Path) -> list[EpisodeRecording]:
                 elif m.t_ns >= t0:
                     statuses.append((t, int(m.msg.state), *counters))
             elif m.topic == DIAGNOSTICS_TOPIC and t0 <= m.t_ns <= t_end_marker:
-                node_stats = _node_stats(m.msg) or node_stats
+                node_stats = node_diagnostics(m.msg) or node_stats
             elif m.topic == CAMERA_TOPIC and t0 <= m.t_ns <= t_end:
                 frames.append((t, decode_jpeg(m.msg.data)))
         if not joints:

@@ -195,3 +195,18 @@ def diagnostic_values(values: Mapping[str, object]) -> list[tuple[str, str]]:
     for k, v in values.items():
         out.append((k, f"{v:.4g}" if isinstance(v, float) else str(v)))
     return out
+
+
+def node_diagnostics(msg, name: str = "apt_policy") -> dict[str, float] | None:
+    """The numeric values of the first status in a DiagnosticArray whose name contains ``name``."""
+    for status in msg.status:
+        if name not in status.name:
+            continue
+        values: dict[str, float] = {}
+        for kv in status.values:
+            try:
+                values[kv.key] = float(kv.value)
+            except ValueError:
+                continue
+        return values
+    return None

@@ -102,15 +102,8 @@ class DemoProbe:
             self.status_fault = str(msg.last_fault)
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if "apt_policy" not in status.name:
-                continue
-            values: dict[str, float] = {}
-            for kv in status.values:
-                try:
-                    values[kv.key] = float(kv.value)
-                except ValueError:
-                    continue
+        values = conversions.node_diagnostics(msg)
+        if values is not None:
             with self._lock:
                 self.node_stats = values
 
