@@ -16,6 +16,11 @@ from typing import Any
 
 FORMAT_VERSION = 1
 ARCHITECTURES = ("pi", "groot")
+# The seed systems one bundle format carries (docs/ARCHITECTURE.md, "Policy families"): "apt" (flow-matching
+# action expert fused layer-wise with the VLM), "action_prior" (a pretrained flow-matching action
+# encoder-decoder reused by the VLA, with a one-token history encoder) and "action_distillation" (an action
+# token and a state token on the VLM, mapped onto a small action model's frozen decoder).
+FAMILIES = ("apt", "action_prior", "action_distillation")
 ARM_SEMANTICS = ("absolute", "delta", "velocity")
 GRIPPER_SEMANTICS = ("absolute", "binary", "none")
 NORMALIZATION_MODES = ("mean_std", "quantile")
@@ -100,6 +105,9 @@ class PolicyConfig:
     image_std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     model_id: str = "apt"
     rtc_max_delay: int = 0  # trained real-time chunking: largest prefix (actions) seen in training; 0 = none
+    family: str = "apt"  # which seed system this bundle is (FAMILIES); absent in older bundles = "apt"
+    # family-specific settings, validated by that family's own schema; {} for "apt"
+    family_config: Mapping[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     # ----------------------------------------------------------------- derived
@@ -131,6 +139,12 @@ class PolicyConfig:
             raise ConfigError(
                 f"format_version={self.format_version!r}: this apt_policy reads version {FORMAT_VERSION}"
             )
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family={self.family!r}: expected one of {FAMILIES}")
+        if not isinstance(self.family_config, Mapping):
+            raise ConfigError("family_config: must be a mapping (the family's own settings)")
+        if self.family == "apt" and self.family_config:
+            raise ConfigError(f"family_config: the 'apt' family takes none, got {sorted(self.family_config)}")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"architecture={self.architecture!r}: expected one of {ARCHITECTURES}")
         if not isinstance(self.backbone, Mapping):
@@ -212,6 +226,7 @@ class PolicyConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["backbone"] = dict(self.backbone)
+        data["family_config"] = dict(self.family_config)
         for key, value in data.items():
             if isinstance(value, tuple):
                 data[key] = list(value)
@@ -258,6 +273,8 @@ class PolicyConfig:
                         raise ConfigError(f"{key}: expected a list, got {type(kw[key]).__name__}")
                     kw[key] = tuple(kw[key])
             kw["backbone"] = dict(kw["backbone"]) if isinstance(kw["backbone"], Mapping) else kw["backbone"]
+            if isinstance(kw.get("family_config"), Mapping):
+                kw["family_config"] = dict(kw["family_config"])
         except TypeError as exc:  # pragma: no cover - defensive, _sub converts most
             raise ConfigError(f"config: {exc}") from exc
         try:

@@ -99,3 +99,17 @@ def test_rtc_max_delay_round_trip_default_and_validation(tmp_path):
         with pytest.raises(ConfigError, match="rtc_max_delay"):
             make_config(rtc_max_delay=bad).validate()
     assert make_config(rtc_max_delay=7).validate().rtc_max_delay == 7
+
+
+def test_family_defaults_to_apt_round_trips_and_is_validated(tmp_path):
+    config = make_config()
+    data = config.to_dict()
+    assert data["family"] == "apt" and data["family_config"] == {}
+    del data["family"], data["family_config"]  # a bundle written before families: still APT
+    assert PolicyConfig.from_dict(data).family == "apt"
+    other = replace(config, family="action_prior", family_config={"history_steps": 4})
+    assert PolicyConfig.from_json(other.to_json()).family_config == {"history_steps": 4}
+    with pytest.raises(ConfigError, match="family='pi0'"):
+        replace(config, family="pi0").validate()
+    with pytest.raises(ConfigError, match="'apt' family takes none"):
+        replace(config, family_config={"history_steps": 4}).validate()
