@@ -83,7 +83,15 @@ def dds_env(discovery: str = "SUBNET") -> dict[str, str]:
 class NetnsLink:
     """Two namespaces joined by a veth pair (module docstring); a context manager that removes them."""
 
-    def __init__(self, name: str | None = None) -> None:
+    def __init__(self, name: str | None = None, attach: Mapping[str, str] | None = None) -> None:
+        """Make a new pair (``name``: the namespaces' prefix), or with ``attach`` (:meth:`describe` of a
+        link another process made) act on that one without owning it (close does nothing)."""
+        self._made: list[str] = []
+        self.loss: dict[str, float] = {}
+        if attach is not None:
+            for key in ("a", "b", "if_a", "if_b", "ip_a", "ip_b"):
+                setattr(self, key, str(attach[key]))
+            return
         n = next(_counter)
         base = name or f"apt{os.getpid() % 100000}x{n}"
         self.a, self.b = f"{base}-a", f"{base}-b"
@@ -91,7 +99,6 @@ class NetnsLink:
         self.if_a, self.if_b = f"va{tag}", f"vb{tag}"
         octet = 1 + (os.getpid() * 7 + n) % 250
         self.ip_a, self.ip_b = f"10.213.{octet}.1", f"10.213.{octet}.2"
-        self._made: list[str] = []
         try:
             for ns in (self.a, self.b):
                 with contextlib.suppress(NetnsError):  # a leftover of a killed run
@@ -110,6 +117,10 @@ class NetnsLink:
             self.close()
             raise
         self.loss = {self.a: 0.0, self.b: 0.0}
+
+    def describe(self) -> dict[str, str]:
+        """Names and addresses, for ``NetnsLink(attach=...)`` in another process."""
+        return {k: getattr(self, k) for k in ("a", "b", "if_a", "if_b", "ip_a", "ip_b")}
 
     def __enter__(self) -> NetnsLink:
         return self
