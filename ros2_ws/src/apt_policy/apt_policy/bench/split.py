@@ -13,6 +13,8 @@ unsafe commands (fake_franka's contract violations: must be 0), time to hold aft
 after the link is back, and the request-to-chunk latency the executor measured on its own clock.
 
     python -m apt_policy.bench.split [--model DIR] [--cases a,b] [--out bench_out/split.md]
+    python -m apt_policy.bench.split --model EXPORT --demo OUT [--latency fixed:50:10] [--loss 0.02]
+    python -m apt_policy.bench.split --model EXPORT --loopback 200   (bytes per observation, added latency)
 
 Needs root, iproute2 and iptables (``sim.netns.unavailable`` says what is missing; cases are then skipped).
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -203,11 +206,138 @@ def _hold_bound_s(case: SplitCase, model: Path) -> float:
     return float(config["horizon"]) * float(config["control_dt"]) + HOLD_SLACK_S
 
 
+def run_demo(
+    model: Path, out: Path, latency: str = "fixed:50:10", loss: float = 0.02, encoding: str = "jpeg"
+) -> int:
+    """``make demo``'s episodes through the split: the inference node (``latency``) in namespace A, the demo
+    (camera, arm, executor node, recorder, probe) in B, ``loss`` of the packets dropped in both; exit code
+    of the demo (its report is ``<out>/report.json``)."""
+    import yaml
+
+    from apt_policy.demo.run import default_params_file
+
+    problem = unavailable()
+    if problem is not None:
+        print(f"[split] cannot run the demo across namespaces: {problem}", flush=True)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    data = yaml.safe_load(default_params_file().read_text())
+    node = data["apt_policy"]["ros__parameters"]
+    node.update(backend="remote", remote_image_encoding=encoding, remote_connect_timeout=120.0)
+    params = out / "remote_params.yaml"
+    params.write_text(yaml.safe_dump(data))
+    domain = str(1 + (os.getpid() * 13) % 100)
+    with NetnsLink() as link:
+        env = {**link.env(), "ROS_DOMAIN_ID": domain, "ROS_LOG_DIR": str(out / "ros_log")}
+        server_cmd = [
+            sys.executable, "-m", "apt_policy.ros.inference_node", "--ros-args", "-p", f"model:={model}",
+            "-p", "inference_threads:=1", "-p", f"simulated_latency:={latency}",
+        ]  # fmt: skip
+        with (out / "inference_node.log").open("wb") as log:
+            server = subprocess.Popen(
+                link.command(link.a, server_cmd), env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        link.set_loss(loss)
+        print(
+            f"[split] demo: inference node in {link.a} ({latency}), demo in {link.b}, {loss:.0%} loss",
+            flush=True,
+        )
+        demo_cmd = [
+            sys.executable, "-m", "apt_policy.demo", "--model", str(model), "--params-file", str(params),
+            "--out", str(out), "--domain-id", domain,
+        ]  # fmt: skip
+        code = subprocess.run(link.command(link.b, demo_cmd), env=env, check=False).returncode
+        print(
+            f"[split] packets dropped: {link.dropped(link.a)} in {link.a}, {link.dropped(link.b)} in {link.b}"
+        )
+        server.send_signal(2)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return code
+
+
+def measure_loopback(
+    model: Path, requests: int = 200, workdir: Path | None = None
+) -> dict[str, dict[str, float]]:
+    """What the split costs on one machine (loopback, no added delay): for raw and JPEG frames, the bytes
+    per observation and the robot-side overhead per chunk (round trip minus the server's own compute, both
+    durations on their own clocks), over ``requests`` predictions of 640x480 camera frames."""
+    import numpy as np
+    import rclpy
+
+    from apt_policy.ros.remote_policy import RemotePolicy
+
+    workdir = workdir or Path(tempfile.mkdtemp(prefix="apt_split_loopback_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "ROS_DOMAIN_ID": str(1 + (os.getpid() * 17) % 100), "ROS_LOG_DIR": str(workdir)}
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.update({k: env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR")})
+    cmd = [
+        sys.executable, "-m", "apt_policy.ros.inference_node", "--ros-args", "-p", f"model:={model}",
+        "-p", "inference_threads:=1",
+    ]  # fmt: skip
+    results: dict[str, dict[str, float]] = {}
+    with (workdir / "inference_node.log").open("wb") as log:
+        server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        rng = np.random.default_rng(0)
+        for encoding in ("rgb8", "jpeg"):
+            policy = RemotePolicy(
+                image_encoding=encoding, timeout_s=5.0, connect_timeout_s=120, context=context
+            )
+            try:
+                policy.warmup()
+                info = policy.info
+                smooth = rng.random((6, 8, 3))
+                frame = (np.kron(smooth, np.ones((80, 80, 1))) * 255).astype(np.uint8)  # 480x640
+                images = {c: frame for c in info.cameras}
+                state = np.zeros(len(info.state_names))
+                for _ in range(10):  # warm both ends
+                    policy.predict(images, state, "reach the red block")
+                policy.split_overhead_s.clear()
+                policy.round_trips_s.clear()
+                for _ in range(requests):
+                    policy.predict(images, state, "reach the red block")
+                over = np.asarray(policy.split_overhead_s) * 1e3
+                trip = np.asarray(policy.round_trips_s) * 1e3
+                results[encoding] = {
+                    "bytes_per_observation": float(policy.request_bytes[-1]),
+                    "overhead_p50_ms": float(np.percentile(over, 50)),
+                    "overhead_p90_ms": float(np.percentile(over, 90)),
+                    "overhead_p99_ms": float(np.percentile(over, 99)),
+                    "round_trip_p50_ms": float(np.percentile(trip, 50)),
+                    "resends": float(policy.resends),
+                }
+            finally:
+                policy.close()
+    finally:
+        rclpy.try_shutdown(context=context)
+        server.send_signal(2)
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, help="export dir (default: the cached demo model)")
     ap.add_argument("--cases", help=f"comma-separated (default: all): {', '.join(BY_NAME)}")
     ap.add_argument("--out", type=Path, default=Path("bench_out/split.md"))
+    ap.add_argument(
+        "--demo", type=Path, metavar="OUT", help="run the demo's episodes through the split into OUT"
+    )
+    ap.add_argument("--latency", default="fixed:50:10", help="--demo: inference-side delay (fixed:50:10)")
+    ap.add_argument("--loss", type=float, default=0.02, help="--demo: packet loss in both namespaces (0.02)")
+    ap.add_argument("--encoding", default="jpeg", choices=("jpeg", "rgb8"), help="--demo: image encoding")
+    ap.add_argument(
+        "--loopback", type=int, metavar="N", help="measure the split's cost on loopback (N requests)"
+    )
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--link", help=argparse.SUPPRESS)
@@ -222,6 +352,16 @@ def main(argv: list[str] | None = None) -> int:
         (args.workdir / "outcome.json").write_text(json.dumps(asdict(outcome)))
         return 0
     model = args.model
+    if args.loopback:
+        if model is None:
+            ap.error("--loopback needs --model (an export dir)")
+        for encoding, figures in measure_loopback(model, args.loopback).items():
+            print(f"[split] loopback {encoding}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()))
+        return 0
+    if args.demo is not None:
+        if model is None:
+            ap.error("--demo needs --model (an export dir)")
+        return run_demo(model, args.demo, args.latency, args.loss, args.encoding)
     if model is None:
         from apt_policy.demo.model_cache import ensure_demo_export
 

@@ -4,8 +4,9 @@
 (``10.x.y.1/24`` and ``.2``, MTU 1500 like an Ethernet link), brings up loopback and a multicast route in
 each (DDS discovery is multicast), and then injects faults into the real kernel path:
 
-* :meth:`set_loss` -- drop a share of the packets arriving in a namespace with iptables' ``statistic``
-  match (``-m statistic --mode random --probability p -j DROP`` on INPUT). This kernel has no netem qdisc.
+* :meth:`set_loss` -- drop a share of the packets arriving over the link in a namespace with iptables'
+  ``statistic`` match (``-i <veth> -m statistic --mode random --probability p -j DROP`` on INPUT; the
+  namespace's own loopback traffic is not touched). This kernel has no netem qdisc.
   Dropping on arrival in both namespaces loses ``p`` of the packets in each direction.
 * :meth:`link_down` / :meth:`link_up` -- cut and restore the link (``ip link set ... down / up``).
 * :meth:`command` -- the ``ip netns exec`` prefix that runs a process inside one side.
@@ -142,9 +143,10 @@ class NetnsLink:
             raise ValueError(f"loss probability must be in [0, 1], got {probability}")
         for side in (self.a, self.b) if ns is None else (ns,):
             self._iptables(side, "-F", "INPUT")
-            if probability > 0:
+            if probability > 0:  # only what arrives over the link (not a namespace's own loopback traffic)
+                device = self.if_a if side == self.a else self.if_b
                 self._iptables(
-                    side, "-A", "INPUT", "-m", "statistic", "--mode", "random",
+                    side, "-A", "INPUT", "-i", device, "-m", "statistic", "--mode", "random",
                     "--probability", f"{probability:.6f}", "-j", "DROP",
                 )  # fmt: skip
             self.loss[side] = probability
