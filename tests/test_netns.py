@@ -29,16 +29,7 @@ CASES = ("split_delay_0", "split_delay_20", "split_delay_50", "split_loss_5", "s
          "arm_dds_loss", "arm_link_down")  # fmt: skip
 
 
-# Found by this harness, not fixed here (the node's command path): after a 2 s node-arm outage the first
-# trajectories at link-up were sometimes too fast from the simulated controller's desired state (2 of 6 runs).
-KNOWN = {
-    "arm_link_down": pytest.mark.xfail(
-        reason="intermittent too_fast contract violation at link-up after a node-arm outage", strict=False
-    )
-}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=KNOWN.get(n, ())) for n in CASES])
+@pytest.mark.parametrize("name", CASES)
 def test_fault_at_a_dds_boundary_is_safe(name: str, tiny_export: Path, tmp_path: Path) -> None:
     case = split.BY_NAME[name]
     outcome = split.run(case, tiny_export, tmp_path / name)

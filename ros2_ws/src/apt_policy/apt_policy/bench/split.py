@@ -109,7 +109,7 @@ def run_inside(case: SplitCase, model: Path, workdir: Path, link: NetnsLink) -> 
     """The case itself, in namespace B (see the module docstring)."""
     outcome = Outcome(case.name, case.expected)
     env = dds_env()
-    here = ["ip", "netns", "exec", link.a]
+    here = link.command(link.a, [])
     server = None
     # config/sim.yaml's margins for the simulated arm (its first-order tracking lags more than an FR3's)
     node_args = ["-p", f"inference_timeout:={INFERENCE_TIMEOUT_S}", *SIM_ARM_MARGINS]

@@ -49,6 +49,13 @@ def _run(*args: str) -> str:
     return done.stdout
 
 
+def ip_path() -> str:
+    """iproute2's ``ip`` (in /usr/sbin on Debian, which a user's PATH may lack)."""
+    return shutil.which("ip") or next(
+        (p for p in ("/usr/sbin/ip", "/sbin/ip") if os.access(p, os.X_OK)), "ip"
+    )
+
+
 def iptables_path() -> str | None:
     """iptables (Debian installs it in /usr/sbin, which a user's PATH may lack)."""
     return shutil.which("iptables") or next(
@@ -58,7 +65,7 @@ def iptables_path() -> str | None:
 
 def unavailable() -> str | None:
     """Why namespaces with packet loss cannot be made here (None: they can)."""
-    if shutil.which("ip") is None and not os.access("/usr/sbin/ip", os.X_OK):
+    if ip_path() == "ip" and shutil.which("ip") is None:
         return "iproute2's `ip` is not installed"
     if iptables_path() is None:
         return "iptables is not installed (Debian: apt-get install iptables)"
@@ -103,16 +110,16 @@ class NetnsLink:
         try:
             for ns in (self.a, self.b):
                 with contextlib.suppress(NetnsError):  # a leftover of a killed run
-                    _run("ip", "netns", "del", ns)
-                _run("ip", "netns", "add", ns)
+                    _run(ip_path(), "netns", "del", ns)
+                _run(ip_path(), "netns", "add", ns)
                 self._made.append(ns)
-            _run("ip", "link", "add", self.if_a, "type", "veth", "peer", "name", self.if_b)
+            _run(ip_path(), "link", "add", self.if_a, "type", "veth", "peer", "name", self.if_b)
             for ns, dev, ip in ((self.a, self.if_a, self.ip_a), (self.b, self.if_b, self.ip_b)):
-                _run("ip", "link", "set", dev, "netns", ns)
-                _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-                _run("ip", "-n", ns, "link", "set", "lo", "up")
-                _run("ip", "-n", ns, "link", "set", dev, "up")
-                _run("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
+                _run(ip_path(), "link", "set", dev, "netns", ns)
+                _run(ip_path(), "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+                _run(ip_path(), "-n", ns, "link", "set", "lo", "up")
+                _run(ip_path(), "-n", ns, "link", "set", dev, "up")
+                _run(ip_path(), "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
             self._iptables(self.a, "-L", "INPUT")  # iptables works inside a namespace
         except BaseException:
             self.close()
@@ -131,7 +138,7 @@ class NetnsLink:
 
     def command(self, ns: str, args: list[str]) -> list[str]:
         """``args`` run inside namespace ``ns`` (``self.a`` or ``self.b``)."""
-        return ["ip", "netns", "exec", ns, *args]
+        return [ip_path(), "netns", "exec", ns, *args]
 
     def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
         """``base`` (default: this process's environment) with :func:`dds_env`."""
@@ -158,21 +165,25 @@ class NetnsLink:
         return sum(counts)
 
     def link_down(self) -> None:
-        _run("ip", "-n", self.a, "link", "set", self.if_a, "down")
+        """Cut the link: both ends down (one end alone leaves the other queueing what it sends, delivered
+        late when the link comes back: not what a cut cable does)."""
+        for ns, dev in ((self.a, self.if_a), (self.b, self.if_b)):
+            _run(ip_path(), "-n", ns, "link", "set", dev, "down")
 
     def link_up(self) -> None:
-        _run("ip", "-n", self.a, "link", "set", self.if_a, "up")
-        with contextlib.suppress(NetnsError):  # the route goes with the link; put it back
-            _run("ip", "-n", self.a, "route", "add", "224.0.0.0/4", "dev", self.if_a)
+        for ns, dev in ((self.a, self.if_a), (self.b, self.if_b)):
+            _run(ip_path(), "-n", ns, "link", "set", dev, "up")
+            with contextlib.suppress(NetnsError):  # the route goes with the link; put it back
+                _run(ip_path(), "-n", ns, "route", "add", "224.0.0.0/4", "dev", dev)
 
     def close(self) -> None:
         """Remove both namespaces (the veth pair and the rules go with them)."""
         while self._made:
             with contextlib.suppress(NetnsError):
-                _run("ip", "netns", "del", self._made.pop())
+                _run(ip_path(), "netns", "del", self._made.pop())
 
     def _iptables(self, ns: str, *args: str) -> str:
         exe = iptables_path()
         if exe is None:
             raise NetnsError("iptables is not installed")
-        return _run("ip", "netns", "exec", ns, exe, "-w", *args)
+        return _run(ip_path(), "netns", "exec", ns, exe, "-w", *args)
