@@ -124,3 +124,67 @@ def test_a_server_that_is_gone_fails_predict_within_the_timeout(
         assert policy.resends >= 1
     finally:
         policy.close()
+
+
+def test_executor_node_drives_the_arm_through_a_remote_policy_and_survives_a_server_restart(
+    tiny_export, tmp_path, ros_env
+) -> None:
+    """The policy node with backend remote (executor) + fake_franka + fake_camera, the model in
+    apt-inference-node: RUNNING with 0 contract violations; the inference node killed -> HOLD (the executor
+    decides, with nothing to execute); a new inference node -> RUNNING again, still 0 violations."""
+    import signal
+    import subprocess
+
+    from apt_policy.bench.rig import Rig
+    from apt_policy.bench.split import SIM_ARM_MARGINS, TIMING_VIOLATIONS
+
+    args = ["-p", "backend:=remote", "-p", "inference_timeout:=1.0", "-p", "remote_connect_timeout:=60.0"]
+    args += SIM_ARM_MARGINS  # config/sim.yaml's settings for the simulated arm
+    server_cmd = [
+        sys.executable,
+        "-m",
+        "apt_policy.ros.inference_node",
+        "--ros-args",
+        "-p",
+        f"model:={tiny_export}",
+    ]
+    servers: list[subprocess.Popen] = []
+
+    def start_server() -> None:
+        log = (tmp_path / f"inference_node{len(servers)}.log").open("wb")
+        servers.append(subprocess.Popen(server_cmd, env=rig.env, stdout=log, stderr=subprocess.STDOUT))
+
+    rig = Rig(tiny_export, tmp_path, args, domain=int(ros_env["ROS_DOMAIN_ID"]))
+    try:
+        start_server()
+        rig.wait_streaming(120.0)
+        assert rig.probe.wait_state((1,), 60.0), rig.probe.timeline
+        time.sleep(2.0)
+        assert rig.probe.status.backend.startswith("remote:")
+        servers[0].send_signal(signal.SIGKILL)
+        servers[0].wait(10)
+        t = time.monotonic()
+        assert rig.probe.wait_state((2,), 5.0), "no HOLD after the inference node died"
+        held_after = rig.probe.first_state_after(t, (2,))
+        start_server()
+        assert rig.probe.wait_state((1,), 60.0), (
+            f"not RUNNING again with a new inference node: {rig.probe.timeline}"
+        )
+        chunks = int(rig.probe.status.chunks_produced)
+        time.sleep(2.0)
+        assert int(rig.probe.status.chunks_produced) > chunks  # the new inference node serves
+        time.sleep(1.2)  # the next violations report (1 Hz)
+        kinds = dict(rig.probe.violations.get("violations", {}))
+        timing = sum(int(kinds.get(k, 0)) for k in TIMING_VIOLATIONS)
+        # content violations never; late arrivals on this loaded machine (issue 17's class) are printed
+        assert rig.probe.total_violations() - timing == 0, rig.probe.violations
+        print(f"timing violations (late delivery on this machine): {timing}")
+        print(
+            f"held {held_after:.2f} s after the inference node died; status {rig.probe.status.last_fault!r}"
+        )
+    finally:
+        rig.close()
+        for server in servers:
+            if server.poll() is None:
+                server.send_signal(signal.SIGINT)
+                server.wait(15)

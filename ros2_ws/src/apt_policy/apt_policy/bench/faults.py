@@ -49,6 +49,7 @@ class Outcome:
     time_to_recover_s: float | None = None
     passed: bool = False
     notes: list[str] = field(default_factory=list)
+    timing_violations: int = 0  # of unsafe_commands: too_fast / ends_in_past (late arrival), where counted
 
 
 @dataclass

@@ -36,7 +36,12 @@ from apt_policy.bench.rig import Rig
 from apt_policy.sim.netns import NetnsLink, dds_env, unavailable
 
 INFERENCE_TIMEOUT_S = 1.0  # the executor's inference_timeout in these cases
+# config/sim.yaml's margins for the simulated arm (its first-order tracking lags more than an FR3's)
 SIM_ARM_MARGINS = ("-p", "max_deviation:=0.5", "-p", "max_tracking_error:=0.3")
+# fake_franka's kinds caused by when a command arrived, not by what it says: on a loaded machine a starved
+# process delivers late whatever the network does (issue 17's timing class). Counted in unsafe_commands and
+# also reported apart (Outcome.timing_violations), so a test can tell them from the link's effects.
+TIMING_VIOLATIONS = ("too_fast", "ends_in_past")
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,6 @@ def run_inside(case: SplitCase, model: Path, workdir: Path, link: NetnsLink) -> 
     env = dds_env()
     here = link.command(link.a, [])
     server = None
-    # config/sim.yaml's margins for the simulated arm (its first-order tracking lags more than an FR3's)
     node_args = ["-p", f"inference_timeout:={INFERENCE_TIMEOUT_S}", *SIM_ARM_MARGINS]
     prefix: dict[str, list[str]] = {}
     if case.boundary == "inference":
@@ -137,6 +141,7 @@ def run_inside(case: SplitCase, model: Path, workdir: Path, link: NetnsLink) -> 
             return outcome
         time.sleep(1.0)
         before = rig.probe.total_violations()
+        timing_before = _timing(rig)
         chunks_before = int(rig.probe.status.chunks_produced)
         link.set_loss(case.loss)
         t = time.monotonic()
@@ -164,6 +169,7 @@ def run_inside(case: SplitCase, model: Path, workdir: Path, link: NetnsLink) -> 
         link.set_loss(0.0)
         time.sleep(1.5)  # the next violations report (1 Hz), now without loss
         outcome.unsafe_commands = rig.probe.total_violations() - before
+        outcome.timing_violations = _timing(rig) - timing_before
         outcome.notes.append(
             f"request-to-chunk on the robot's clock p50 {status.inference_latency_p50_ms:.1f} ms, p99 "
             f"{status.inference_latency_p99_ms:.1f} ms; "
@@ -194,6 +200,12 @@ def run_inside(case: SplitCase, model: Path, workdir: Path, link: NetnsLink) -> 
         and (not case.hold or (outcome.time_to_hold_s is not None and outcome.time_to_recover_s is not None))
     )
     return outcome
+
+
+def _timing(rig: Rig) -> int:
+    with rig.probe.lock:
+        kinds = dict(rig.probe.violations.get("violations", {}))
+    return sum(int(kinds.get(k, 0)) for k in TIMING_VIOLATIONS)
 
 
 def _hold_bound_s(case: SplitCase, model: Path) -> float:
