@@ -41,7 +41,7 @@ from apt_policy.control.blending import BlendConfig
 from apt_policy.control.chunking import ChunkingConfig, DelayEstimator
 from apt_policy.control.limits import JointLimits
 from apt_policy.control.lookahead import Target, Trajectory, plan_lookahead
-from apt_policy.control.plan import ExecutedPlan, arrival_problem
+from apt_policy.control.plan import JTC_CYCLE, ExecutedPlan, arrival_problem
 from apt_policy.control.safety import CommandState, Interventions, SafetyConfig, SafetyFilter
 from apt_policy.control.schedule import Chunk, ChunkDecision, ChunkSchedule
 from apt_policy.control.semantics import ActionLayout
@@ -646,7 +646,7 @@ class Controller:
         previous = None if before is None else before.executed
         if plan is not None and previous is not None:
             stamped = self.config.stamped
-            for arrival in (t_send, t_send + self.config.arrival_allowance):
+            for arrival in self._arrivals(plan, t_send):
                 executed = plan if stamped else plan.shifted(arrival)
                 problem = arrival_problem(previous, executed, arrival, limit, stamped, self.limits.names)
                 if problem is not None:
@@ -661,6 +661,18 @@ class Controller:
                     f"(limit {limit[j]:.2f})"
                 )
         return None
+
+    def _arrivals(self, plan: ExecutedPlan, t_send: float) -> tuple[float, ...]:
+        """The arrival times to check a send at ``t_send`` against: the earliest and the latest allowed,
+        and for a stamped plan whose first point falls due between them, one JTC cycle before it (a first
+        segment is steepest then: it has a cycle left to reach the point)."""
+        latest = t_send + self.config.arrival_allowance
+        arrivals = [t_send, latest]
+        if self.config.stamped and len(plan.times) > 1:
+            before_first = plan.start + float(plan.times[1]) - JTC_CYCLE
+            if t_send < before_first < latest:
+                arrivals.append(before_first)
+        return tuple(arrivals)
 
     def _lookahead(
         self, t: float, cmd: CommandState, committed: list[CommandState] | None = None

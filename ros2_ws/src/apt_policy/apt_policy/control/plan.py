@@ -100,6 +100,9 @@ class ExecutedPlan:
         return CommandState(pos, vel, self.accelerations[k].copy())
 
 
+JTC_CYCLE = 1e-3  # s: the arm controller's update period (FR3: 1 kHz), over which a jump is judged
+
+
 def arrival_problem(
     previous: CommandState | ExecutedPlan,
     plan: ExecutedPlan,
@@ -107,7 +110,7 @@ def arrival_problem(
     velocity_limit: np.ndarray,
     stamped: bool,
     names: tuple[str, ...] | None = None,
-    jump_period: float = 1e-3,
+    jump_period: float = JTC_CYCLE,
 ) -> str | None:
     """Why the JTC could not follow ``plan`` if it arrived at ``arrival`` (None when it can).
 

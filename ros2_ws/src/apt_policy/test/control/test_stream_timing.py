@@ -199,3 +199,39 @@ def test_stamped_committed_points_absorb_a_write_stalled_after_release() -> None
     ctrl, world, _ = run_stream(True, [], commit=2, turns=True, late_writes=late)
     assert world.violations == [], world.violations[:3]
     assert world.delivered > 200 and ctrl.status().chunks_accepted >= 4  # it turned, again and again
+
+
+def test_release_checks_the_arrival_just_before_a_stamped_plans_first_point() -> None:
+    """Sent 8.5 ms late (inside the one-period limit), a stamped plan may land anywhere in [send, send+2ms],
+    which contains the instant its first point falls due: its first segment is steepest one JTC cycle
+    before that point (the JTC has one cycle left to cover the step), so that arrival is checked as well as
+    the window's ends."""
+    from apt_policy.control.plan import JTC_CYCLE
+
+    ctrl, _, _ = run_stream(True, [], seconds=0.5)
+    released = ctrl._released
+    assert released is not None and released.plan is not None
+    plan = released.plan
+    first_due = plan.start + float(plan.times[1])
+    late = first_due - 0.0015  # sent 1.5 ms before the first point is due
+    arrivals = ctrl._arrivals(plan, late)
+    assert arrivals[:2] == (late, late + ctrl.config.arrival_allowance)
+    assert arrivals[2] == pytest.approx(first_due - JTC_CYCLE)
+    assert len(ctrl._arrivals(plan, first_due + 0.001)) == 2  # the point is already due: the ends suffice
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_stamped_send_late_within_the_limit_that_lands_just_before_its_first_point_is_refused(
+    seed: int,
+) -> None:
+    """A stamped plan's first point falls due one period after its tick. Sent 7.5-9.7 ms late (inside the
+    one-period send limit) and delivered 0.3 ms later, it lands a moment before that point: the JTC must
+    cover the step from its desired state to the point in what is left of the period. release() checks the
+    arrival just before the point too, not only at the send time and the allowance after it."""
+    rng = np.random.default_rng(seed)
+    starts = np.sort(rng.uniform(0.5, 3.5, 60))
+    # a stall that begins at the tick's send point and ends 7.5-9.7 ms after the deadline
+    stalls = [(float(s), float(rng.uniform(0.0075, 0.0097))) for s in starts]
+    ctrl, world, _ = run_stream(True, stalls, turns=True)
+    assert world.delivered > 150 and ctrl.status().chunks_accepted >= 4
+    assert world.violations == [], world.violations[:3]
