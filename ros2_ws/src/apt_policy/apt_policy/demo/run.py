@@ -234,8 +234,10 @@ def node_overrides(opts: DemoOptions) -> list[str]:
         args += ["-p", f"simulated_latency:={opts.latency}"]
     if opts.chunk_execution:
         args += ["-p", f"chunk_execution:={opts.chunk_execution}"]
-    if opts.family == "action_distillation":  # a 3-action chunk: sim.yaml's threshold (4) is APT's;
-        args += ["-p", "chunk_request_threshold:=-1"]  # -1: half the horizon, raised by the delay estimate
+    if opts.family == "action_distillation":  # a 3-action chunk (docs/ACTION_DISTILLATION.md): sim.yaml's
+        # request threshold (4) and cross-fade (3 actions) are APT's 16-action chunk's; -1 = half the horizon,
+        # raised by the measured delay (at most horizon - 1), and a one-action cross-fade
+        args += ["-p", "chunk_request_threshold:=-1", "-p", "blending_steps:=1"]
     return args
 
 
