@@ -75,10 +75,13 @@ class TeacherPolicy(GraphPolicy):
 
     def __init__(self, path: str | Path) -> None:
         self.model, doc = load_teacher(path)
-        base = load_bundle(Path(str(doc["student_template"]))).config if "student_template" in doc else None
+        if (
+            "student_template" not in doc
+        ):  # the I/O description (cameras, sizes, dt) the Policy contract needs
+            raise ValueError(f"{path}: teacher.json names no student_template bundle")
+        base = load_bundle(Path(str(doc["student_template"]))).config
         root = Path(path)
         self.normalizer = Normalizer.load(root / "norm_stats.json")
-        assert base is not None
         self.config = base
         self.encoder = ObservationEncoder(base, self.normalizer, root / "tokenizer.json")
         self._lock = threading.Lock()
