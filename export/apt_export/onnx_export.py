@@ -288,6 +288,12 @@ def export_onnx(
         config = dataclasses.replace(config, sampling_steps=int(steps)).validate()
     model = bundle.model.eval()
     model.config = config
+    distill = config.family == "action_distillation"  # its own graphs: distillation_graphs.py
+    if distill and precision == "fp16":
+        raise ValueError(
+            "action_distillation: export fp32 (TensorRT builds fp16 engines from it); fp16 ONNX is APT-only"
+        )
+    rtc_inputs = rtc_inputs and not distill
     if precision == "fp16":  # int8 is traced in fp32 and quantised after export
         model = to_half(model)
     bar.update()
@@ -312,6 +318,10 @@ def export_onnx(
             ("sampler", (*prefix, *(x[n] for n in sampler_in[len(prefix) :])), sampler_in, ["actions"]),
         ]
         modules = {"prefix": _Prefix(model), "denoiser": _Denoiser(model), "sampler": _Sampler(model)}
+        if distill:
+            from .distillation_graphs import graph_jobs
+
+            jobs, modules = graph_jobs(model, x, prefix, _Prefix(model))  # type: ignore[arg-type]
         graphs: dict[str, GraphSpec] = {}
         with tempfile.TemporaryDirectory() as raw_dir:
             for name, args, ins, outs in jobs:
@@ -333,7 +343,7 @@ def export_onnx(
             model_id=config.model_id,
             precision=precision,
             opset=opset,
-            steps=config.sampling_steps,
+            steps=0 if distill else config.sampling_steps,
             graphs=graphs,
             config=config.to_dict(),
             normalization=bundle.normalizer.to_dict(),
@@ -383,7 +393,7 @@ def _check_interface(graphs: dict[str, GraphSpec], prefix_names: list[str]) -> N
         raise ExportError(f"prefix outputs {list(produced)} != model.prefix_names {prefix_names}")
     problems: dict[str, list[str]] = defaultdict(list)
     for name in ("denoiser", "sampler"):
-        for t in graphs[name].inputs:
+        for t in graphs[name].inputs if name in graphs else ():  # one-pass families have no denoiser
             if t.name in produced and (produced[t.name].shape, produced[t.name].dtype) != (t.shape, t.dtype):
                 problems[name].append(f"{t.name}: {t.dtype}{list(t.shape)} vs prefix {produced[t.name]}")
     if problems:

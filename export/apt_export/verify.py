@@ -92,6 +92,11 @@ def verify(
     bundle = load_bundle(bundle_dir)
     model = bundle.model.eval()
     model.config = bundle.config.__class__.from_dict(manifest.config)  # same steps as the export
+    if bundle.config.family == "action_distillation":  # its own graphs (distillation_graphs.py)
+        from .distillation_graphs import verify_distillation
+
+        stats, used = verify_distillation(bundle, manifest, onnx_dir, cases, providers, progress)
+        return _report(manifest, stats, used, cases, "; one-pass family: no prefix cases")
     ort_policy = OnnxRuntimePolicy(onnx_dir, manifest=manifest, providers=providers)
     sessions = {
         name: ort_policy._sessions[name]
@@ -133,12 +138,16 @@ def verify(
             ours = ort_policy.predict(images, state, instruction, feeds["noise"][0], committed)
             ref = torch_policy.predict(images, state, instruction, feeds["noise"][0], committed)
             _accumulate(stats, "predict.actions[prefix]", norm(ours), norm(ref))
+    rtc_note = "" if rtc else "; export without RTC inputs: no prefix cases"
+    return _report(manifest, stats, list(ort_policy.providers), cases, rtc_note)
+
+
+def _report(manifest, stats: dict[str, list], used: list[str], cases: int, rtc_note: str) -> ParityReport:
+    """Gate the accumulated comparisons by precision (fp32 max abs; fp16 cosine + max abs on GPU)."""
     comparisons = [
         Comparison(name, max(s[0] for s in v), float(np.mean([s[1] for s in v])), min(s[2] for s in v))
         for name, v in stats.items()
     ]
-    used = list(ort_policy.providers)
-    rtc_note = "" if rtc else "; export without RTC inputs: no prefix cases"
     if manifest.precision == "fp32":
         worst = max(c.max_abs for c in comparisons)
         passed, gated = worst <= FP32_MAX_ABS, True

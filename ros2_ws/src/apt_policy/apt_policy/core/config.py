@@ -145,6 +145,10 @@ class PolicyConfig:
             raise ConfigError("family_config: must be a mapping (the family's own settings)")
         if self.family == "apt" and self.family_config:
             raise ConfigError(f"family_config: the 'apt' family takes none, got {sorted(self.family_config)}")
+        if self.family == "action_distillation":  # its own schema (core/distillation_config.py)
+            from .distillation_config import DistillationConfig
+
+            DistillationConfig.from_mapping(self.family_config).check_horizon(self.horizon)
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"architecture={self.architecture!r}: expected one of {ARCHITECTURES}")
         if not isinstance(self.backbone, Mapping):

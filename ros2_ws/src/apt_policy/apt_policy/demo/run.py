@@ -84,6 +84,7 @@ class DemoOptions:
     cache: Path | None = None
     latency: str = ""  # the node's simulated_latency (simulation only): fixed:<ms> | orin | thor | rtx4090
     chunk_execution: str | None = None  # the node's chunk_execution (None: the params file's / default)
+    family: str = "apt"  # the demo model's seed system (apt | action_distillation)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -129,7 +130,7 @@ def obtain_model(opts: DemoOptions) -> tuple[Path, Path, dict[str, Any]]:
 
     t = time.monotonic()
     try:
-        bundle, export = model_cache.ensure_demo_model(opts.cache, verbose=True)  # trains + exports if needed
+        bundle, export = model_cache.ensure_demo_model(opts.cache, verbose=True, family=opts.family)
         opts.timings["model_and_export_s"] = time.monotonic() - t
         _header(2, 5, "export: apt-export onnx (cached with the bundle) + apt-export verify")
     except subprocess.CalledProcessError as exc:
@@ -233,6 +234,10 @@ def node_overrides(opts: DemoOptions) -> list[str]:
         args += ["-p", f"simulated_latency:={opts.latency}"]
     if opts.chunk_execution:
         args += ["-p", f"chunk_execution:={opts.chunk_execution}"]
+    if opts.family == "action_distillation":  # a 3-action chunk (docs/ACTION_DISTILLATION.md): sim.yaml's
+        # request threshold (4) and cross-fade (3 actions) are APT's 16-action chunk's; -1 = half the horizon,
+        # raised by the measured delay (at most horizon - 1), and a one-action cross-fade
+        args += ["-p", "chunk_request_threshold:=-1", "-p", "blending_steps:=1"]
     return args
 
 

@@ -102,7 +102,7 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
         raise BundleError(
             f"{root / TOKENIZER_FILE}: {tokenizer.vocab_size} tokens exceed the backbone vocabulary ({vocab})"
         )
-    model = APTModel(config)
+    model = build_model(config)
     try:
         tensors = load_file(str(root / WEIGHTS_FILE), device=map_location)
     except (SafetensorError, OSError) as exc:
@@ -110,6 +110,15 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
     load_weights(model, tensors, str(root / WEIGHTS_FILE))
     model.eval()
     return Bundle(config, model, normalizer, root / TOKENIZER_FILE)
+
+
+def build_model(config: PolicyConfig) -> APTModel:
+    """The torch model of ``config.family`` (untrained weights)."""
+    if config.family == "action_distillation":
+        from .action_distillation import DistillationModel
+
+        return DistillationModel(config)  # type: ignore[return-value]
+    return APTModel(config)
 
 
 def load_weights(

@@ -156,7 +156,8 @@ class OnnxRuntimePolicy(GraphPolicy):
                         if name in self._sampler_inputs:
                             sampler.bind_ortvalue_input(name, value)
                 sampler.bind_cpu_input("state", np.ascontiguousarray(state))
-                sampler.bind_cpu_input("noise", np.ascontiguousarray(noise))
+                if "noise" in self._sampler_inputs:  # one-pass families (action_distillation) take none
+                    sampler.bind_cpu_input("noise", np.ascontiguousarray(noise))
                 if self._rtc:
                     if prefix is None or prefix_len is None:
                         prefix, prefix_len = np.zeros_like(noise), np.zeros((noise.shape[0],), np.int64)

@@ -41,7 +41,7 @@ class PolicyInfo:
     state_names: tuple[str, ...]
     dt: float
     action_semantics: ActionSemantics
-    steps: int  # flow-matching integration steps per prediction
+    steps: int  # flow-matching integration steps per prediction (0: one deterministic forward pass)
     noise_scale: float = 1.0  # std of the initial flow noise the policy draws (0: deterministic)
     rtc_inputs: bool = False  # predict accepts a committed action prefix
     rtc_max_delay: int = 0  # trained maximum prefix length in actions (0: training-free only)
@@ -56,6 +56,8 @@ class PolicyInfo:
         rtc_inputs: bool = True,
         rtc_mode: str = "training_free",
     ) -> PolicyInfo:
+        if config.family == "action_distillation":  # one deterministic forward pass: no flow steps,
+            steps, rtc_inputs, rtc_mode = 0, False, "training_free"  # no noise, no committed prefix
         return cls(
             backend=backend,
             model_id=config.model_id,
@@ -68,7 +70,7 @@ class PolicyInfo:
             dt=float(config.control_dt),
             action_semantics=config.action_semantics,
             steps=int(steps if steps is not None else config.sampling_steps),
-            noise_scale=float(config.noise_scale),
+            noise_scale=0.0 if config.family == "action_distillation" else float(config.noise_scale),
             rtc_inputs=bool(rtc_inputs),
             rtc_max_delay=int(config.rtc_max_delay),
             rtc_mode=rtc_mode,

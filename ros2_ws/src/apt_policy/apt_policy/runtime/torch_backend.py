@@ -24,7 +24,13 @@ from .policy import GraphPolicy, Policy, PolicyInfo, resolve_rtc_mode
 def load_torch_policy(
     path: str | Path, seed: int | None = None, device: str = "cpu", rtc_mode: str = "auto"
 ) -> Policy:
-    """APTPolicy.from_bundle (validates config, weights, norm stats, tokenizer)."""
+    """APTPolicy.from_bundle (validates config, weights, norm stats, tokenizer); per family."""
+    from ..model.bundle import read_config
+
+    if read_config(path).family == "action_distillation":
+        from .distillation_torch import DistillationPolicy
+
+        return DistillationPolicy.from_bundle(path, seed=seed, device=device)
     return APTPolicy.from_bundle(path, seed=seed, device=device, rtc_mode=rtc_mode)
 
 

@@ -88,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--force", action="store_true", help="retrain even if a finished demo is cached in --out"
     )
+    demo.add_argument(
+        "--family",
+        choices=("apt", "action_distillation"),
+        default="apt",
+        help="the seed system to train (action_distillation: teacher + student, docs/ACTION_DISTILLATION.md)",
+    )
+    demo.add_argument(
+        "--vlm-from",
+        type=Path,
+        default=None,
+        help="action_distillation: the APT demo bundle whose VLM to start from",
+    )
     demo.add_argument("--threads", type=int, default=2)
     demo.add_argument("--quiet", action="store_true")
     return parser
@@ -205,6 +217,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             _stage1(args)
         elif args.command == "stage2":
             _stage2(args)
+        elif args.family == "action_distillation":
+            from .distillation_demo import run_distillation_demo
+
+            if args.vlm_from is None:
+                raise ValueError("--family action_distillation needs --vlm-from <a trained APT demo bundle>")
+            report = run_distillation_demo(
+                args.out,
+                args.vlm_from,
+                force=args.force,
+                progress=not args.quiet,
+                eval_episodes=args.eval_episodes,
+            )
+            print(json.dumps(report["summary"], indent=2))
         else:
             from .demo import run_demo
 
