@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -38,14 +39,14 @@ class BundleError(ValueError):
 @dataclass
 class Bundle:
     config: PolicyConfig
-    model: APTModel
+    model: APTModel  # or the family's model (ActionPriorModel for family "action_prior")
     normalizer: Normalizer
     tokenizer_path: Path
 
 
 def save_bundle(
     out_dir: str | Path,
-    model: APTModel,
+    model: torch.nn.Module,
     normalizer: Normalizer,
     tokenizer: str | Path,
 ) -> Path:
@@ -102,7 +103,7 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
         raise BundleError(
             f"{root / TOKENIZER_FILE}: {tokenizer.vocab_size} tokens exceed the backbone vocabulary ({vocab})"
         )
-    model = APTModel(config)
+    model = build_model(config)
     try:
         tensors = load_file(str(root / WEIGHTS_FILE), device=map_location)
     except (SafetensorError, OSError) as exc:
@@ -112,8 +113,17 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
     return Bundle(config, model, normalizer, root / TOKENIZER_FILE)
 
 
+def build_model(config: PolicyConfig) -> Any:
+    """A fresh model of the bundle's family (``config.family``): APTModel or ActionPriorModel."""
+    if config.family == "action_prior":
+        from .action_prior import ActionPriorModel
+
+        return ActionPriorModel(config)
+    return APTModel(config)
+
+
 def load_weights(
-    model: APTModel, tensors: dict[str, torch.Tensor], source: str, strict: bool = True
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, strict: bool = True
 ) -> list[str]:
     """Copy ``tensors`` into ``model``; with strict=False keys absent from ``tensors`` are returned."""
     expected = model.state_dict()
