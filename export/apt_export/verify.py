@@ -90,6 +90,11 @@ def verify(
     """Compare torch and ONNX Runtime; gate fp32 on max abs, fp16 on cosine + max abs (GPU providers)."""
     manifest = load_manifest(onnx_dir)
     bundle = load_bundle(bundle_dir)
+    if bundle.config.family == "action_prior":  # its own graph set (action_prior_graphs.py)
+        from .action_prior_graphs import verify_action_prior
+
+        stats, used = verify_action_prior(bundle, manifest, onnx_dir, cases, providers, progress)
+        return _report(manifest, stats, used, cases, "" if manifest.rtc_inputs else "; no RTC inputs")
     model = bundle.model.eval()
     model.config = bundle.config.__class__.from_dict(manifest.config)  # same steps as the export
     ort_policy = OnnxRuntimePolicy(onnx_dir, manifest=manifest, providers=providers)
@@ -133,12 +138,16 @@ def verify(
             ours = ort_policy.predict(images, state, instruction, feeds["noise"][0], committed)
             ref = torch_policy.predict(images, state, instruction, feeds["noise"][0], committed)
             _accumulate(stats, "predict.actions[prefix]", norm(ours), norm(ref))
+    rtc_note = "" if rtc else "; export without RTC inputs: no prefix cases"
+    return _report(manifest, stats, list(ort_policy.providers), cases, rtc_note)
+
+
+def _report(manifest, stats: dict[str, list], used: list[str], cases: int, rtc_note: str) -> ParityReport:
+    """Gate the accumulated comparisons by the export's precision."""
     comparisons = [
         Comparison(name, max(s[0] for s in v), float(np.mean([s[1] for s in v])), min(s[2] for s in v))
         for name, v in stats.items()
     ]
-    used = list(ort_policy.providers)
-    rtc_note = "" if rtc else "; export without RTC inputs: no prefix cases"
     if manifest.precision == "fp32":
         worst = max(c.max_abs for c in comparisons)
         passed, gated = worst <= FP32_MAX_ABS, True

@@ -90,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--threads", type=int, default=2)
     demo.add_argument("--quiet", action="store_true")
+    demo.add_argument(
+        "--family", choices=("apt", "action_prior"), default="apt", help="which seed system (default apt)"
+    )
+    demo.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="action_prior: override a PriorDemoSettings field, e.g. --set stage2_steps=1000",
+    )
     return parser
 
 
@@ -205,6 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             _stage1(args)
         elif args.command == "stage2":
             _stage2(args)
+        elif args.family == "action_prior":
+            from .demo_action_prior import run_prior_demo
+
+            overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+            report = run_prior_demo(args.out, force=args.force, progress=not args.quiet, **overrides)
+            print(json.dumps(report["summary"], indent=2))
         else:
             from .demo import run_demo
 
