@@ -109,9 +109,7 @@ def test_stage1_prior_and_stateless_exports(tmp_path):
     for stage, k in ((1, 3), (2, 0)):
         bundle = _bundle(tmp_path, stage, history_steps=k)
         out = tmp_path / f"onnx-{stage}-{k}"
-        assert (
-            main(["onnx", "--bundle", str(bundle), "--out", str(out), "--optimize", "none"]) == 0
-        )
+        assert main(["onnx", "--bundle", str(bundle), "--out", str(out), "--optimize", "none"]) == 0
         manifest = load_manifest(out)
         if stage == 1:
             assert manifest.graphs["prefix"].input_names == ("state",)
