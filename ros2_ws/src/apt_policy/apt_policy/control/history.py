@@ -88,3 +88,43 @@ class HistoryBuffer:
                 np.where(valid[:, None], self._actions, 0.0).astype(np.float32),
                 valid,
             )
+
+
+def executed_step(
+    joints: np.ndarray,
+    gripper_width: float | None,
+    positions: np.ndarray,
+    velocities: np.ndarray | None,
+    gripper_command: float | None,
+    state_dim: int,
+    action_dim: int,
+    arm: str = "absolute",
+    arm_scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(state, action) of one sent command in the policy's units: the measured joints (+ gripper width when
+    the state has one more value) and the command after the safety filter read back into the action
+    semantics (absolute positions, delta = (position - measured) / scale, velocity / scale), + the gripper
+    width commanded (or measured when none was). None when a needed value is missing."""
+    joints = np.asarray(joints, np.float64).reshape(-1)
+    dof = joints.shape[0]
+    state = (
+        joints if state_dim == dof else np.append(joints, np.nan if gripper_width is None else gripper_width)
+    )
+    if arm == "absolute":
+        arm_action = np.asarray(positions, np.float64)
+    elif arm == "delta":
+        arm_action = (np.asarray(positions, np.float64) - joints) / arm_scale
+    elif arm == "velocity" and velocities is not None:
+        arm_action = np.asarray(velocities, np.float64) / arm_scale
+    else:
+        return None
+    if action_dim == dof:
+        action = arm_action
+    else:
+        width = gripper_command if gripper_command is not None else gripper_width
+        action = np.append(arm_action, np.nan if width is None else width)
+    if state.shape != (state_dim,) or action.shape != (action_dim,):
+        return None
+    if not (np.all(np.isfinite(state)) and np.all(np.isfinite(action))):
+        return None
+    return state, action
