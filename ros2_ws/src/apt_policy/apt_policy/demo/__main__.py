@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         choices=("auto", "rtc", "crossfade", "ensemble", "none"),
         help="the node's chunk_execution (default: the params file's, else auto)",
     )
+    p.add_argument(
+        "--family",
+        default="apt",
+        choices=("apt", "action_prior"),
+        help="the seed system whose cached demo model runs (default apt; ignored with --model/--bundle)",
+    )
     p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/recording/")
     return p
 
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             params_file=args.params_file,
             latency=args.latency,
             chunk_execution=args.chunk_execution,
+            family=args.family,
         )
         return run_demo(opts)
     except DemoError as exc:

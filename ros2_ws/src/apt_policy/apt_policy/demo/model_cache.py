@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -80,9 +81,25 @@ def export_key() -> str:
     return f"{train_key()}-{source_hash(dirs, 8)}"
 
 
-def demo_root(cache: Path | None = None) -> Path:
-    """The cache directory of the current training code (``demo/train-<key>``)."""
-    return (cache or cache_dir()) / "demo" / f"train-{train_key()}"
+def demo_root(cache: Path | None = None, family: str = "apt") -> Path:
+    """The cache directory of the current training code (``demo/train-<key>``; other families
+    ``demo/<family>-train-<key>``)."""
+    prefix = "" if family == "apt" else f"{family}-"
+    return (cache or cache_dir()) / "demo" / f"{prefix}train-{train_key()}"
+
+
+def _train_command(bundle_root: Path, family: str, cache: Path | None) -> list[str]:
+    """``apt-train demo`` for ``family``. The action-prior demo reuses the APT demo's frozen VLM (its stage-0
+    grounding) and demonstrations, so both families read the same VLM (the APT demo is built first)."""
+    cmd = [_tool("apt-train"), "demo", "--out", str(bundle_root)]
+    if family == "apt":
+        return cmd
+    apt_stage2 = ensure_demo_bundle(cache)
+    sets = {"vlm_from": str(apt_stage2), "data": str(apt_stage2.parent / "demos.npz")}
+    cmd += ["--family", family, "--threads", "1"]
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
+    return cmd
 
 
 def _find_bundle(root: Path) -> Path:
@@ -104,7 +121,7 @@ def _has_bundle(bundle_root: Path) -> bool:
     return (bundle_root / ".complete").is_file()
 
 
-def _build_bundle(root: Path, verbose: bool) -> Path:
+def _build_bundle(root: Path, verbose: bool, family: str = "apt", cache: Path | None = None) -> Path:
     """Train into ``root/bundle`` unless complete (caller holds the lock); returns the Stage-2 bundle."""
     bundle_root = root / "bundle"
     if not _has_bundle(bundle_root):
@@ -112,7 +129,7 @@ def _build_bundle(root: Path, verbose: bool) -> Path:
             print(f"[model_cache] training the demo policy into {bundle_root} (then cached)", flush=True)
         shutil.rmtree(bundle_root, ignore_errors=True)  # a half-finished run of older code
         out = None if verbose else subprocess.DEVNULL
-        subprocess.run([_tool("apt-train"), "demo", "--out", str(bundle_root)], check=True, stdout=out)
+        subprocess.run(_train_command(bundle_root, family, cache), check=True, stdout=out)
         _find_bundle(bundle_root)
         (bundle_root / ".complete").write_text(train_key() + "\n")
     return _find_bundle(bundle_root)
@@ -140,17 +157,19 @@ def ensure_demo_export(cache: Path | None = None, verbose: bool = True) -> Path:
     return ensure_demo_model(cache, verbose)[1]
 
 
-def ensure_demo_model(cache: Path | None = None, verbose: bool = True) -> tuple[Path, Path]:
-    """(Stage-2 bundle, its ONNX export), both under one cache key computed once at the start, so code
-    edited while this trains does not send the export to another key."""
-    root = demo_root(cache)
+def ensure_demo_model(
+    cache: Path | None = None, verbose: bool = True, family: str = "apt"
+) -> tuple[Path, Path]:
+    """(Stage-2 bundle, its ONNX export) of ``family``'s demo, both under one cache key computed once at the
+    start, so code edited while this trains does not send the export to another key."""
+    root = demo_root(cache, family)
     onnx_dir = root / f"onnx-{export_key()}"
     if (onnx_dir / MANIFEST).is_file() and _has_bundle(root / "bundle"):
         return _find_bundle(root / "bundle"), onnx_dir
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        bundle = _build_bundle(root, verbose)
+        bundle = _build_bundle(root, verbose, family, cache)
         if (onnx_dir / MANIFEST).is_file():
             return bundle, onnx_dir
         out = None if verbose else subprocess.DEVNULL

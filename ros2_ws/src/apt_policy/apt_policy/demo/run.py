@@ -84,6 +84,7 @@ class DemoOptions:
     cache: Path | None = None
     latency: str = ""  # the node's simulated_latency (simulation only): fixed:<ms> | orin | thor | rtx4090
     chunk_execution: str | None = None  # the node's chunk_execution (None: the params file's / default)
+    family: str = "apt"  # which seed system's demo model (the cached one of that family)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -129,7 +130,7 @@ def obtain_model(opts: DemoOptions) -> tuple[Path, Path, dict[str, Any]]:
 
     t = time.monotonic()
     try:
-        bundle, export = model_cache.ensure_demo_model(opts.cache, verbose=True)  # trains + exports if needed
+        bundle, export = model_cache.ensure_demo_model(opts.cache, verbose=True, family=opts.family)
         opts.timings["model_and_export_s"] = time.monotonic() - t
         _header(2, 5, "export: apt-export onnx (cached with the bundle) + apt-export verify")
     except subprocess.CalledProcessError as exc:
