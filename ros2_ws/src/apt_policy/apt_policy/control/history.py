@@ -92,7 +92,7 @@ class HistoryBuffer:
 
 def executed_step(
     joints: np.ndarray,
-    gripper_width: float | None,
+    gripper_width: float | np.ndarray | None,
     positions: np.ndarray,
     velocities: np.ndarray | None,
     gripper_command: float | None,
@@ -107,6 +107,8 @@ def executed_step(
     width commanded (or measured when none was). None when a needed value is missing."""
     joints = np.asarray(joints, np.float64).reshape(-1)
     dof = joints.shape[0]
+    if gripper_width is not None:  # a float or a one-value array (ObservationBuffer's sample)
+        gripper_width = float(np.asarray(gripper_width, np.float64).reshape(-1)[0])
     state = (
         joints if state_dim == dof else np.append(joints, np.nan if gripper_width is None else gripper_width)
     )

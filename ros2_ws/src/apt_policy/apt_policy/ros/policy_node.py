@@ -253,19 +253,21 @@ class PolicyNode(LifecycleNode):
         snap = self.history.snapshot()
         return History(snap.states, snap.actions, snap.valid)
 
-    def _record_history(self, t: float, joints: Any, command: Command) -> None:
+    def _record_history(self, t: float, joints: Any, command: Command, sent: bool) -> None:
         """A released command (after the safety filter) with the state it was computed from; any state but
-        RUNNING (hold, pause, fault, idle) starts the history again."""
+        RUNNING (hold, pause, fault, idle) starts the history again. A command not sent is not recorded."""
         if self.history is None:
             return
         if command.state != ControllerState.RUNNING or joints is None or command.positions is None:
             self.history.reset()
             return
+        if not sent:
+            return
         gripper = self.observations.latest_gripper()
         sem = self.info.action_semantics
         step = executed_step(
             joints.value,
-            None if gripper is None else float(gripper.value),
+            None if gripper is None else gripper.value,
             command.positions,
             command.velocities,
             command.gripper,
@@ -806,16 +808,15 @@ class PolicyNode(LifecycleNode):
             self.worker.request()
 
         def send() -> None:
+            sent = False
             if not self.context.ok():
                 return  # shutting down: the publishers are gone
             if payload is not None and self.arm_output is not None:
                 if self.controller.release(command, time.monotonic()):
                     self.arm_output.publish(payload)
-                    self._record_history(t, joints, command)
+                    sent = True
                 else:
                     self._log_drop()
-            elif self.history is not None and command.state != ControllerState.RUNNING:
-                self.history.reset()
             if sink is not None and gripper is not None:
                 sink(gripper, t)
             if state_changed:  # state changes are published at once, after the tick's command
@@ -824,6 +825,8 @@ class PolicyNode(LifecycleNode):
                 frame = poller.take_latest()
                 if frame is not None:
                     on_frame(frame)
+            if self.history is not None:  # last: it never delays the send or the camera frames
+                self._record_history(t, joints, command, sent)
 
         return send
 

@@ -86,8 +86,8 @@ def test_executed_step_reads_the_sent_command_in_the_policy_units():
     positions = np.array([0.3, 0.1])
     state, action = executed_step(joints, 0.04, positions, None, 0.02, 3, 3)
     assert state.tolist() == [0.1, 0.2, 0.04] and action.tolist() == [0.3, 0.1, 0.02]
-    _, action = executed_step(joints, 0.04, positions, None, None, 3, 3)
-    assert action[2] == 0.04  # no gripper command: the measured width
+    _, action = executed_step(joints, np.array([0.04]), positions, None, None, 3, 3)
+    assert action[2] == 0.04  # no gripper command: the measured width (as ObservationBuffer keeps it)
     _, delta = executed_step(joints, None, positions, None, None, 2, 2, arm="delta", arm_scale=0.5)
     np.testing.assert_allclose(delta, [0.4, -0.2])
     _, vel = executed_step(joints, None, positions, np.array([1.0, -1.0]), None, 2, 2, "velocity", 2.0)
