@@ -3,6 +3,8 @@
     ros2 launch apt_policy franka.launch.py robot_ip:=172.16.0.2 model:=/opt/apt/export
     ros2 launch apt_policy franka.launch.py use_fake_hardware:=true model:=/opt/apt/export \
         start_realsense:=false
+    ros2 launch apt_policy franka.launch.py robot_ip:=172.16.0.2 backend:=remote   # model on a GPU host
+        (with inference.launch.py on the GPU host; docs/DEPLOY.md, "Remote inference")
 
 The node reads ``params_file`` (default: the installed config/franka.yaml); the launch arguments ``model``,
 ``backend``, ``control_rate`` and ``cameras`` override it when they are not empty. ``robot_ip``,
@@ -53,7 +55,9 @@ ARGUMENTS = {
     "use_fake_hardware": ("false", "franka_bringup use_fake_hardware: mock components instead of the arm."),
     "load_gripper": ("true", "franka_bringup load_gripper: start the franka_gripper node."),
     "model": ("", "Exported model directory (node parameter model); empty: keep params_file's."),
-    "backend": ("", "Inference backend auto|tensorrt|onnxruntime|torch (node parameter backend)."),
+    "backend": ("", "Inference backend auto|tensorrt|onnxruntime|torch|remote (node parameter backend)."),
+    "remote_server": ("", "backend remote: the inference node's name (node parameter remote_server)."),
+    "remote_image_encoding": ("", "backend remote: jpeg or rgb8 (node parameter remote_image_encoding)."),
     "control_rate": ("", "Command rate in Hz (node parameter control_rate); empty: keep params_file's."),
     "cameras": ("", "Comma-separated camera image topics (node parameter camera_topics)."),
     "autostart": (
@@ -72,6 +76,8 @@ NODE_PARAMETERS = {
     "autostart": "autostart",
     "model": "model",
     "backend": "backend",
+    "remote_server": "remote_server",
+    "remote_image_encoding": "remote_image_encoding",
     "control_rate": "control_rate",
     "cameras": "camera_topics",
 }

@@ -20,9 +20,15 @@ def test_interfaces_have_documented_fields() -> None:
     chunk_fields = set(ActionChunk.get_fields_and_field_types())
     assert chunk_fields == {
         "header", "chunk_id", "instruction", "action_names", "dt", "horizon", "action_dim", "actions",
-        "inference_time_ms", "backend",
+        "inference_time_ms", "backend", "client_id", "request_id", "error",
     }  # fmt: skip
     assert ActionChunk.get_fields_and_field_types()["actions"] == "sequence<float>"
+    from apt_msgs.msg import ObservationRequest
+
+    assert set(ObservationRequest.get_fields_and_field_types()) == {
+        "header", "client_id", "request_id", "epoch", "instruction", "camera_names", "image_encoding",
+        "image_height", "image_width", "image_sizes", "image_data", "state", "prefix_len", "prefix", "noise",
+    }  # fmt: skip
     s = PolicyStatus
     assert [s.IDLE, s.RUNNING, s.HOLDING, s.PAUSED, s.FAULT] == [0, 1, 2, 3, 4]
     assert set(SetInstruction.Request.get_fields_and_field_types()) == {"instruction"}

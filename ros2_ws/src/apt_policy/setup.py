@@ -87,6 +87,7 @@ setup(
         "console_scripts": [
             # venv console scripts
             "apt-policy-node = apt_policy.ros.policy_node:main",
+            "apt-inference-node = apt_policy.ros.inference_node:main",
             "apt-fake-franka = apt_policy.sim.fake_franka:main",
             "apt-fake-camera = apt_policy.sim.fake_camera:main",
             "apt-train = apt_policy.training.cli:main",
@@ -95,6 +96,7 @@ setup(
             "apt-replay = apt_policy.data.cli:replay_main",
             # `ros2 run apt_policy <executable>` names
             "policy_node = apt_policy.ros.policy_node:main",
+            "inference_node = apt_policy.ros.inference_node:main",
             "fake_franka = apt_policy.sim.fake_franka:main",
             "fake_camera = apt_policy.sim.fake_camera:main",
             "recorder = apt_policy.recording.recorder:main",

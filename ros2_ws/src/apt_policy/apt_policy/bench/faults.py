@@ -13,8 +13,9 @@ removed, and reports against what must happen:
 
 A case passes when it has no unsafe command and the expected reaction happened (the hold, the refusal,
 the recovery). The table goes to ``--out`` (markdown) and ``--json``; docs/FAULTS.md shows a run.
-DDS loss between node and arm (network namespaces) is ``tests/test_netns_faults.py`` when namespaces can be
-made; it is not part of this matrix.
+DDS loss and outage between node and arm, and between the executor and a remote inference node, run over
+network namespaces (``apt_policy.bench.split``: a veth pair, iptables loss, link down): the cases
+``NETNS_CASES``, skipped with the reason where namespaces cannot be made (root, iproute2, iptables).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Outcome:
     time_to_recover_s: float | None = None
     passed: bool = False
     notes: list[str] = field(default_factory=list)
+    timing_violations: int = 0  # of unsafe_commands: too_fast / ends_in_past (late arrival), where counted
 
 
 @dataclass
@@ -296,6 +298,9 @@ CASES: tuple[Case, ...] = (
 )  # fmt: skip
 
 
+NETNS_CASES = ("arm_dds_loss", "arm_link_down", "split_loss_5", "split_link_down")  # bench.split's
+
+
 def run_case(case: Case, model: Path, workdir: Path) -> Outcome:
     outcome = Outcome(case.name, case.expected)
     model_copy = workdir / "model"
@@ -361,10 +366,11 @@ def main(argv: list[str] | None = None) -> int:
         from apt_policy.demo.model_cache import ensure_demo_export
 
         model = ensure_demo_export()
-    wanted = set(args.cases.split(",")) if args.cases else {c.name for c in CASES}
-    unknown = wanted - {c.name for c in CASES}
+    known = [c.name for c in CASES] + list(NETNS_CASES)
+    wanted = set(args.cases.split(",")) if args.cases else set(known)
+    unknown = wanted - set(known)
     if unknown:
-        ap.error(f"unknown cases {sorted(unknown)}; known: {[c.name for c in CASES]}")
+        ap.error(f"unknown cases {sorted(unknown)}; known: {known}")
     outcomes = []
     root = Path(tempfile.mkdtemp(prefix="apt_faults_"))
     for case in (c for c in CASES if c.name in wanted):
@@ -373,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"[faults] {case.name}: {'pass' if outcome.passed else 'FAIL'} ({outcome.observed})", flush=True
         )
+        outcomes.append(outcome)
+    for name in (n for n in NETNS_CASES if n in wanted):
+        from apt_policy.bench import split
+
+        print(f"[faults] {name} (network namespaces) ...", flush=True)
+        outcome = split.run(split.BY_NAME[name], model, root / name)
+        print(f"[faults] {name}: {'pass' if outcome.passed else 'FAIL'} ({outcome.observed})", flush=True)
         outcomes.append(outcome)
     table = format_table(outcomes)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -517,14 +517,17 @@ def bench_chunking(export: Path | None, episodes: int, latencies: Sequence[str])
     """The strategy x latency table on the simulated clock: scripted stand-in, then the demo model."""
     from dataclasses import asdict
 
-    from apt_policy.sim.closed_loop import model_rows, run_table, scripted_rows
+    from apt_policy.demo.run import default_params_file
+    from apt_policy.sim.closed_loop import model_rows, node_params_from_yaml, run_table, scripted_rows
 
     out: dict[str, Any] = {"episodes": episodes, "latencies": list(latencies)}
     out["scripted"] = [asdict(c) for c in run_table(scripted_rows(), latencies, episodes)]
     if export is not None:
         rows = model_rows(export)
-        out["model"] = [asdict(c) for c in run_table(rows, ("none", "orin"), episodes)]
+        params = node_params_from_yaml(default_params_file())  # the demo model runs with the demo's node
+        out["model"] = [asdict(c) for c in run_table(rows, ("none", "orin"), episodes, node_params=params)]
         out["model_path"] = str(export)
+        out["model_params"] = str(default_params_file().name)
     return out
 
 

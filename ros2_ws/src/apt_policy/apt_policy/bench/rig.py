@@ -164,8 +164,10 @@ class Rig:
         rate: float = 100.0,
         domain: int | None = None,
         model_env: dict[str, str] | None = None,
+        prefix: dict[str, list[str]] | None = None,
     ) -> None:
         self.workdir = workdir
+        self.prefix = prefix or {}  # per process: a command prefix (e.g. ``ip netns exec NS``)
         workdir.mkdir(parents=True, exist_ok=True)
         self.env = {
             **os.environ,
@@ -196,7 +198,10 @@ class Rig:
         log = (self.workdir / f"{name}.log").open("ab")
         self._logs.append(log)
         proc = subprocess.Popen(
-            command_line(name, self.args[name]), env=self.env, stdout=log, stderr=subprocess.STDOUT
+            [*self.prefix.get(name, []), *command_line(name, self.args[name])],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.procs[name] = proc
         return proc

@@ -115,6 +115,18 @@ class DelayEstimator:
         """Forget the window (keep the counters), e.g. after a long pause."""
         self._window.clear()
 
+    def recent(self) -> tuple[int, ...]:
+        """The measured delays (actions) in the window, oldest first."""
+        return tuple(self._window)
+
+    def prime(self, delays: tuple[int, ...] | list[int]) -> None:
+        """Start the window from delays measured before (e.g. the previous episode of a node that keeps
+        running); the counters are not touched."""
+        for d in delays:
+            if int(d) < 1:
+                raise ValueError(f"a delay is at least 1 action, got {d}")
+            self._window.append(int(d))
+
     @property
     def estimate(self) -> int:
         """High running quantile of the measured delay (actions), 0 before the first measurement."""

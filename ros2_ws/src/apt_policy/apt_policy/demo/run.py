@@ -384,11 +384,13 @@ class EpisodeOutcome:
 
 
 def ros_environment(out: Path, domain_id: int | None) -> dict[str, str]:
-    """This demo's own DDS domain, loopback discovery and ROS logs under ``<out>/logs/ros``."""
+    """This demo's own DDS domain, loopback discovery (unless ``ROS_AUTOMATIC_DISCOVERY_RANGE`` is set: the
+    remote-inference demo reaches an inference node in another network namespace) and ROS logs under
+    ``<out>/logs/ros``."""
     domain = domain_id if domain_id is not None else 101 + os.getpid() % 100
     env = {
         "ROS_DOMAIN_ID": str(domain),
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") or "LOCALHOST",
         "ROS_LOG_DIR": str((out / "logs" / "ros").resolve()),
         "PYTHONUNBUFFERED": "1",
     }

@@ -36,6 +36,7 @@ from .experts import DiTBlock, GatedInserted, PiLayer
 from .layers import ContextProjection, mask_to_bias, timestep_embedding
 
 PREFIX_NAMES = ("prefix_keys", "prefix_values", "vision_mask", "context_mask")
+DRIFT_RETURN_ROWS = 4  # trained RTC with prefix drift: rows after the prefix over which the target returns
 
 
 def build_backbone(config: PolicyConfig) -> nn.Module:
@@ -265,13 +266,19 @@ class APTModel(nn.Module):
         noise: torch.Tensor,
         t: torch.Tensor,
         delay: torch.Tensor | None = None,
+        drift: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean squared error between predicted and target velocity.
 
         ``delay`` [B] int64 (trained RTC, arXiv 2512.05964): the first delay[b] actions of sample b are given
         clean (x = the action, per-token time ``flow.CLEAN_TIME``) and the loss is the mean over the other
-        rows only. None: the plain loss over every row.
+        rows only. None: the plain loss over every row. ``drift`` [B, A] (with ``delay``): the given rows
+        drift away from the demonstration and the target returns to it over ``DRIFT_RETURN_ROWS`` rows
+        (``flow.drift_offsets``), so the model learns to join a committed prefix that is off (a model's own
+        late rows) and steer back, instead of continuing its trend.
         """
+        if drift is not None and delay is not None:
+            actions = actions + flow.drift_offsets(drift, delay, actions.shape[1], DRIFT_RETURN_ROWS)
         x_t, target = flow.interpolate(actions, noise, t)
         if delay is None:
             v = self.velocity(*prefix, state, x_t, t)

@@ -79,3 +79,18 @@ def prefix_path(
 def rtc_delay_mask(delay: torch.Tensor, horizon: int) -> torch.Tensor:
     """Float mask [B, horizon]: 1.0 on the first delay[b] rows (given clean in trained RTC), else 0.0."""
     return prefix_rows(delay, horizon).float()
+
+
+def drift_offsets(drift: torch.Tensor, delay: torch.Tensor, horizon: int, return_rows: int) -> torch.Tensor:
+    """Offsets [B, horizon, A] of a drifted committed prefix (trained RTC with prefix drift).
+
+    Row i < d = delay[b] is off by drift[b] * (i + 1) / d (the previous chunk's late rows drift away
+    linearly); row d + k continues from the last offset and returns to the demonstration over
+    ``return_rows`` rows: drift[b] * (1 - (k + 1) / (return_rows + 1)), then 0. d = 0: no offset."""
+    rows = torch.arange(horizon, device=drift.device, dtype=drift.dtype)[None, :]
+    d = delay.to(drift.dtype)[:, None]
+    inside = (rows + 1.0) / torch.clamp(d, min=1.0)
+    after = 1.0 - (rows - d + 1.0) / float(return_rows + 1)
+    weight = torch.where(rows < d, inside, torch.clamp(after, min=0.0))
+    weight = torch.where(d > 0, weight, torch.zeros_like(weight))
+    return weight[..., None] * drift[:, None, :]

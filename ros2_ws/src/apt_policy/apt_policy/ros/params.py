@@ -99,8 +99,22 @@ class NodeParams:
         "auto",
         "Inference backend. auto: by the model directory (runtime.load_policy): a TensorRT engine dir "
         "-> tensorrt, an ONNX export dir -> onnxruntime (CUDA provider when present), a training "
-        "bundle -> torch.",
-        choices=BACKENDS,
+        "bundle -> torch. remote: an inference node on another computer (apt-inference-node, parameters "
+        "remote_*; 'model' is then unused).",
+        choices=(*BACKENDS, "remote"),
+    )
+    remote_server: str = param(
+        "apt_inference",
+        "backend remote: the inference node's name (its topics <name>/request, <name>/chunk, <name>/info).",
+    )
+    remote_image_encoding: str = param(
+        "jpeg",
+        "backend remote: camera frames are resized to the model's input and sent as 'jpeg' or raw 'rgb8'.",
+        choices=("jpeg", "rgb8"),
+    )
+    remote_jpeg_quality: int = param(90, "backend remote: JPEG quality (1-100).", low=1, high=100)
+    remote_connect_timeout: float = param(
+        30.0, "backend remote: longest wait (s) for the inference node at configure.", low=0.1, high=3600.0
     )
     inference_threads: int = param(
         0,
@@ -557,6 +571,7 @@ def validate(values: Mapping[str, Any], check_model: bool = True) -> NodeParams:
         if len(set(items)) != len(items):
             raise ParameterError(f"parameter '{group}' has duplicates: {list(items)}")
     out["camera_names"], out["camera_topics"] = cams, topics
+    check_model = check_model and out["backend"] != "remote"
     if check_model and not out["model"]:
         raise ParameterError("parameter 'model' is empty: set it to an exported model directory")
     if check_model and not Path(out["model"]).expanduser().is_dir():

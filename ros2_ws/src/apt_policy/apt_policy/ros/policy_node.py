@@ -1044,6 +1044,16 @@ def _load_policy(p: NodeParams) -> Policy:
     model runs on ONNX Runtime."""
     from apt_policy.runtime.load import detect_kind, load_policy
 
+    if p.backend == "remote":
+        from apt_policy.ros.remote_policy import RemotePolicy
+
+        return RemotePolicy(
+            p.remote_server,
+            p.remote_image_encoding,
+            p.remote_jpeg_quality,
+            timeout_s=p.inference_timeout,
+            connect_timeout_s=p.remote_connect_timeout,
+        )
     path = Path(p.model).expanduser()
     options: dict[str, Any] = {}
     if p.backend == "onnxruntime" or (p.backend == "auto" and detect_kind(path) == "onnx"):

@@ -6,6 +6,8 @@ sources in ``shared/reference/vla_deployment.md``). Profiles:
 
 * ``none``          -- 0 (no added latency)
 * ``fixed:<ms>``    -- exactly ``<ms>`` milliseconds every time
+* ``fixed:<ms>:<j>`` -- median ``<ms>``, log-normal spread ``<j>/<ms>`` (about +-``<j>`` ms at one sigma):
+                       network delay with jitter (remote inference tests)
 * ``orin``          -- Jetson AGX Orin, TensorRT: median 180 ms, spread 8 % (log-normal), and a heavy tail:
                        5 % of chunks take 1.2-1.7x longer (216-306 ms: GR00T N1.7's 216 ms on Orin, N1.6's
                        300 ms eager, spikes after idle without locked clocks)
@@ -123,11 +125,17 @@ def parse_latency(spec: str | None) -> LatencyProfile:
         return PROFILES[text]
     if text.startswith("fixed:"):
         try:
-            ms = float(text.split(":", 1)[1])
+            ms, jitter = (float(v) for v in [*text.split(":")[1:], "0"][:2])
+            if text.count(":") > 2:
+                raise ValueError
         except ValueError:
-            raise ValueError(f"latency {spec!r}: expected fixed:<milliseconds>") from None
-        if not (math.isfinite(ms) and ms >= 0):
+            raise ValueError(f"latency {spec!r}: expected fixed:<milliseconds>[:<jitter ms>]") from None
+        if not (math.isfinite(ms) and ms >= 0 and math.isfinite(jitter) and jitter >= 0):
             raise ValueError(f"latency {spec!r}: milliseconds must be finite and >= 0")
+        if jitter > 0 and ms > 0:  # log-normal spread: about +-jitter ms at one standard deviation
+            return LatencyProfile(
+                f"fixed:{ms:g}:{jitter:g}", ms * 1e-3, sigma=jitter / ms, source="fixed+jitter"
+            )
         return LatencyProfile(f"fixed:{ms:g}", ms * 1e-3, source="fixed")
     raise ValueError(f"unknown latency {spec!r}: choose '', none, fixed:<ms> or one of {sorted(PROFILES)}")
 

@@ -199,6 +199,9 @@ class EvalConfig:
     physics_dt: float = 0.005
     settle_s: float = 0.4
     node_params: Mapping[str, Any] = field(default_factory=dict)  # other node parameters (defaults otherwise)
+    # the node's delay estimate carries over from one episode to the next, as in a node that keeps running
+    # (one controller for its lifetime); False: every episode starts cold, as right after the node starts
+    warm_delay: bool = True
 
 
 @dataclass
@@ -246,16 +249,20 @@ def run_episode(
     profile: LatencyProfile | None = None,
     command_hook: Callable[[float, Any], Any] | None = None,
     episode_seed: int = 0,
+    delays: list[int] | None = None,
 ) -> EpisodeResult:
     """One closed-loop episode on the simulated clock (see the module docstring).
 
     ``command_hook(t, trajectory) -> trajectory`` may alter each look-ahead before the arm receives it
-    (tests inject infeasible commands with it).
+    (tests inject infeasible commands with it). ``delays``: the delay measurements (actions) the node's
+    estimator holds when the episode starts; replaced by the window at its end (``EvalConfig.warm_delay``).
     """
     info = policy.info
     profile = profile or parse_latency(config.latency)
     params = defaults(chunk_execution=config.strategy, **dict(config.node_params))
     controller, robot = build_controller(params, info)
+    if delays:
+        controller.delay.prime(delays)
     plan = execution_plan(params, info)
     if hasattr(policy, "reset"):
         policy.reset(scene, color, episode_seed)
@@ -398,6 +405,8 @@ def run_episode(
     jerk = jerk[np.asarray(running[2 : 2 + len(jerk)], dtype=bool)]
     jerk_rms = float(np.sqrt(np.mean(jerk**2))) if jerk.size else 0.0
     status = controller.status()
+    if delays is not None:
+        delays[:] = controller.delay.recent()
     q_end = arm.state()[0]
     return EpisodeResult(
         seed=episode_seed,
@@ -464,13 +473,22 @@ def evaluate(policy: Any, config: EvalConfig, label: str = "", progress: bool = 
     rng = np.random.default_rng(config.seed)
     words = np.random.default_rng(config.seed + 1)
     results: list[EpisodeResult] = []
+    delays: list[int] | None = [] if config.warm_delay else None
     for i in range(config.episodes):
         scene = sample_scene(config.scene_seed + i)
         color = scene.colors[i % len(scene.colors)]
         text = make_instruction(color, words)
         results.append(
             run_episode(
-                policy, scene, color, text, config, rng, profile, episode_seed=config.seed * 100_003 + i
+                policy,
+                scene,
+                color,
+                text,
+                config,
+                rng,
+                profile,
+                episode_seed=config.seed * 100_003 + i,
+                delays=delays,
             )
         )
         if progress:
@@ -654,6 +672,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-time", type=float, default=8.0, help="simulated seconds per episode (8)")
     p.add_argument(
+        "--cold-delay",
+        action="store_true",
+        help="every episode starts with no delay measurement (default: carried over, as a running node)",
+    )
+    p.add_argument(
+        "--params",
+        type=Path,
+        default=None,
+        metavar="YAML",
+        help="the node's parameters from a ROS 2 parameter file (e.g. config/sim.yaml, as the demo runs); "
+        "chunk_execution and simulated_latency come from --strategy / --latency",
+    )
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a node parameter for every cell (repeatable), e.g. rtc_delay_quantile=0.99",
+    )
+    p.add_argument(
         "--model", type=Path, default=None, help="exported policy (default: the scripted stand-in)"
     )
     p.add_argument("--model-trained", type=Path, default=None, help="--table: an RTC-trained export")
@@ -672,9 +710,46 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def node_params_from_yaml(path: Path) -> dict[str, Any]:
+    """The node parameters of a ROS 2 parameter file (its first ``ros__parameters`` block) that the
+    evaluator's controller uses: every node parameter but the model, backend and the two the cell sets."""
+    import yaml
+
+    from apt_policy.ros.params import NODE_SPECS
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    block = next(
+        (v["ros__parameters"] for v in data.values() if isinstance(v, dict) and "ros__parameters" in v), None
+    )
+    if block is None:
+        raise SystemExit(f"{path}: no ros__parameters block")
+    skip = {"model", "backend", "chunk_execution", "simulated_latency"}
+    names = {spec.name for spec in NODE_SPECS} - skip
+    return {k: v for k, v in block.items() if k in names}
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` -> (name, value); the value read as JSON (numbers, true/false) or else a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--param expects NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError:
+        return name, value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     started = time.monotonic()
+    common: dict[str, Any] = {
+        "max_time_s": args.max_time,
+        "warm_delay": not args.cold_delay,
+        "node_params": {
+            **(node_params_from_yaml(args.params) if args.params is not None else {}),
+            **dict(_parse_param(text) for text in args.param),
+        },
+    }
     if args.table:
         rows = (
             model_rows(args.model, args.model_trained)
@@ -683,7 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         if args.rows:
             rows = {label: row for label, row in rows.items() if label in args.rows}
-        cells = run_table(rows, args.latencies, args.episodes, args.seed, max_time_s=args.max_time)
+        cells = run_table(rows, args.latencies, args.episodes, args.seed, **common)
     else:
         if args.model is not None:
             from apt_policy.runtime.load import load_policy
@@ -697,7 +772,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             strategy=args.strategy,
             episodes=args.episodes,
             seed=args.seed,
-            max_time_s=args.max_time,
+            **common,
         )
         cells = [evaluate(policy, cfg, progress=True)]
     print(format_table(cells))

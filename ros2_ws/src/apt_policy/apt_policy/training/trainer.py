@@ -37,10 +37,16 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     train: str = "expert"
+    # trained RTC: share of the samples with a committed prefix whose prefix drifts (std of the drift at
+    # its last row, normalised action units); 0: the prefix is always the demonstration's own actions
+    rtc_drift_share: float = 0.0
+    rtc_drift_std: float = 0.05
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.checkpoint_every < 1:
             raise ValueError(f"invalid training config {self}")
+        if not 0.0 <= self.rtc_drift_share <= 1.0 or self.rtc_drift_std < 0:
+            raise ValueError("rtc_drift_share must be in [0, 1] and rtc_drift_std >= 0")
         if self.train not in ("expert", "inserted"):
             raise ValueError(f"train={self.train!r}: expected 'expert' or 'inserted'")
 
@@ -70,6 +76,19 @@ def sample_delay(batch: int, max_delay: int, generator: torch.Generator) -> torc
     if max_delay <= 0:
         return None
     return torch.randint(0, max_delay + 1, (batch,), generator=generator)
+
+
+def sample_drift(
+    actions: torch.Tensor, delay: torch.Tensor | None, cfg: TrainConfig, generator: torch.Generator
+) -> torch.Tensor | None:
+    """Prefix drift [B, A] for trained RTC: N(0, rtc_drift_std) on a ``rtc_drift_share`` of the samples, 0
+    on the others (None without RTC or with the share 0: nothing drawn, other runs keep their streams)."""
+    if delay is None or cfg.rtc_drift_share <= 0.0:
+        return None
+    batch, _, dim = actions.shape
+    drift = torch.randn((batch, dim), generator=generator) * cfg.rtc_drift_std
+    chosen = torch.rand((batch,), generator=generator) < cfg.rtc_drift_share
+    return drift * chosen[:, None].to(drift.dtype)
 
 
 def trainable_parameters(model: APTModel, cfg: TrainConfig) -> list[torch.nn.Parameter]:
@@ -153,8 +172,9 @@ def train(
         noise = torch.randn(actions.shape, generator=g)
         t = flow.sample_time(actions.shape[0], g)
         delay = sample_delay(actions.shape[0], model.config.rtc_max_delay, g)
+        drift = sample_drift(actions, delay, cfg, g)
         prefix = model.project_prefix(hidden, vision, language, preselected=True)
-        loss = model.flow_loss(prefix, states, actions, noise, t, delay)
+        loss = model.flow_loss(prefix, states, actions, noise, t, delay, drift)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         opt.zero_grad(set_to_none=True)

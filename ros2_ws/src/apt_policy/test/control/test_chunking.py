@@ -59,6 +59,15 @@ def test_estimator_quantile_threshold_and_trained_max() -> None:
     assert not est.exceeds_trained_max()
 
 
+def test_estimator_primed_from_earlier_measurements_keeps_its_counters() -> None:
+    est = DelayEstimator(DT, ChunkingConfig(delay_quantile=0.95, delay_window=5))
+    est.prime([3, 3, 4, 3, 3, 4, 4])  # older than the window: only the last 5 stay
+    assert est.recent() == (4, 3, 3, 4, 4) and est.estimate == 4 and est.prefix_length(H) == 4
+    assert est.measured == 0  # priming measures nothing
+    with pytest.raises(ValueError, match="at least 1 action"):
+        est.prime([0])
+
+
 def test_strategy_resolution_and_fallback() -> None:
     assert resolve_strategy("auto", rtc_inputs=True).rtc
     auto = resolve_strategy("auto", rtc_inputs=False)

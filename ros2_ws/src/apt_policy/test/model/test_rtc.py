@@ -172,3 +172,33 @@ def test_prefix_rows_and_path():
     assert torch.equal(flow.prefix_path(p, n, 0.0, torch.zeros(1)), p)  # t = 0: the prefix
     assert torch.equal(flow.prefix_path(p, n, 0.25, torch.zeros(1)), 0.25 * n + 0.75 * p)
     assert torch.equal(flow.prefix_path(p, n, 0.7, torch.ones(1)), p)  # trained: clean at every t
+
+
+def test_drift_offsets_grow_over_the_prefix_and_return_after_it():
+    drift = torch.tensor([[0.5], [1.0], [2.0]])
+    off = flow.drift_offsets(drift, torch.tensor([2, 0, 4]), horizon=8, return_rows=3)[..., 0]
+    assert off[0].tolist() == pytest.approx([0.25, 0.5, 0.375, 0.25, 0.125, 0.0, 0.0, 0.0])
+    assert off[1].abs().sum() == 0  # no prefix, no drift
+    assert off[2, :4].tolist() == pytest.approx([0.5, 1.0, 1.5, 2.0])
+    assert off[2, 4:].tolist() == pytest.approx([1.5, 1.0, 0.5, 0.0])
+
+
+@torch.no_grad()
+def test_drifted_prefix_trains_a_return_to_the_demonstration(model):
+    """The loss with drift is the plain RTC loss on the demonstration shifted by the offsets, and a zero
+    drift is the plain RTC loss."""
+    cfg = model.config
+    pixels, ids, mask, state, noise, actions = _inputs(cfg)
+    prefix = model.encode_prefix(pixels, ids, mask)
+    t, delay = torch.tensor([0.6, 0.9]), torch.tensor([3, 2])
+    drift = torch.randn(2, cfg.action_dim) * 0.1
+    shifted = actions + flow.drift_offsets(drift, delay, cfg.horizon, 4)
+    torch.testing.assert_close(
+        model.flow_loss(prefix, state, actions, noise, t, delay, drift),
+        model.flow_loss(prefix, state, shifted, noise, t, delay),
+    )
+    assert torch.equal(
+        model.flow_loss(prefix, state, actions, noise, t, delay, torch.zeros_like(drift)),
+        model.flow_loss(prefix, state, actions, noise, t, delay),
+    )
+    assert torch.equal(shifted[:, 3 + 4 :], actions[:, 3 + 4 :])  # back on the demonstration after return

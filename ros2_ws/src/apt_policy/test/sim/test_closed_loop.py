@@ -82,3 +82,40 @@ def test_violation_checker_catches_an_injected_infeasible_command() -> None:
 def test_every_strategy_runs_without_violations(strategy: str) -> None:
     cell = evaluate(ScriptedPolicy(), EvalConfig(latency="thor", strategy=strategy, episodes=1, **SHORT))
     assert cell.violations == 0 and cell.switches > 0
+
+
+def test_delay_estimate_carries_over_episodes_like_a_running_node() -> None:
+    """The node keeps one controller for its lifetime: the evaluator hands each episode's delay window to
+    the next (``warm_delay``, default), so the second episode's estimate starts from the first's."""
+    cfg = EvalConfig(latency="fixed:200", strategy="rtc", episodes=1, **SHORT)
+    scene = sample_scene(20_000)
+    delays: list[int] = []
+    first = run_episode(
+        ScriptedPolicy(rtc="trained"),
+        scene,
+        scene.colors[0],
+        "reach the red block",
+        cfg,
+        np.random.default_rng(0),
+        delays=delays,
+    )
+    assert len(delays) == first.chunks and set(delays) == {3}  # 200 ms at 0.1 s: 3 actions each
+    second = run_episode(
+        ScriptedPolicy(rtc="trained"),
+        scene,
+        scene.colors[0],
+        "reach the red block",
+        cfg,
+        np.random.default_rng(0),
+        delays=delays,
+    )
+    assert len(delays) == first.chunks + second.chunks  # the window continued (50 > both)
+    cold = run_episode(
+        ScriptedPolicy(rtc="trained"),
+        scene,
+        scene.colors[0],
+        "reach the red block",
+        cfg,
+        np.random.default_rng(0),
+    )
+    assert cold.chunking["delay_measured"] == first.chunks  # without the list: starts empty

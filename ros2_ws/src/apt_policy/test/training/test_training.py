@@ -126,3 +126,20 @@ def test_rtc_training_draws_delays_and_bundles_record_them(data_path, tmp_path, 
     assert counts.numel() == 5 and counts.min() > 1000  # uniform over 0..4
     # a bound the horizon cannot hold (4 actions: at most 3) is refused with a clear error
     assert main(["stage1", "--out", str(tmp_path / "bad"), "--rtc-max-delay", "4", *base]) == 2
+
+
+def test_prefix_drift_is_drawn_only_for_rtc_and_on_its_share_of_samples():
+    from apt_policy.training.trainer import TrainConfig, sample_drift
+
+    actions = torch.zeros(400, 16, 8)
+    delay = torch.ones(400, dtype=torch.int64)
+    g = torch.Generator().manual_seed(0)
+    assert sample_drift(actions, None, TrainConfig(rtc_drift_share=1.0), g) is None  # no RTC: nothing
+    assert sample_drift(actions, delay, TrainConfig(), g) is None  # share 0 (default): nothing drawn
+    drift = sample_drift(actions, delay, TrainConfig(rtc_drift_share=0.5, rtc_drift_std=0.1), g)
+    assert drift is not None and drift.shape == (400, 8)
+    drifted = (drift.abs().sum(dim=1) > 0).float().mean()
+    assert 0.4 < float(drifted) < 0.6
+    assert 0.08 < float(drift[drift != 0].std()) < 0.12
+    with pytest.raises(ValueError, match="rtc_drift_share"):
+        TrainConfig(rtc_drift_share=1.5)
