@@ -250,6 +250,28 @@ def _versions() -> dict[str, str]:
     return versions
 
 
+def _apt_jobs(model: APTModel, x: dict[str, torch.Tensor], wrap, prefix_names: list[str], rtc_inputs: bool):
+    """APT's graphs: (name, args, input names, output names) per graph and the modules to trace."""
+    config = model.config
+    prefix_in = ["pixel_values", "input_ids", "text_mask"]
+    with torch.inference_mode():
+        prefix = wrap(_Prefix(model), prefix_in)(x["pixel_values"], x["input_ids"], x["text_mask"])
+    prefix = tuple(t.clone() for t in prefix)  # inference tensors cannot be traced
+    denoiser_in = [*prefix_names, "state", "x_t", "t"]
+    sampler_in = [*prefix_names, "state", "noise"]
+    if rtc_inputs:  # traced with a non-empty prefix so that no branch of the RTC path folds away
+        x.update(rtc_example(config.horizon, config.action_dim, prefix_len=1, trained=True))
+        denoiser_in += RTC_DENOISER_INPUTS
+        sampler_in += RTC_SAMPLER_INPUTS
+    jobs = [
+        ("prefix", (x["pixel_values"], x["input_ids"], x["text_mask"]), prefix_in, prefix_names),
+        ("denoiser", (*prefix, *(x[n] for n in denoiser_in[len(prefix) :])), denoiser_in, ["velocity"]),
+        ("sampler", (*prefix, *(x[n] for n in sampler_in[len(prefix) :])), sampler_in, ["actions"]),
+    ]
+    modules = {"prefix": _Prefix(model), "denoiser": _Denoiser(model), "sampler": _Sampler(model)}
+    return jobs, modules
+
+
 def export_onnx(
     bundle_dir: str | Path,
     out_dir: str | Path,
@@ -278,7 +300,7 @@ def export_onnx(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; pass --force to replace it")
-    bar = tqdm(total=6, desc="apt-export onnx", unit="step", disable=not progress)
+    bar = tqdm(total=7, desc="apt-export onnx", unit="step", disable=not progress)
     bar.set_postfix_str("loading bundle")
     bundle = load_bundle(bundle_dir)
     config = bundle.config
@@ -302,26 +324,23 @@ def export_onnx(
     staging = Path(tempfile.mkdtemp(prefix=".apt-export-", dir=out.parent if out.parent.exists() else None))
     try:
         wrap = (lambda m, names: _Half(m, names)) if precision == "fp16" else (lambda m, names: m)
-        prefix_in = ["pixel_values", "input_ids", "text_mask"]
-        with torch.inference_mode():
-            prefix = wrap(_Prefix(model), prefix_in)(x["pixel_values"], x["input_ids"], x["text_mask"])
-        prefix = tuple(t.clone() for t in prefix)  # inference tensors cannot be traced
-        denoiser_in = [*prefix_names, "state", "x_t", "t"]
-        sampler_in = [*prefix_names, "state", "noise"]
-        if rtc_inputs:  # traced with a non-empty prefix so that no branch of the RTC path folds away
-            x.update(rtc_example(config.horizon, config.action_dim, prefix_len=1, trained=True))
-            denoiser_in += RTC_DENOISER_INPUTS
-            sampler_in += RTC_SAMPLER_INPUTS
-        jobs = [
-            ("prefix", (x["pixel_values"], x["input_ids"], x["text_mask"]), prefix_in, prefix_names),
-            ("denoiser", (*prefix, *(x[n] for n in denoiser_in[len(prefix) :])), denoiser_in, ["velocity"]),
-            ("sampler", (*prefix, *(x[n] for n in sampler_in[len(prefix) :])), sampler_in, ["actions"]),
-        ]
-        modules = {"prefix": _Prefix(model), "denoiser": _Denoiser(model), "sampler": _Sampler(model)}
-        if distill:
-            from .distillation_graphs import graph_jobs
+        if config.family == "action_prior":  # its own graph set (action_prior_graphs.py)
+            from .action_prior_graphs import graph_jobs as prior_jobs
 
-            jobs, modules = graph_jobs(model, x, prefix, _Prefix(model))  # type: ignore[arg-type]
+            if precision == "fp16":
+                raise ValueError("the action_prior family exports fp32 or int8 (fp16 is not written)")
+            if rtc_inputs:
+                x.update(rtc_example(config.horizon, config.action_dim, prefix_len=1, trained=True))
+            jobs, modules = prior_jobs(model, x, rtc_inputs)
+        elif distill:  # its own graphs (distillation_graphs.py), on APT's prefix graph
+            from .distillation_graphs import graph_jobs as distill_jobs
+
+            with torch.inference_mode():
+                prefix = _Prefix(model)(x["pixel_values"], x["input_ids"], x["text_mask"])
+            prefix = tuple(t.clone() for t in prefix)  # inference tensors cannot be traced
+            jobs, modules = distill_jobs(model, x, prefix, _Prefix(model))  # type: ignore[arg-type]
+        else:
+            jobs, modules = _apt_jobs(model, x, wrap, prefix_names, rtc_inputs)
         graphs: dict[str, GraphSpec] = {}
         with tempfile.TemporaryDirectory() as raw_dir:
             for name, args, ins, outs in jobs:

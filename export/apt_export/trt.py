@@ -124,6 +124,8 @@ def build_engines(
     cudart = import_cudart()
     src = Path(onnx_dir)
     manifest = load_manifest(src)
+    if "history" in manifest.graphs and "history" not in graphs:  # action-prior family: runs on the robot too
+        graphs = (*graphs, "history")
     out, cache = Path(out_dir), Path(cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     cache.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,11 @@ def verify(
     """Compare torch and ONNX Runtime; gate fp32 on max abs, fp16 on cosine + max abs (GPU providers)."""
     manifest = load_manifest(onnx_dir)
     bundle = load_bundle(bundle_dir)
+    if bundle.config.family == "action_prior":  # its own graph set (action_prior_graphs.py)
+        from .action_prior_graphs import verify_action_prior
+
+        stats, used = verify_action_prior(bundle, manifest, onnx_dir, cases, providers, progress)
+        return _report(manifest, stats, used, cases, "" if manifest.rtc_inputs else "; no RTC inputs")
     model = bundle.model.eval()
     model.config = bundle.config.__class__.from_dict(manifest.config)  # same steps as the export
     if bundle.config.family == "action_distillation":  # its own graphs (distillation_graphs.py)
@@ -143,7 +148,8 @@ def verify(
 
 
 def _report(manifest, stats: dict[str, list], used: list[str], cases: int, rtc_note: str) -> ParityReport:
-    """Gate the accumulated comparisons by precision (fp32 max abs; fp16 cosine + max abs on GPU)."""
+    """Gate the accumulated comparisons by the export's precision (fp32 max abs; fp16 cosine + max abs on
+    GPU)."""
     comparisons = [
         Comparison(name, max(s[0] for s in v), float(np.mean([s[1] for s in v])), min(s[2] for s in v))
         for name, v in stats.items()

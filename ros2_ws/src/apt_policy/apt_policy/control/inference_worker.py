@@ -7,6 +7,7 @@ check plus the hand-over happen under the worker's lock so a new instruction can
 Failures (exception, wrong shape, NaN/inf, slower than ``timeout_s``) go to ``on_error`` and produce no chunk.
 With ``prefix`` (real-time chunking), the committed prefix for each observation is asked for right after the
 observation is taken and passed to ``predict(..., prefix=rows)``; the chunk carries ``prefix_len``.
+With ``history`` (stateful policies), its value taken after the observation goes to ``predict(history=)``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from apt_policy.control.observations import ObservationSet, StaleInputsError
 FAILURE_BACKOFF_S = 0.1  # wait after a failed inference before the next attempt
 PredictFn = Callable[..., np.ndarray]  # (images, state, instruction[, prefix=rows]) -> (horizon, action_dim)
 PrefixFn = Callable[[ObservationSet], "np.ndarray | None"]
+HistoryFn = Callable[
+    [], object
+]  # the executed-step history for predict(history=...) (runtime.policy.History)
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class InferenceWorker:
         clock: Callable[[], float] = time.monotonic,
         latency_window: int = 200,
         prefix: PrefixFn | None = None,
+        history: HistoryFn | None = None,
     ) -> None:
         if timeout_s <= 0 or retry_s <= 0:
             raise ValueError("timeout_s and retry_s must be positive")
@@ -74,6 +79,7 @@ class InferenceWorker:
         self.retry_s = float(retry_s)
         self._clock = clock
         self._prefix = prefix
+        self._history = history
         self._cond = threading.Condition()
         self._instruction: str | None = None
         self._epoch = 0
@@ -174,14 +180,17 @@ class InferenceWorker:
         self._busy_since = t0
         prefix = None
         try:
+            extra = {} if self._history is None else {"history": self._history()}
             if self._prefix is not None:
                 prefix = self._prefix(obs)
             if prefix is not None and len(prefix) > 0:
                 prefix = np.asarray(prefix, dtype=np.float64)
-                actions = np.asarray(self._predict(obs.images, obs.state, instruction, prefix=prefix))
+                actions = np.asarray(
+                    self._predict(obs.images, obs.state, instruction, prefix=prefix, **extra)
+                )
             else:
                 prefix = None
-                actions = np.asarray(self._predict(obs.images, obs.state, instruction))
+                actions = np.asarray(self._predict(obs.images, obs.state, instruction, **extra))
             error = _check_actions(actions, self.expected_shape)
         except Exception as exc:  # any backend failure is reported, never propagated into the stream
             error = f"inference failed: {type(exc).__name__}: {exc}"

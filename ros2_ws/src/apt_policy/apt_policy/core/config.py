@@ -120,6 +120,11 @@ class PolicyConfig:
         return len(self.action_names)
 
     @property
+    def history_steps(self) -> int:
+        """K past (state, executed action) steps the policy reads (family_config; 0: stateless, APT)."""
+        return int(self.family_config.get("history_steps", 0))
+
+    @property
     def num_expert_layers(self) -> int:
         """Attention layers actually present: N in Stage 1, 2N in Stage 2 (one inserted after each)."""
         return self.expert.num_layers * (2 if self.stage == 2 else 1)
@@ -149,6 +154,10 @@ class PolicyConfig:
             from .distillation_config import DistillationConfig
 
             DistillationConfig.from_mapping(self.family_config).check_horizon(self.horizon)
+        if self.family == "action_prior":  # its own schema (core/action_prior.py)
+            from .action_prior import ActionPriorConfig
+
+            ActionPriorConfig.from_mapping(self.family_config)
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"architecture={self.architecture!r}: expected one of {ARCHITECTURES}")
         if not isinstance(self.backbone, Mapping):

@@ -42,8 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--family",
         default="apt",
-        choices=("apt", "action_distillation"),
-        help="the demo model's seed system (default apt; action_distillation: docs/ACTION_DISTILLATION.md)",
+        choices=("apt", "action_prior", "action_distillation"),
+        help="the seed system whose cached demo model runs (default apt; docs/ACTION_PRIOR.md, "
+        "docs/ACTION_DISTILLATION.md; with --model/--bundle: the family of that model's node settings)",
     )
     p.add_argument("--report-only", action="store_true", help="rebuild the report from <out>/recording/")
     return p

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -82,9 +83,26 @@ def export_key() -> str:
 
 def demo_root(cache: Path | None = None, family: str = "apt") -> Path:
     """The cache directory of the current training code (``demo/train-<key>``; other families
-    ``demo/<family>-<key>``, e.g. the action-distillation student, trained from the APT demo's VLM)."""
-    name = "train" if family == "apt" else family
-    return (cache or cache_dir()) / "demo" / f"{name}-{train_key()}"
+    ``demo/<family>-train-<key>``, e.g. the action-distillation student, trained from the APT demo's VLM)."""
+    prefix = "" if family == "apt" else f"{family}-"
+    return (cache or cache_dir()) / "demo" / f"{prefix}train-{train_key()}"
+
+
+def _train_command(bundle_root: Path, family: str, cache: Path | None, verbose: bool = True) -> list[str]:
+    """``apt-train demo`` for ``family``. The action-prior demo reuses the APT demo's frozen VLM (its stage-0
+    grounding) and demonstrations; the action-distillation student starts from the APT demo's VLM too, so
+    the APT demo is built first for either."""
+    cmd = [_tool("apt-train"), "demo", "--out", str(bundle_root)]
+    if family == "apt":
+        return cmd
+    apt_stage2 = ensure_demo_bundle(cache, verbose)
+    if family == "action_distillation":
+        return [*cmd, "--family", family, "--vlm-from", str(apt_stage2)]
+    sets = {"vlm_from": str(apt_stage2), "data": str(apt_stage2.parent / "demos.npz")}
+    cmd += ["--family", family, "--threads", "1"]
+    for key, value in sets.items():
+        cmd += ["--set", f"{key}={json.dumps(value)}"]
+    return cmd
 
 
 def _find_bundle(root: Path) -> Path:
@@ -110,9 +128,6 @@ def _build_bundle(root: Path, verbose: bool, family: str = "apt", cache: Path | 
     """Train into ``root/bundle`` unless complete (caller holds the lock); returns the Stage-2 bundle."""
     bundle_root = root / "bundle"
     if not _has_bundle(bundle_root):
-        extra: list[str] = []
-        if family == "action_distillation":  # the student starts from the APT demo's grounded VLM
-            extra = ["--family", family, "--vlm-from", str(ensure_demo_bundle(cache, verbose))]
         if verbose:
             print(
                 f"[model_cache] training the {family} demo policy into {bundle_root} (then cached)",
@@ -120,8 +135,7 @@ def _build_bundle(root: Path, verbose: bool, family: str = "apt", cache: Path | 
             )
         shutil.rmtree(bundle_root, ignore_errors=True)  # a half-finished run of older code
         out = None if verbose else subprocess.DEVNULL
-        cmd = [_tool("apt-train"), "demo", "--out", str(bundle_root), *extra]
-        subprocess.run(cmd, check=True, stdout=out)
+        subprocess.run(_train_command(bundle_root, family, cache, verbose), check=True, stdout=out)
         _find_bundle(bundle_root)
         (bundle_root / ".complete").write_text(train_key() + "\n")
     return _find_bundle(bundle_root)
@@ -152,8 +166,8 @@ def ensure_demo_export(cache: Path | None = None, verbose: bool = True) -> Path:
 def ensure_demo_model(
     cache: Path | None = None, verbose: bool = True, family: str = "apt"
 ) -> tuple[Path, Path]:
-    """(Stage-2 bundle, its ONNX export), both under one cache key computed once at the start, so code
-    edited while this trains does not send the export to another key."""
+    """(Stage-2 bundle, its ONNX export) of ``family``'s demo, both under one cache key computed once at the
+    start, so code edited while this trains does not send the export to another key."""
     root = demo_root(cache, family)
     onnx_dir = root / f"onnx-{export_key()}"
     if (onnx_dir / MANIFEST).is_file() and _has_bundle(root / "bundle"):

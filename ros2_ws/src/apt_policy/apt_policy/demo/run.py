@@ -84,7 +84,7 @@ class DemoOptions:
     cache: Path | None = None
     latency: str = ""  # the node's simulated_latency (simulation only): fixed:<ms> | orin | thor | rtx4090
     chunk_execution: str | None = None  # the node's chunk_execution (None: the params file's / default)
-    family: str = "apt"  # the demo model's seed system (apt | action_distillation)
+    family: str = "apt"  # the demo model's seed system (apt | action_prior | action_distillation)
     timings: dict[str, float] = field(default_factory=dict)
 
 

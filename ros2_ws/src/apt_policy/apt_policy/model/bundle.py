@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -38,14 +39,14 @@ class BundleError(ValueError):
 @dataclass
 class Bundle:
     config: PolicyConfig
-    model: APTModel
+    model: APTModel  # or the family's model (ActionPriorModel for family "action_prior")
     normalizer: Normalizer
     tokenizer_path: Path
 
 
 def save_bundle(
     out_dir: str | Path,
-    model: APTModel,
+    model: torch.nn.Module,
     normalizer: Normalizer,
     tokenizer: str | Path,
 ) -> Path:
@@ -112,17 +113,22 @@ def load_bundle(path: str | Path, map_location: str = "cpu") -> Bundle:
     return Bundle(config, model, normalizer, root / TOKENIZER_FILE)
 
 
-def build_model(config: PolicyConfig) -> APTModel:
-    """The torch model of ``config.family`` (untrained weights)."""
+def build_model(config: PolicyConfig) -> Any:
+    """A fresh model of the bundle's family (``config.family``): APTModel, ActionPriorModel or
+    DistillationModel (untrained weights)."""
     if config.family == "action_distillation":
         from .action_distillation import DistillationModel
 
-        return DistillationModel(config)  # type: ignore[return-value]
+        return DistillationModel(config)
+    if config.family == "action_prior":
+        from .action_prior import ActionPriorModel
+
+        return ActionPriorModel(config)
     return APTModel(config)
 
 
 def load_weights(
-    model: APTModel, tensors: dict[str, torch.Tensor], source: str, strict: bool = True
+    model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: str, strict: bool = True
 ) -> list[str]:
     """Copy ``tensors`` into ``model``; with strict=False keys absent from ``tensors`` are returned."""
     expected = model.state_dict()

@@ -36,6 +36,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from apt_policy.control.controller import Command, ControllerState
+from apt_policy.control.history import HistoryBuffer, executed_step
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer, ObservationSet
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
@@ -48,7 +49,7 @@ from apt_policy.ros.params import NODE_SPECS, NodeParams, ParameterError, check_
 from apt_policy.ros.polling import PolledSubscription, helper_node
 from apt_policy.ros.qos import CAMERA, EVENTS, SENSOR
 from apt_policy.ros.spin import spin_node
-from apt_policy.runtime.policy import Policy, PolicyInfo
+from apt_policy.runtime.policy import History, Policy, PolicyInfo
 
 NODE_NAME = "apt_policy"
 
@@ -210,6 +211,9 @@ class PolicyNode(LifecycleNode):
             watchdog=self.controller.config.watchdog,  # the controller's watchdog judges both
             limits=FreshnessLimits(max_skew_s=p.max_skew),
         )
+        # stateful policies (info.history_steps > 0): the commands actually sent, at the policy's dt
+        n_state, k = len(info.state_names), info.history_steps
+        self.history = HistoryBuffer(k, n_state, info.action_dim, info.dt) if k > 0 else None
         self.tick_durations = RollingStats(1000)  # s, compute time of each stream tick
         self._rt_applied = False
         self._last_state: ControllerState | None = None  # controller state of the previous tick
@@ -241,7 +245,39 @@ class PolicyNode(LifecycleNode):
             expected_shape=(self.info.horizon, self.info.action_dim),
             timeout_s=self.params.inference_timeout,
             prefix=self._rtc_prefix if self.execution.rtc else None,
+            history=self._history_now if self.history is not None else None,
         )
+
+    def _history_now(self) -> History:
+        assert self.history is not None
+        snap = self.history.snapshot()
+        return History(snap.states, snap.actions, snap.valid)
+
+    def _record_history(self, t: float, joints: Any, command: Command, sent: bool) -> None:
+        """A released command (after the safety filter) with the state it was computed from; any state but
+        RUNNING (hold, pause, fault, idle) starts the history again. A command not sent is not recorded."""
+        if self.history is None:
+            return
+        if command.state != ControllerState.RUNNING or joints is None or command.positions is None:
+            self.history.reset()
+            return
+        if not sent:
+            return
+        gripper = self.observations.latest_gripper()
+        sem = self.info.action_semantics
+        step = executed_step(
+            joints.value,
+            None if gripper is None else gripper.value,
+            command.positions,
+            command.velocities,
+            command.gripper,
+            len(self.info.state_names),
+            self.info.action_dim,
+            sem.arm,
+            sem.arm_scale,
+        )
+        if step is not None:
+            self.history.record(t, *step)
 
     def _run_self_check(self) -> None:
         """A prediction on a synthetic observation (control/self_check.py); a failure fails configure."""
@@ -521,6 +557,8 @@ class PolicyNode(LifecycleNode):
             except ValueError as exc:
                 return False, str(exc)
             self.worker.set_instruction(text, epoch)
+            if self.history is not None:  # a new instruction is a new episode for a stateful policy
+                self.history.reset()
             paused = self.controller.state == ControllerState.PAUSED
         self.get_logger().info(f"instruction: {text!r} (epoch {epoch})" + (" while paused" if paused else ""))
         self._notify(old, text)
@@ -770,11 +808,13 @@ class PolicyNode(LifecycleNode):
             self.worker.request()
 
         def send() -> None:
+            sent = False
             if not self.context.ok():
                 return  # shutting down: the publishers are gone
             if payload is not None and self.arm_output is not None:
                 if self.controller.release(command, time.monotonic()):
                     self.arm_output.publish(payload)
+                    sent = True
                 else:
                     self._log_drop()
             if sink is not None and gripper is not None:
@@ -785,6 +825,8 @@ class PolicyNode(LifecycleNode):
                 frame = poller.take_latest()
                 if frame is not None:
                     on_frame(frame)
+            if self.history is not None:  # last: it never delays the send or the camera frames
+                self._record_history(t, joints, command, sent)
 
         return send
 

@@ -43,7 +43,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 
 from apt_policy.core.config import ActionSemantics
 from apt_policy.runtime.observation_codec import encode_images
-from apt_policy.runtime.policy import InferenceError, PolicyInfo
+from apt_policy.runtime.policy import History, InferenceError, PolicyInfo
 
 __all__ = [
     "CHUNK_QOS",
@@ -165,10 +165,17 @@ class RemotePolicy:
         instruction: str,
         noise: np.ndarray | None = None,
         prefix: np.ndarray | None = None,
+        history: History | None = None,
     ) -> np.ndarray:
         """(horizon, action_dim) actions from the inference node; InferenceError when none come in
-        ``timeout_s`` or the server reports an error."""
+        ``timeout_s`` or the server reports an error. A stateful model (``info.history_steps`` > 0) is
+        refused: ObservationRequest carries no history yet."""
         info = self._info
+        if info.history_steps > 0:
+            raise InferenceError(
+                f"inference node {self.server!r} serves a stateful model ({info.history_steps} history"
+                " steps): remote inference does not carry the history yet"
+            )
         with self._predict_lock:
             t0 = time.monotonic()
             msg = self._request(images, state, instruction, noise, prefix)

@@ -16,7 +16,7 @@ from ..core.config import PolicyConfig
 from ..core.normalize import Normalizer
 from ..core.preprocess import ImagePreprocessor, InstructionTokenizer, PreprocessError
 from .manifest import Manifest, ManifestError
-from .policy import InferenceError
+from .policy import History, InferenceError
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,9 @@ class ModelInputs:
     noise: np.ndarray
     prefix: np.ndarray
     prefix_len: np.ndarray
+    history_states: np.ndarray | None = None  # [1, K, state_dim] f32 normalised, 0 where invalid (K > 0)
+    history_actions: np.ndarray | None = None  # [1, K, action_dim] f32 normalised, 0 where invalid
+    history_mask: np.ndarray | None = None  # [1, K] f32: 1 = a real past step
 
 
 class ObservationEncoder:
@@ -53,6 +56,13 @@ class ObservationEncoder:
         self._prefix = np.zeros(self.noise_shape, dtype=np.float32)
         self._prefix_len = np.zeros((1,), dtype=np.int64)
         self._rng = np.random.default_rng(seed)
+        self.history_steps = config.history_steps
+        k = self.history_steps
+        self._history = (
+            np.zeros((1, k, config.state_dim), np.float32),
+            np.zeros((1, k, config.action_dim), np.float32),
+            np.zeros((1, k), np.float32),
+        )
 
     @classmethod
     def from_manifest(
@@ -72,6 +82,7 @@ class ObservationEncoder:
         instruction: str,
         noise: np.ndarray | None = None,
         prefix: np.ndarray | None = None,
+        history: History | None = None,
     ) -> ModelInputs:
         """Validate and convert one observation; raises PreprocessError naming the bad input.
 
@@ -99,9 +110,47 @@ class ObservationEncoder:
                 raise PreprocessError("noise contains non-finite values")
             self._noise[...] = noise.reshape(self.noise_shape)
         self._encode_prefix(prefix)
+        if self.history_steps == 0:  # stateless (APT): the history is not read
+            return ModelInputs(
+                pixel_values, input_ids, text_mask, self._state, self._noise, self._prefix, self._prefix_len
+            )
+        self._encode_history(history)
         return ModelInputs(
-            pixel_values, input_ids, text_mask, self._state, self._noise, self._prefix, self._prefix_len
+            pixel_values,
+            input_ids,
+            text_mask,
+            self._state,
+            self._noise,
+            self._prefix,
+            self._prefix_len,
+            *self._history,
         )
+
+    def _encode_history(self, history: History | None) -> None:
+        """The last K steps of ``history`` normalised, zero where invalid (None: none valid)."""
+        states, actions, mask = self._history
+        states.fill(0.0)
+        actions.fill(0.0)
+        mask.fill(0.0)
+        if history is None:
+            return
+        k = self.history_steps
+        hs, ha, hv = (np.asarray(v) for v in (history.states, history.actions, history.valid))
+        n = hv.shape[0] if hv.ndim == 1 else -1
+        if n < k or hs.shape != (n, self.config.state_dim) or ha.shape != (n, self.config.action_dim):
+            raise PreprocessError(
+                f"history has states {hs.shape}, actions {ha.shape}, valid {hv.shape}; expected >= {k}"
+                f" steps of"
+                f" ({self.config.state_dim},) states and ({self.config.action_dim},) actions"
+            )
+        valid = hv[-k:].astype(bool)
+        hs, ha = hs[-k:], ha[-k:]
+        if not (np.all(np.isfinite(hs[valid])) and np.all(np.isfinite(ha[valid]))):
+            raise PreprocessError("history contains non-finite values in valid steps")
+        if valid.any():
+            states[0, valid] = self.normalizer.normalize_state(hs[valid].astype(np.float32))
+            actions[0, valid] = self.normalizer.normalize_actions(ha[valid].astype(np.float32))
+        mask[0] = valid
 
     def _encode_prefix(self, prefix: np.ndarray | None) -> None:
         horizon, action_dim = self.noise_shape[1:]

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from .policy import History
+
 __all__ = ["PROFILES", "LatencyProfile", "SimulatedLatencyPolicy", "parse_latency"]
 
 
@@ -171,11 +173,14 @@ class SimulatedLatencyPolicy:
         instruction: str,
         noise: np.ndarray | None = None,
         prefix: np.ndarray | None = None,
+        history: History | None = None,
     ) -> np.ndarray:
         t0 = self._clock()
         target = self.profile.sample(self._rng)
         self.last_latency_s = target
-        if prefix is None:
+        if history is not None:
+            out = self.policy.predict(images, state, instruction, noise, prefix=prefix, history=history)
+        elif prefix is None:
             out = self.policy.predict(images, state, instruction, noise)
         else:
             out = self.policy.predict(images, state, instruction, noise, prefix=prefix)

@@ -57,6 +57,10 @@ def load_policy(path: str | Path, backend: str = "auto", **options: Any) -> Poli
             raise BackendUnavailableError(
                 "backend 'onnxruntime' needs `pip install onnxruntime` (or onnxruntime-gpu)"
             )
+        if load_manifest(path, verify=False).config.get("family") == "action_prior":
+            from .onnx_action_prior import OnnxActionPriorPolicy
+
+            return OnnxActionPriorPolicy(path, **options)
         from .onnx_backend import OnnxRuntimePolicy
 
         return OnnxRuntimePolicy(path, **options)

@@ -14,7 +14,29 @@ from ..core.config import ActionSemantics, PolicyConfig
 from ..core.preprocess import PreprocessError
 
 if TYPE_CHECKING:
-    from .inputs import ObservationEncoder
+    from .inputs import ModelInputs, ObservationEncoder
+
+
+@dataclass(frozen=True)
+class History:
+    """What a stateful policy needs of the past (docs/ARCHITECTURE.md, "Stateful policies"): the last K
+    control steps before the observation, at the policy's ``dt``, oldest first. ``states`` (K, state_dim) the
+    measured state at each step, ``actions`` (K, action_dim) the command actually sent then (after the safety
+    filter; robot units), ``valid`` (K,) bool: False for steps before the episode began (at the front).
+    Every family takes it; a stateless policy (``info.history_steps`` 0) ignores it."""
+
+    states: np.ndarray
+    actions: np.ndarray
+    valid: np.ndarray
+
+    @classmethod
+    def empty(cls, steps: int, state_dim: int, action_dim: int) -> History:
+        """No past (episode start): every step invalid."""
+        return cls(
+            np.zeros((steps, state_dim), np.float32),
+            np.zeros((steps, action_dim), np.float32),
+            np.zeros((steps,), bool),
+        )
 
 
 @dataclass(frozen=True)
@@ -46,6 +68,8 @@ class PolicyInfo:
     rtc_inputs: bool = False  # predict accepts a committed action prefix
     rtc_max_delay: int = 0  # trained maximum prefix length in actions (0: training-free only)
     rtc_mode: str = "training_free"  # how a prefix is used: "trained" or "training_free"
+    history_steps: int = 0  # K past steps the policy reads from ``predict(history=)`` (0: stateless)
+    family: str = "apt"  # the seed system (core.config.FAMILIES)
 
     @classmethod
     def from_config(
@@ -74,6 +98,8 @@ class PolicyInfo:
             rtc_inputs=bool(rtc_inputs),
             rtc_max_delay=int(config.rtc_max_delay),
             rtc_mode=rtc_mode,
+            history_steps=config.history_steps,
+            family=config.family,
         )
 
 
@@ -102,6 +128,9 @@ class Policy(Protocol):
     ``prefix`` (real-time chunking): (d, action_dim) actions in robot units, 0 <= d <= horizon, that rows
     0..d-1 of the returned chunk must equal (the previous chunk's actions that execute before this one
     takes over, in this chunk's time frame); None or d == 0: no prefix. Only if ``info.rtc_inputs``.
+
+    ``history`` (stateful policies, ``info.history_steps`` K > 0): the last >= K executed steps (History);
+    None = episode start (no valid step). Stateless policies accept and ignore it.
     """
 
     @property
@@ -114,6 +143,7 @@ class Policy(Protocol):
         instruction: str,
         noise: np.ndarray | None = None,
         prefix: np.ndarray | None = None,
+        history: History | None = None,
     ) -> np.ndarray: ...
 
     def warmup(self) -> None: ...
@@ -161,6 +191,7 @@ class GraphPolicy:
         instruction: str,
         noise: np.ndarray | None = None,
         prefix: np.ndarray | None = None,
+        history: History | None = None,
     ) -> np.ndarray:
         """(horizon, action_dim) actions in robot units; raises PreprocessError / InferenceError."""
         if prefix is not None and np.size(prefix) > 0 and not self._info.rtc_inputs:
@@ -169,11 +200,12 @@ class GraphPolicy:
                 "re-export with apt-export onnx). Check info.rtc_inputs before sending one."
             )
         with self._lock:  # the encoder's and the graphs' buffers are reused: one prediction at a time
-            x = self.encoder.encode(images, state, instruction, noise, prefix)
-            actions = self.run(
-                x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise, x.prefix, x.prefix_len
-            )
-            return self.encoder.decode(actions)
+            x = self.encoder.encode(images, state, instruction, noise, prefix, history)
+            return self.encoder.decode(self.run_inputs(x))
+
+    def run_inputs(self, x: ModelInputs) -> np.ndarray:
+        """Encoded inputs -> normalised actions: APT's graphs (``run``); other families override this."""
+        return self.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise, x.prefix, x.prefix_len)
 
     def warmup(self, iterations: int | None = None) -> None:
         """Run the graphs on synthetic inputs so the first real prediction is not slow."""

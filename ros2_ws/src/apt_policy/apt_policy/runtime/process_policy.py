@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .policy import InferenceError, PolicyInfo
+from .policy import History, InferenceError, PolicyInfo
 
 START_TIMEOUT_S = 300.0  # loading (TensorRT engines, torch) can take a while on a Jetson
 CLOSE_TIMEOUT_S = 5.0
@@ -78,6 +78,7 @@ class PredictRequest:
     instruction: str
     noise: np.ndarray | None = None
     prefix: np.ndarray | None = None  # (d, action_dim) committed actions for real-time chunking
+    history: History | None = None  # the last K executed steps (stateful policies)
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class ProcessPolicy:
         instruction: str,
         noise: np.ndarray | None = None,
         prefix: np.ndarray | None = None,
+        history: History | None = None,
     ) -> np.ndarray:
         """Actions (horizon, action_dim) computed by the child; InferenceError on any failure (a bad prefix
         too: the child's PreprocessError comes back as InferenceError with its message)."""
@@ -197,6 +199,7 @@ class ProcessPolicy:
                 instruction,
                 noise,
                 None if prefix is None else np.asarray(prefix),  # (d, action_dim): small, pickled
+                history,  # K steps: small, pickled
             )
             reply = self._call_locked(request, "predict")
         if reply.actions is None:
@@ -332,12 +335,13 @@ class RestartingProcessPolicy:
         instruction: str,
         noise: np.ndarray | None = None,
         prefix: np.ndarray | None = None,
+        history: History | None = None,
     ) -> np.ndarray:
         if self.down is not None:
             raise InferenceError(f"inference process down: {self.down}")
         policy = self._policy
         try:
-            actions = policy.predict(images, state, instruction, noise, prefix)
+            actions = policy.predict(images, state, instruction, noise, prefix, history)
         except InferenceError as exc:
             if policy.usable or self._closed:
                 raise  # the model failed in a child that still serves (or we are closing): no restart
@@ -477,7 +481,7 @@ def serve(conn: Connection) -> None:
             if isinstance(request, PredictRequest):
                 r = request
                 images = arena.views(r.arena_path, r.generation, r.arena_size, r.layout)
-                actions = policy.predict(images, r.state, r.instruction, r.noise, r.prefix)
+                actions = policy.predict(images, r.state, r.instruction, r.noise, r.prefix, r.history)
                 conn.send(Done(np.asarray(actions)))
             elif isinstance(request, WarmupRequest):
                 policy.warmup()

@@ -15,22 +15,25 @@ import torch
 
 from ..core.config import PolicyConfig
 from ..core.normalize import Normalizer
+from ..model.action_prior import ActionPriorModel
 from ..model.apt import APTModel
-from ..model.bundle import load_bundle
-from .inputs import ObservationEncoder
+from ..model.bundle import load_bundle, read_config
+from .inputs import ModelInputs, ObservationEncoder
 from .policy import GraphPolicy, Policy, PolicyInfo, resolve_rtc_mode
 
 
 def load_torch_policy(
     path: str | Path, seed: int | None = None, device: str = "cpu", rtc_mode: str = "auto"
 ) -> Policy:
-    """APTPolicy.from_bundle (validates config, weights, norm stats, tokenizer); per family."""
-    from ..model.bundle import read_config
-
-    if read_config(path).family == "action_distillation":
+    """The bundle's family policy (APTPolicy / ActionPriorPolicy / DistillationPolicy).from_bundle (validates
+    config, weights, norm stats, tokenizer)."""
+    family = read_config(path).family
+    if family == "action_distillation":
         from .distillation_torch import DistillationPolicy
 
         return DistillationPolicy.from_bundle(path, seed=seed, device=device)
+    if family == "action_prior":
+        return ActionPriorPolicy.from_bundle(path, seed=seed, device=device, rtc_mode=rtc_mode)
     return APTPolicy.from_bundle(path, seed=seed, device=device, rtc_mode=rtc_mode)
 
 
@@ -114,4 +117,49 @@ class APTPolicy(GraphPolicy):
                 torch.from_numpy(prefix_len).to(dev),
                 self._rtc_trained.expand(noise_t.shape[0]),
             )
+        return actions.cpu().numpy()
+
+
+class ActionPriorPolicy(APTPolicy):
+    """The action-prior family (model/action_prior.py) behind the same contract: the VLM latent, the history
+    token from ``predict(history=...)`` (the last K executed steps; None = episode start) and the decoder's
+    sampler with APT's real-time-chunking prefix."""
+
+    @classmethod
+    def from_bundle(
+        cls, path: str | Path, seed: int | None = None, device: str = "cpu", rtc_mode: str = "auto"
+    ) -> ActionPriorPolicy:
+        bundle = load_bundle(path)
+        if not isinstance(bundle.model, ActionPriorModel):
+            raise ValueError(f"{path}: family {bundle.config.family!r} is not 'action_prior'")
+        return cls(
+            bundle.model,
+            bundle.normalizer,
+            bundle.tokenizer_path,
+            seed=seed,
+            device=device,
+            rtc_mode=rtc_mode,
+        )
+
+    @torch.inference_mode()
+    def run_inputs(self, x: ModelInputs) -> np.ndarray:
+        model = self.model
+        assert isinstance(model, ActionPriorModel)
+        dev = self.device
+
+        def t(a: np.ndarray | None) -> torch.Tensor:
+            assert a is not None  # the encoder fills every input of a K > 0 policy
+            return torch.from_numpy(np.array(a)).to(dev)
+
+        state = t(x.state)
+        latent = model.encode_prefix(t(x.pixel_values), t(x.input_ids), t(x.text_mask), state)
+        if model.history_steps > 0:
+            history = model.encode_history(t(x.history_states), t(x.history_actions), t(x.history_mask))
+        else:
+            history = torch.zeros(state.shape[0], model.settings.latent_dim, device=dev)
+        if int(x.prefix_len.max(initial=0)) == 0:
+            actions = model.sample(latent, history, state, t(x.noise))
+        else:
+            trained = self._rtc_trained.expand(state.shape[0])
+            actions = model.sample(latent, history, state, t(x.noise), t(x.prefix), t(x.prefix_len), trained)
         return actions.cpu().numpy()

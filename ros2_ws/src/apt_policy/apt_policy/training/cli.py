@@ -90,9 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--family",
-        choices=("apt", "action_distillation"),
+        choices=("apt", "action_prior", "action_distillation"),
         default="apt",
-        help="the seed system to train (action_distillation: teacher + student, docs/ACTION_DISTILLATION.md)",
+        help="the seed system to train (default apt; action_prior: docs/ACTION_PRIOR.md; "
+        "action_distillation: teacher + student, docs/ACTION_DISTILLATION.md)",
     )
     demo.add_argument(
         "--vlm-from",
@@ -102,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--threads", type=int, default=2)
     demo.add_argument("--quiet", action="store_true")
+    demo.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="action_prior: override a PriorDemoSettings field, e.g. --set stage2_steps=1000",
+    )
     return parser
 
 
@@ -229,6 +237,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 progress=not args.quiet,
                 eval_episodes=args.eval_episodes,
             )
+            print(json.dumps(report["summary"], indent=2))
+        elif args.family == "action_prior":
+            from .demo_action_prior import run_prior_demo
+
+            overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+            report = run_prior_demo(args.out, force=args.force, progress=not args.quiet, **overrides)
             print(json.dumps(report["summary"], indent=2))
         else:
             from .demo import run_demo

@@ -237,3 +237,53 @@ def test_prefix_is_taken_per_observation_and_sent_with_the_request() -> None:
     assert chunks[0].prefix_len == 2 and chunks[0].t_obs == asked[0]
     np.testing.assert_array_equal(calls[0], prefixes[0])
     assert calls[1] is None and chunks[1].prefix_len == 0 and chunks[1].prefix is None
+
+
+def test_history_is_taken_after_each_observation_and_sent_with_the_request() -> None:
+    """Stateful policies: the history function is read after the observation, for every request, and its
+    value goes to predict(history=...); without one the call carries no history argument (APT)."""
+    seen: list[tuple[str, object]] = []
+    order: list[str] = []
+    versions = iter(["h1", "h2"])
+
+    def observe(now: float) -> ObservationSet:
+        order.append("observe")
+        return _obs(now)
+
+    def history() -> object:
+        order.append("history")
+        return next(versions)
+
+    def predict(images, state, instruction, **kwargs):
+        seen.append(("history", kwargs.get("history", "absent")))
+        return np.zeros(SHAPE)
+
+    got = threading.Semaphore(0)
+    worker = InferenceWorker(
+        predict, observe, lambda c: got.release(), lambda e: None, SHAPE, history=history
+    )
+    worker.start()
+    try:
+        worker.set_instruction("go")
+        assert got.acquire(timeout=5)
+        worker.request()
+        assert got.acquire(timeout=5)
+    finally:
+        worker.stop()
+    assert [v for _, v in seen] == ["h1", "h2"]
+    assert order[:4] == ["observe", "history", "observe", "history"]
+    plain: list[object] = []
+    worker = InferenceWorker(
+        lambda i, s, t, **kw: plain.append(kw) or np.zeros(SHAPE),
+        _obs,
+        lambda c: got.release(),
+        lambda e: None,
+        SHAPE,
+    )
+    worker.start()
+    try:
+        worker.set_instruction("go")
+        assert got.acquire(timeout=5)
+    finally:
+        worker.stop()
+    assert plain == [{}]

@@ -99,9 +99,10 @@ def test_rtc_training_draws_delays_and_bundles_record_them(data_path, tmp_path, 
     seen: list[torch.Tensor | None] = []
     original = APTModel.flow_loss
 
-    def spy(self, prefix, state, actions, noise, t, delay=None):
+    def spy(self, prefix, state, actions, noise, t, delay=None, drift=None):
+        assert drift is None  # the CLI trains without prefix drift (TrainConfig.rtc_drift_share 0)
         seen.append(None if delay is None else delay.clone())
-        return original(self, prefix, state, actions, noise, t, delay)
+        return original(self, prefix, state, actions, noise, t, delay, drift)
 
     monkeypatch.setattr(APTModel, "flow_loss", spy)
     base = ["--data", str(data_path), "--batch-size", "16", "--steps", "6", *TINY]

@@ -1,0 +1,124 @@
+"""The policy node feeds a stateful policy (info.history_steps > 0) the commands it actually SENT, over real
+DDS in one process: empty at the start, released (safety-filtered) positions rather than the proposed ones,
+started again after a hold and on a new instruction."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("apt_msgs")
+
+import rclpy
+from apt_msgs.msg import PolicyStatus
+from apt_policy.robots.franka import FR3
+from apt_policy.ros.policy_node import make_policy_node
+from apt_policy.sim import stand_ins
+from apt_policy.sim.stand_ins import RobotStandIn, hold_ready
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+
+pytestmark = pytest.mark.ros
+
+READY = np.array(FR3.ready_pose)
+TARGET = 0.15  # joint-1 offset every action asks for: the limits ramp the commands (the static arm's tracking
+# error stays under the controller's 0.2 rad fault threshold)
+
+
+def _offset(instruction: str, t: float) -> np.ndarray:
+    actions = hold_ready(instruction, t, horizon=10, gripper=0.04)
+    actions[:, 0] += TARGET if instruction.endswith("left") else -TARGET
+    return actions
+
+
+class StatefulPolicy(stand_ins.ScriptedPolicy):
+    """The scripted stand-in declaring a 3-step history; records (instruction, history) per call."""
+
+    def __init__(self) -> None:
+        super().__init__(_offset, image_shape=(24, 32), latency_s=0.02, model_id="stateful-test")
+        self.info = replace(self.info, history_steps=3, family="action_prior")
+        self.histories: list[tuple[str, object]] = []
+
+    def predict(self, images, state, instruction, noise=None, prefix=None, history=None):
+        self.histories.append((instruction, history))
+        return super().predict(images, state, instruction, noise)
+
+
+@pytest.fixture
+def running(ros_env, tmp_path: Path):
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    policy = StatefulPolicy()
+    params = [
+        Parameter("model", value=str(tmp_path)),
+        Parameter("chunk_request_threshold", value=4),
+        Parameter("max_state_age", value=0.5),
+        Parameter("max_gripper_age", value=0.5),
+        Parameter("max_skew", value=0.5),
+        Parameter("chunk_execution", value="none"),
+    ]
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
+    probe = RobotStandIn(rclpy.create_node("probe", context=ctx))
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    executor.add_node(probe.node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield node, probe, policy
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        thread.join(5)
+        node.destroy_node()
+        probe.node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+
+
+def _wait(cond, timeout: float = 10.0, what: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _with_history(policy: StatefulPolicy, instruction: str) -> list:
+    return [h for i, h in policy.histories if i == instruction and h is not None]
+
+
+def test_history_is_what_was_sent_and_restarts_after_hold_and_new_instruction(running) -> None:
+    node, probe, policy = running
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE")
+    node.set_instruction("go left")
+    _wait(lambda: len(_with_history(policy, "go left")) >= 4, what="four predictions with a history")
+    hist = _with_history(policy, "go left")
+    assert not hist[0].valid.any()  # the episode starts empty
+    first = next(h for h in hist if h.valid.any())
+    assert first.states.shape == (3, 8) and first.actions.shape == (3, 8)
+    # the commands actually sent: the first one barely left the ready pose (ramped by the limits), while
+    # every proposed action asked for the full offset at once
+    assert 0.0 <= first.actions[first.valid][0, 0] - READY[0] < TARGET / 2
+    full = next(h for h in hist if h.valid.all())
+    sent = full.actions[:, 0] - READY[0]
+    assert np.all(sent <= TARGET + 1e-6) and np.all(np.diff(sent) >= 0)  # oldest first, heading out
+    np.testing.assert_allclose(full.states[:, :7], np.repeat(READY[None], 3, 0), atol=1e-6)  # static arm
+    # a hold (camera stopped) starts the history again: nothing from before it is kept
+    assert node.history is not None and node.history.snapshot().valid.all()
+    probe.camera_on = False
+    _wait(lambda: node.status_snapshot()["state_name"] == "HOLDING", timeout=3.0, what="HOLDING")
+    time.sleep(0.05)  # a few ticks of the hold
+    assert not node.history.snapshot().valid.any()
+    probe.camera_on = True
+    _wait(lambda: node.status_snapshot()["state_name"] == "RUNNING", what="RUNNING again")
+    # a new instruction is a new episode: the full history is dropped (a command sent between the switch and
+    # the first prediction for it belongs to the new episode and may be there)
+    _wait(lambda: node.history.snapshot().valid.all(), what="a full history again")
+    node.set_instruction("go right")
+    _wait(lambda: _with_history(policy, "go right"), what="a prediction for the new instruction")
+    assert _with_history(policy, "go right")[0].valid.sum() <= 1
