@@ -215,7 +215,10 @@ def test_pause_holds_still_and_resume_moves_again(system):
     t3 = time.monotonic()
     time.sleep(0.5)
     held = [q for t, q in probe.commands if t >= t3]
-    assert held and max(held) - min(held) < 1e-9, "stop holds position"
+    # Stopped, the node commands no motion: it holds its last target, or, if the stand-in's joint states
+    # went stale meanwhile (a loaded machine), it re-synchronises to the measured position (the stand-in
+    # never moves: the ready pose) and holds that. Nothing in between.
+    assert held and all(abs(q - held[0]) < 1e-9 or abs(q - READY[0]) < 1e-9 for q in held), "stop holds"
 
 
 @pytest.mark.parametrize("system", [({"gripper.min_interval": 0.3}, True)], indirect=True)

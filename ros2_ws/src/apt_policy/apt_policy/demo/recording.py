@@ -250,6 +250,9 @@ def save_recordings(
                 actions=np.zeros(0, np.float32),
                 inference_time_ms=float(ms),
                 backend="",
+                client_id="",
+                request_id=0,
+                error="",
             )
             items.append((ns(t), CHUNK_TOPIC, msg))
         for t, state, inter, missed in zip(
