@@ -21,7 +21,7 @@ import numpy as np
 
 from .inputs import ModelInputs, ObservationEncoder
 from .manifest import Manifest, ManifestError, load_manifest
-from .onnx_backend import choose_providers
+from .onnx_backend import choose_providers, graph_path, open_session, session_options
 from .policy import GraphPolicy, InferenceError, PolicyInfo, resolve_rtc_mode
 
 GRAPHS = ("prefix", "history", "sampler")
@@ -57,29 +57,18 @@ class OnnxActionPriorPolicy(GraphPolicy):
             raise ManifestError(
                 f"{self.directory} lacks the graph(s) {missing}; re-export with apt-export onnx"
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = int(intra_op_threads)
-        options.inter_op_num_threads = 1
-        if not allow_spinning:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(ort, intra_op_threads, allow_spinning)
         self.providers = choose_providers(ort.get_available_providers(), providers)
         use_opt = use_optimized and self.providers == ["CPUExecutionProvider"]
-        self._sessions: dict[str, Any] = {}
-        for name in needed:
-            spec = self.manifest.graphs[name]
-            opt = spec.optimized
-            file = (
-                opt.file
-                if use_opt and opt is not None and opt.onnxruntime_version == ort.__version__
-                else spec.file
+        self._sessions: dict[str, Any] = {
+            name: open_session(
+                ort,
+                graph_path(self.directory, self.manifest, name, use_opt, ort.__version__),
+                options,
+                self.providers,
             )
-            try:
-                self._sessions[name] = ort.InferenceSession(
-                    str(self.directory / file), options, providers=self.providers
-                )
-            except Exception as exc:  # onnxruntime raises its own types
-                raise ManifestError(f"ONNX Runtime cannot load {self.directory / file}: {exc}") from exc
+            for name in needed
+        }
         self._inputs = {name: list(self.manifest.graphs[name].input_names) for name in needed}
         self._rtc = self.manifest.rtc_inputs
         mode = resolve_rtc_mode(rtc_mode, self.config)

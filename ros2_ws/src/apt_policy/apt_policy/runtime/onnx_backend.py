@@ -28,6 +28,37 @@ def choose_providers(available: Sequence[str], requested: Sequence[str] | None =
     return [p for p in PREFERRED_PROVIDERS if p in available]
 
 
+def session_options(ort: Any, intra_op_threads: int = 0, allow_spinning: bool = True) -> Any:
+    """Session options every ONNX Runtime policy uses: all graph optimisations, ``intra_op_threads`` (0: one
+    per physical core), sequential graphs without inter-op threads, optionally no spinning workers."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = int(intra_op_threads)
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if not allow_spinning:  # idle worker threads sleep instead of spinning (shared CPUs, benchmarks)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+def graph_path(directory: Path, manifest: Manifest, name: str, use_optimized: bool, ort_version: str) -> Path:
+    """The file run for graph ``name``: its saved ORT-optimised version where usable (``use_optimized`` and
+    the same ONNX Runtime version), else the graph."""
+    spec = manifest.graphs[name]
+    opt = spec.optimized
+    if use_optimized and opt is not None and opt.onnxruntime_version == ort_version:
+        return directory / opt.file
+    return directory / spec.file
+
+
+def open_session(ort: Any, path: Path, options: Any, providers: Sequence[str]) -> Any:
+    """An InferenceSession of ``path``; ManifestError naming the file when ONNX Runtime cannot load it."""
+    try:
+        return ort.InferenceSession(str(path), options, providers=list(providers))
+    except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid graphs
+        raise ManifestError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+
+
 def _empty(spec: TensorSpec) -> np.ndarray:
     if not all(isinstance(d, int) and d >= 0 for d in spec.shape):
         raise ManifestError(f"{spec.name} has a dynamic shape {spec.shape}; exports must have static shapes")
@@ -62,13 +93,7 @@ class OnnxRuntimePolicy(GraphPolicy):
                 raise ManifestError(f"{self.directory} has no {name!r} graph; re-export with apt-export onnx")
         self.encoder = ObservationEncoder.from_manifest(self.directory, self.manifest, seed)
         self.config = self.encoder.config
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = int(intra_op_threads)
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.inter_op_num_threads = 1
-        if not allow_spinning:  # idle worker threads sleep instead of spinning (shared CPUs, benchmarks)
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(ort, intra_op_threads, allow_spinning)
         self.providers = choose_providers(ort.get_available_providers(), providers)
         self.use_optimized = use_optimized and self.providers == ["CPUExecutionProvider"]
         self._ort_version = ort.__version__
@@ -86,18 +111,10 @@ class OnnxRuntimePolicy(GraphPolicy):
 
     def graph_file(self, name: str) -> Path:
         """The file run for graph ``name``: its saved ORT-optimised version where usable, else the graph."""
-        spec = self.manifest.graphs[name]
-        opt = spec.optimized
-        if self.use_optimized and opt is not None and opt.onnxruntime_version == self._ort_version:
-            return self.directory / opt.file
-        return self.directory / spec.file
+        return graph_path(self.directory, self.manifest, name, self.use_optimized, self._ort_version)
 
     def _open(self, ort: Any, name: str, options: Any) -> Any:
-        path = self.graph_file(name)
-        try:
-            return ort.InferenceSession(str(path), options, providers=self.providers)
-        except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid graphs
-            raise ManifestError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+        return open_session(ort, self.graph_file(name), options, self.providers)
 
     def _bind_outputs(self) -> None:
         """I/O bindings: prefix outputs feed the sampler without a copy, outputs land in fixed buffers.
