@@ -53,6 +53,7 @@ from apt_policy.demo.report import (
     video_frame_count,
     write_video,
 )
+from apt_policy.ros.params import parameters_from_yaml
 from apt_policy.tasks.scene import SUCCESS_RADIUS, Scene
 
 __all__ = ["DemoError", "DemoOptions", "make_report", "run_demo"]
@@ -111,14 +112,7 @@ def default_params_file() -> Path:
 
 
 def control_rate_of(params_file: Path) -> float:
-    import yaml
-
-    data = yaml.safe_load(params_file.read_text()) or {}
-    for node in data.values():
-        rate = (node or {}).get("ros__parameters", {}).get("control_rate")
-        if rate:
-            return float(rate)
-    return 100.0
+    return float(parameters_from_yaml(params_file).get("control_rate") or 100.0)
 
 
 # ---------------------------------------------------------------------------------------- model + export
@@ -245,16 +239,12 @@ def chunk_execution_context(opts: DemoOptions, params_file: Path, log_dir: Path)
     """The latency profile and the chunk-execution strategy the demo ran with (for report.json)."""
     import re
 
-    import yaml
-
     from apt_policy.runtime.latency import parse_latency
 
     profile = parse_latency(opts.latency)
     requested = opts.chunk_execution
     if requested is None:
-        data = yaml.safe_load(params_file.read_text()) or {}
-        node = next(iter(data.values()), {}) if isinstance(data, dict) else {}
-        requested = (node or {}).get("ros__parameters", {}).get("chunk_execution", "auto")
+        requested = parameters_from_yaml(params_file).get("chunk_execution", "auto")
     used = sorted(
         {
             m.group(1)

@@ -594,6 +594,17 @@ def validate(values: Mapping[str, Any], check_model: bool = True) -> NodeParams:
     return NodeParams(**out)
 
 
+def parameters_from_yaml(path: str | Path) -> dict[str, Any]:
+    """The first ``ros__parameters`` block of a ROS 2 parameter file ({} when it has none)."""
+    import yaml
+
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    for node in data.values() if isinstance(data, dict) else ():
+        if isinstance(node, dict) and isinstance(node.get("ros__parameters"), dict):
+            return dict(node["ros__parameters"])
+    return {}
+
+
 def defaults(**overrides: Any) -> NodeParams:
     """The default parameters with ``overrides``, validated (no model directory needed)."""
     values = {s.name: s.default for s in NODE_SPECS}

@@ -713,15 +713,10 @@ def _parser() -> argparse.ArgumentParser:
 def node_params_from_yaml(path: Path) -> dict[str, Any]:
     """The node parameters of a ROS 2 parameter file (its first ``ros__parameters`` block) that the
     evaluator's controller uses: every node parameter but the model, backend and the two the cell sets."""
-    import yaml
+    from apt_policy.ros.params import NODE_SPECS, parameters_from_yaml
 
-    from apt_policy.ros.params import NODE_SPECS
-
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    block = next(
-        (v["ros__parameters"] for v in data.values() if isinstance(v, dict) and "ros__parameters" in v), None
-    )
-    if block is None:
+    block = parameters_from_yaml(path)
+    if not block:
         raise SystemExit(f"{path}: no ros__parameters block")
     skip = {"model", "backend", "chunk_execution", "simulated_latency"}
     names = {spec.name for spec in NODE_SPECS} - skip

@@ -119,3 +119,17 @@ def test_delay_estimate_carries_over_episodes_like_a_running_node() -> None:
         np.random.default_rng(0),
     )
     assert cold.chunking["delay_measured"] == first.chunks  # without the list: starts empty
+
+
+def test_node_parameters_come_from_a_ros2_parameter_file(tmp_path) -> None:
+    from apt_policy.sim.closed_loop import node_params_from_yaml
+
+    f = tmp_path / "p.yaml"
+    f.write_text(
+        "apt_policy:\n  ros__parameters:\n    chunk_request_threshold: 4\n    chunk_execution: none\n"
+        "    model: /x\n    not_a_parameter: 1\n"
+    )
+    assert node_params_from_yaml(f) == {"chunk_request_threshold": 4}  # the cell sets the strategy itself
+    f.write_text("apt_policy: {}\n")
+    with pytest.raises(SystemExit, match="no ros__parameters"):
+        node_params_from_yaml(f)
