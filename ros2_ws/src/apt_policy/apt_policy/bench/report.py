@@ -41,6 +41,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from apt_policy.control.realtime import CONTROLLER_PRIORITY, STREAM_PRIORITY
+
 DEPLOY_VLM_LAYERS = 14  # of Qwen3-VL-2B's 28 decoder layers (docs/BACKBONE.md)
 DEPLOY_EXPERT = {"width": 1024, "num_heads": 16, "head_dim": 64, "mlp_dim": 4096, "num_layers": 9}
 DEPLOY_CAMERAS = ("front", "wrist")
@@ -496,7 +498,6 @@ def bench_preprocessing(export: Path | None, iters: int) -> dict[str, Any]:
 # SCHED_FIFO of the node's stream and of fake_franka: the simulated controller outranks its client, as a
 # real controller does (4 interleaved pairs of runs at 100 Hz: jitter p99 at fake_franka 0.54-1.32 ms with
 # 60, 1.13-1.61 ms with 40; docs/NODE.md).
-STREAM_PRIORITY, ROBOT_PRIORITY = 50, 60
 
 
 def bench_control(export: Path, ticks: int, rates: Sequence[float], workdir: Path) -> list[dict[str, Any]]:
@@ -505,7 +506,7 @@ def bench_control(export: Path, ticks: int, rates: Sequence[float], workdir: Pat
     cmd += ["--rates", *(f"{r:g}" for r in rates), "--json", str(json_path)]
     # As on the robot: the stream thread and the simulated controller real-time (where not permitted, the
     # processes log a warning and run with normal scheduling).
-    cmd += ["--realtime-priority", str(STREAM_PRIORITY), "--robot-priority", str(ROBOT_PRIORITY)]
+    cmd += ["--realtime-priority", str(STREAM_PRIORITY), "--robot-priority", str(CONTROLLER_PRIORITY)]
     subprocess.run(cmd, check=True)
     return json.loads(json_path.read_text())
 
@@ -767,7 +768,7 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
             "",
             "Policy node (ONNX Runtime, inference back to back) -> JointTrajectory -> fake_franka over DDS on"
             " loopback; arrivals timed at the receiver. Node `realtime_priority:"
-            f" {STREAM_PRIORITY}`, fake_franka `realtime_priority: {ROBOT_PRIORITY}` (SCHED_FIFO where"
+            f" {STREAM_PRIORITY}`, fake_franka `realtime_priority: {CONTROLLER_PRIORITY}` (SCHED_FIFO where"
             " permitted). Machine stalls: wake-ups of a SCHED_FIFO 99 probe on each CPU later than 2 ms"
             " (`apt_policy.bench.stall_probe`); a gap (> 1.5 periods) with one in it was not the"
             " software's.",

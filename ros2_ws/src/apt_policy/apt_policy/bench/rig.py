@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from apt_policy.bench.procfs import children
+from apt_policy.control.realtime import CONTROLLER_PRIORITY, STREAM_PRIORITY
 
 INSTRUCTIONS = ("reach the red block", "reach the green block", "reach the blue block")
 MODULES = {
@@ -165,7 +166,11 @@ class Rig:
         domain: int | None = None,
         model_env: dict[str, str] | None = None,
         prefix: dict[str, list[str]] | None = None,
+        realtime: bool = True,
     ) -> None:
+        """``realtime``: fake_franka and the node's stream thread SCHED_FIFO as in the demo
+        (:data:`~apt_policy.control.realtime.CONTROLLER_PRIORITY` above ``STREAM_PRIORITY``; each logs a
+        warning and runs normally where that is not permitted)."""
         self.workdir = workdir
         self.prefix = prefix or {}  # per process: a command prefix (e.g. ``ip netns exec NS``)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -179,9 +184,10 @@ class Rig:
         }
         os.environ.update({k: self.env[k] for k in ("ROS_DOMAIN_ID", "ROS_AUTOMATIC_DISCOVERY_RANGE")})
         self.args = {
-            "franka": [],
+            "franka": ["-p", f"realtime_priority:={CONTROLLER_PRIORITY if realtime else 0}"],
             "camera": ["-p", "scene_seed:=3"],
             "node": [
+                "-p", f"realtime_priority:={STREAM_PRIORITY if realtime else 0}",
                 "-p", f"model:={model}",
                 "-p", f"control_rate:={float(rate)}",
                 "-p", f"instruction:={INSTRUCTIONS[0]}",

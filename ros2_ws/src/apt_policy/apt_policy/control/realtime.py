@@ -8,6 +8,11 @@ from __future__ import annotations
 import os
 
 MIN_PRIORITY, MAX_PRIORITY = 1, 99
+# The cell as this project runs it (sim.yaml, make demo, bench, soak, fault matrix): the node's stream
+# thread at STREAM_PRIORITY and the arm controller above it at CONTROLLER_PRIORITY, as ros2_control's
+# controller_manager runs SCHED_FIFO on a PREEMPT_RT robot PC above its clients (docs/DEPLOY.md);
+# fake_franka stands in for it.
+STREAM_PRIORITY, CONTROLLER_PRIORITY = 50, 60
 # A thread waiting for the GIL asks its holder to drop it after this long (Python's default: 5 ms). The
 # node's stream thread and fake_franka's command reception need it on time.
 GIL_SWITCH_INTERVAL_S = 0.0001

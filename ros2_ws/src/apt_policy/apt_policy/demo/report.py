@@ -188,6 +188,8 @@ def format_summary(report: Mapping[str, Any]) -> str:
         lines.append(
             f"chunk execution    {used}; simulated inference latency {ctx['latency_profile']['description']}"
         )
+    if ctx.get("scheduling"):
+        lines.append("scheduling         " + ", ".join(f"{k} {v}" for k, v in ctx["scheduling"].items()))
     return "\n".join(lines)
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from apt_policy.control.realtime import CONTROLLER_PRIORITY
 from apt_policy.data.bag import bag_size
 from apt_policy.demo.episodes import plan_episodes
 from apt_policy.demo.processes import ManagedProcesses, ProcessDiedError, log_tail
@@ -262,6 +263,39 @@ def chunk_execution_context(opts: DemoOptions, params_file: Path, log_dir: Path)
     }
 
 
+SCHEDULING_PATTERNS = {  # what each process logs once it applied (or was refused) its realtime_priority
+    "policy_node": (
+        r"stream thread runs SCHED_FIFO priority (\d+)",
+        r"could not set SCHED_FIFO priority (\d+)",
+    ),
+    "fake_franka": (r"threads run SCHED_FIFO priority (\d+)", r"could not set SCHED_FIFO priority (\d+)"),
+}
+
+
+def scheduling_context(log_dir: Path) -> dict[str, str]:
+    """How the node's stream thread and fake_franka were scheduled, per the episode logs: "SCHED_FIFO <p>",
+    "normal (SCHED_FIFO <p> refused)", "normal", or a mix over episodes (e.g. "SCHED_FIFO 50 in 4 of 5")."""
+    import re
+
+    result = {}
+    for proc, (applied, refused) in SCHEDULING_PATTERNS.items():
+        kinds = []
+        for log in sorted(log_dir.glob(f"*_{proc}.log")):
+            text = log.read_text(errors="replace")
+            if m := re.search(applied, text):
+                kinds.append(f"SCHED_FIFO {m.group(1)}")
+            elif m := re.search(refused, text):
+                kinds.append(f"normal (SCHED_FIFO {m.group(1)} refused)")
+            else:
+                kinds.append("normal")
+        distinct = sorted(set(kinds))
+        if len(distinct) == 1:
+            result[proc] = distinct[0]
+        elif distinct:
+            result[proc] = ", ".join(f"{k} in {kinds.count(k)} of {len(kinds)}" for k in distinct)
+    return result
+
+
 def run_episode(
     plan: EpisodePlan, probe: Any, procs: ManagedProcesses, export: Path, params_file: Path, opts: DemoOptions
 ) -> EpisodeOutcome:
@@ -292,6 +326,8 @@ def run_episode(
             f"initial_positions:={q0}",
             "-p",
             f"arrival_log:={arrivals}",
+            "-p",
+            f"realtime_priority:={CONTROLLER_PRIORITY}",  # above the node (sim.yaml),
         ],
         log_name=f"{plan.name}_fake_franka",
     )
@@ -529,6 +565,7 @@ def run_demo(opts: DemoOptions) -> int:
         "training_evaluation": evaluation,
         "timings_s": dict(opts.timings),
         **chunk_execution_context(opts, params_file, log_dir),
+        "scheduling": scheduling_context(log_dir),
     }
     report = make_report(recordings, out, control_rate_of(params_file), context, opts.video_fps)
     print(format_summary(report), flush=True)
