@@ -17,6 +17,12 @@ actions left (``D_q`` the estimate, ``floor`` the configured threshold; at most 
 of ``D_q`` rows then lies inside the executing chunk with one action to spare, and the new chunk arrives
 before the buffer runs out as long as the delay stays under its quantile.
 
+**Anchored switches** (``max_prefix`` = K > 0, node parameter ``rtc_prefix_max``): only the first K committed
+rows are sent. The new chunk starts where the arm will be (and, K > 1, how it moves) but is not asked to
+continue the rest of the executing chunk; a delay above K then makes it arrive after its prefix, and it is
+blended in from its arrival like a late chunk (counted as ``rtc_late``). With the trained demo model at Orin
+latency this kept success near its no-latency figure where the full prefix lost it (docs/CONTROL.md).
+
 **Strategies** (the node's ``chunk_execution``): ``rtc`` sends the prefix (chunks that arrive later than the
 prefix covers are cross-faded in); ``crossfade`` / ``ensemble`` / ``none`` blend as in :mod:`.blending`;
 ``auto`` is ``rtc`` when the model takes a prefix (``PolicyInfo.rtc_inputs``) and ``crossfade`` otherwise.
@@ -38,18 +44,20 @@ _EPS = 1e-9
 @dataclass(frozen=True)
 class ChunkingConfig:
     """rtc: send committed prefixes; delay_quantile / delay_window: the running estimate of the delay;
-    trained_max_delay: the model's trained maximum delay in actions (0: training-free / unknown)."""
+    trained_max_delay: the model's trained maximum delay in actions (0: training-free / unknown);
+    max_prefix: send at most this many committed rows (0: as many as the delay estimate; see the module)."""
 
     rtc: bool = False
     delay_quantile: float = 0.95
     delay_window: int = 50
     trained_max_delay: int = 0
+    max_prefix: int = 0
 
     def __post_init__(self) -> None:
         if not (0.0 < self.delay_quantile <= 1.0):
             raise ValueError(f"delay_quantile must be in (0, 1], got {self.delay_quantile}")
-        if int(self.delay_window) < 1 or int(self.trained_max_delay) < 0:
-            raise ValueError("delay_window must be >= 1 and trained_max_delay >= 0")
+        if int(self.delay_window) < 1 or int(self.trained_max_delay) < 0 or int(self.max_prefix) < 0:
+            raise ValueError("delay_window must be >= 1, trained_max_delay and max_prefix >= 0")
 
 
 @dataclass(frozen=True)
@@ -136,8 +144,11 @@ class DelayEstimator:
         return math.ceil(float(np.quantile(window, self.config.delay_quantile)))
 
     def prefix_length(self, horizon: int) -> int:
-        """Rows to commit in the next request: the estimate, leaving at least one free action."""
-        return max(0, min(self.estimate, int(horizon) - 1))
+        """Rows to commit in the next request: the estimate, leaving at least one free action, at most
+        ``max_prefix`` (when set)."""
+        rows = max(0, min(self.estimate, int(horizon) - 1))
+        cap = int(self.config.max_prefix)
+        return min(rows, cap) if cap > 0 else rows
 
     def request_threshold(self, floor: int, horizon: int | None) -> int:
         """Request at ``max(floor, estimate + 1)`` actions left, at most ``horizon - 1`` (see the module)."""

@@ -83,6 +83,7 @@ def controller_config(
                 rtc=plan.rtc,
                 delay_quantile=p.rtc_delay_quantile,
                 trained_max_delay=int(info.rtc_max_delay),
+                max_prefix=p.rtc_prefix_max,
             ),
             safety=SafetyConfig(
                 margin=p.position_margin,

@@ -315,6 +315,13 @@ class NodeParams:
         low=0.5,
         high=1.0,
     )
+    rtc_prefix_max: int = param(
+        0,
+        "Real-time chunking: send at most this many committed rows (0: the whole delay estimate). With K > 0 "
+        "a chunk whose delay exceeds K is cross-faded in from its arrival (anchored; docs/CONTROL.md).",
+        low=0,
+        high=1000,
+    )
     simulated_latency: str = param(
         "",
         "SIMULATION ONLY: delay every inference to a latency profile ('' off, none, fixed:<ms>, orin, thor, "

@@ -152,13 +152,13 @@ class Clock:
                 self.targets[self.t] = action.arm.copy()
 
 
-def make_controller(rtc: bool = True, floor: int = 2) -> Controller:
+def make_controller(rtc: bool = True, floor: int = 2, max_prefix: int = 0) -> Controller:
     config = ControllerConfig(
         control_dt=CTRL_DT,
         chunk_dt=DT,
         request_when_left=floor,
         blend=BlendConfig("crossfade"),
-        chunking=ChunkingConfig(rtc=rtc),
+        chunking=ChunkingConfig(rtc=rtc, max_prefix=max_prefix),
     )
     ctrl = Controller(LIMITS, ActionLayout(dof=7, gripper="absolute"), config)
     ctrl.set_instruction("reach the red block")
@@ -193,6 +193,35 @@ def test_controller_prefix_equals_what_the_schedule_executes_and_threshold_follo
         np.testing.assert_allclose(clock.targets[t], prefix[i, :7], atol=1e-12)
     np.testing.assert_allclose(clock.targets[round(t_obs + 3 * DT, 9)], new[3, :7], atol=1e-12)
     assert ctrl.chunking_status()["rtc_on_time"] == 1 and ctrl.chunking_status()["rtc_late"] == 0
+
+
+def test_anchored_prefix_sends_at_most_max_prefix_rows_and_the_chunk_is_cross_faded_in() -> None:
+    est = DelayEstimator(DT, ChunkingConfig(max_prefix=1))
+    for latency in (0.18, 0.25):
+        est.add(0.0, latency)
+    assert est.estimate == 4 and est.prefix_length(H) == 1  # capped; the threshold still sees the delay
+    assert est.request_threshold(2, H) == 5
+    with pytest.raises(ValueError, match="max_prefix"):
+        ChunkingConfig(max_prefix=-1)
+
+    ctrl = make_controller(max_prefix=1)
+    clock = Clock(ctrl)
+    clock.run_until(0.1)
+    assert ctrl.on_chunk(Chunk(ramp(Q0, 0.004), t_obs=0.1, epoch=ctrl.epoch, chunk_id=1), 0.28).accepted
+    clock.run_until(1.3)
+    t_obs = 1.3
+    prefix = ctrl.rtc_prefix(t_obs, Q0, 8)
+    assert prefix is not None and prefix.shape == (1, 8)  # where the arm is at t_obs, nothing after it
+    new = ramp(prefix[0, :7], 0.006)  # continues at another speed: not the executing chunk's rows 1..2
+    anchored = Chunk(new, t_obs=t_obs, epoch=ctrl.epoch, chunk_id=2, prefix_len=1)
+    decision = ctrl.on_chunk(anchored, t_obs + 0.19)
+    assert decision.accepted and decision.rtc == "late"  # its 1-row prefix ended before it arrived
+    clock.run_until(2.5)
+    old_row_1 = Q0 + 0.004 * (round((t_obs - 0.1) / DT) + 1)  # executing chunk, t_obs + dt (before arrival)
+    np.testing.assert_allclose(clock.targets[round(t_obs + DT, 9)], old_row_1, atol=1e-12)
+    k = 7  # t_obs + 0.7 s: after the cross-fade (blending_steps 3 actions from the arrival at t_obs + 0.19)
+    np.testing.assert_allclose(clock.targets[round(t_obs + k * DT, 9)], new[k, :7], atol=1e-9)
+    assert ctrl.chunking_status()["rtc_late"] == 1 and ctrl.chunking_status()["rtc_on_time"] == 0
 
 
 def test_no_prefix_when_rtc_is_off_or_holding() -> None:
