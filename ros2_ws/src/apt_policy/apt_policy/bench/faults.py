@@ -224,7 +224,7 @@ def inference_hangs(rig: Rig, o: Outcome) -> None:
 
 def model_tampered(rig: Rig, o: Outcome) -> None:
     """A graph file of the running model is damaged, then the inference process dies: no reload of it."""
-    model = Path(rig.args["node"][rig.args["node"].index("-p") + 1].split(":=", 1)[1])
+    model = Path(rig.model)
     graphs = sorted(model.glob("*.onnx"))
     target = graphs[-1]
     data = bytearray(target.read_bytes())

@@ -172,6 +172,7 @@ class Rig:
         (:data:`~apt_policy.control.realtime.CONTROLLER_PRIORITY` above ``STREAM_PRIORITY``; each logs a
         warning and runs normally where that is not permitted)."""
         self.workdir = workdir
+        self.model = model
         self.prefix = prefix or {}  # per process: a command prefix (e.g. ``ip netns exec NS``)
         workdir.mkdir(parents=True, exist_ok=True)
         self.env = {
