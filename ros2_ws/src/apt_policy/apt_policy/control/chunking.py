@@ -20,8 +20,9 @@ before the buffer runs out as long as the delay stays under its quantile.
 **Anchored switches** (``max_prefix`` = K > 0, node parameter ``rtc_prefix_max``): only the first K committed
 rows are sent. The new chunk starts where the arm will be (and, K > 1, how it moves) but is not asked to
 continue the rest of the executing chunk; a delay above K then makes it arrive after its prefix, and it is
-blended in from its arrival like a late chunk (counted as ``rtc_late``). With the trained demo model at Orin
-latency this kept success near its no-latency figure where the full prefix lost it (docs/CONTROL.md).
+blended in from its arrival like a late chunk (counted as ``rtc_anchored``, not ``rtc_late``). With the
+trained demo model at Orin latency this kept success near its no-latency figure where the full prefix lost it
+(docs/CONTROL.md).
 
 **Strategies** (the node's ``chunk_execution``): ``rtc`` sends the prefix (chunks that arrive later than the
 prefix covers are cross-faded in); ``crossfade`` / ``ensemble`` / ``none`` blend as in :mod:`.blending`;
@@ -106,6 +107,7 @@ class DelayEstimator:
         self.max_seen = 0
         self.over_trained_max = 0  # chunks whose delay exceeded the model's trained maximum
         self.late = 0  # RTC chunks that arrived after their committed prefix ended
+        self.anchored = 0  # of those, sent with a prefix capped at max_prefix: blended in by design
         self.on_time = 0  # RTC chunks that took over from their first non-committed action
 
     def add(self, t_obs: float, t_arrival: float) -> int:
@@ -118,6 +120,15 @@ class DelayEstimator:
         if self.config.trained_max_delay > 0 and d > self.config.trained_max_delay:
             self.over_trained_max += 1
         return d
+
+    def count_late(self, prefix_len: int) -> None:
+        """A chunk arrived after its committed prefix: ``anchored`` when that prefix was capped at
+        ``max_prefix`` (blended in by design), ``late`` otherwise (the delay outran the estimate)."""
+        cap = int(self.config.max_prefix)
+        if cap > 0 and prefix_len >= cap:
+            self.anchored += 1
+        else:
+            self.late += 1
 
     def reset(self) -> None:
         """Forget the window (keep the counters), e.g. after a long pause."""
@@ -170,5 +181,6 @@ class DelayEstimator:
             "delay_over_trained_max": self.over_trained_max,
             "rtc_on_time": self.on_time,
             "rtc_late": self.late,
+            "rtc_anchored": self.anchored,
             "rtc_trained_max_delay": int(self.config.trained_max_delay),
         }

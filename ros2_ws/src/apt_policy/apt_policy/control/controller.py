@@ -385,7 +385,7 @@ class Controller:
                 if decision.rtc == "on_time":
                     self.delay.on_time += 1
                 elif decision.rtc == "late":
-                    self.delay.late += 1
+                    self.delay.count_late(int(getattr(chunk, "prefix_len", 0) or 0))
             else:
                 self._refused += 1
                 self._last_refusal = decision.reason

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -238,8 +239,6 @@ def node_overrides(opts: DemoOptions) -> list[str]:
 
 def chunk_execution_context(opts: DemoOptions, params_file: Path, log_dir: Path) -> dict[str, Any]:
     """The latency profile and the chunk-execution strategy the demo ran with (for report.json)."""
-    import re
-
     from apt_policy.runtime.latency import parse_latency
 
     profile = parse_latency(opts.latency)
@@ -275,8 +274,6 @@ SCHEDULING_PATTERNS = {  # what each process logs once it applied (or was refuse
 def scheduling_context(log_dir: Path) -> dict[str, str]:
     """How the node's stream thread and fake_franka were scheduled, per the episode logs: "SCHED_FIFO <p>",
     "normal (SCHED_FIFO <p> refused)", "normal", or a mix over episodes (e.g. "SCHED_FIFO 50 in 4 of 5")."""
-    import re
-
     result = {}
     for proc, (applied, refused) in SCHEDULING_PATTERNS.items():
         kinds = []

@@ -457,6 +457,7 @@ class CellResult:
     interventions_by_limit: dict[str, int]
     rtc_on_time: int
     rtc_late: int
+    rtc_anchored: int
     delay_over_trained_max: int
     wall_s: float
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -522,6 +523,7 @@ def evaluate(policy: Any, config: EvalConfig, label: str = "", progress: bool = 
         },
         rtc_on_time=int(sum(r.chunking.get("rtc_on_time", 0) for r in results)),
         rtc_late=int(sum(r.chunking.get("rtc_late", 0) for r in results)),
+        rtc_anchored=int(sum(r.chunking.get("rtc_anchored", 0) for r in results)),
         delay_over_trained_max=int(sum(r.chunking.get("delay_over_trained_max", 0) for r in results)),
         wall_s=time.process_time() - started,
         rows=[
@@ -607,7 +609,7 @@ def format_table(cells: Sequence[CellResult]) -> str:
     lines = [
         "| strategy | latency | episodes | success | time to reach s | final dist mm | switches"
         " | switch dv p50 / p99 rad/s | within dv p99 | cmd da p99 at switch / within rad/s^2"
-        " | jerk RMS rad/s^3 | interventions | held ticks | violations | RTC on time / late"
+        " | jerk RMS rad/s^3 | interventions | held ticks | violations | RTC on time / late / anchored"
         " | over trained max |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -618,7 +620,8 @@ def format_table(cells: Sequence[CellResult]) -> str:
             f" {_fmt(c.switch_dv_p50, '.3f')} / {_fmt(c.switch_dv_p99, '.3f')} |"
             f" {_fmt(c.within_dv_p99, '.3f')} |"
             f" {_fmt(c.switch_cmd_da_p99)} / {_fmt(c.within_cmd_da_p99)} | {c.jerk_rms:.1f} |"
-            f" {c.safety_interventions} | {c.held_ticks} | {c.violations} | {c.rtc_on_time} / {c.rtc_late} |"
+            f" {c.safety_interventions} | {c.held_ticks} | {c.violations} |"
+            f" {c.rtc_on_time} / {c.rtc_late} / {c.rtc_anchored} |"
             f" {c.delay_over_trained_max} |"
         )
     return "\n".join(lines)

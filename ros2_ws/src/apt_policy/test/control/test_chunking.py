@@ -221,7 +221,11 @@ def test_anchored_prefix_sends_at_most_max_prefix_rows_and_the_chunk_is_cross_fa
     np.testing.assert_allclose(clock.targets[round(t_obs + DT, 9)], old_row_1, atol=1e-12)
     k = 7  # t_obs + 0.7 s: after the cross-fade (blending_steps 3 actions from the arrival at t_obs + 0.19)
     np.testing.assert_allclose(clock.targets[round(t_obs + k * DT, 9)], new[k, :7], atol=1e-9)
-    assert ctrl.chunking_status()["rtc_late"] == 1 and ctrl.chunking_status()["rtc_on_time"] == 0
+    status = ctrl.chunking_status()
+    assert status["rtc_anchored"] == 1 and status["rtc_late"] == 0 and status["rtc_on_time"] == 0
+    plain = DelayEstimator(DT)  # no cap: a chunk after its prefix outran the estimate
+    plain.count_late(3)
+    assert plain.late == 1 and plain.anchored == 0
 
 
 def test_no_prefix_when_rtc_is_off_or_holding() -> None:
