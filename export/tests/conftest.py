@@ -60,3 +60,38 @@ def exported(request: pytest.FixtureRequest, export_cache: dict, tmp_path_factor
 def exported_pi(export_cache: dict, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The "pi" export alone, for export mechanics that do not depend on the architecture."""
     return _exported("pi", export_cache, tmp_path_factory)
+
+
+def replay_engine_plan(export_dir: Path, feeds: dict[str, np.ndarray], rtc: bool, family: str) -> np.ndarray:
+    """Carry out the TensorRT runtime's plan with ONNX Runtime in TensorRT's place (no GPU here).
+
+    The engines the runtime would run (``engine_order``), the device buffers it would bind
+    (``buffer_plan``), the host inputs it promises to fill (``fed_inputs``) and the values it fills them
+    with (``engine_feeds``) are the backend's own; one ORT session per graph stands in for each engine,
+    reading and writing the planned buffers by name. Returns the ``actions`` buffer.
+    """
+    import onnxruntime as ort
+    from apt_policy.runtime.manifest import load_manifest
+    from apt_policy.runtime.trt_plan import buffer_plan, check_host_inputs, engine_order, fed_inputs
+
+    manifest = load_manifest(export_dir)
+    order = engine_order([g for g in manifest.graphs if g != "denoiser"])
+    graphs = {g: (manifest.graphs[g].inputs, manifest.graphs[g].outputs) for g in order}
+    shapes = {
+        s.name: tuple(1 if d == "batch" else int(d) for d in s.shape)
+        for g in order
+        for s in (*graphs[g][0], *graphs[g][1])
+    }
+    plan = buffer_plan(graphs, order, shapes, outputs=["actions"])
+    check_host_inputs(plan, fed_inputs(family, order, rtc))
+    buffers: dict[str, np.ndarray] = {}
+    for buf in plan:
+        buffers[buf.name] = np.zeros(buf.shape, np.dtype(buf.dtype))
+        if buf.host_input:
+            np.copyto(buffers[buf.name], feeds[buf.name], casting="same_kind")
+    for name in order:
+        session = ort.InferenceSession(str(export_dir / manifest.graphs[name].file))
+        outs = session.run(None, {n: buffers[n] for n in manifest.graphs[name].input_names})
+        for spec, value in zip(manifest.graphs[name].outputs, outs, strict=True):
+            np.copyto(buffers[spec.name], value)
+    return buffers["actions"]

@@ -21,7 +21,7 @@ from apt_policy.runtime.manifest import load_manifest  # noqa: E402
 from apt_policy.runtime.onnx_action_prior import OnnxActionPriorPolicy  # noqa: E402
 from apt_policy.runtime.policy import History  # noqa: E402
 
-from .conftest import INSTRUCTIONS  # noqa: E402
+from .conftest import INSTRUCTIONS, replay_engine_plan  # noqa: E402
 
 
 def _bundle(root: Path, stage: int, history_steps: int = 3) -> Path:
@@ -117,3 +117,35 @@ def test_stage1_prior_and_stateless_exports(tmp_path):
         report = verify(bundle, out, cases=1, progress=False)
         assert report.passed, report.table()
         assert load_policy(out).info.history_steps == k
+
+
+@pytest.mark.parametrize("history_steps", [3, 0])
+def test_tensorrt_runtime_plan_runs_the_history_engine(tmp_path, history_steps):
+    """The TensorRT backend's chain for this family (prefix, history -> sampler; a zero history token when
+    K = 0), replayed with ONNX Runtime sessions as the engines, equals the ONNX Runtime policy."""
+    from apt_policy.runtime.tensorrt_backend import engine_feeds
+
+    bundle = _bundle(tmp_path, 2, history_steps)
+    out = tmp_path / "onnx"
+    assert main(["onnx", "--bundle", str(bundle), "--out", str(out)]) == EXIT_OK
+    policy = load_policy(out, seed=0)
+    rng = np.random.default_rng(5)
+    images = {"front": rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)}
+    state = rng.normal(0.3, 0.5, 8).astype(np.float32)
+    noise = rng.normal(size=(policy.info.horizon, policy.info.action_dim)).astype(np.float32)
+    past = History(rng.normal(0.3, 0.5, (4, 8)), rng.normal(-0.2, 0.8, (4, 8)), np.array([0, 1, 1, 1], bool))
+    committed = policy.predict(images, state, INSTRUCTIONS[1], noise, history=past)[:2]
+    x = policy.encoder.encode(images, state, INSTRUCTIONS[1], noise, committed, past)
+    zero = None
+    if history_steps == 0:
+        latent = load_manifest(out).graphs["prefix"].outputs[0]
+        zero = np.zeros((1, int(latent.shape[-1])), np.float32)
+    feeds = engine_feeds(x, True, np.ones((1,), np.float32), zero)
+    replayed = replay_engine_plan(out, feeds, rtc=True, family="action_prior")
+    np.testing.assert_allclose(replayed, policy.run_inputs(x), atol=1e-6)
+    assert int(x.prefix_len[0]) == 2
+    if history_steps:  # the history changes the answer, so the history engine was really in the chain
+        blank = policy.encoder.encode(images, state, INSTRUCTIONS[1], noise, committed, None)
+        blank_feeds = engine_feeds(blank, True, np.ones((1,), np.float32))
+        other = replay_engine_plan(out, blank_feeds, True, "action_prior")
+        assert not np.allclose(other, replayed)

@@ -27,7 +27,7 @@ from apt_policy.runtime.load import load_policy  # noqa: E402
 from apt_policy.runtime.manifest import load_manifest  # noqa: E402
 from apt_policy.training.distillation import student_config  # noqa: E402
 
-from .conftest import INSTRUCTIONS  # noqa: E402
+from .conftest import INSTRUCTIONS, replay_engine_plan  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,20 @@ def test_fp16_onnx_is_refused_with_the_reason(exported, tmp_path):
     with pytest.raises(ValueError, match="action_distillation: export fp32"):
         export_onnx(bundle, tmp_path / "fp16", precision="fp16", progress=False)
     assert json.loads((bundle / "config.json").read_text())["family"] == "action_distillation"
+
+
+def test_tensorrt_runtime_plan_is_one_pass(exported):
+    """The TensorRT backend's chain for this family (prefix -> sampler, no noise fed), replayed with ONNX
+    Runtime sessions as the engines, equals the ONNX Runtime policy."""
+    from apt_policy.runtime.tensorrt_backend import engine_feeds
+
+    _, out = exported
+    policy = load_policy(out)
+    rng = np.random.default_rng(4)
+    h, w = policy.info.image_size
+    images = {c: rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for c in policy.info.cameras}
+    state = rng.normal(size=len(policy.info.state_names)).astype(np.float32)
+    x = policy.encoder.encode(images, state, "reach the red cube", None, None, None)
+    feeds = engine_feeds(x, False, np.zeros((1,), np.float32))
+    replayed = replay_engine_plan(out, feeds, rtc=False, family="action_distillation")
+    np.testing.assert_allclose(replayed, policy.run_inputs(x), atol=1e-6)

@@ -16,7 +16,7 @@ from apt_policy.runtime import InferenceError, PolicyInfo, load_policy
 from apt_policy.runtime.manifest import load_manifest
 from apt_policy.runtime.process_policy import ProcessPolicy
 
-from .conftest import make_bundle
+from .conftest import make_bundle, replay_engine_plan
 
 ATOL_ROBOT = 2e-4  # as the prefix-less ORT-vs-torch test: robot units, action scale ~1
 
@@ -168,3 +168,19 @@ def test_process_policy_forwards_the_prefix(exported_pi: tuple[Path, Path]):
         )
     finally:
         remote.close()
+
+
+def test_tensorrt_runtime_plan_carries_the_prefix(exported: tuple[Path, Path]):
+    """The TensorRT backend's APT chain (prefix -> sampler with the RTC inputs), replayed with ONNX Runtime
+    sessions as the engines, equals the ONNX Runtime policy with and without a committed prefix."""
+    from apt_policy.runtime.tensorrt_backend import engine_feeds
+
+    _, out = exported
+    policy = load_policy(out)
+    images, state, noise = _observation(policy.info, 7)
+    for d in (0, 3):
+        committed = _committed(policy.info, d, 7) if d else None
+        x = policy.encoder.encode(images, state, "reach the red cube", noise, committed, None)
+        feeds = engine_feeds(x, True, np.zeros((1,), np.float32))
+        replayed = replay_engine_plan(out, feeds, rtc=True, family="apt")
+        np.testing.assert_allclose(replayed, policy.run_inputs(x), atol=1e-6)

@@ -1,4 +1,8 @@
-"""TensorRT backend: prefix + sampler engines on pre-allocated device buffers, replayed as a CUDA graph.
+"""TensorRT backend: the export's engines on pre-allocated device buffers, replayed as a CUDA graph.
+
+Every family runs one chain (runtime.trt_plan.engine_order): prefix -> sampler for APT and action
+distillation; prefix, history -> sampler for the action-prior family (its K executed steps go in, the
+history token is computed by the history engine).
 
 Torch-free: CUDA is driven through cuda-python (``cuda.bindings.runtime``). Written against the
 TensorRT 10 Python API (IRuntime.deserialize_cuda_engine, named I/O tensors, execute_async_v3) and not
@@ -19,15 +23,20 @@ from typing import Any
 
 import numpy as np
 
-from .inputs import ObservationEncoder
-from .manifest import RTC_SAMPLER_INPUTS, Manifest, ManifestError, load_manifest
+from .inputs import ModelInputs, ObservationEncoder
+from .manifest import Manifest, ManifestError, load_manifest
 from .policy import GraphPolicy, InferenceError, PolicyInfo, resolve_rtc_mode
-from .trt_plan import Buffer, buffer_plan, check_engine_compatible, check_host_inputs
+from .trt_plan import (
+    Buffer,
+    buffer_plan,
+    check_engine_compatible,
+    check_host_inputs,
+    engine_order,
+    fed_inputs,
+)
 
 log = logging.getLogger(__name__)
 
-ORDER = ("prefix", "sampler")
-FED = ("pixel_values", "input_ids", "text_mask", "state", "noise")  # host inputs run() fills (+ RTC ones)
 INSTALL_HINT = (
     "the TensorRT backend needs TensorRT 10 (`import tensorrt`; JetPack ships it, on x86 install NVIDIA's "
     "tensorrt wheels) and cuda-python (`pip install 'cuda-python>=12'`)"
@@ -72,6 +81,31 @@ def gpu_identity(cudart: Any, device: int = 0) -> tuple[str, str]:
     return name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}"
 
 
+def engine_feeds(
+    x: ModelInputs, rtc: bool, rtc_trained: np.ndarray, zero_history: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Host tensors for one run, by engine input name (each engine reads the ones it lists).
+
+    A sampler with RTC inputs always gets them (a zero prefix of length 0 when none is given);
+    ``zero_history``: the history token of an action-prior export without history (K = 0)."""
+    feeds = {
+        "pixel_values": x.pixel_values,
+        "input_ids": x.input_ids,
+        "text_mask": x.text_mask,
+        "state": x.state,
+        "noise": x.noise,
+    }
+    if rtc:
+        feeds.update(prefix=x.prefix, prefix_len=x.prefix_len, rtc_trained=rtc_trained)
+    if x.history_states is not None and x.history_actions is not None and x.history_mask is not None:
+        feeds.update(
+            history_states=x.history_states, history_actions=x.history_actions, history_mask=x.history_mask
+        )
+    if zero_history is not None:
+        feeds["history_token"] = zero_history
+    return feeds
+
+
 class TensorRTPolicy(GraphPolicy):
     """Policy over an engine directory (see apt-export trt)."""
 
@@ -91,9 +125,14 @@ class TensorRTPolicy(GraphPolicy):
         self.manifest = manifest if manifest is not None else load_manifest(self.directory)  # integrity first
         trt = import_tensorrt()
         self._cudart = cudart = import_cudart()
-        missing = [g for g in ORDER if g not in self.manifest.engines]
-        if missing:
-            raise ManifestError(f"{self.directory} has no engine for {missing}; run apt-export trt")
+        try:
+            self._order = order = engine_order(self.manifest.engines)
+        except ValueError as exc:
+            raise ManifestError(f"{self.directory}: {exc}") from exc
+        if "history" in self.manifest.graphs and "history" not in order:
+            raise ManifestError(
+                f"{self.directory} has a history graph but no history engine; rebuild with apt-export trt"
+            )
         self.encoder = ObservationEncoder.from_manifest(self.directory, self.manifest, seed)
         self.config = self.encoder.config
         self._rtc = self.manifest.rtc_inputs  # engines built from a sampler with RTC inputs
@@ -105,7 +144,7 @@ class TensorRTPolicy(GraphPolicy):
 
         cuda_check(cudart.cudaSetDevice(device))
         gpu_name, cc = gpu_identity(cudart, device)
-        for name in ORDER:
+        for name in order:
             spec = self.manifest.engines[name]
             check_engine_compatible(spec, trt.__version__, gpu_name, cc, spec.graph_sha256)
 
@@ -113,7 +152,7 @@ class TensorRTPolicy(GraphPolicy):
         self._runtime = trt.Runtime(self._logger)
         self._engines = {}
         self._contexts = {}
-        for name in ORDER:
+        for name in order:
             blob = (self.directory / self.manifest.engines[name].file).read_bytes()
             engine = self._runtime.deserialize_cuda_engine(blob)
             if engine is None:
@@ -121,17 +160,19 @@ class TensorRTPolicy(GraphPolicy):
             self._engines[name] = engine
             self._contexts[name] = engine.create_execution_context()
 
-        graphs = {g: (self.manifest.graphs[g].inputs, self.manifest.graphs[g].outputs) for g in ORDER}
+        graphs = {g: (self.manifest.graphs[g].inputs, self.manifest.graphs[g].outputs) for g in order}
         shapes = {
             spec.name: tuple(1 if d == "batch" else int(d) for d in spec.shape)
-            for g in ORDER
+            for g in order
             for spec in (*graphs[g][0], *graphs[g][1])
         }
-        self._plan: list[Buffer] = buffer_plan(graphs, ORDER, shapes, outputs=["actions"])
         try:
-            check_host_inputs(self._plan, (*FED, *(RTC_SAMPLER_INPUTS if self._rtc else ())))
+            self._plan: list[Buffer] = buffer_plan(graphs, order, shapes, outputs=["actions"])
+            check_host_inputs(self._plan, fed_inputs(self.config.family, order, self._rtc))
         except ValueError as exc:
             raise ManifestError(f"{self.directory}: {exc}") from exc
+        token = next((b for b in self._plan if b.name == "history_token" and b.host_input), None)
+        self._zero_history = None if token is None else np.zeros(token.shape, np.dtype(token.dtype))
         self._stream = cuda_check(cudart.cudaStreamCreate())
         self._device: dict[str, int] = {}
         self._host: dict[str, np.ndarray] = {}
@@ -145,7 +186,7 @@ class TensorRTPolicy(GraphPolicy):
                 if self._engines[graph].get_tensor_mode(tensor) == trt.TensorIOMode.INPUT:
                     ctx.set_input_shape(tensor, buf.shape)
                 ctx.set_tensor_address(tensor, self._device[buf.name])
-        for name in ORDER:
+        for name in order:
             unset = self._contexts[name].infer_shapes()
             if unset:
                 raise ManifestError(f"engine {name}: input shapes not set for {unset}")
@@ -168,7 +209,7 @@ class TensorRTPolicy(GraphPolicy):
             if buf.host_input:
                 src = self._host[buf.name].ctypes.data
                 cuda_check(cudart.cudaMemcpyAsync(self._device[buf.name], src, buf.nbytes, h2d, self._stream))
-        for name in ORDER:
+        for name in self._order:
             if not self._contexts[name].execute_async_v3(int(self._stream)):
                 raise InferenceError(f"TensorRT execute_async_v3 failed for {name}")
         for buf in self._plan:
@@ -202,29 +243,32 @@ class TensorRTPolicy(GraphPolicy):
         prefix: np.ndarray | None = None,
         prefix_len: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Normalised inputs (batch 1) -> normalised actions [1, horizon, action_dim] (a fresh array).
+        """Normalised inputs (batch 1) -> normalised actions [1, horizon, action_dim] (a fresh array)."""
+        x = ModelInputs(
+            pixel_values,
+            input_ids,
+            text_mask,
+            state,
+            noise,
+            np.zeros_like(noise) if prefix is None else prefix,
+            np.zeros((1,), np.int64) if prefix_len is None else prefix_len,
+        )
+        return self.run_inputs(x)
 
-        Engines with RTC inputs always get them (a zero prefix of length 0 when none is given)."""
-        if prefix_len is not None and int(np.max(prefix_len, initial=0)) > 0 and not self._rtc:
+    def run_inputs(self, x: ModelInputs) -> np.ndarray:
+        """Encoded inputs (with the action-prior history where the engines take it) -> normalised actions."""
+        if int(np.max(x.prefix_len, initial=0)) > 0 and not self._rtc:
             raise InferenceError(f"{self.directory}: the sampler engine has no real-time-chunking inputs")
+        feeds = engine_feeds(x, self._rtc, self._rtc_trained, self._zero_history)
         with self._lock:
-            feeds = {
-                "pixel_values": pixel_values,
-                "input_ids": input_ids,
-                "text_mask": text_mask,
-                "state": state,
-                "noise": noise,
-            }
-            if self._rtc:
-                feeds["prefix"] = np.zeros_like(noise) if prefix is None else prefix
-                feeds["prefix_len"] = np.zeros((1,), np.int64) if prefix_len is None else prefix_len
-                feeds["rtc_trained"] = self._rtc_trained
-            for name, value in feeds.items():
-                if name == "noise" and name not in self._host:  # one-pass families take no noise
+            for buf in self._plan:
+                if not buf.host_input:
                     continue
-                host = self._host[name]
+                value, host = feeds[buf.name], self._host[buf.name]
                 if value.shape != host.shape:
-                    raise InferenceError(f"{name} has shape {value.shape}, the engine expects {host.shape}")
+                    raise InferenceError(
+                        f"{buf.name} has shape {value.shape}, the engine expects {host.shape}"
+                    )
                 np.copyto(host, value, casting="same_kind")
             cudart = self._cudart
             if self._use_cuda_graph and self._graph_exec is None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from .manifest import EngineSpec, TensorSpec
+from .manifest import RTC_SAMPLER_INPUTS, EngineSpec, TensorSpec
 
 ENGINE_PRECISIONS = ("fp16", "bf16", "fp8")
 _ITEMSIZE = {"bfloat16": 2, "float8_e4m3fn": 1, "bool": 1}
@@ -229,3 +229,30 @@ def check_host_inputs(plan: Sequence[Buffer], fed: Sequence[str]) -> None:
             f"the engines take inputs {missing} that this runtime does not feed; re-export with a matching "
             "apt-export or update apt_policy"
         )
+
+
+RUN_ORDER = ("prefix", "history", "sampler")  # history: the action-prior family's encoder, when exported
+APT_FED = ("pixel_values", "input_ids", "text_mask", "state", "noise")
+HISTORY_FED = ("history_states", "history_actions", "history_mask")
+
+
+def engine_order(engines: Collection[str]) -> tuple[str, ...]:
+    """The engines one inference runs, in order: prefix, the history encoder where there is one, sampler.
+
+    Every family fits this chain (APT and action distillation: prefix -> sampler; action prior with K > 0:
+    prefix, history -> sampler); the denoiser is never run. Raises ValueError if prefix or sampler is missing.
+    """
+    missing = [g for g in ("prefix", "sampler") if g not in engines]
+    if missing:
+        raise ValueError(f"no engine for {missing}; run apt-export trt")
+    return tuple(g for g in RUN_ORDER if g in engines)
+
+
+def fed_inputs(family: str, order: Sequence[str], rtc: bool) -> tuple[str, ...]:
+    """The host tensors the TensorRT runtime fills before a run (``check_host_inputs`` holds the engines
+    to them): APT's five, the RTC inputs for a sampler that takes them, and for the action-prior family the
+    K executed steps (history engine) or, with no history engine (K = 0), a zero ``history_token``."""
+    fed = [*APT_FED, *(RTC_SAMPLER_INPUTS if rtc else ())]
+    if family == "action_prior":
+        fed += HISTORY_FED if "history" in order else ("history_token",)
+    return tuple(fed)

@@ -11,6 +11,8 @@ from apt_policy.runtime.trt_plan import (
     check_engine_compatible,
     check_host_inputs,
     engine_cache_key,
+    engine_order,
+    fed_inputs,
     resolve_profile,
 )
 
@@ -190,3 +192,19 @@ def test_manifest_says_whether_the_sampler_takes_a_prefix():
     assert manifest((*SAMPLER_IN, *RTC_IN)).rtc_inputs
     assert not manifest(SAMPLER_IN).rtc_inputs  # exported before RTC
     assert not manifest((*SAMPLER_IN, RTC_IN[0])).rtc_inputs  # incomplete
+
+
+def test_engine_order_is_one_chain_for_every_family():
+    assert engine_order(["sampler", "prefix"]) == ("prefix", "sampler")
+    assert engine_order({"sampler", "history", "prefix"}) == ("prefix", "history", "sampler")
+    with pytest.raises(ValueError, match="sampler"):
+        engine_order(["prefix", "history", "denoiser"])
+
+
+def test_fed_inputs_per_family():
+    base = ("pixel_values", "input_ids", "text_mask", "state", "noise")
+    assert fed_inputs("apt", ("prefix", "sampler"), rtc=False) == base
+    assert fed_inputs("apt", ("prefix", "sampler"), rtc=True) == (*base, *RTC_SAMPLER_INPUTS)
+    with_history = fed_inputs("action_prior", ("prefix", "history", "sampler"), rtc=False)
+    assert with_history == (*base, "history_states", "history_actions", "history_mask")
+    assert fed_inputs("action_prior", ("prefix", "sampler"), rtc=False) == (*base, "history_token")
