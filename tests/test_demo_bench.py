@@ -99,3 +99,59 @@ def test_deployment_shape_is_qwen3vl_2b_truncated_with_a_300m_expert() -> None:
         model = APTModel(config)
     expert = sum(p.numel() for p in model.parameters()) - sum(p.numel() for p in model.backbone.parameters())
     assert 250e6 < expert < 350e6
+
+
+def test_deployment_onnx_run_reports_ratios_and_the_fp32_roofline(tmp_path: Path) -> None:
+    """The --deploy-onnx path: torch timings come from the interleaved run; the report gives both ratios and
+    whether 2.5x in fp32 is within this CPU's matmul peak."""
+    results = _results()
+    stage = {"p50": 5000.0, "p90": 5100.0, "p99": 5200.0}
+    torch_t = {"preprocess": stage, "inference": {**stage, "p50": 6000.0}, "total": stage}
+    dep = results["deployment"]
+    dep.pop("latency_skipped")
+    dep.update(
+        torch_ms={**torch_t["inference"], "n": 3},
+        export_s=500.0,
+        onnxruntime_ms=stage,
+        ratio_torch_over_fp32=1.2,
+        ratio_torch_over_int8=4.0,
+        apt_bench={
+            "iters": 3,
+            "threads": 2,
+            "pairwise": True,
+            "results": {"torch (with fp32)": torch_t, "onnxruntime fp32": {**torch_t, "inference": stage}},
+        },
+    )
+    results["matmul_peak"] = {
+        "n": 2048,
+        "numpy_sgemm_gflops": 200.0,
+        "ort_matmul_fp32_gflops": 130.0,
+        "ort_matmul_int8_gops": 700.0,
+    }
+    text = bench_all.write_markdown(results, tmp_path, []).read_text()
+    assert "fp32: **1.20x**, int8: **4.00x**" in text
+    assert "PyTorch latency over 3 run(s)" in text
+    # 556 GFLOP in 6 s is 92.7 GFLOP/s; 2.5x of it is 232 GFLOP/s > the 200 GFLOP/s peak
+    assert "needs 232 GFLOP/s, 116% of this CPU's measured fp32 matmul peak (not reachable in fp32)" in text
+    del dep["torch_ms"]["n"]
+    assert "PyTorch latency over its runs" in bench_all.write_markdown(results, tmp_path, []).read_text()
+
+
+def test_demo_model_compared_at_each_backends_faster_thread_count(tmp_path: Path) -> None:
+    def run(torch_ms: float, ort_ms: float) -> dict:
+        stage = {"p50": 1.0, "p90": 1.0, "p99": 1.0}
+        return {
+            "results": {
+                "torch": {"inference": {**stage, "p50": torch_ms}},
+                "onnxruntime": {"inference": {**stage, "p50": ort_ms}},
+            }
+        }
+
+    by_threads = {"1": run(10.0, 4.0), "2": run(8.0, 6.0)}
+    best = bench_all.best_thread_counts(by_threads)
+    assert best == {"torch": {"threads": 2, "p50": 8.0}, "onnxruntime": {"threads": 1, "p50": 4.0}}
+    results = _results()
+    results["demo_model"].update(by_threads=by_threads, best_threads=best)
+    text = bench_all.write_markdown(results, tmp_path, []).read_text()
+    assert "| 1 | 10.00 | 4.00 | 2.50x |" in text and "| 2 | 8.00 | 6.00 | 1.33x |" in text
+    assert "torch 8.00 ms (2 thread(s)), onnxruntime 4.00 ms (1 thread(s)): **2.00x**" in text

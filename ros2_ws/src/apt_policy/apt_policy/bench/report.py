@@ -398,20 +398,40 @@ def _meta_params_m(config: Any) -> float:
 # -------------------------------------------------------------------------------------- demo model
 
 
-def bench_demo_model(bundle: Path, export: Path, iters: int, threads: int, workdir: Path) -> dict[str, Any]:
-    """apt-bench torch vs onnxruntime (subprocess), plus FLOPs of one inference of the bundle."""
-    import torch
-
-    from apt_policy.runtime.torch_backend import APTPolicy
-
-    json_path = workdir / "apt_bench_demo.json"
+def _apt_bench(bundle: Path, export: Path, iters: int, threads: int, workdir: Path) -> dict[str, Any]:
+    json_path = workdir / f"apt_bench_demo_{threads}.json"
     cmd = [
         sys.executable, "-m", "apt_export.bench", "--model", str(bundle), "--backend", "torch",
         "--vs", "onnxruntime", "--vs-model", str(export), "--iters", str(iters), "--threads", str(threads),
         "--json", str(json_path),
     ]  # fmt: skip
     subprocess.run(cmd, check=True)
-    bench = json.loads(json_path.read_text())
+    return dict(json.loads(json_path.read_text()))
+
+
+def best_thread_counts(by_threads: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per backend, the thread count with the lowest inference p50 among the apt-bench runs ``by_threads``
+    (thread count -> apt-bench JSON): {backend: {"threads": n, "p50": ms}}."""
+    best: dict[str, dict[str, float]] = {}
+    for threads, bench in by_threads.items():
+        for backend, stages in bench["results"].items():
+            p50 = stages["inference"]["p50"]
+            if backend not in best or p50 < best[backend]["p50"]:
+                best[backend] = {"threads": int(threads), "p50": p50}
+    return best
+
+
+def bench_demo_model(bundle: Path, export: Path, iters: int, threads: int, workdir: Path) -> dict[str, Any]:
+    """apt-bench torch vs onnxruntime (subprocess) at ``threads`` and at 1 thread, and FLOPs of an inference.
+
+    A 0.07 GFLOP model can be faster in one thread than in several (thread hand-offs cost more than they
+    save), so both counts are run and each backend is also compared at its faster one."""
+    import torch
+
+    from apt_policy.runtime.torch_backend import APTPolicy
+
+    by_threads = {str(t): _apt_bench(bundle, export, iters, t, workdir) for t in sorted({1, threads})}
+    bench = by_threads[str(threads)]
     torch.set_num_threads(threads)
     policy = APTPolicy.from_bundle(bundle)
     config = policy.model.config
@@ -426,6 +446,8 @@ def bench_demo_model(bundle: Path, export: Path, iters: int, threads: int, workd
         "sampling_steps": config.sampling_steps,
         "flops": flops,
         "apt_bench": bench,
+        "by_threads": by_threads,
+        "best_threads": best_thread_counts(by_threads),
     }
 
 
@@ -661,6 +683,8 @@ def _onnx_sections(results: dict[str, Any]) -> list[str]:
             inf = stages["inference"]
             rate = run["flops"] / (inf["p50"] * 1e-3) / 1e9
             share = f"{rate / fp32_peak:.0%}" if fp32_peak else "-"
+            if "int8" in name and peak:  # against the integer matmul's own peak
+                share = f"{rate / peak['ort_matmul_int8_gops']:.0%} of int8"
             lines.append(
                 f"| {name} | {inf['p50']:.0f} | {inf['p90']:.0f} | {stages['total']['p50']:.0f} |"
                 f" {rate:.1f} | {share} |"
@@ -668,6 +692,33 @@ def _onnx_sections(results: dict[str, Any]) -> list[str]:
         ratios = [f"{p}: **{run[f'ratio_torch_over_{p}']:.2f}x**" for p in ("fp32", "int8")
                   if f"ratio_torch_over_{p}" in run]  # fmt: skip
         lines += ["", f"Inference p50 ratio torch / ONNX Runtime, {', '.join(ratios)}.", ""]
+        torch_ref = next((v for k, v in bench["results"].items() if k.startswith("torch")), None)
+        if fp32_peak and torch_ref:
+            needed = 2.5 * run["flops"] / (torch_ref["inference"]["p50"] * 1e-3) / 1e9
+            verdict = " (not reachable in fp32)" if needed > fp32_peak else ""
+            lines += [
+                f"Roofline: 2.5x torch eager in fp32 needs {needed:.0f} GFLOP/s, {needed / fp32_peak:.0%} of"
+                f" this CPU's measured fp32 matmul peak{verdict}.",
+                "",
+            ]
+    return lines
+
+
+def _thread_lines(demo: dict[str, Any]) -> list[str]:
+    """The demo model at each thread count run, and each backend at its faster one."""
+    by_threads, best = demo.get("by_threads"), demo.get("best_threads")
+    if not by_threads or not best or len(best) != 2:
+        return []
+    lines = ["| threads | " + " | ".join(f"{b} p50 ms" for b in best) + " | ratio |", "|---:|---:|---:|---:|"]
+    for threads, bench in by_threads.items():
+        p50 = [bench["results"][b]["inference"]["p50"] for b in best]
+        lines.append(f"| {threads} | {p50[0]:.2f} | {p50[1]:.2f} | {p50[0] / p50[1]:.2f}x |")
+    (a, ba), (b, bb) = best.items()
+    lines += [
+        "",
+        f"Each backend at its faster thread count: {a} {ba['p50']:.2f} ms ({ba['threads']} thread(s)),"
+        f" {b} {bb['p50']:.2f} ms ({bb['threads']} thread(s)): **{ba['p50'] / bb['p50']:.2f}x**.",
+    ]
     return lines
 
 
@@ -709,6 +760,7 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
                 lines.append(
                     f"\n{stage} p50 ratio {a}/{b}: **{bench[a][stage]['p50'] / bench[b][stage]['p50']:.2f}x**"
                 )
+        lines += ["", *_thread_lines(demo)]
         lines.append("")
     lines += _onnx_sections(results)
     dep = results.get("deployment")
@@ -735,7 +787,8 @@ def write_markdown(results: dict[str, Any], out: Path, plots: list[str]) -> Path
         )
         notes = []
         if t:
-            notes.append(f"PyTorch latency over {t['n']} run(s) after one warm-up (slow on this CPU).")
+            runs = f"{t['n']} run(s)" if "n" in t else "its runs"
+            notes.append(f"PyTorch latency over {runs} after one warm-up (slow on this CPU).")
         if dep.get("latency_skipped"):
             notes.append(f"PyTorch latency not measured: {dep['latency_skipped']}.")
         if dep.get("flops_error"):
@@ -913,7 +966,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     )  # fmt: skip
                     results["deployment"].update(onnx_run)
                     if "torch_interleaved_ms" in onnx_run:
-                        results["deployment"]["torch_ms"] = onnx_run["torch_interleaved_ms"]
+                        torch_ms = {**onnx_run["torch_interleaved_ms"], "n": args.deploy_iters}
+                        results["deployment"]["torch_ms"] = torch_ms
                         results["deployment"].pop("latency_skipped", None)
             except (subprocess.CalledProcessError, OSError, MemoryError, RuntimeError, ValueError) as exc:
                 results["errors"]["deployment shape"] = f"{type(exc).__name__}: {exc}"
