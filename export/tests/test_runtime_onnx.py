@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from apt_policy.runtime import (
     detect_kind,
     load_policy,
 )
+from apt_policy.runtime.manifest import MANIFEST_NAME
 
 
 def _observation(info: PolicyInfo, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
@@ -155,4 +157,19 @@ def test_corrupt_graph_with_matching_hash_and_wrong_graph_shapes_are_clear(
     files = {**manifest.files, name: sha256_file(copy / name)}
     Manifest(**{**manifest.__dict__, "files": files}).write(copy)
     with pytest.raises(ManifestError, match=rf"cannot load .*{re.escape(name)}"):
+        load_policy(copy)
+
+
+@pytest.mark.parametrize("name", [None, "", "prefix_keys_renamed"])
+def test_manifest_names_that_the_graph_lacks_are_refused(exported: tuple[Path, Path], tmp_path: Path, name):
+    """Found by the manifest fuzzer: a prefix output named None (or a name the graph does not have) made
+    ONNX Runtime's I/O binding fail at load with a RuntimeError instead of a ManifestError."""
+    _, out = exported
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / MANIFEST_NAME).read_text())
+    manifest["graphs"]["prefix"]["outputs"][0]["name"] = name
+    (copy / MANIFEST_NAME).write_text(json.dumps(manifest))
+    match = "not a non-empty string" if not name else "the manifest lists outputs"
+    with pytest.raises(ManifestError, match=match):
         load_policy(copy)

@@ -54,7 +54,9 @@ class TensorSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TensorSpec:
-        spec = cls(name=str(d["name"]), shape=tuple(d["shape"]), dtype=str(d["dtype"]))
+        if not isinstance(d["name"], str) or not d["name"]:
+            raise ManifestError(f"tensor name {d['name']!r} is not a non-empty string")
+        spec = cls(name=d["name"], shape=tuple(d["shape"]), dtype=str(d["dtype"]))
         for dim in spec.shape:
             if isinstance(dim, bool) or not (isinstance(dim, str) or (isinstance(dim, int) and dim >= 0)):
                 raise ManifestError(

@@ -66,6 +66,7 @@ class OnnxActionPriorPolicy(GraphPolicy):
                 graph_path(self.directory, self.manifest, name, use_opt, ort.__version__),
                 options,
                 self.providers,
+                self.manifest.graphs[name],
             )
             for name in needed
         }

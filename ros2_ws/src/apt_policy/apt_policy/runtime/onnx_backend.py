@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .inputs import ObservationEncoder
-from .manifest import Manifest, ManifestError, TensorSpec, load_manifest
+from .manifest import GraphSpec, Manifest, ManifestError, TensorSpec, load_manifest
 from .policy import GraphPolicy, InferenceError, PolicyInfo, resolve_rtc_mode
 
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -51,12 +51,25 @@ def graph_path(directory: Path, manifest: Manifest, name: str, use_optimized: bo
     return directory / spec.file
 
 
-def open_session(ort: Any, path: Path, options: Any, providers: Sequence[str]) -> Any:
-    """An InferenceSession of ``path``; ManifestError naming the file when ONNX Runtime cannot load it."""
+def open_session(
+    ort: Any, path: Path, options: Any, providers: Sequence[str], spec: GraphSpec | None = None
+) -> Any:
+    """An InferenceSession of ``path``; ManifestError naming the file when ONNX Runtime cannot load it, or
+    when the graph's input / output names differ from the manifest's ``spec`` of it."""
     try:
-        return ort.InferenceSession(str(path), options, providers=list(providers))
+        session = ort.InferenceSession(str(path), options, providers=list(providers))
     except Exception as exc:  # onnxruntime raises its own types for unreadable or invalid graphs
         raise ManifestError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+    if spec is not None:
+        for kind, declared, actual in (
+            ("inputs", spec.input_names, [i.name for i in session.get_inputs()]),
+            ("outputs", spec.output_names, [o.name for o in session.get_outputs()]),
+        ):
+            if sorted(declared) != sorted(actual):
+                raise ManifestError(
+                    f"{path.name}: the manifest lists {kind} {list(declared)}, the graph has {actual}"
+                )
+    return session
 
 
 def _empty(spec: TensorSpec) -> np.ndarray:
@@ -114,7 +127,7 @@ class OnnxRuntimePolicy(GraphPolicy):
         return graph_path(self.directory, self.manifest, name, self.use_optimized, self._ort_version)
 
     def _open(self, ort: Any, name: str, options: Any) -> Any:
-        return open_session(ort, self.graph_file(name), options, self.providers)
+        return open_session(ort, self.graph_file(name), options, self.providers, self.manifest.graphs[name])
 
     def _bind_outputs(self) -> None:
         """I/O bindings: prefix outputs feed the sampler without a copy, outputs land in fixed buffers.
