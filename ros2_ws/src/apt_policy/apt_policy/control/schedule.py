@@ -278,7 +278,9 @@ class ChunkSchedule:
         mode = self.blend.mode
         if mode == "crossfade" and len(live) >= 2 and cur.blend_in:
             prev = live[-2]
-            alpha = crossfade_alpha(t, cur.t_start, self.blend.crossfade_steps, cur.dt)
+            alpha = crossfade_alpha(
+                t, cur.t_start, self.blend.crossfade_steps, cur.dt, self.blend.crossfade_shape
+            )
             parts, weights = [prev, cur], np.array([1.0 - alpha, alpha])
         elif mode == "ensemble" and len(live) >= 2 and cur.blend_in:
             parts, weights = live, ensemble_weights(len(live), self.blend.ensemble_decay)

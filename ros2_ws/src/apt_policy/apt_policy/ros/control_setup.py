@@ -77,7 +77,10 @@ def controller_config(
             stamped=p.trajectory_stamp == "tick",
             commit_points=p.commit_points if p.trajectory_stamp == "tick" else 0,
             blend=BlendConfig(
-                mode=plan.blend_mode, crossfade_steps=p.blending_steps, ensemble_decay=p.ensemble_m
+                mode=plan.blend_mode,
+                crossfade_steps=p.blending_steps,
+                crossfade_shape=p.blending_shape,
+                ensemble_decay=p.ensemble_m,
             ),
             chunking=ChunkingConfig(
                 rtc=plan.rtc,

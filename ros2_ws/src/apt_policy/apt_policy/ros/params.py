@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from apt_policy.control.blending import CROSSFADE_SHAPES
 from apt_policy.control.gripper import GripperDecisionConfig
 from apt_policy.ros.gripper_output import OUTPUT_MODES as GRIPPER_OUTPUTS
 from apt_policy.ros.gripper_output import GripperOutputSettings
@@ -332,6 +333,13 @@ class NodeParams:
         "Cross-fade length (chunk actions).",
         low=1,
         high=1000,
+        dynamic=True,
+    )
+    blending_shape: str = param(
+        "linear",
+        "Cross-fade weight over blending_steps: linear, or smoothstep (zero slope at both ends: the blend "
+        "adds no velocity step at the switch; docs/CONTROL.md). Also the tail of an anchored RTC chunk.",
+        choices=CROSSFADE_SHAPES,
         dynamic=True,
     )
     ensemble_m: float = param(

@@ -139,6 +139,32 @@ def test_crossfade_moves_linearly_from_old_to_new_over_k_steps() -> None:
     assert s.sample(0.6).contributors == 1  # the old chunk no longer weighs in
 
 
+def test_smoothstep_crossfade_starts_and_ends_without_a_velocity_step() -> None:
+    """As above with crossfade_shape smoothstep: weights 3a^2 - 2a^3 of the linear a, so the target's velocity
+    is continuous at both ends of the blend (the linear fade jumps by (new - old) / duration)."""
+    s = schedule("crossfade", crossfade_steps=2, crossfade_shape="smoothstep")
+    s.push(ramp_chunk(0.0), t_now=0.0, epoch=1)
+    s.push(ramp_chunk(0.3, offset=100.0), t_now=0.3, epoch=1)
+    for t, a in [(0.3, 0.0), (0.35, 0.25), (0.4, 0.5), (0.45, 0.75), (0.5, 1.0)]:
+        alpha = a * a * (3 - 2 * a)
+        old = math.floor(round(t / DT, 9))
+        new = 100.0 + math.floor(round((t - 0.3) / DT, 9))
+        assert s.sample(t).arm[0] == pytest.approx((1 - alpha) * old + alpha * new), t
+    h = 1e-4  # one-sided target velocities at the blend's start (0.3 s), constant chunks on either side
+    steps = {}
+    for shape in ("smoothstep", "linear"):
+        sched = schedule("crossfade", crossfade_steps=2, crossfade_shape=shape)
+        sched.push(Chunk(actions=np.zeros((30, 2)), t_obs=0.0, epoch=1), t_now=0.0, epoch=1)
+        sched.push(Chunk(actions=np.ones((30, 2)), t_obs=0.3, epoch=1), t_now=0.3, epoch=1)
+        before = (sched.sample(0.3).arm[0] - sched.sample(0.3 - h).arm[0]) / h
+        after = (sched.sample(0.3 + h).arm[0] - sched.sample(0.3).arm[0]) / h
+        steps[shape] = after - before
+    assert steps["linear"] == pytest.approx(1 / (2 * DT), rel=1e-2)  # (new - old) / blend duration
+    assert abs(steps["smoothstep"]) < 1e-2 * steps["linear"]
+    with pytest.raises(ValueError, match="crossfade shape"):
+        BlendConfig(crossfade_shape="cosine")
+
+
 def test_ensemble_uses_act_weights_oldest_first() -> None:
     m = 0.5
     s = schedule("ensemble", ensemble_decay=m)
