@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from apt_policy.model.action_prior import HISTORY_INPUTS, ActionPriorModel
+from apt_policy.core.action_prior import HISTORY_INPUTS
+from apt_policy.model.action_prior import ActionPriorModel
 from apt_policy.runtime.manifest import RTC_DENOISER_INPUTS, RTC_SAMPLER_INPUTS
 from apt_policy.runtime.onnx_action_prior import OnnxActionPriorPolicy
 from apt_policy.runtime.policy import History

@@ -15,6 +15,8 @@ from typing import Any
 
 from .config import ConfigError
 
+HISTORY_INPUTS = ("history_states", "history_actions", "history_mask")  # the history graph's inputs
+
 
 @dataclass(frozen=True)
 class ActionPriorConfig:

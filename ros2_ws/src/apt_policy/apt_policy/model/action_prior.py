@@ -39,7 +39,6 @@ from .apt import build_backbone
 from .layers import MLP, ContextProjection, attend, mask_to_bias, merge_heads, split_heads, timestep_embedding
 
 PREFIX_NAMES = ("latent",)
-HISTORY_INPUTS = ("history_states", "history_actions", "history_mask")
 LATENT_DROPOUT = 0.2  # Stage 1: share of samples decoded from the null latent (the unconditional prior)
 
 

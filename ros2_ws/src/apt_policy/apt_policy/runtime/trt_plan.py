@@ -12,6 +12,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..core.action_prior import HISTORY_INPUTS
 from .manifest import RTC_SAMPLER_INPUTS, EngineSpec, TensorSpec
 
 ENGINE_PRECISIONS = ("fp16", "bf16", "fp8")
@@ -233,7 +234,6 @@ def check_host_inputs(plan: Sequence[Buffer], fed: Sequence[str]) -> None:
 
 RUN_ORDER = ("prefix", "history", "sampler")  # history: the action-prior family's encoder, when exported
 APT_FED = ("pixel_values", "input_ids", "text_mask", "state", "noise")
-HISTORY_FED = ("history_states", "history_actions", "history_mask")
 
 
 def engine_order(engines: Collection[str]) -> tuple[str, ...]:
@@ -254,5 +254,5 @@ def fed_inputs(family: str, order: Sequence[str], rtc: bool) -> tuple[str, ...]:
     K executed steps (history engine) or, with no history engine (K = 0), a zero ``history_token``."""
     fed = [*APT_FED, *(RTC_SAMPLER_INPUTS if rtc else ())]
     if family == "action_prior":
-        fed += HISTORY_FED if "history" in order else ("history_token",)
+        fed += HISTORY_INPUTS if "history" in order else ("history_token",)
     return tuple(fed)
