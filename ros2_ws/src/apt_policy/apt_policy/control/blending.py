@@ -32,13 +32,16 @@ CROSSFADE_SHAPES = ("linear", "smoothstep")
 @dataclass(frozen=True)
 class BlendConfig:
     """mode: none | crossfade | ensemble; crossfade_steps (chunk steps, >= 1); crossfade_shape linear |
-    smoothstep; ensemble_decay m (>= 0)."""
+    smoothstep; ensemble_decay m (>= 0); rtc_takeover: with crossfade, an on-time RTC chunk is cross-faded
+    in from its take-over (its last committed action, where both chunks are at the same target) instead of
+    replacing the executing chunk there: the change of slope is spread over the blend."""
 
     mode: str = "crossfade"
     crossfade_steps: int = 3
     crossfade_shape: str = "linear"
     ensemble_decay: float = 0.01
     max_chunks: int = 32  # ensemble: most chunks kept alive (oldest dropped first)
+    rtc_takeover: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in BLEND_MODES:

@@ -189,7 +189,8 @@ class ChunkSchedule:
         if prefix_len > 0 and self._chunks:
             t_take = t_obs + (min(prefix_len, horizon) - 1) * dt
             if t_take >= t_now - _EPS * dt:  # in time: the executing chunk continues until then
-                t_start, blend_in, rtc = t_take, False, "on_time"
+                t_start, rtc = t_take, "on_time"
+                blend_in = self.blend.rtc_takeover and self.blend.mode == "crossfade"
             else:
                 rtc = "late"
         resolved = _Resolved(

@@ -81,6 +81,7 @@ def controller_config(
                 crossfade_steps=p.blending_steps,
                 crossfade_shape=p.blending_shape,
                 ensemble_decay=p.ensemble_m,
+                rtc_takeover=p.rtc_takeover_blend,
             ),
             chunking=ChunkingConfig(
                 rtc=plan.rtc,

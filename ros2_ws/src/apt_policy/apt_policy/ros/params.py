@@ -323,6 +323,12 @@ class NodeParams:
         low=0,
         high=1000,
     )
+    rtc_takeover_blend: bool = param(
+        False,
+        "Real-time chunking: cross-fade an on-time chunk in from its take-over (its last committed action, "
+        "where both chunks are at the same target) over blending_steps with blending_shape, instead of "
+        "switching there; spreads the change of slope (docs/CONTROL.md). False: the method as published.",
+    )
     simulated_latency: str = param(
         "",
         "SIMULATION ONLY: delay every inference to a latency profile ('' off, none, fixed:<ms>, orin, thor, "

@@ -109,6 +109,37 @@ def test_late_prefix_chunk_is_cross_faded_from_its_arrival() -> None:
     sched = ChunkSchedule(ActionLayout(dof=7, gripper="absolute"), DT, BlendConfig("crossfade", 3))
     old = ramp(Q0, 0.01)
     sched.push(Chunk(old, t_obs=0.0, epoch=1, chunk_id=1), 0.0, 1)
+
+
+@pytest.mark.parametrize("shape", ["linear", "smoothstep"])
+def test_takeover_blend_cross_fades_an_on_time_chunk_from_its_last_committed_action(shape: str) -> None:
+    """rtc_takeover: the on-time chunk still waits for its take-over, starts there at the same target (no
+    position step), then reaches its own actions after blending_steps; the target's velocity is continuous
+    at the take-over, where the plain take-over changes slope at once."""
+    jumps = {}
+    for takeover in (False, True):
+        blend = BlendConfig("crossfade", 3, crossfade_shape=shape, rtc_takeover=takeover)
+        sched = ChunkSchedule(ActionLayout(dof=7, gripper="absolute"), DT, blend, interpolation="linear")
+        old = ramp(Q0, 0.01)
+        sched.push(Chunk(old, t_obs=0.0, epoch=1, chunk_id=1), 0.0, 1)
+        new = ramp(Q0, 0.03, offset=0.05)  # three times the old slope after the prefix
+        new[:3] = sched.committed(0.5, 3, 8, None)
+        new[3:, :7] = new[2, :7] + 0.03 * np.arange(1, H - 2)[:, None]
+        decision = sched.push(Chunk(new, t_obs=0.5, epoch=1, chunk_id=2, prefix_len=3), 0.68, 1)
+        assert decision.accepted and decision.rtc == "on_time"
+        assert sched.executing_chunk_id(0.69) == 1 and sched.executing_chunk_id(0.7) == 2
+        np.testing.assert_allclose(sched.sample(0.7, prune=False).arm, new[2, :7], atol=1e-12)
+        h = 1e-4
+        before = (sched.sample(0.7, prune=False).arm[0] - sched.sample(0.7 - h, prune=False).arm[0]) / h
+        after = (sched.sample(0.7 + h, prune=False).arm[0] - sched.sample(0.7, prune=False).arm[0]) / h
+        jumps[takeover] = after - before
+        blended = sched.sample(0.85, prune=False)
+        assert blended.contributors == (2 if takeover else 1)
+        np.testing.assert_allclose(sched.sample(1.0, prune=False).arm, new[5, :7], atol=1e-12)  # blend over
+    assert jumps[False] == pytest.approx(0.2, rel=1e-3)  # (0.03 - 0.01) rad per 0.1 s step, at once
+    # both chunks are at the same target at the take-over, so even the linear weight adds no step there
+    assert abs(jumps[True]) < 1e-2 * jumps[False]
+
     new = ramp(Q0, 0.01, offset=0.05)
     new[:2] = sched.committed(0.5, 2, 8, None)
     decision = sched.push(Chunk(new, t_obs=0.5, epoch=1, chunk_id=2, prefix_len=2), 0.65, 1)  # needed by 0.6
