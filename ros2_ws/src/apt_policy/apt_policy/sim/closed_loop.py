@@ -9,8 +9,11 @@ renderer (``tasks``), the node's :class:`~apt_policy.control.controller.Controll
 parameters (``ros.control_setup.build_controller``: schedule, blending / real-time chunking, safety filter,
 watchdog, look-ahead sent as the node sends it) and the policy. An inference started at ``t`` delivers its
 chunk at ``t + latency`` (latency drawn from the profile, ``runtime.latency``) while the arm keeps executing;
-the next request waits for it, as the node's single inference worker does. Nothing sleeps: 50 episodes at
-200 ms take CPU seconds to minutes, and every figure reproduces exactly from ``--seed``.
+the next request waits for it, as the node's single inference worker does. A stateful policy
+(``info.history_steps`` > 0, the action-prior family) gets the node's history: the commands released to the
+arm (after the safety filter) with the state then, at the policy's dt, restarted whenever the controller is
+not RUNNING (``control.history``, as the node keeps it). Nothing sleeps: 50 episodes at 200 ms take CPU
+seconds to minutes, and every figure reproduces exactly from ``--seed``.
 
 Policies: ``--policy scripted`` (the task's expert, with chunk-to-chunk disagreement like a learned policy;
 see :class:`ScriptedPolicy`, no model needed) or ``--model EXPORT_DIR`` (any exported policy, via
@@ -35,13 +38,14 @@ from typing import Any
 import numpy as np
 
 from apt_policy.control.controller import WAITING_FOR_CHUNK, ControllerState
+from apt_policy.control.history import HistoryBuffer, executed_step
 from apt_policy.control.schedule import Chunk
 from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3, forward_kinematics
 from apt_policy.ros.control_setup import build_controller, execution_plan
 from apt_policy.ros.params import defaults
 from apt_policy.runtime.latency import LatencyProfile, parse_latency
-from apt_policy.runtime.policy import PolicyInfo
+from apt_policy.runtime.policy import History, PolicyInfo
 from apt_policy.sim.arm import SimArm
 from apt_policy.tasks.expert import ReachingExpert, goal_configuration
 from apt_policy.tasks.instructions import make_instruction
@@ -239,6 +243,24 @@ def _max_abs(x: np.ndarray) -> float:
     return float(np.max(np.abs(x)))
 
 
+def _record(history: HistoryBuffer, t: float, q: np.ndarray, width: float, cmd: Any, info: Any) -> None:
+    """One released command into the history, in the policy's units (as the node's ``_record_history``)."""
+    sem = info.action_semantics
+    step = executed_step(
+        q,
+        width,
+        cmd.positions,
+        cmd.velocities,
+        cmd.gripper,
+        len(info.state_names),
+        info.action_dim,
+        sem.arm,
+        sem.arm_scale,
+    )
+    if step is not None:
+        history.record(t, *step)
+
+
 def run_episode(
     policy: Any,
     scene: Scene,
@@ -275,6 +297,8 @@ def run_episode(
     ticks = round(config.max_time_s / dt)
     block = scene.block(color)
     use_gripper = len(info.state_names) == robot.dof + 1
+    steps = int(getattr(info, "history_steps", 0) or 0)
+    history = HistoryBuffer(steps, len(info.state_names), info.action_dim, info.dt) if steps > 0 else None
 
     t0 = 1.0
     controller.set_instruction(instruction)
@@ -297,6 +321,8 @@ def run_episode(
             inflight = None
         q, qd, width = arm.state()
         cmd = controller.tick(t, q)
+        if history is not None and cmd.state != ControllerState.RUNNING:
+            history.reset()
         if cmd.positions is not None:
             traj = cmd.trajectory
             # sent on time, as the node sends: the controller decides at send time (release)
@@ -304,6 +330,8 @@ def run_episode(
                 if command_hook is not None:
                     traj = command_hook(t, traj)
                 arm.submit_trajectory(names, traj.times, traj.positions, traj.velocities, 0.0, t)
+                if history is not None and cmd.state == ControllerState.RUNNING:
+                    _record(history, t, q, width, cmd, info)
             if cmd.gripper is not None:
                 arm.submit_gripper(cmd.gripper)
             positions.append(cmd.positions)
@@ -322,10 +350,11 @@ def run_episode(
                 policy.joint_velocity = qd.copy()
             chunk_id += 1
             try:
-                if prefix is not None:
-                    actions = policy.predict(images, state, instruction, prefix=prefix)
-                else:
-                    actions = policy.predict(images, state, instruction)
+                kwargs: dict[str, Any] = {} if prefix is None else {"prefix": prefix}
+                if history is not None:
+                    snap = history.snapshot()
+                    kwargs["history"] = History(snap.states, snap.actions, snap.valid)
+                actions = policy.predict(images, state, instruction, **kwargs)
             except Exception as exc:  # a failing policy is held on, as in the node
                 controller.on_inference_error(f"{type(exc).__name__}: {exc}")
             else:
@@ -675,6 +704,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-time", type=float, default=8.0, help="simulated seconds per episode (8)")
     p.add_argument(
+        "--settle",
+        type=float,
+        default=0.4,
+        help="s at rest within the success radius that end an episode (0.4); inf: always run --max-time, "
+        "so a drift during a long hold counts (the demo holds up to 12 s)",
+    )
+    p.add_argument(
         "--cold-delay",
         action="store_true",
         help="every episode starts with no delay measurement (default: carried over, as a running node)",
@@ -742,6 +778,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     common: dict[str, Any] = {
         "max_time_s": args.max_time,
+        "settle_s": args.settle,
         "warm_delay": not args.cold_delay,
         "node_params": {
             **(node_params_from_yaml(args.params) if args.params is not None else {}),

@@ -133,3 +133,44 @@ def test_node_parameters_come_from_a_ros2_parameter_file(tmp_path) -> None:
     f.write_text("apt_policy: {}\n")
     with pytest.raises(SystemExit, match="no ros__parameters"):
         node_params_from_yaml(f)
+
+
+class _StatefulScripted(ScriptedPolicy):
+    """The scripted stand-in declaring a 3-step history (as the action-prior family does); it records what it
+    is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        base = self._info
+
+        class Info:
+            history_steps = 3
+
+            def __getattr__(self, name: str):
+                return getattr(base, name)
+
+        self._info = Info()
+        self.histories: list = []
+
+    def predict(self, images, state, instruction, noise=None, prefix=None, history=None):  # type: ignore[no-untyped-def]
+        self.histories.append((np.array(state), history))
+        return super().predict(images, state, instruction, noise, prefix)
+
+
+def test_a_stateful_policy_gets_the_released_commands_as_its_history() -> None:
+    policy = _StatefulScripted()
+    cell = evaluate(policy, EvalConfig(latency="fixed:100", strategy="crossfade", episodes=2, **SHORT))
+    assert cell.success_rate == 1.0 and cell.violations == 0
+    histories = [h for _, h in policy.histories]
+    assert all(h is not None and h.states.shape == h.actions.shape == (3, 8) for h in histories)
+    starts = [i for i, (_, h) in enumerate(policy.histories) if not h.valid.any()]
+    assert starts[0] == 0 and len(starts) == 2  # an episode start in each episode (controller not RUNNING)
+    later = [(s, h) for s, h in policy.histories if h.valid.all()]
+    assert len(later) >= 4
+    for state, h in later:
+        # executed commands at the policy's dt: the last one is where the arm was sent just before the
+        # observation (it follows within tracking error), the states are measured joints
+        assert np.abs(h.actions[-1, :7] - state[:7]).max() < 0.05
+        assert np.all(np.isfinite(h.actions)) and np.all(np.isfinite(h.states))
+    moving = [h for _, h in later if np.abs(np.diff(h.actions[:, :7], axis=0)).max() > 1e-3]
+    assert moving  # the steps differ while the arm moves: one per dt, not one command repeated
