@@ -12,6 +12,11 @@ command) then happens in the slack before the deadline, and what leaves at the d
 the output's regularity is the wake-up precision, not the variation of the work. With ``lead = 0`` the send
 function is called as soon as the callback returns. Every send's lateness (send - deadline) is recorded in
 ``send_lateness``.
+
+A tick that starts more than ``stall_after`` seconds late is a *stall*: ``on_stall`` gets a :class:`Stall`
+saying where the time went -- the previous tick's callback and send, and (Linux, ``run_delay``) how long
+this thread was runnable but not running during the gap, so a pause names its cause in the log: the CPU
+given to others (scheduler), the loop's own work, or the thread blocked (the GIL, a lock, memory).
 """
 
 from __future__ import annotations
@@ -39,6 +44,67 @@ class TickInfo:
 SendFn = Callable[[], None]
 
 
+@dataclass(frozen=True)
+class Stall:
+    """A tick that started ``late_s`` after its time (``missed`` deadlines skipped). ``callback_s`` /
+    ``send_s``: how long the previous tick's callback and send took; ``run_delay_s``: how long this thread
+    waited for a CPU while runnable since the previous tick (None where the kernel does not say)."""
+
+    at: float
+    late_s: float
+    missed: int
+    callback_s: float
+    send_s: float
+    run_delay_s: float | None
+
+    def cause(self) -> str:
+        """The likeliest reading of the figures (what dominated the gap)."""
+        gap = max(self.late_s, 1e-9)
+        if self.run_delay_s is not None and self.run_delay_s >= 0.5 * gap:
+            return "the thread was runnable but not run: the CPU went to other threads (scheduler)"
+        if max(self.callback_s, self.send_s) >= 0.5 * gap:
+            part = "callback" if self.callback_s >= self.send_s else "send (publish)"
+            return f"the previous tick's own {part} was slow"
+        if self.run_delay_s is None:
+            return "unknown (no scheduler figures on this platform)"
+        return "the thread was blocked, not waiting for a CPU (the GIL, a lock, or memory)"
+
+    def describe(self) -> str:
+        delay = "n/a" if self.run_delay_s is None else f"{self.run_delay_s * 1e3:.1f} ms"
+        return (
+            f"tick started {self.late_s * 1e3:.1f} ms late ({self.missed} missed); previous callback "
+            f"{self.callback_s * 1e3:.1f} ms, send {self.send_s * 1e3:.1f} ms, waiting for a CPU {delay}: "
+            f"{self.cause()}"
+        )
+
+
+class RunDelay:
+    """Cumulative time the calling thread spent runnable but not running (Linux ``schedstat``), read with
+    one ``pread`` (~3 us); None where unavailable. Open it from the thread it measures."""
+
+    def __init__(self) -> None:
+        import os
+
+        self._os = os
+        try:
+            self._fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+        except OSError:
+            self._fd = None
+
+    def read(self) -> float | None:
+        if self._fd is None:
+            return None
+        try:
+            return int(self._os.pread(self._fd, 64, 0).split()[1]) * 1e-9
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._os.close(self._fd)
+            self._fd = None
+
+
 class FixedRateLoop:
     """Calls ``callback(TickInfo)`` every ``period`` seconds, ``lead`` s before each deadline, and the send
     function it returns (if any) at the deadline; see the module docstring.
@@ -57,6 +123,8 @@ class FixedRateLoop:
         window: int = 1000,
         name: str = "apt-control-loop",
         lead: float = 0.0,
+        on_stall: Callable[[Stall], None] | None = None,
+        stall_after: float | None = None,
     ) -> None:
         if not (period > 0 and period != float("inf")):
             raise ValueError(f"period must be a finite number of seconds > 0, got {period}")
@@ -69,6 +137,10 @@ class FixedRateLoop:
         self._stop = threading.Event()
         self._sleep = sleep if sleep is not None else self._stop.wait
         self._on_error = on_error
+        self._on_stall = on_stall
+        self.stall_after = 5 * self.period if stall_after is None else float(stall_after)
+        self.stalls = 0
+        self.last_stall: Stall | None = None
         self._name = name
         self._thread: threading.Thread | None = None
         self.ticks = 0
@@ -83,12 +155,16 @@ class FixedRateLoop:
         """Run in the calling thread until :meth:`stop` (or ``max_ticks`` ticks)."""
         start = self._clock() + self.lead  # the first deadline
         k = 0
+        run_delay = RunDelay() if self._on_stall is not None else None
+        waited = run_delay.read() if run_delay is not None else None
+        callback_s = send_s = 0.0
         while not self._stop.is_set() and (max_ticks is None or self.ticks < max_ticks):
             deadline = start + k * self.period
             now = self._wait_until(deadline - self.lead)
             if self._stop.is_set():
                 break
             late = now - (deadline - self.lead)
+            stall_late = late if late > self.stall_after else None
             missed = 0
             if late > self.period:
                 missed = int(late // self.period)
@@ -96,19 +172,33 @@ class FixedRateLoop:
                 deadline = start + k * self.period
                 late = now - (deadline - self.lead)
             self.missed_ticks += missed
+            before, waited = waited, run_delay.read() if run_delay is not None else None
+            if stall_late is not None:
+                delay = None if before is None or waited is None else waited - before
+                self._stalled(Stall(now, stall_late, missed, callback_s, send_s, delay))
             self.jitter.add(late)
             self.rate.add(now)
             self.ticks += 1
             send = self._guarded(
                 self._callback, TickInfo(index=k, deadline=deadline, started=now, missed=missed)
             )
+            callback_s, send_s = self._clock() - now, 0.0
             if send is not None:
                 sent_at = self._wait_until(deadline)
                 if self._stop.is_set():
                     break
                 self.send_lateness.add(sent_at - deadline)
                 self._guarded(send)
+                send_s = self._clock() - sent_at
             k += 1
+        if run_delay is not None:
+            run_delay.close()
+
+    def _stalled(self, stall: Stall) -> None:
+        self.stalls += 1
+        self.last_stall = stall
+        if self._on_stall is not None:
+            self._guarded(self._on_stall, stall)
 
     def _wait_until(self, t: float) -> float:
         """Sleep until clock time ``t`` (or a stop); returns the clock time on waking."""

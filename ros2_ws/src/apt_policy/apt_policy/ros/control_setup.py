@@ -114,15 +114,21 @@ def build_loop(
     p: NodeParams,
     tick: Callable[[float, float], Callable[[], None] | None],
     on_error: Callable[[BaseException], None],
+    on_stall: Callable[[Any], None] | None = None,
 ) -> Any:
     """The control core's fixed-rate loop calling ``tick(started, deadline)`` (monotonic s) every
     ``1/control_rate`` s, ``publish_lead`` periods before each deadline; the send function ``tick`` returns
-    is called at the deadline."""
+    is called at the deadline. ``on_stall(rate_loop.Stall)`` for a tick over 5 periods late."""
     from apt_policy.control.rate_loop import FixedRateLoop, TickInfo
 
     def callback(info: TickInfo) -> Callable[[], None] | None:
         return tick(info.started, info.deadline)
 
     return FixedRateLoop(
-        p.period_s, callback, on_error=on_error, name="apt-stream", lead=p.publish_lead * p.period_s
+        p.period_s,
+        callback,
+        on_error=on_error,
+        name="apt-stream",
+        lead=p.publish_lead * p.period_s,
+        on_stall=on_stall,
     )

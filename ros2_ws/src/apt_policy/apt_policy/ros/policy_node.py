@@ -228,7 +228,7 @@ class PolicyNode(LifecycleNode):
         self.get_logger().info("warming up the policy")
         self.policy.warmup()
         self._run_self_check()
-        self.loop = build_loop(p, self._tick, self._on_tick_error)
+        self.loop = build_loop(p, self._tick, self._on_tick_error, self._on_stall)
         self._attach_interfaces()  # before any thread runs: a failure here leaves nothing behind
         self._configured = True
         # Everything built so far lives while configured: freezing it keeps the garbage collector's full
@@ -682,6 +682,7 @@ class PolicyNode(LifecycleNode):
             "inference_p99_ms": float(np.percentile(lat, 99)) if lat.size else float("nan"),
             "ticks": self.loop.ticks,
             "missed_ticks": self.loop.missed_ticks,
+            "stream_stalls": self.loop.stalls,
             "control_rate_hz": self.loop.rate.rate(),
             "tick_errors": self.loop.errors,
             "tick_lateness_p99_ms": self.loop.jitter.p99 * 1e3,
@@ -852,6 +853,10 @@ class PolicyNode(LifecycleNode):
             throttle_duration_sec=1.0,
         )
 
+    def _on_stall(self, stall: Any) -> None:
+        """A stream tick over 5 periods late: say where the time went (control/rate_loop.py, Stall)."""
+        self.get_logger().warning(f"command stream stalled: {stall.describe()}", throttle_duration_sec=1.0)
+
     def _on_tick_error(self, exc: BaseException) -> None:
         self.get_logger().error(
             f"control tick failed: {type(exc).__name__}: {exc}", throttle_duration_sec=1.0
@@ -1017,6 +1022,7 @@ _UNCONFIGURED_SNAPSHOT: dict[str, Any] = {
     "inference_p99_ms": float("nan"),
     "ticks": 0,
     "missed_ticks": 0,
+    "stream_stalls": 0,
     "control_rate_hz": 0.0,
     "tick_errors": 0,
     "tick_lateness_p99_ms": float("nan"),

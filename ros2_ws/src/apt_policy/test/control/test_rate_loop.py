@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from apt_policy.control.rate_loop import FixedRateLoop, TickInfo
+from apt_policy.control.rate_loop import FixedRateLoop, RunDelay, Stall, TickInfo
 from apt_policy.control.stats import RateMeter, RollingStats
 
 
@@ -167,6 +167,61 @@ def test_real_thread_runs_and_stops_promptly() -> None:
     assert len(count) >= 5  # loose: a shared CI machine may be slow; timing figures belong in benchmarks
     with pytest.raises(ValueError):
         FixedRateLoop(0.0, lambda info: None)
+
+
+def test_a_stall_is_reported_with_the_slow_callback_as_its_cause() -> None:
+    clock = FakeClock()
+    stalls: list[Stall] = []
+
+    def work(info: TickInfo) -> None:
+        if info.index == 5:
+            clock.now += 0.08  # 8 periods inside the callback
+
+    loop = FixedRateLoop(0.01, work, clock=clock, sleep=clock.sleep, on_stall=stalls.append)
+    loop.run(max_ticks=20)
+    assert len(stalls) == 1 and loop.stalls == 1 and loop.last_stall is stalls[0]
+    stall = stalls[0]
+    assert stall.late_s == pytest.approx(0.07) and stall.missed == 7
+    assert stall.callback_s == pytest.approx(0.08)
+    assert "callback was slow" in stall.cause() and "70.0 ms late" in stall.describe()
+    quiet = FixedRateLoop(0.01, lambda info: clock.sleep(0.045), clock=clock, sleep=clock.sleep)
+    quiet.run(max_ticks=10)  # 3.5 periods late every tick: missed ticks, but under the 5-period stall bound
+    assert quiet.stalls == 0 and quiet.missed_ticks > 0
+
+
+def test_stall_cause_reads_the_figures() -> None:
+    def stall(callback: float = 0.0, send: float = 0.0, delay: float | None = 0.0) -> Stall:
+        return Stall(at=0.0, late_s=0.2, missed=19, callback_s=callback, send_s=send, run_delay_s=delay)
+
+    assert "scheduler" in stall(delay=0.15).cause()
+    assert "send (publish) was slow" in stall(send=0.15).cause()
+    assert "callback was slow" in stall(callback=0.15).cause()
+    assert "blocked" in stall(delay=0.002).cause()
+    assert "unknown" in stall(delay=None).cause()
+
+
+@pytest.mark.skipif(RunDelay().read() is None, reason="needs Linux /proc/thread-self/schedstat")
+def test_a_thread_holding_the_gil_shows_as_blocked_not_as_the_scheduler() -> None:
+    """Another thread holds the GIL in C code (the regex engine, catastrophic backtracking) for well over
+    5 periods: the stream thread is asleep waiting for the GIL, not waiting for a CPU."""
+    import re
+    import threading
+
+    stalls: list[Stall] = []
+    loop = FixedRateLoop(0.005, lambda info: None, on_stall=stalls.append)
+    loop.start()
+    time.sleep(0.1)
+    hog = threading.Thread(target=lambda: re.match(r"(a+)+$", "a" * 23 + "b"))
+    t0 = time.monotonic()
+    hog.start()
+    hog.join()
+    held = time.monotonic() - t0
+    time.sleep(0.05)
+    assert loop.stop(timeout=2.0)
+    assert held > 0.1, f"the regex held the GIL only {held:.3f} s on this machine"
+    long = [s for s in stalls if s.late_s > 0.5 * held]
+    assert long, f"no stall of the {held:.3f} s GIL hold was reported: {stalls}"
+    assert all("blocked" in s.cause() for s in long), [s.describe() for s in long]
 
 
 def test_rolling_stats_and_rate_meter() -> None:
