@@ -58,7 +58,7 @@ class BlendConfig:
             raise ValueError(f"max_chunks must be >= 1, got {self.max_chunks}")
 
 
-def crossfade_alpha(t: float, t_switch: float, steps: int, dt: float, shape: str = "linear") -> float:
+def crossfade_alpha(t: float, t_switch: float, steps: float, dt: float, shape: str = "linear") -> float:
     """Weight of the NEW chunk at time ``t``: 0 at the switch, 1 after ``steps * dt`` seconds (``shape``:
     linear, or smoothstep 3a^2 - 2a^3 of the linear weight a)."""
     a = min(1.0, max(0.0, (t - t_switch) / (steps * dt)))

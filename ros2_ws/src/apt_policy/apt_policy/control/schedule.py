@@ -279,8 +279,14 @@ class ChunkSchedule:
         mode = self.blend.mode
         if mode == "crossfade" and len(live) >= 2 and cur.blend_in:
             prev = live[-2]
-            alpha = crossfade_alpha(
-                t, cur.t_start, self.blend.crossfade_steps, cur.dt, self.blend.crossfade_shape
+            # the blend ends by the old chunk's last action: after it the old chunk only holds, then drops out
+            span = min(
+                self.blend.crossfade_steps * cur.dt, prev.t_obs + (prev.horizon - 1) * prev.dt - cur.t_start
+            )
+            alpha = (
+                1.0
+                if span <= _EPS * cur.dt
+                else crossfade_alpha(t, cur.t_start, span / cur.dt, cur.dt, self.blend.crossfade_shape)
             )
             parts, weights = [prev, cur], np.array([1.0 - alpha, alpha])
         elif mode == "ensemble" and len(live) >= 2 and cur.blend_in:

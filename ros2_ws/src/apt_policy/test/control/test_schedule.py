@@ -165,6 +165,20 @@ def test_smoothstep_crossfade_starts_and_ends_without_a_velocity_step() -> None:
         BlendConfig(crossfade_shape="cosine")
 
 
+def test_a_crossfade_ends_by_the_old_chunks_last_action() -> None:
+    """A chunk arriving 1.5 steps before the old chunk's last action: the 3-step blend is shortened to end
+    there, so the target does not jump when the old chunk runs out mid-blend."""
+    for shape in ("linear", "smoothstep"):
+        s = schedule("crossfade", crossfade_steps=3, crossfade_shape=shape, interpolation="linear")
+        s.push(ramp_chunk(0.0), t_now=0.0, epoch=1)  # last action (index 9) at 0.9 s
+        s.push(ramp_chunk(0.75, offset=100.0), t_now=0.75, epoch=1)
+        assert s.sample(0.75, prune=False).arm[0] == pytest.approx(7.5)  # the old chunk's target at first
+        assert s.sample(0.9, prune=False).arm[0] == pytest.approx(101.5)  # all new by the old's last action
+        times = np.arange(0.75, 1.2, 0.001)
+        values = np.array([s.sample(float(t), prune=False).arm[0] for t in times])
+        assert np.abs(np.diff(values)).max() < 2.0, shape  # ~94 over 0.15 s: no step at the old chunk's end
+
+
 def test_ensemble_uses_act_weights_oldest_first() -> None:
     m = 0.5
     s = schedule("ensemble", ensemble_decay=m)
