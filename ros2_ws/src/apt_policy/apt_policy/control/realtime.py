@@ -69,15 +69,21 @@ def lock_memory() -> None:
         raise OSError(errno, f"mlockall failed: {os.strerror(errno)}")
 
 
-def make_realtime(priority: int, thread_id: int = 0, others: int = 0) -> tuple[int, OSError | None]:
+def make_realtime(
+    priority: int, thread_id: int = 0, others: int = 0, lock: bool = True
+) -> tuple[int, OSError | None]:
     """SCHED_FIFO ``priority`` for thread ``thread_id`` (0: the calling thread); with ``others`` > 0, every
-    other thread of the process gets ``others`` first. Then the memory is locked (:func:`lock_memory`).
+    other thread of the process gets ``others`` first. Then, with ``lock``, the memory is locked
+    (:func:`lock_memory`: it faults in every mapped page, ~0.5-1 s for a 1.6 GB node, so a loop must not do
+    it in one of its ticks; lock earlier and pass ``lock=False``).
 
     Returns (threads set, the memory-lock error or None). Raises OSError / ValueError when the scheduling
     is not permitted (nothing is locked then).
     """
     count = set_fifo_all_threads(others) if others > 0 else 0
     set_fifo(priority, thread_id)
+    if not lock:
+        return max(count, 1), None
     try:
         lock_memory()
     except OSError as exc:

@@ -39,7 +39,7 @@ from apt_policy.control.controller import Command, ControllerState
 from apt_policy.control.history import HistoryBuffer, executed_step
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer, ObservationSet
-from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
+from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, lock_memory, make_realtime
 from apt_policy.control.self_check import SelfCheckResult, run_self_check, synthetic_images
 from apt_policy.control.stats import RollingStats
 from apt_policy.ros import conversions
@@ -95,6 +95,7 @@ class PolicyNode(LifecycleNode):
         self._transition_error: BaseException | None = None  # why the last transition failed
         self._self_check: SelfCheckResult | None = None
         self._paused_by_deactivate = False
+        self._memory_locked = False  # mlockall is per process and lasts: once
         self._configured_entities: dict[str, set[Any]] = {}
         self._configured = False
         self._owns_policy = False
@@ -305,6 +306,7 @@ class PolicyNode(LifecycleNode):
         if self.controller.instruction:
             self.worker.set_instruction(self.controller.instruction, self.controller.epoch)
         self.worker.start()
+        self._lock_memory()
         self.loop.start()
         if self._paused_by_deactivate:
             self._paused_by_deactivate = False
@@ -746,9 +748,22 @@ class PolicyNode(LifecycleNode):
         finally:
             self.tick_durations.add(time.monotonic() - now)
 
+    def _lock_memory(self) -> None:
+        """With ``realtime_priority``: mlockall before the stream starts (it faults in every page of the
+        process, 0.6-1.1 s measured for the demo node: done in the stream's first tick it stalled the stream
+        that long), once per process."""
+        if self.params.realtime_priority <= 0 or self._memory_locked:
+            return
+        self._memory_locked = True
+        try:
+            lock_memory()
+        except OSError as exc:
+            log = self.get_logger()
+            log.warning(f"could not lock the node's memory ({exc}); raise `ulimit -l` (memlock)")
+
     def _apply_realtime_priority(self) -> None:
-        """SCHED_FIFO ``realtime_priority`` for the stream thread (called from it), and the process's memory
-        locked (no page faults from reclaim or compaction). With the model in its own process every other
+        """SCHED_FIFO ``realtime_priority`` for the stream thread (called from it; the process's memory was
+        locked before the stream started, ``_lock_memory``). With the model in its own process every other
         thread here is light (executor, inference client, middleware): they get ``realtime_priority - 1``, so
         none of them is preempted by inference while holding the GIL the stream thread waits for. In-thread
         inference (``inference_process: false``) stays normal: real-time model compute would starve the
@@ -759,7 +774,7 @@ class PolicyNode(LifecycleNode):
         log = self.get_logger()
         others = prio - 1 if self.params.inference_process and prio > 1 else 0
         try:
-            count, lock_error = make_realtime(prio, others=others)
+            count, _ = make_realtime(prio, others=others, lock=False)  # memory: _lock_memory
         except (OSError, ValueError) as exc:
             log.warning(
                 f"could not set SCHED_FIFO priority {prio} ({exc}); allow it with `ulimit -r` / "
@@ -770,8 +785,6 @@ class PolicyNode(LifecycleNode):
             f"stream thread runs SCHED_FIFO priority {prio}"
             + (f", the node's {count - 1} other threads priority {others}" if others else "")
         )
-        if lock_error is not None:
-            log.warning(f"could not lock the node's memory ({lock_error}); raise `ulimit -l` (memlock)")
 
     def _stream_step(self, now: float, deadline: float) -> Callable[[], None] | None:
         """Compute the command due at ``deadline`` (``publish_lead`` before it) and return its send function,
