@@ -46,19 +46,24 @@ _EPS = 1e-9
 class ChunkingConfig:
     """rtc: send committed prefixes; delay_quantile / delay_window: the running estimate of the delay;
     trained_max_delay: the model's trained maximum delay in actions (0: training-free / unknown);
-    max_prefix: send at most this many committed rows (0: as many as the delay estimate; see the module)."""
+    max_prefix: send at most this many committed rows (0: as many as the delay estimate; see the module);
+    overlap: actions the executing chunk must still have when the next one arrives (1: a plain switch; the
+    cross-fade length when switches are blended, so the blend is not cut short by the old chunk's end)."""
 
     rtc: bool = False
     delay_quantile: float = 0.95
     delay_window: int = 50
     trained_max_delay: int = 0
     max_prefix: int = 0
+    overlap: int = 1
 
     def __post_init__(self) -> None:
         if not (0.0 < self.delay_quantile <= 1.0):
             raise ValueError(f"delay_quantile must be in (0, 1], got {self.delay_quantile}")
         if int(self.delay_window) < 1 or int(self.trained_max_delay) < 0 or int(self.max_prefix) < 0:
             raise ValueError("delay_window must be >= 1, trained_max_delay and max_prefix >= 0")
+        if int(self.overlap) < 1:
+            raise ValueError(f"overlap must be >= 1 action, got {self.overlap}")
 
 
 @dataclass(frozen=True)
@@ -162,8 +167,9 @@ class DelayEstimator:
         return min(rows, cap) if cap > 0 else rows
 
     def request_threshold(self, floor: int, horizon: int | None) -> int:
-        """Request at ``max(floor, estimate + 1)`` actions left, at most ``horizon - 1`` (see the module)."""
-        threshold = max(int(floor), self.estimate + 1)
+        """Request at ``max(floor, estimate + overlap)`` actions left, at most ``horizon - 1`` (see the
+        module)."""
+        threshold = max(int(floor), self.estimate + int(self.config.overlap))
         if horizon is not None:
             threshold = min(threshold, max(int(horizon) - 1, 0))
         return threshold

@@ -88,6 +88,7 @@ def controller_config(
                 delay_quantile=p.rtc_delay_quantile,
                 trained_max_delay=int(info.rtc_max_delay),
                 max_prefix=p.rtc_prefix_max,
+                overlap=switch_overlap(p, plan),
             ),
             safety=SafetyConfig(
                 margin=p.position_margin,
@@ -108,6 +109,16 @@ def controller_config(
     except ValueError as exc:
         raise ParameterError(f"control configuration: {exc}") from exc
     return config, layout
+
+
+def switch_overlap(p: NodeParams, plan: ExecutionPlan) -> int:
+    """Actions the executing chunk must still have when the next arrives (``ChunkingConfig.overlap``):
+    ``blending_steps`` when switches are cross-faded (the crossfade strategy; RTC whose chunks are blended
+    in: anchored by ``rtc_prefix_max`` or ``rtc_takeover_blend``), else 1."""
+    if plan.blend_mode != "crossfade":
+        return 1
+    blended = not plan.rtc or p.rtc_prefix_max > 0 or p.rtc_takeover_blend
+    return int(p.blending_steps) if blended else 1
 
 
 def build_loop(

@@ -59,6 +59,27 @@ def test_estimator_quantile_threshold_and_trained_max() -> None:
     assert not est.exceeds_trained_max()
 
 
+def test_blended_switches_request_early_enough_for_the_whole_blend() -> None:
+    """overlap = the cross-fade length: the next chunk is due while the executing one still has that many
+    actions, so the blend is not cut short by the old chunk's end; which switches are blended follows the
+    node's parameters (ros.control_setup.switch_overlap)."""
+    from apt_policy.ros.control_setup import switch_overlap
+    from apt_policy.ros.params import defaults
+
+    est = DelayEstimator(DT, ChunkingConfig(overlap=3))
+    for _ in range(10):
+        est.add(0.0, 0.18)  # Orin-like: 3 actions consumed
+    assert est.estimate == 3 and est.request_threshold(4, H) == 6 and est.request_threshold(8, H) == 8
+    with pytest.raises(ValueError, match="overlap"):
+        ChunkingConfig(overlap=0)
+    rtc, crossfade = resolve_strategy("rtc", True), resolve_strategy("crossfade", True)
+    assert switch_overlap(defaults(blending_steps=3), crossfade) == 3
+    assert switch_overlap(defaults(blending_steps=3), rtc) == 1  # on-time take-overs are not blended
+    assert switch_overlap(defaults(blending_steps=3, rtc_prefix_max=2), rtc) == 3  # anchored: blended in
+    assert switch_overlap(defaults(blending_steps=4, rtc_takeover_blend=True), rtc) == 4
+    assert switch_overlap(defaults(blending_steps=3), resolve_strategy("none", True)) == 1
+
+
 def test_estimator_primed_from_earlier_measurements_keeps_its_counters() -> None:
     est = DelayEstimator(DT, ChunkingConfig(delay_quantile=0.95, delay_window=5))
     est.prime([3, 3, 4, 3, 3, 4, 4])  # older than the window: only the last 5 stay
