@@ -285,7 +285,9 @@ class NodeParams:
     )
     chunk_request_threshold: int = param(
         -1,
-        "Request the next chunk when the executing one has this many actions left (-1: half the horizon).",
+        "Request the next chunk when the executing one has this many actions left (-1: half the horizon); "
+        "the floor: the node raises it to the delay estimate + 1, or + blending_steps when switches are "
+        "cross-faded (docs/CONTROL.md).",
         low=-1,
         high=10000,
         dynamic=True,
