@@ -226,3 +226,22 @@ def test_recordings_round_trip_through_an_mcap_bag(tmp_path, recordings) -> None
     assert loaded[2].chunk_instruction == recordings[2].chunk_instruction
     np.testing.assert_array_equal(loaded[1].status_interventions, recordings[1].status_interventions)
     assert build_report(loaded, RATE) == _approx(build_report(recordings, RATE))
+
+
+def test_summary_names_the_hypervisor_steal_of_the_episodes(
+    recordings: list[EpisodeRecording], tmp_path
+) -> None:
+    from apt_policy.demo.machine import steal_seconds
+
+    report = build_report(recordings, RATE)
+    report["context"] = {"hypervisor_steal_s": {"ep1": 0.02, "ep2": 0.33, "ep3": None}}
+    text = format_summary(report)
+    assert "hypervisor steal 350 ms over the episodes (all CPUs; most 330 ms in ep2)" in text
+    report["context"] = {"hypervisor_steal_s": {"ep1": None}}
+    assert "hypervisor steal" not in format_summary(report)  # not measurable: no line
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  858640 11112 43473 64128 702 0 261 836 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    ticks = __import__("os").sysconf("SC_CLK_TCK")
+    assert steal_seconds(stat) == pytest.approx(836 / ticks)
+    stat.write_text("intr 1 2 3\n")
+    assert steal_seconds(stat) is None and steal_seconds(tmp_path / "missing") is None

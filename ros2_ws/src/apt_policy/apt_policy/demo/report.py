@@ -190,6 +190,13 @@ def format_summary(report: Mapping[str, Any]) -> str:
         )
     if ctx.get("scheduling"):
         lines.append("scheduling         " + ", ".join(f"{k} {v}" for k, v in ctx["scheduling"].items()))
+    steal = {k: v for k, v in (ctx.get("hypervisor_steal_s") or {}).items() if v is not None}
+    if steal:
+        worst = max(steal, key=lambda k: steal[k])
+        lines.append(
+            f"machine            hypervisor steal {sum(steal.values()) * 1e3:.0f} ms over the episodes"
+            f" (all CPUs; most {steal[worst] * 1e3:.0f} ms in {worst}): CPU time the VM did not get"
+        )
     return "\n".join(lines)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 from apt_policy.control.realtime import CONTROLLER_PRIORITY
 from apt_policy.data.bag import bag_size
 from apt_policy.demo.episodes import plan_episodes
+from apt_policy.demo.machine import steal_seconds
 from apt_policy.demo.processes import ManagedProcesses, ProcessDiedError, log_tail
 from apt_policy.demo.recording import (
     CAMERA_TOPIC,
@@ -89,6 +90,7 @@ class DemoOptions:
     chunk_execution: str | None = None  # the node's chunk_execution (None: the params file's / default)
     family: str = "apt"  # the demo model's seed system (apt | action_prior | action_distillation)
     timings: dict[str, float] = field(default_factory=dict)
+    steal_s: dict[str, float | None] = field(default_factory=dict)  # per episode (run_episodes fills it)
 
 
 def _tool(name: str) -> str:
@@ -297,6 +299,7 @@ def run_episode(
     plan: EpisodePlan, probe: Any, procs: ManagedProcesses, export: Path, params_file: Path, opts: DemoOptions
 ) -> EpisodeOutcome:
     """One episode (see the module docstring, step 4)."""
+    steal_at_start = steal_seconds()
     sent = [time.monotonic()]
     probe.send_scene(plan.scene_seed)
 
@@ -396,7 +399,9 @@ def run_episode(
         command_t = np.zeros(0)
     robot_report = _robot_summary(robot_log) or robot_report
     probe.send_episode_marker(end_marker(plan.name, duration, command_t - t0, robot_report))
-    return EpisodeOutcome(plan, scene, joints[-1][1], duration, chunks)
+    steal_at_end = steal_seconds()
+    steal = None if steal_at_start is None or steal_at_end is None else steal_at_end - steal_at_start
+    return EpisodeOutcome(plan, scene, joints[-1][1], duration, chunks, steal)
 
 
 @dataclass(frozen=True)
@@ -408,6 +413,7 @@ class EpisodeOutcome:
     final_q: np.ndarray
     duration_s: float
     chunks: int
+    steal_s: float | None = None  # hypervisor steal during the episode, all CPUs (demo.machine)
 
 
 def ros_environment(out: Path, domain_id: int | None) -> dict[str, str]:
@@ -479,10 +485,12 @@ def run_episodes(
             tcp = tcp_positions(outcome.final_q[None])[0]
             dist = float(np.linalg.norm(tcp - outcome.scene.block(plan.target).reach_point))
             verdict = "success" if dist < SUCCESS_RADIUS else "FAIL"
+            steal = "" if outcome.steal_s is None else f"; hypervisor steal {outcome.steal_s * 1e3:.0f} ms"
+            opts.steal_s[plan.name] = outcome.steal_s
             print(
                 f"    {plan.name}: {verdict}, {dist * 100:.1f} cm from the {plan.target} block after"
                 f" {outcome.duration_s:.1f} s, {outcome.chunks} chunks"
-                f" ({time.monotonic() - t:.1f} s with process restarts)",
+                f" ({time.monotonic() - t:.1f} s with process restarts{steal})",
                 flush=True,
             )
         time.sleep(0.5)  # the last end marker reaches the recorder
@@ -563,6 +571,7 @@ def run_demo(opts: DemoOptions) -> int:
         "timings_s": dict(opts.timings),
         **chunk_execution_context(opts, params_file, log_dir),
         "scheduling": scheduling_context(log_dir),
+        "hypervisor_steal_s": dict(opts.steal_s),
     }
     report = make_report(recordings, out, control_rate_of(params_file), context, opts.video_fps)
     print(format_summary(report), flush=True)
