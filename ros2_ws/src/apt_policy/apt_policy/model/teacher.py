@@ -153,7 +153,7 @@ class ImageEncoder(nn.Module):
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
         self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], -1), persistent=False)
         self.cell_grid = cells
-        self.cells = c + cells[0] * cells[1]  # tokens per camera
+        self.tokens_per_camera = c + cells[0] * cells[1]
         self.keypoint = nn.Linear(2, width)
         self.keypoint_id = nn.Parameter(torch.randn(c, width) * 0.02)
         self.temperature = nn.Parameter(torch.zeros(()))  # log of the spatial softmax's inverse temperature
