@@ -4,8 +4,9 @@ Seer (OpenRobotLab/Seer, ``models/seer_model.py``) reads image, state and langua
 transformer and decodes action-query features with a deterministic MLP. This compact version, sized for
 the reaching task on a CPU:
 
-    image   [B, n_cam, 3, H, W] (the policy's preprocessing) -> CNN -> one token per feature-map cell
-    text    instruction ids/mask -> mean of token embeddings -> one token
+    text    instruction ids/mask -> mean of token embeddings -> one token, and FiLM of every conv block
+    image   [B, n_cam, 3, H, W] (the policy's preprocessing) + image coordinates -> instruction-conditioned
+            CNN -> one token per channel (its spatial-softmax keypoint) + one per pooled cell (3 x 4)
     state   normalised robot state -> Linear -> one token
     queries ``num_action_tokens`` learnable action queries
     -> transformer encoder (``width``, ``num_layers``) -> action features [B, K, width] (the queries' outputs)
@@ -13,6 +14,10 @@ the reaching task on a CPU:
        -> [B, K * pred_steps, action_dim] normalised actions
 
 ``features`` (what the student aligns to) and ``decoder`` (what the student reuses, frozen) are separate.
+Training adds an auxiliary grounding loss (``grounding_prediction``): the first keypoint of the first
+camera is the named block's image position, a linear head on the features its table position. Trained
+from scratch in minutes, the CNN does not find the named block from the action loss alone (measured:
+0-3 % success with a plain CNN and a mean-embedding text token, docs/ACTION_DISTILLATION.md).
 History: one observation (Seer uses 7-10); the reaching task is Markovian in (image, joint state).
 """
 
@@ -96,35 +101,76 @@ class ActionDecoder(nn.Module):
         self.delta_scale.copy_(torch.from_numpy(spread.astype(np.float32)))
 
 
-class ImageEncoder(nn.Module):
-    """2x average pooling, four stride-2 convolutions: [N, 3, H, W] -> [N, cells, width] tokens (learned
-    cell positions)."""
+class FiLM(nn.Module):
+    """Feature-wise modulation of a conv block by the instruction: ``x * (1 + gamma) + beta`` per channel
+    (zero-initialised: starts as the identity)."""
 
-    def __init__(self, channels: int, width: int, image_size: tuple[int, int]) -> None:
+    def __init__(self, cond_dim: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.proj(cond)[..., None, None].chunk(2, dim=1)
+        return x * (1.0 + gamma) + beta
+
+
+class ImageEncoder(nn.Module):
+    """An instruction-conditioned CNN with spatial-softmax keypoints: [N, 3, H, W] + instruction embedding
+    [N, cond_dim] -> [N, channels + cells, width] tokens.
+
+    2x average pooling, image-coordinate channels (CoordConv), three convolutions (strides 2, 1, 2), each
+    followed by FiLM from the instruction, so the feature maps can pick out the named block; then one
+    token per channel from its spatial-softmax keypoint (expected image x, y; the standard small
+    visuomotor encoder, sub-cell precise) and one token per cell of the map average-pooled to ``cells``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        width: int,
+        image_size: tuple[int, int],
+        cond_dim: int,
+        cells: tuple[int, int] = (3, 4),
+    ) -> None:
         super().__init__()
         c = channels
-        self.net = nn.Sequential(
-            nn.AvgPool2d(2),  # half resolution: blocks stay several pixels wide, 4x less convolution
-            nn.Conv2d(3, c // 2, 5, stride=2, padding=2),
-            nn.GELU(),
-            nn.Conv2d(c // 2, c, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(c, c, 3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(c, c, 3, stride=2, padding=1),
-            nn.GELU(),
+        self.pool = nn.AvgPool2d(2)  # half resolution: blocks stay ~6 px wide, 4x less convolution
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(3 + 2, c // 2, 5, stride=2, padding=2),
+                nn.Conv2d(c // 2, c, 3, stride=1, padding=1),
+                nn.Conv2d(c, c, 3, stride=2, padding=1),
+            ]
         )
-        h, w = image_size
-        h, w = h // 2, w // 2
-        for _ in range(4):
+        self.films = nn.ModuleList([FiLM(cond_dim, c // 2), FiLM(cond_dim, c), FiLM(cond_dim, c)])
+        h, w = image_size[0] // 2, image_size[1] // 2
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys])[None], persistent=False)
+        for _ in range(2):  # the two stride-2 convolutions
             h, w = (h + 1) // 2, (w + 1) // 2
-        self.cells = h * w
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        self.register_buffer("grid", torch.stack([xs.flatten(), ys.flatten()], -1), persistent=False)
+        self.cell_grid = cells
+        self.tokens_per_camera = c + cells[0] * cells[1]
+        self.keypoint = nn.Linear(2, width)
+        self.keypoint_id = nn.Parameter(torch.randn(c, width) * 0.02)
+        self.temperature = nn.Parameter(torch.zeros(()))  # log of the spatial softmax's inverse temperature
         self.proj = nn.Linear(c, width)
-        self.position = nn.Parameter(torch.randn(self.cells, width) * 0.02)
+        self.position = nn.Parameter(torch.randn(cells[0] * cells[1], width) * 0.02)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        f = self.net(images)  # [N, C, h, w]
-        return self.proj(f.flatten(2).transpose(1, 2)) + self.position
+    def forward(self, images: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens [N, channels + cells, width], keypoints [N, channels, 2] in [-1, 1] image x, y)."""
+        x = self.pool(images)
+        x = torch.cat([x, self.coords.expand(x.shape[0], -1, -1, -1)], dim=1)
+        for conv, film in zip(self.convs, self.films, strict=True):
+            x = nn.functional.gelu(film(conv(x), cond))
+        attn = torch.softmax(x.flatten(2) * self.temperature.exp(), dim=-1)  # [N, C, h*w]
+        keypoints = attn @ self.grid  # [N, C, 2] expected (x, y) in [-1, 1]
+        kp = self.keypoint(keypoints) + self.keypoint_id
+        cells = nn.functional.adaptive_avg_pool2d(x, self.cell_grid).flatten(2).transpose(1, 2)
+        return torch.cat([kp, self.proj(cells) + self.position], dim=1), keypoints
 
 
 class TeacherModel(nn.Module):
@@ -143,9 +189,9 @@ class TeacherModel(nn.Module):
         t = config.teacher
         d = t.width
         self.config = config
-        self.image = ImageEncoder(t.cnn_channels, d, image_size)
-        self.camera = nn.Parameter(torch.zeros(num_cameras, 1, d))
         self.text = nn.Embedding(t.vocab_size, d)
+        self.image = ImageEncoder(t.cnn_channels, d, image_size, cond_dim=d)
+        self.camera = nn.Parameter(torch.zeros(num_cameras, 1, d))
         self.state = nn.Linear(state_dim, d)
         self.queries = nn.Parameter(torch.randn(config.num_action_tokens, d) * 0.02)
         layer = nn.TransformerEncoderLayer(
@@ -154,6 +200,28 @@ class TeacherModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, t.num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.decoder = ActionDecoder(d, config.pred_steps, action_dim, state_dim)
+        # training-only grounding head: the named block's (x, y) table position from the action features
+        # (training/distillation.py: train_teacher's auxiliary loss; see grounding_prediction)
+        self.grounding = nn.Linear(d, 2)
+
+    def encode(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        state: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(action features [B, num_action_tokens, width], keypoints [B, n_cam, channels, 2])."""
+        b, n_cam = pixel_values.shape[:2]
+        mask = text_mask.to(pixel_values.dtype)[..., None]
+        text = (self.text(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        cond = text.repeat_interleave(n_cam, dim=0)
+        img, keypoints = self.image(pixel_values.flatten(0, 1), cond)
+        img = (img.reshape(b, n_cam, -1, self.queries.shape[-1]) + self.camera).flatten(1, 2)
+        queries = self.queries.expand(b, -1, -1)
+        tokens = torch.cat([text[:, None], self.state(state)[:, None], img, queries], dim=1)
+        out = self.encoder(tokens)
+        return self.norm(out[:, -queries.shape[1] :]), keypoints.reshape(b, n_cam, -1, 2)
 
     def features(
         self,
@@ -163,15 +231,12 @@ class TeacherModel(nn.Module):
         state: torch.Tensor,
     ) -> torch.Tensor:
         """Action features [B, num_action_tokens, width]: the action queries' final hidden states."""
-        b, n_cam = pixel_values.shape[:2]
-        img = self.image(pixel_values.flatten(0, 1)).reshape(b, n_cam, -1, self.queries.shape[-1])
-        img = (img + self.camera).flatten(1, 2)
-        mask = text_mask.to(img.dtype)[..., None]
-        text = (self.text(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        queries = self.queries.expand(b, -1, -1)
-        tokens = torch.cat([text[:, None], self.state(state)[:, None], img, queries], dim=1)
-        out = self.encoder(tokens)
-        return self.norm(out[:, -queries.shape[1] :])
+        return self.encode(pixel_values, input_ids, text_mask, state)[0]
+
+    def grounding_prediction(self, features: torch.Tensor, keypoints: torch.Tensor) -> torch.Tensor:
+        """[B, 4]: the named block's (u, v) in the first camera = its first keypoint (the instruction-
+        conditioned CNN is trained to put it there) and (x, y) on the table from the action features."""
+        return torch.cat([keypoints[:, 0, 0], self.grounding(features.mean(1))], dim=-1)
 
     def forward(
         self,

@@ -6,6 +6,9 @@
                      (selective fine-tuning: + the language model's decoder layers; MSE between the actions
                      the teacher's frozen decoder gives and the demonstrations)
 
+The teacher additionally learns to ground the instruction (an auxiliary loss on the named block's image and
+table position, when given); action losses are in the decoder's standardised residual units.
+
 The frozen vision tower and embeddings run once per sample (``encode_prefix``, cached), so both stages
 train only the decoder layers over the extended sequence and the new modules.
 """
@@ -86,28 +89,46 @@ def _optimizer(params: list[nn.Parameter], cfg: StepConfig) -> tuple[Any, Any]:
 
 
 def train_teacher(
-    teacher: TeacherModel, inputs: Inputs, pre: ImagePreprocessor, cfg: StepConfig, progress: bool = True
+    teacher: TeacherModel,
+    inputs: Inputs,
+    pre: ImagePreprocessor,
+    cfg: StepConfig,
+    progress: bool = True,
+    grounding: torch.Tensor | None = None,
+    grounding_weight: float = 1.0,
 ) -> list[float]:
-    """Behaviour cloning (MSE on normalised action chunks); returns the per-step losses."""
+    """Behaviour cloning: MSE of the action chunk in the decoder's standardised residual units (the
+    normalised error divided by ``decoder.delta_scale``, so the motion, not the position, sets the scale),
+    plus ``grounding_weight`` x MSE of the grounding head against ``grounding`` [N, 4] (the named block's
+    image and table position, ``training.grounding.block_targets``) when given. Returns per-step losses
+    (the action term alone)."""
     torch.manual_seed(cfg.seed)
     teacher.train()
     opt, sched = _optimizer(list(teacher.parameters()), cfg)
+    scale = teacher.decoder.delta_scale
     losses = []
     t0 = time.monotonic()
     for step, idx in enumerate(_batches(len(inputs), cfg)):
-        pred = teacher(
+        features, keypoints = teacher.encode(
             inputs.pixels(idx, pre), inputs.input_ids[idx], inputs.text_mask[idx], inputs.states[idx]
         )
-        loss = torch.mean((pred - inputs.actions[idx]) ** 2)
+        pred = teacher.decoder(features, inputs.states[idx])
+        action_loss = torch.mean(((pred - inputs.actions[idx]) / scale) ** 2)
+        loss = action_loss
+        if grounding is not None:
+            where = teacher.grounding_prediction(features, keypoints)
+            loss = loss + grounding_weight * torch.mean((where - grounding[idx]) ** 2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(teacher.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss.detach()))
+        losses.append(float(action_loss.detach()))
         if progress and (step % 100 == 0 or step == cfg.steps - 1):
+            extra = f", total {float(loss.detach()):.4f}" if grounding is not None else ""
             print(
-                f"teacher step {step}: loss {np.mean(losses[-100:]):.4f} ({time.monotonic() - t0:.0f} s)",
+                f"teacher step {step}: action loss {np.mean(losses[-100:]):.4f}{extra}"
+                f" ({time.monotonic() - t0:.0f} s)",
                 flush=True,
             )
     teacher.eval()
@@ -165,7 +186,8 @@ def train_student_stage(
     progress: bool = True,
 ) -> list[float]:
     """Stage 1: MSE(mapper(action-token states), teacher features ``targets``). Stage 2: MSE(decoder(...),
-    demonstrated actions) with the language model's layers trainable too."""
+    demonstrated actions) in the decoder's standardised residual units (as the teacher's loss) with the
+    language model's layers trainable too."""
     if stage == 1 and targets is None:
         raise ValueError("stage 1 needs the teacher's features")
     torch.manual_seed(cfg.seed + stage)
@@ -183,7 +205,8 @@ def train_student_stage(
             assert targets is not None
             loss = torch.mean((model.mapped_features(*prefix, inputs.states[idx]) - targets[idx]) ** 2)
         else:
-            loss = torch.mean((model.head(*prefix, inputs.states[idx]) - inputs.actions[idx]) ** 2)
+            error = model.head(*prefix, inputs.states[idx]) - inputs.actions[idx]
+            loss = torch.mean((error / model.decoder.delta_scale) ** 2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(params, 1.0)
