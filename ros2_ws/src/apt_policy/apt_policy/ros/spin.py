@@ -13,6 +13,7 @@ the arm is held, logs and summaries are written, the exit status is 0.
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -79,7 +80,9 @@ def spin_node(
     parameter_errors: tuple[type[BaseException], ...] = (ValueError,),
     report_errors: bool = False,
 ) -> int:
-    """Run ``make_node()`` on a SingleThreadedExecutor until Ctrl-C; returns the process exit code."""
+    """Run ``make_node()`` on a SingleThreadedExecutor until Ctrl-C; returns the process exit code.
+    A crash in native code (SIGSEGV, SIGABRT, ...) prints every thread's Python stack to stderr first."""
+    faulthandler.enable()
     with StopSignals(name) as stop:
         options = SignalHandlerOptions.NO if stop.installed else None
         rclpy.init(args=args, signal_handler_options=options)
