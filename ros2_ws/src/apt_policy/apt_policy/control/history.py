@@ -77,6 +77,41 @@ class HistoryBuffer:
             self._count = min(self._count + 1, self.steps)
             return True
 
+    def on_command(
+        self,
+        t: float,
+        running: bool,
+        sent: bool,
+        joints: np.ndarray | None,
+        gripper_width: float | np.ndarray | None,
+        positions: np.ndarray | None,
+        velocities: np.ndarray | None,
+        gripper_command: float | None,
+        arm: str = "absolute",
+        arm_scale: float = 1.0,
+    ) -> None:
+        """The history rule of the node (and of the evaluator that stands in for it) for one command tick:
+        any state but RUNNING, or no joints / no command, starts the history again; a command that was sent
+        is kept (:func:`executed_step` in the policy's units, one per dt); one not sent is not."""
+        if not running or joints is None or positions is None:
+            self.reset()
+            return
+        if not sent:
+            return
+        step = executed_step(
+            joints,
+            gripper_width,
+            positions,
+            velocities,
+            gripper_command,
+            self._states.shape[1],
+            self._actions.shape[1],
+            arm,
+            arm_scale,
+        )
+        if step is not None:
+            self.record(t, *step)
+
     def snapshot(self) -> HistorySnapshot:
         """A copy of the last ``steps`` steps (invalid ones zero)."""
         with self._lock:

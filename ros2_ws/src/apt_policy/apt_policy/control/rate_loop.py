@@ -21,6 +21,7 @@ given to others (scheduler), the loop's own work, or the thread blocked (the GIL
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -83,9 +84,6 @@ class RunDelay:
     one ``pread`` (~3 us); None where unavailable. Open it from the thread it measures."""
 
     def __init__(self) -> None:
-        import os
-
-        self._os = os
         try:
             self._fd: int | None = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
         except OSError:
@@ -95,13 +93,13 @@ class RunDelay:
         if self._fd is None:
             return None
         try:
-            return int(self._os.pread(self._fd, 64, 0).split()[1]) * 1e-9
+            return int(os.pread(self._fd, 64, 0).split()[1]) * 1e-9
         except (OSError, ValueError, IndexError):
             return None
 
     def close(self) -> None:
         if self._fd is not None:
-            self._os.close(self._fd)
+            os.close(self._fd)
             self._fd = None
 
 

@@ -36,7 +36,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from apt_policy.control.controller import Command, ControllerState
-from apt_policy.control.history import HistoryBuffer, executed_step
+from apt_policy.control.history import HistoryBuffer
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
 from apt_policy.control.observations import FreshnessLimits, ObservationBuffer, ObservationSet
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, lock_memory, make_realtime
@@ -255,30 +255,24 @@ class PolicyNode(LifecycleNode):
         return History(snap.states, snap.actions, snap.valid)
 
     def _record_history(self, t: float, joints: Any, command: Command, sent: bool) -> None:
-        """A released command (after the safety filter) with the state it was computed from; any state but
-        RUNNING (hold, pause, fault, idle) starts the history again. A command not sent is not recorded."""
+        """A released command (after the safety filter) with the state it was computed from
+        (``HistoryBuffer.on_command``: any state but RUNNING starts the history again)."""
         if self.history is None:
-            return
-        if command.state != ControllerState.RUNNING or joints is None or command.positions is None:
-            self.history.reset()
-            return
-        if not sent:
             return
         gripper = self.observations.latest_gripper()
         sem = self.info.action_semantics
-        step = executed_step(
-            joints.value,
+        self.history.on_command(
+            t,
+            command.state == ControllerState.RUNNING,
+            sent,
+            None if joints is None else joints.value,
             None if gripper is None else gripper.value,
             command.positions,
             command.velocities,
             command.gripper,
-            len(self.info.state_names),
-            self.info.action_dim,
             sem.arm,
             sem.arm_scale,
         )
-        if step is not None:
-            self.history.record(t, *step)
 
     def _run_self_check(self) -> None:
         """A prediction on a synthetic observation (control/self_check.py); a failure fails configure."""

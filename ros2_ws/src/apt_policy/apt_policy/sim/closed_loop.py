@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from apt_policy.control.controller import WAITING_FOR_CHUNK, ControllerState
-from apt_policy.control.history import HistoryBuffer, executed_step
+from apt_policy.control.history import HistoryBuffer
 from apt_policy.control.schedule import Chunk
 from apt_policy.core.config import ActionSemantics
 from apt_policy.robots.franka import FR3, forward_kinematics
@@ -243,24 +243,6 @@ def _max_abs(x: np.ndarray) -> float:
     return float(np.max(np.abs(x)))
 
 
-def _record(history: HistoryBuffer, t: float, q: np.ndarray, width: float, cmd: Any, info: Any) -> None:
-    """One released command into the history, in the policy's units (as the node's ``_record_history``)."""
-    sem = info.action_semantics
-    step = executed_step(
-        q,
-        width,
-        cmd.positions,
-        cmd.velocities,
-        cmd.gripper,
-        len(info.state_names),
-        info.action_dim,
-        sem.arm,
-        sem.arm_scale,
-    )
-    if step is not None:
-        history.record(t, *step)
-
-
 def run_episode(
     policy: Any,
     scene: Scene,
@@ -321,8 +303,7 @@ def run_episode(
             inflight = None
         q, qd, width = arm.state()
         cmd = controller.tick(t, q)
-        if history is not None and cmd.state != ControllerState.RUNNING:
-            history.reset()
+        sent = False
         if cmd.positions is not None:
             traj = cmd.trajectory
             # sent on time, as the node sends: the controller decides at send time (release)
@@ -330,8 +311,7 @@ def run_episode(
                 if command_hook is not None:
                     traj = command_hook(t, traj)
                 arm.submit_trajectory(names, traj.times, traj.positions, traj.velocities, 0.0, t)
-                if history is not None and cmd.state == ControllerState.RUNNING:
-                    _record(history, t, q, width, cmd, info)
+                sent = True
             if cmd.gripper is not None:
                 arm.submit_gripper(cmd.gripper)
             positions.append(cmd.positions)
@@ -341,6 +321,21 @@ def run_episode(
             executing.append(controller.schedule.executing_chunk_id(t))
             running.append(cmd.state == ControllerState.RUNNING)
             held += cmd.state == ControllerState.HOLDING and cmd.reason != WAITING_FOR_CHUNK
+        if history is not None:  # the node's rule (HistoryBuffer.on_command)
+            sem = info.action_semantics
+            running_now = cmd.state == ControllerState.RUNNING
+            history.on_command(
+                t,
+                running_now,
+                sent,
+                q,
+                width,
+                cmd.positions,
+                cmd.velocities,
+                cmd.gripper,
+                sem.arm,
+                sem.arm_scale,
+            )
         if inflight is None and controller.should_request(t):
             state = np.append(q, width) if use_gripper else q.copy()
             state = state.astype(np.float32)

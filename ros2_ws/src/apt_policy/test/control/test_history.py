@@ -95,3 +95,24 @@ def test_executed_step_reads_the_sent_command_in_the_policy_units():
     assert executed_step(joints, None, positions, None, None, 2, 2, arm="velocity") is None
     assert executed_step(joints, None, positions, None, None, 3, 2) is None  # no gripper width to give
     assert executed_step(joints, 0.04, positions, None, None, 4, 2) is None  # dims do not fit
+
+
+def test_on_command_keeps_sent_commands_and_restarts_outside_running():
+    """The one rule the node and the evaluator share: sent while RUNNING -> kept (one per dt), not sent ->
+    skipped, any other state (or no joints / no command) -> the history starts again."""
+    h = HistoryBuffer(3, 8, 8, 0.1)
+    q = np.linspace(0.0, 0.6, 7)
+    for i in range(3):
+        h.on_command(i * 0.1, True, True, q + i, 0.04, q + i + 0.5, None, 0.08)
+    snap = h.snapshot()
+    assert snap.valid.all()
+    np.testing.assert_allclose(snap.actions[:, :7], np.stack([q + i + 0.5 for i in range(3)]), rtol=1e-6)
+    np.testing.assert_allclose(snap.states[:, 7], 0.04)  # measured width in the state
+    np.testing.assert_allclose(snap.actions[:, 7], 0.08)  # commanded width in the action
+    h.on_command(0.3, True, False, q, 0.04, q, None, 0.08)  # not sent: nothing kept, nothing forgotten
+    assert h.snapshot().valid.all() and np.allclose(h.snapshot().actions[-1, :7], q + 2.5)
+    h.on_command(0.4, False, True, q, 0.04, q, None, 0.08)  # a hold: an episode start for the policy
+    assert not h.snapshot().valid.any()
+    h.on_command(0.5, True, True, q, 0.04, q, None, 0.08)
+    h.on_command(0.6, True, True, q, 0.04, None, None, 0.08)  # no command (state lost): restart
+    assert not h.snapshot().valid.any()
