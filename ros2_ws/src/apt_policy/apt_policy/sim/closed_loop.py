@@ -5,9 +5,11 @@
 
 One clock advances everything at the control rate: the simulated FR3 (:class:`apt_policy.sim.arm.SimArm`,
 the joint_trajectory_controller contract fake_franka checks, physics every ``physics_dt``), the camera
-renderer (``tasks``), the node's :class:`~apt_policy.control.controller.Controller` built from the node's own
-parameters (``ros.control_setup.build_controller``: schedule, blending / real-time chunking, safety filter,
-watchdog, look-ahead sent as the node sends it) and the policy. An inference started at ``t`` delivers its
+renderer (``tasks``: 640x480 frames shrunk to the policy's size by ``core.preprocess``, exactly what the
+policy gets from fake_camera through the node), the node's
+:class:`~apt_policy.control.controller.Controller` built from the node's own parameters
+(``ros.control_setup.build_controller``: schedule, blending / real-time chunking, safety filter, watchdog,
+look-ahead sent as the node sends it) and the policy. An inference started at ``t`` delivers its
 chunk at ``t + latency`` (latency drawn from the profile, ``runtime.latency``) while the arm keeps executing;
 the next request waits for it, as the node's single inference worker does. A stateful policy
 (``info.history_steps`` > 0, the action-prior family) gets the node's history: the commands released to the
@@ -272,7 +274,7 @@ def run_episode(
         policy.reset(scene, color, episode_seed)
     arm = SimArm(robot)
     names = list(robot.joint_names)
-    rig = make_cameras(info.cameras, info.image_size, render_size=None) if info.cameras else None
+    rig = make_cameras(info.cameras, info.image_size) if info.cameras else None
     dt = params.period_s
     substeps = max(1, round(dt / config.physics_dt))
     h = dt / substeps

@@ -174,3 +174,43 @@ def test_a_stateful_policy_gets_the_released_commands_as_its_history() -> None:
         assert np.all(np.isfinite(h.actions)) and np.all(np.isfinite(h.states))
     moving = [h for _, h in later if np.abs(np.diff(h.actions[:, :7], axis=0)).max() > 1e-3]
     assert moving  # the steps differ while the arm moves: one per dt, not one command repeated
+
+
+class _Seeing(ScriptedPolicy):
+    """The scripted stand-in declaring the demo model's camera (front, 96x128); it records the frames."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        base = self._info
+
+        class Info:
+            cameras = ("front",)
+            image_size = (96, 128)
+
+            def __getattr__(self, name: str):
+                return getattr(base, name)
+
+        self._info = Info()
+        self.seen: list = []
+
+    def predict(self, images, state, instruction, noise=None, prefix=None):  # type: ignore[no-untyped-def]
+        self.seen.append((dict(images), np.array(state)))
+        return super().predict(images, state, instruction, noise, prefix)
+
+
+def test_the_policy_sees_the_camera_frame_resized_as_at_deployment() -> None:
+    """fake_camera renders 640x480 and the node shrinks it (core.preprocess); a frame rendered directly at
+    96x128 differs (edges do not thin out), and the demo models measured 88 vs 94 % success on it."""
+    from apt_policy.core.preprocess import resize_rgb
+    from apt_policy.tasks.camera import make_camera
+    from apt_policy.tasks.render import render
+
+    policy = _Seeing()
+    evaluate(policy, EvalConfig(latency="none", strategy="crossfade", episodes=1, max_time_s=1.0))
+    scene = sample_scene(EvalConfig().scene_seed)
+    assert policy.seen
+    for images, state in policy.seen[:3]:
+        native = render(scene, state[:7].astype(np.float64), make_camera("front", 640, 480), float(state[7]))
+        np.testing.assert_array_equal(images["front"], resize_rgb(native, (96, 128)))
+        direct = render(scene, state[:7].astype(np.float64), make_camera("front", 128, 96), float(state[7]))
+        assert np.abs(images["front"].astype(int) - direct.astype(int)).max() > 20
