@@ -76,7 +76,7 @@ class PriorDemoSettings:
     lr: float = 1e-3
     sampling_steps: int = 5
     rtc_max_delay: int = 4
-    stage2_episodes: int = 150  # labelled episodes Stage 2 trains on (data-scarce on purpose)
+    stage2_episodes: int = 300  # labelled episodes Stage 2 trains on (of the data; the prior has 600)
     eval_every: int = 250
     curve_episodes: int = 30
     eval_episodes: int = 50  # per instruction

@@ -1,7 +1,6 @@
 """`apt-train demo --family action_distillation`: teacher, then student, on the reaching task, on a CPU.
 
-1. demonstrations: the APT demo's episodes and as many again (same generator, seed and settings;
-   ``tasks.dataset``: episodes 0-299 are the APT demo's);
+1. demonstrations: the APT demo's episodes (same generator, seed and settings);
 2. the VLM: the APT demo's Stage-0-grounded tiny Qwen3-VL, taken from a trained APT demo bundle
    (``apt_bundle``): this machine has no pretrained Qwen3-VL, and the student starts, as in the paper,
    from a VLM that already sees;
@@ -53,7 +52,7 @@ class DistillationDemoSettings:
     """Everything that decides the result (part of the cache key)."""
 
     seed: int = 0
-    episodes: int = 600  # the APT demo's 300 + 300 more: with 300 the teacher overfits (measured)
+    episodes: int = 600  # the APT demo's episodes (same seed); with 300 the teacher overfits (measured)
     steps_per_episode: int = 40
     execution_noise: float = 0.02
     image_size: tuple[int, int] = (96, 128)
