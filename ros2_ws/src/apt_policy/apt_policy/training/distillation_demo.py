@@ -1,6 +1,7 @@
 """`apt-train demo --family action_distillation`: teacher, then student, on the reaching task, on a CPU.
 
-1. demonstrations: the APT demo's episodes (same generator, seed and settings);
+1. demonstrations: the APT demo's episodes (same generator, seed and settings), read from its
+   ``demos.npz`` when the keys match, else generated;
 2. the VLM: the APT demo's Stage-0-grounded tiny Qwen3-VL, taken from a trained APT demo bundle
    (``apt_bundle``): this machine has no pretrained Qwen3-VL, and the student starts, as in the paper,
    from a VLM that already sees;
@@ -116,7 +117,11 @@ def grounding_targets(
     return torch.from_numpy(np.stack(rows).astype(np.float32))
 
 
-def _data(settings: DistillationDemoSettings, out: Path, progress: bool) -> DemoDataset:
+def _data(
+    settings: DistillationDemoSettings, out: Path, progress: bool, apt_root: Path | None = None
+) -> DemoDataset:
+    """The demonstrations: the APT demo's ``demos.npz`` in ``apt_root`` when its key says it is the same
+    episodes (one copy on disk, not generated twice), else ``out``'s, generated on first use."""
     demo_cfg = DemoConfig(
         cameras=("front",),
         image_size=tuple(settings.image_size),
@@ -125,10 +130,12 @@ def _data(settings: DistillationDemoSettings, out: Path, progress: bool) -> Demo
         steps_per_episode=settings.steps_per_episode,
         execution_noise=settings.execution_noise,
     )
-    path, key_path = out / "demos.npz", out / "demos.key"
     key = json.dumps([demo_cfg.to_dict(), settings.episodes, settings.seed], sort_keys=True, default=str)
-    if path.is_file() and key_path.is_file() and key_path.read_text() == key:
-        return DemoDataset.load(path)
+    for root in (out,) if apt_root is None else (Path(apt_root), out):
+        path, key_path = root / "demos.npz", root / "demos.key"
+        if path.is_file() and key_path.is_file() and key_path.read_text() == key:
+            return DemoDataset.load(path)
+    path, key_path = out / "demos.npz", out / "demos.key"
     data = generate_dataset(settings.episodes, 2, demo_cfg, seed=_data_seed(settings), progress=progress)
     data.save(path)
     key_path.write_text(key)
@@ -156,7 +163,7 @@ def run_distillation_demo(
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     apt = load_bundle(apt_bundle)
-    data = _data(settings, out, progress)
+    data = _data(settings, out, progress, Path(apt_bundle).parent)  # the APT demo writes demos.npz there
     timings["data_s"] = time.monotonic() - t0
 
     family = DistillationConfig(
