@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import cv2
 import numpy as np
@@ -241,7 +242,7 @@ def test_summary_names_the_hypervisor_steal_of_the_episodes(
     assert "hypervisor steal" not in format_summary(report)  # not measurable: no line
     stat = tmp_path / "stat"
     stat.write_text("cpu  858640 11112 43473 64128 702 0 261 836 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
-    ticks = __import__("os").sysconf("SC_CLK_TCK")
+    ticks = os.sysconf("SC_CLK_TCK")
     assert steal_seconds(stat) == pytest.approx(836 / ticks)
     stat.write_text("intr 1 2 3\n")
     assert steal_seconds(stat) is None and steal_seconds(tmp_path / "missing") is None
