@@ -1,9 +1,11 @@
 """A two-minute soak of the node, fake_franka and fake_camera (one hour: `python -m apt_policy.bench.soak`).
 
 Instruction switches every 10 s and a 3 s camera dropout every 40 s over real DDS, with the tiny exported
-model. Bounds (apt_policy.bench.soak.problems): RSS growth <= max(30 MB, 5 %) from the 20 s sample, file
-descriptors +2, threads +0, at most one image arena file in /dev/shm while running and none afterwards, no
-contract violation at fake_franka, every process exiting cleanly.
+model, the node streaming stamped trajectories as in sim.yaml (stamp 0 would add a 10 ms bound on DDS
+delivery that the node cannot check; see apt_policy.bench.soak). Bounds (apt_policy.bench.soak.problems): RSS
+growth <= max(30 MB, 5 %) from the 20 s sample, file descriptors +2, threads +0, at most one image arena file
+in /dev/shm while running and none afterwards, no contract violation at fake_franka, every process exiting
+cleanly.
 """
 
 from __future__ import annotations
