@@ -99,13 +99,10 @@ class ProcessGroup:
                 proc.wait()
 
 
-@pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random one-camera FR3 policy exported with apt-export (built in subprocesses: no torch here)."""
-    root = tmp_path_factory.mktemp("tiny_model")
+def _tiny_export(root: Path, family: str) -> Path:
     exe = Path(sys.executable).parent
     script = Path(__file__).parent / "tests" / "make_tiny_bundle.py"
-    subprocess.run([sys.executable, str(script), str(root)], check=True, capture_output=True)
+    subprocess.run([sys.executable, str(script), str(root), family], check=True, capture_output=True)
     out = root / "onnx"
     subprocess.run(
         [str(exe / "apt-export"), "onnx", "--bundle", str(root / "bundle"), "--out", str(out)],
@@ -114,6 +111,18 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert (out / "manifest.json").is_file()
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random one-camera FR3 policy exported with apt-export (built in subprocesses: no torch here)."""
+    return _tiny_export(tmp_path_factory.mktemp("tiny_model"), "apt")
+
+
+@pytest.fixture(scope="session")
+def tiny_action_prior_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same for the action-prior family: a stateful model (3 history steps)."""
+    return _tiny_export(tmp_path_factory.mktemp("tiny_action_prior"), "action_prior")
 
 
 @pytest.fixture

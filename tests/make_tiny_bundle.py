@@ -1,4 +1,5 @@
-"""Write a tiny random one-camera FR3 policy bundle (test fixture): ``python make_tiny_bundle.py OUT_DIR``.
+"""Write a tiny random one-camera FR3 policy bundle (test fixture): ``python make_tiny_bundle.py OUT_DIR
+[FAMILY]`` (``apt``, the default, or ``action_prior``: a stateful Stage-2 model with a 3-step history).
 
 Run in a subprocess so the test process never imports torch; the weights are random (seeded), so the model
 exercises every code path of export, runtime and node but does not solve the task. Its states and actions are
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 from apt_policy.core.normalize import Normalizer
 from apt_policy.core.preprocess import build_word_tokenizer
+from apt_policy.model.action_prior import ActionPriorModel, tiny_action_prior_config
 from apt_policy.model.apt import APTModel
 from apt_policy.model.bundle import save_bundle
 from apt_policy.model.presets import tiny_policy_config
@@ -21,7 +23,11 @@ from apt_policy.robots.franka import FR3
 torch.manual_seed(0)
 torch.set_num_threads(1)
 root = Path(sys.argv[1])
-config = tiny_policy_config("pi", cameras=("front",), model_id="apt-tiny-launch-test")
+family = sys.argv[2] if len(sys.argv) > 2 else "apt"
+if family == "action_prior":
+    config = tiny_action_prior_config().with_stage(2)
+else:
+    config = tiny_policy_config("pi", cameras=("front",), model_id="apt-tiny-launch-test")
 rng = np.random.default_rng(0)
 
 
@@ -37,4 +43,5 @@ actions = around_ready(config.action_dim) + rng.normal(
 normalizer = Normalizer.fit(states, actions, config.normalization)
 tokenizer = root / "tokenizer.json"
 build_word_tokenizer(["reach the red block", "reach the blue block"], tokenizer)
-print(save_bundle(root / "bundle", APTModel(config), normalizer, tokenizer))
+model = ActionPriorModel(config) if family == "action_prior" else APTModel(config)
+print(save_bundle(root / "bundle", model, normalizer, tokenizer))

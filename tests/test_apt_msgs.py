@@ -28,7 +28,9 @@ def test_interfaces_have_documented_fields() -> None:
     assert set(ObservationRequest.get_fields_and_field_types()) == {
         "header", "client_id", "request_id", "epoch", "instruction", "camera_names", "image_encoding",
         "image_height", "image_width", "image_sizes", "image_data", "state", "prefix_len", "prefix", "noise",
+        "history_steps", "history_states", "history_actions", "history_valid",
     }  # fmt: skip
+    assert ObservationRequest.get_fields_and_field_types()["history_valid"] == "sequence<boolean>"
     s = PolicyStatus
     assert [s.IDLE, s.RUNNING, s.HOLDING, s.PAUSED, s.FAULT] == [0, 1, 2, 3, 4]
     assert set(SetInstruction.Request.get_fields_and_field_types()) == {"instruction"}

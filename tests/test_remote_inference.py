@@ -1,7 +1,7 @@
 """Remote inference over real DDS on loopback: apt-inference-node (a real process, real ONNX Runtime) and a
-RemotePolicy in this process. The remote answer equals the local policy's for the same inputs (raw frames),
-a malformed request is answered with its reason, and a server that is gone makes predict fail within its
-timeout instead of hanging."""
+RemotePolicy in this process. The remote answer equals the local policy's for the same inputs (raw frames;
+for a stateful model, its history too), a malformed request is answered with its reason, and a server that is
+gone makes predict fail within its timeout instead of hanging."""
 
 from __future__ import annotations
 
@@ -77,6 +77,49 @@ def test_remote_answers_equal_the_local_policy(processes, tiny_export, rclpy_con
     finally:
         raw.close()
         jpeg.close()
+
+
+def test_a_stateful_model_gets_its_history_over_the_wire(
+    processes, tiny_action_prior_export, rclpy_context
+) -> None:
+    """The action-prior family (3 history steps): the history travels with the request and the answer
+    equals the local policy's with that history; no history is an episode start (every step invalid); a
+    history shorter than the model's is refused with its reason."""
+    from apt_policy.ros.remote_policy import RemotePolicy
+    from apt_policy.runtime.load import load_policy
+    from apt_policy.runtime.policy import History
+
+    _server(processes, tiny_action_prior_export, "inference_process:=false")
+    local = load_policy(tiny_action_prior_export, "onnxruntime", intra_op_threads=1)
+    remote = RemotePolicy(image_encoding="rgb8", timeout_s=5.0, connect_timeout_s=60, context=rclpy_context)
+    try:
+        info = remote.info
+        k, sd, ad = info.history_steps, len(info.state_names), info.action_dim
+        assert k == local.info.history_steps == 3
+        remote.warmup()
+        images, state, noise = _inputs(info)
+        rng = np.random.default_rng(7)
+        past = History(
+            (state + rng.normal(0, 0.02, (k, sd))).astype(np.float32),
+            (state[:ad] + rng.normal(0, 0.02, (k, ad))).astype(np.float32),
+            np.array([False, True, True]),
+        )
+        moved = History(past.states + 0.3, past.actions - 0.3, np.ones(k, bool))
+        text = "reach the red block"
+        expected = local.predict(images, state, text, noise, history=past)
+        got = remote.predict(images, state, text, noise, history=past)
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        other = local.predict(images, state, text, noise, history=moved)
+        assert np.abs(other - expected).max() > 1e-3, "the tiny model must depend on its history"
+        got = remote.predict(images, state, text, noise, history=moved)
+        np.testing.assert_allclose(got, other, atol=1e-5)
+        start = local.predict(images, state, text, noise, history=History.empty(k, sd, ad))
+        np.testing.assert_allclose(remote.predict(images, state, text, noise), start, atol=1e-5)
+        short = History(past.states[1:], past.actions[1:], past.valid[1:])
+        with pytest.raises(InferenceError, match="expected >= 3 steps"):
+            remote.predict(images, state, text, noise, history=short)
+    finally:
+        remote.close()
 
 
 def test_malformed_request_is_answered_with_its_reason(processes, tiny_export, rclpy_context) -> None:

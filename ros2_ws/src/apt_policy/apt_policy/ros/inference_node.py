@@ -28,7 +28,7 @@ from rclpy.node import Node
 from apt_policy.ros.remote_policy import CHUNK_QOS, INFO_QOS, REQUEST_QOS, info_to_json
 from apt_policy.ros.spin import spin_node
 from apt_policy.runtime.observation_codec import ImageCodecError, decode_images
-from apt_policy.runtime.policy import Policy
+from apt_policy.runtime.policy import History, Policy
 
 NODE_NAME = "apt_inference"
 
@@ -157,10 +157,11 @@ class InferenceNode(Node):
         t0 = time.monotonic()
         try:
             images, state, prefix, noise = self._inputs(msg)
-            if prefix is None:
-                actions = self.policy.predict(images, state, msg.instruction, noise)
-            else:
-                actions = self.policy.predict(images, state, msg.instruction, noise, prefix=prefix)
+            extra: dict[str, Any] = {} if prefix is None else {"prefix": prefix}
+            history = self._history(msg)
+            if history is not None:
+                extra["history"] = history
+            actions = self.policy.predict(images, state, msg.instruction, noise, **extra)
             actions = np.asarray(actions, dtype=np.float32)
             if actions.shape != (self.info.horizon, self.info.action_dim) or not np.all(np.isfinite(actions)):
                 raise RequestError(f"the model returned {actions.shape} actions, not finite or not the shape")
@@ -223,6 +224,24 @@ class InferenceNode(Node):
                 )
             noise = noise.reshape(info.horizon, info.action_dim)
         return images, state, prefix, noise
+
+    def _history(self, msg: Any) -> History | None:
+        """The request's history (None: none sent, or a stateless model); RequestError when its fields do
+        not fit together. What the policy needs of it (at least K steps, finite where valid) it checks
+        itself, as for a local caller."""
+        k = int(getattr(msg, "history_steps", 0))
+        if k == 0 or self.info.history_steps == 0:
+            return None
+        sd, ad = len(self.info.state_names), self.info.action_dim
+        states = np.asarray(msg.history_states, dtype=np.float32)
+        actions = np.asarray(msg.history_actions, dtype=np.float32)
+        valid = np.asarray(msg.history_valid, dtype=bool)
+        if states.size != k * sd or actions.size != k * ad or valid.size != k:
+            raise RequestError(
+                f"history of {k} steps with {states.size} state values, {actions.size} action values and"
+                f" {valid.size} flags; the model takes {sd} and {ad} values per step"
+            )
+        return History(states.reshape(k, sd), actions.reshape(k, ad), valid)
 
     # -- shutdown ------------------------------------------------------------------------------------------
 

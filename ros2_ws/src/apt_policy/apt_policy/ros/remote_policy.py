@@ -168,17 +168,14 @@ class RemotePolicy:
         history: History | None = None,
     ) -> np.ndarray:
         """(horizon, action_dim) actions from the inference node; InferenceError when none come in
-        ``timeout_s`` or the server reports an error. A stateful model (``info.history_steps`` > 0) is
-        refused: ObservationRequest carries no history yet."""
+        ``timeout_s`` or the server reports an error. ``history`` travels with the request for a stateful
+        model (``info.history_steps`` > 0; None: an episode start); a stateless model ignores it."""
         info = self._info
-        if info.history_steps > 0:
-            raise InferenceError(
-                f"inference node {self.server!r} serves a stateful model ({info.history_steps} history"
-                " steps): remote inference does not carry the history yet"
-            )
         with self._predict_lock:
             t0 = time.monotonic()
             msg = self._request(images, state, instruction, noise, prefix)
+            if history is not None and info.history_steps > 0:
+                _put_history(msg, history, len(info.state_names), info.action_dim, info.history_steps)
             answer = self._exchange(msg)
             # What the split adds: encode + network both ways + decode, without the server's own compute
             # (a duration on its clock, never a time compared with ours).
@@ -309,3 +306,22 @@ class RemotePolicy:
     def _spin(self) -> None:
         with contextlib.suppress(Exception):  # shut down (context gone): nothing left to serve
             self._executor.spin()
+
+
+def _put_history(msg: Any, history: History, state_dim: int, action_dim: int, steps: int) -> None:
+    """Fill the request's history fields with the last ``steps`` rows (oldest first); InferenceError when
+    the arrays do not fit together. The server's policy checks the rest (at least K steps, finite values)."""
+    states = np.asarray(history.states, dtype=np.float32)
+    actions = np.asarray(history.actions, dtype=np.float32)
+    valid = np.asarray(history.valid, dtype=bool).reshape(-1)
+    k = valid.size
+    if states.shape != (k, state_dim) or actions.shape != (k, action_dim):
+        raise InferenceError(
+            f"history of states {states.shape} and actions {actions.shape} for {k} steps; the model takes "
+            f"(K, {state_dim}) and (K, {action_dim})"
+        )
+    keep = slice(max(k - steps, 0), k)
+    msg.history_steps = k - keep.start
+    msg.history_states = states[keep].ravel().tolist()
+    msg.history_actions = actions[keep].ravel().tolist()
+    msg.history_valid = valid[keep].tolist()
