@@ -61,8 +61,21 @@ class GraphProbe:
         client = self.node.create_client(ListParameters, f"{node}/list_parameters")
         self.wait(lambda: client.service_is_ready() or proc.poll() is not None, timeout, f"{node}'s services")
         assert proc.poll() is None, f"{node} exited with {proc.returncode}"
-        future = client.call_async(ListParameters.Request())
-        self.wait(lambda: future.done() or proc.poll() is not None, timeout, f"{node} to answer")
+        # service_is_ready() means the server's request reader is matched, not that its response writer has
+        # matched our reply reader yet: a reply sent before that is lost (a CI run waited 120 s for one).
+        # Ask again every 2 s until one call is answered (the race: ros2/rmw_fastrtps#390, ros2/rclcpp#1152).
+        calls = [client.call_async(ListParameters.Request())]
+        asked = [time.monotonic()]
+
+        def answered() -> bool:
+            if any(f.done() for f in calls) or proc.poll() is not None:
+                return True
+            if time.monotonic() - asked[0] > 2.0:
+                calls.append(client.call_async(ListParameters.Request()))
+                asked[0] = time.monotonic()
+            return False
+
+        self.wait(answered, timeout, f"{node} to answer")
         assert proc.poll() is None, f"{node} exited with {proc.returncode}"
 
     def others(self) -> int:
