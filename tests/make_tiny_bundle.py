@@ -24,8 +24,9 @@ torch.manual_seed(0)
 torch.set_num_threads(1)
 root = Path(sys.argv[1])
 family = sys.argv[2] if len(sys.argv) > 2 else "apt"
-if family == "action_prior":
-    config = tiny_action_prior_config().with_stage(2)
+if family == "action_prior":  # the same inputs and actions as the APT one (the arm's 7 joints)
+    joints = tuple(f"fr3_joint{i}" for i in range(1, 8))
+    config = tiny_action_prior_config(state_names=joints, action_names=joints).with_stage(2)
 else:
     config = tiny_policy_config("pi", cameras=("front",), model_id="apt-tiny-launch-test")
 rng = np.random.default_rng(0)

@@ -30,7 +30,7 @@ from apt_policy.data.bag import bag_files, read_messages, topics_of
 from apt_policy.data.episodes import find_episodes
 from apt_policy.data.lerobot import ExportOptions, export_lerobot, read_lerobot
 from apt_policy.data.messages import decode_jpeg
-from apt_policy.data.replay import ReplayOptions, replay, write_replayed
+from apt_policy.data.replay import ReplayOptions, format_table, replay, write_replayed
 from apt_policy.ros.qos import EVENTS
 from apt_policy.runtime.load import load_policy
 from rclpy.executors import SingleThreadedExecutor
@@ -261,3 +261,19 @@ def test_replay_is_zero_for_the_same_model_and_seed_and_not_for_a_perturbed_one(
     perturbed = load_policy(_perturbed(tiny_export, tmp_path / "perturbed"), backend="onnxruntime")
     moved = replay(reference, perturbed, opts)
     assert moved.chunks == n and moved.max_abs > 1e-3
+
+
+def test_a_stateful_model_is_replayed_with_a_note_that_it_had_no_history(
+    recording, tiny_export, tiny_action_prior_export
+) -> None:
+    """The recording holds no executed-step history: replaying an action-prior model says so next to the
+    figures (and in the JSON); an APT model gets no such note."""
+    bag, _ = recording
+    opts = ReplayOptions(seed=3, max_chunks=6)
+    stateful = replay(bag, load_policy(tiny_action_prior_export, backend="onnxruntime"), opts)
+    assert stateful.chunks >= 1 and len(stateful.notes) == 1
+    assert "WITHOUT its history" in stateful.notes[0] and "3 history steps" in stateful.notes[0]
+    assert stateful.to_json()["notes"] == stateful.notes
+    assert "note: stateful model" in format_table(stateful)
+    stateless = replay(bag, load_policy(tiny_export, backend="onnxruntime"), opts)
+    assert stateless.notes == [] and "note:" not in format_table(stateless)

@@ -61,6 +61,7 @@ class ReplayResult:
     mean_abs: float
     action_names: list[str] = field(default_factory=list)
     replayed: list[tuple[int, Any, np.ndarray]] = field(default_factory=list, repr=False)
+    notes: list[str] = field(default_factory=list)  # what the figures include beyond the model's change
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -76,6 +77,7 @@ class ReplayResult:
                 for k, (m, x) in enumerate(zip(self.per_step_mean, self.per_step_max, strict=True))
             ],
             "per_dim_rms": dict(zip(self.action_names, self.per_dim_rms, strict=False)),
+            "notes": self.notes,
         }
 
 
@@ -188,7 +190,19 @@ def replay(bag: str | Path, policy: Policy, options: ReplayOptions | None = None
         mean_abs=float(np.nanmean(D)),
         action_names=list(info.action_names),
         replayed=replayed,
+        notes=stateless_replay_notes(info.history_steps),
     )
+
+
+def stateless_replay_notes(history_steps: int) -> list[str]:
+    """A stateful model is replayed without its executed-step history (the recording does not hold the
+    node's history; every chunk is computed as at an episode start): say so next to the figures."""
+    if history_steps <= 0:
+        return []
+    return [
+        f"stateful model ({history_steps} history steps) replayed WITHOUT its history: every chunk as at an"
+        " episode start, while the recorded chunks saw the executed steps; the differences include that"
+    ]
 
 
 def write_replayed(bag: str | Path, out: str | Path, result: ReplayResult, chunk_topic: str) -> Path:
@@ -227,6 +241,7 @@ def format_table(result: ReplayResult, steps: Sequence[int] | None = None) -> st
     worst = int(np.argmax(result.per_dim_rms))
     name = result.action_names[worst] if worst < len(result.action_names) else str(worst)
     lines.append(f"      largest per-dimension RMS: {name} {result.per_dim_rms[worst]:.3g}")
+    lines += [f"note: {n}" for n in result.notes]
     return "\n".join(lines)
 
 
