@@ -190,11 +190,11 @@ def replay(bag: str | Path, policy: Policy, options: ReplayOptions | None = None
         mean_abs=float(np.nanmean(D)),
         action_names=list(info.action_names),
         replayed=replayed,
-        notes=stateless_replay_notes(info.history_steps),
+        notes=_missing_history_notes(info.history_steps),
     )
 
 
-def stateless_replay_notes(history_steps: int) -> list[str]:
+def _missing_history_notes(history_steps: int) -> list[str]:
     """A stateful model is replayed without its executed-step history (the recording does not hold the
     node's history; every chunk is computed as at an episode start): say so next to the figures."""
     if history_steps <= 0:

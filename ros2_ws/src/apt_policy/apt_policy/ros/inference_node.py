@@ -157,11 +157,10 @@ class InferenceNode(Node):
         t0 = time.monotonic()
         try:
             images, state, prefix, noise = self._inputs(msg)
-            extra: dict[str, Any] = {} if prefix is None else {"prefix": prefix}
             history = self._history(msg)
-            if history is not None:
-                extra["history"] = history
-            actions = self.policy.predict(images, state, msg.instruction, noise, **extra)
+            actions = self.policy.predict(
+                images, state, msg.instruction, noise, prefix=prefix, history=history
+            )
             actions = np.asarray(actions, dtype=np.float32)
             if actions.shape != (self.info.horizon, self.info.action_dim) or not np.all(np.isfinite(actions)):
                 raise RequestError(f"the model returned {actions.shape} actions, not finite or not the shape")
@@ -229,7 +228,7 @@ class InferenceNode(Node):
         """The request's history (None: none sent, or a stateless model); RequestError when its fields do
         not fit together. What the policy needs of it (at least K steps, finite where valid) it checks
         itself, as for a local caller."""
-        k = int(getattr(msg, "history_steps", 0))
+        k = int(msg.history_steps)
         if k == 0 or self.info.history_steps == 0:
             return None
         sd, ad = len(self.info.state_names), self.info.action_dim
