@@ -36,6 +36,16 @@ def test_colour_fractions_count_each_cell_exactly() -> None:
     np.testing.assert_allclose(f, expected)
 
 
+def test_colour_fractions_in_chunks_match_one_pass() -> None:
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(7, 8, 12, 3), dtype=np.uint8)
+    imgs[:, :4, :6] = (200, 30, 30)  # some red in every image, so the check is not on zeros alone
+    whole = colour_fractions(imgs, (2, 3), chunk=len(imgs))
+    assert whole[:, 0, 0].min() == 1.0
+    for chunk in (1, 3, 5):  # 3 and 5 leave a short last chunk
+        np.testing.assert_array_equal(colour_fractions(imgs, (2, 3), chunk=chunk), whole)
+
+
 def test_block_targets_point_at_the_rendered_block() -> None:
     h, w = 96, 128
     scene = sample_scene(3)
