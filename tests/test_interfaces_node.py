@@ -121,6 +121,33 @@ def system(ros_env, tmp_path: Path, request):
             t.join(5)
 
 
+def test_a_status_read_racing_the_release_reports_unconfigured(ros_env, tmp_path: Path) -> None:
+    """The status timer can pass the configured check just before a cleanup drops the loop (seen in CI:
+    AttributeError 'loop' killed the executor's spin thread). Here the release lands at exactly that point."""
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = make_policy_node(
+        policy=ScriptedPolicy((24, 32)),
+        context=ctx,
+        parameter_overrides=[Parameter("model", value=str(tmp_path))],
+    )
+    try:
+        assert node.status_snapshot()["ticks"] >= 0 and hasattr(node, "loop")
+        read = node._configured_snapshot
+
+        def released_meanwhile() -> dict:
+            node._release()
+            return read()
+
+        node._configured_snapshot = released_meanwhile
+        snap = node.status_snapshot()
+        assert snap["state"] == PolicyStatus.IDLE and snap["ticks"] == 0 and snap["chunks_produced"] == 0
+        assert not hasattr(node, "loop")
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+
+
 def call(probe: Probe, name: str):
     client = probe.triggers[name]
     assert client.wait_for_service(timeout_sec=10.0)

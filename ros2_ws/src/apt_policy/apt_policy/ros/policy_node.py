@@ -630,7 +630,15 @@ class PolicyNode(LifecycleNode):
         lifecycle = self._lifecycle_fields()
         if not self._configured:
             return {**_UNCONFIGURED_SNAPSHOT, "last_fault": lifecycle["lifecycle_reason"], **lifecycle}
-        snap = self._configured_snapshot()
+        try:
+            snap = self._configured_snapshot()
+        except AttributeError:
+            # _release clears _configured, then drops the loop, worker, ...: a read on the executor thread
+            # that passed the check above can find them gone (it killed the spin thread of a CI run)
+            if self._configured:
+                raise
+            lifecycle = self._lifecycle_fields()
+            return {**_UNCONFIGURED_SNAPSHOT, "last_fault": lifecycle["lifecycle_reason"], **lifecycle}
         snap.update(lifecycle)
         if lifecycle["lifecycle_state"] != "active" and not snap["last_fault"]:
             snap["last_fault"] = lifecycle["lifecycle_reason"]
