@@ -629,16 +629,15 @@ class PolicyNode(LifecycleNode):
         self-check. Unconfigured (nothing loaded): IDLE, zero counters, ``last_fault`` saying why."""
         lifecycle = self._lifecycle_fields()
         if not self._configured:
-            return {**_UNCONFIGURED_SNAPSHOT, "last_fault": lifecycle["lifecycle_reason"], **lifecycle}
+            return _unconfigured_snapshot(lifecycle)
         try:
             snap = self._configured_snapshot()
         except AttributeError:
-            # _release clears _configured, then drops the loop, worker, ...: a read on the executor thread
-            # that passed the check above can find them gone (it killed the spin thread of a CI run)
+            # _release clears _configured, then drops the loop, worker, ...: a read on another thread that
+            # passed the check above can find them gone (it killed the executor's spin thread in a CI run)
             if self._configured:
                 raise
-            lifecycle = self._lifecycle_fields()
-            return {**_UNCONFIGURED_SNAPSHOT, "last_fault": lifecycle["lifecycle_reason"], **lifecycle}
+            return _unconfigured_snapshot(self._lifecycle_fields())
         snap.update(lifecycle)
         if lifecycle["lifecycle_state"] != "active" and not snap["last_fault"]:
             snap["last_fault"] = lifecycle["lifecycle_reason"]
@@ -1048,6 +1047,11 @@ _UNCONFIGURED_SNAPSHOT: dict[str, Any] = {
     "rejected_inputs": {},
     "last_inference_error": "",
 }
+
+
+def _unconfigured_snapshot(lifecycle: dict[str, Any]) -> dict[str, Any]:
+    """The status of a node with nothing loaded: zero counters, ``last_fault`` the lifecycle's reason."""
+    return {**_UNCONFIGURED_SNAPSHOT, "last_fault": lifecycle["lifecycle_reason"], **lifecycle}
 
 
 def _compressed_to_rgb(msg: Any) -> tuple[np.ndarray, float]:

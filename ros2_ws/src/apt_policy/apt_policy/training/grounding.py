@@ -59,10 +59,12 @@ def colour_fractions(images: np.ndarray, grid: tuple[int, int], chunk: int = 512
     """Fraction of each grid cell covered by each colour: [N, H, W, 3] -> [N, gh * gw, 3].
 
     Computed ``chunk`` images at a time: the float masks of the demo's 24 000 frames at once took ~10 GB."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
     n, h, w, _ = images.shape
     gh, gw = grid
     out = np.empty((n, gh * gw, 3), dtype=np.float32)
-    for start in range(0, n, max(1, int(chunk))):
+    for start in range(0, n, chunk):
         part = images[start : start + chunk]
         masks = colour_masks(part).reshape(len(part), gh, h // gh, gw, w // gw, 3)
         out[start : start + len(part)] = masks.mean(axis=(2, 4)).reshape(len(part), gh * gw, 3)

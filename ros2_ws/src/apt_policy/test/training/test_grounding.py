@@ -44,6 +44,8 @@ def test_colour_fractions_in_chunks_match_one_pass() -> None:
     assert whole[:, 0, 0].min() == 1.0
     for chunk in (1, 3, 5):  # 3 and 5 leave a short last chunk
         np.testing.assert_array_equal(colour_fractions(imgs, (2, 3), chunk=chunk), whole)
+    with pytest.raises(ValueError, match="chunk must be >= 1"):
+        colour_fractions(imgs, (2, 3), chunk=0)
 
 
 def test_block_targets_point_at_the_rendered_block() -> None:
