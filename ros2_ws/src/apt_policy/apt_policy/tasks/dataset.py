@@ -9,7 +9,9 @@ absolute targets (7 joint positions + gripper width) from that state.
 
 Episodes start at the ready pose perturbed by up to ``start_noise`` rad per joint; with
 ``execution_noise`` > 0 the executed targets are perturbed (labels stay clean) so the data also covers
-recovering from small tracking errors.
+recovering from small tracking errors, and with ``kick_probability`` > 0 a step's target is, that often,
+displaced by ``kick_noise`` rad per joint more (DART-style: the arm lands several cm off, so the data
+shows the expert returning from the offsets a policy's own errors produce).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "DemoDataset",
     "action_names",
     "episode_seed",
+    "executed_target",
     "generate_dataset",
     "generate_episode",
     "state_names",
@@ -61,6 +64,8 @@ class DemoConfig:
     steps_per_episode: int = 32
     start_noise: float = 0.15
     execution_noise: float = 0.0
+    kick_probability: float = 0.0
+    kick_noise: float = 0.0
     expert: ExpertConfig = field(default_factory=ExpertConfig)
 
     def __post_init__(self) -> None:
@@ -70,11 +75,27 @@ class DemoConfig:
             object.__setattr__(self, "render_size", tuple(int(v) for v in self.render_size))
         if not self.cameras or self.horizon < 1 or self.steps_per_episode < 1 or self.dt <= 0:
             raise ValueError(f"invalid demo config {self}")
-        if self.start_noise < 0 or self.execution_noise < 0:
+        if self.start_noise < 0 or self.execution_noise < 0 or self.kick_noise < 0:
             raise ValueError("noise magnitudes must be >= 0")
+        if not 0.0 <= self.kick_probability <= 1.0:
+            raise ValueError(f"kick_probability must be in [0, 1], got {self.kick_probability}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def executed_target(
+    joints: np.ndarray, rng: np.random.Generator, config: DemoConfig, profile: RobotProfile = FR3
+) -> np.ndarray:
+    """What an expert episode commands for one step: the expert's next target ``joints`` (7,) plus the
+    execution noise and, with probability ``kick_probability``, a kick; clipped to the joint limits.
+    Draws nothing from ``rng`` for a noise that is off, so data without them is unchanged."""
+    target = np.asarray(joints, dtype=np.float64)
+    if config.execution_noise:
+        target = target + rng.normal(0.0, config.execution_noise, target.shape)
+    if config.kick_probability and rng.random() < config.kick_probability:
+        target = target + rng.normal(0.0, config.kick_noise, target.shape)
+    return profile.clip_position(target)
 
 
 def generate_episode(
@@ -106,10 +127,7 @@ def generate_episode(
             "scene": scene,
             "step": step,
         }
-        executed = (
-            joints[0] + rng.normal(0.0, config.execution_noise, 7) if config.execution_noise else joints[0]
-        )
-        arm.command(profile.clip_position(executed))
+        arm.command(executed_target(joints[0], rng, config, profile))
 
 
 @dataclass

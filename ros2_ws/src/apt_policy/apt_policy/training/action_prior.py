@@ -35,7 +35,7 @@ from ..model import flow
 from ..model.action_prior import LATENT_DROPOUT, ActionPriorModel
 from ..model.bundle import load_bundle, load_weights, save_bundle
 from ..robots.franka import FR3
-from ..tasks.dataset import DemoConfig, episode_seed
+from ..tasks.dataset import DemoConfig, episode_seed, executed_target
 from ..tasks.expert import ReachingExpert, goal_configuration
 from ..tasks.scene import sample_scene
 from ..tasks.sim import KinematicArm
@@ -101,8 +101,7 @@ def action_trajectories(
         for k in range(config.steps_per_episode):
             joints = expert.chunk(arm.q, arm.qd)
             gripper = np.full((config.horizon, 1), arm.gripper_width)
-            noise = rng.normal(0.0, config.execution_noise, 7) if config.execution_noise else 0.0
-            command = FR3.clip_position(joints[0] + noise)
+            command = executed_target(joints[0], rng, config, FR3)
             states.append(np.append(arm.q, arm.gripper_width))
             chunks.append(np.concatenate([joints, gripper], axis=1))
             executed.append(np.append(command, arm.gripper_width))

@@ -52,6 +52,8 @@ class DemoSettings:
     episodes: int = 600
     steps_per_episode: int = 40  # the expert arrives in ~20 steps: the rest teaches holding still
     execution_noise: float = 0.02
+    kick_probability: float = 0.0  # DART-style displaced steps in the demonstrations (tasks/dataset.py)
+    kick_noise: float = 0.0
     image_size: tuple[int, int] = (96, 128)  # (h, w): the cameras' 4:3 aspect
     render_size: tuple[int, int] | None = (480, 640)  # native: frames shrunk exactly as at deployment
     patch_size: int = 8  # vision patch (px); tokens per camera = (h / 2p) * (w / 2p)
@@ -141,6 +143,8 @@ def run_demo(
         horizon=settings.horizon,
         steps_per_episode=settings.steps_per_episode,
         execution_noise=settings.execution_noise,
+        kick_probability=settings.kick_probability,
+        kick_noise=settings.kick_noise,
     )
     data_path = out / "demos.npz"
     data_key = json.dumps([demo_cfg.to_dict(), settings.episodes, settings.seed], sort_keys=True, default=str)

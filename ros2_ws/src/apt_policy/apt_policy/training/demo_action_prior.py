@@ -58,6 +58,8 @@ class PriorDemoSettings:
     episodes: int = 300
     steps_per_episode: int = 40
     execution_noise: float = 0.02
+    kick_probability: float = 0.0  # DART-style displaced steps in the demonstrations (tasks/dataset.py)
+    kick_noise: float = 0.0
     image_size: tuple[int, int] = (96, 128)
     render_size: tuple[int, int] | None = (480, 640)
     patch_size: int = 8
@@ -94,6 +96,8 @@ def _demo_config(s: PriorDemoSettings) -> DemoConfig:
         horizon=s.horizon,
         steps_per_episode=s.steps_per_episode,
         execution_noise=s.execution_noise,
+        kick_probability=s.kick_probability,
+        kick_noise=s.kick_noise,
     )
 
 

@@ -56,6 +56,8 @@ class DistillationDemoSettings:
     episodes: int = 600  # the APT demo's episodes (same seed); with 300 the teacher overfits (measured)
     steps_per_episode: int = 40
     execution_noise: float = 0.02
+    kick_probability: float = 0.0  # DART-style displaced steps in the demonstrations (tasks/dataset.py)
+    kick_noise: float = 0.0
     image_size: tuple[int, int] = (96, 128)
     render_size: tuple[int, int] | None = (480, 640)
     num_action_tokens: int = 1
@@ -129,6 +131,8 @@ def _data(
         horizon=16,
         steps_per_episode=settings.steps_per_episode,
         execution_noise=settings.execution_noise,
+        kick_probability=settings.kick_probability,
+        kick_noise=settings.kick_noise,
     )
     key = json.dumps([demo_cfg.to_dict(), settings.episodes, settings.seed], sort_keys=True, default=str)
     for root in (out,) if apt_root is None else (Path(apt_root), out):

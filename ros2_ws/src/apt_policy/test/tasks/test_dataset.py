@@ -6,6 +6,9 @@ import itertools
 from pathlib import Path
 
 import numpy as np
+import pytest
+from apt_policy.robots.franka import FR3
+from apt_policy.tasks.dataset import executed_target
 from apt_policy.tasks.reaching import (
     TRAIN_TEMPLATES,
     DemoConfig,
@@ -70,3 +73,26 @@ def test_execution_noise_perturbs_states_not_labels() -> None:
     samples = list(generate_episode(3, stage=1, config=noisy))
     gaps = [np.abs(s["actions"][0, :7] - n["state"][:7]).max() for s, n in itertools.pairwise(samples)]
     assert max(gaps) > 1e-3
+
+
+def test_executed_target_draws_the_old_noise_and_kicks_that_often() -> None:
+    joints = FR3.ready_pose.astype(float)
+    # Kicks off: the same draws as before kicks existed (joints + N(0, execution_noise) per joint).
+    plain = DemoConfig(execution_noise=0.02)
+    got = executed_target(joints, np.random.default_rng(4), plain)
+    expected = FR3.clip_position(joints + np.random.default_rng(4).normal(0, 0.02, 7))
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(executed_target(joints, np.random.default_rng(4), DemoConfig()), joints)
+    # Kicks on: about kick_probability of the steps land kick_noise further off.
+    kicked = DemoConfig(execution_noise=0.0, kick_probability=0.25, kick_noise=0.05)
+    rng = np.random.default_rng(0)
+    offsets = np.array([np.abs(executed_target(joints, rng, kicked) - joints).max() for _ in range(2000)])
+    assert 0.2 < np.mean(offsets > 0) < 0.3
+    assert np.median(offsets[offsets > 0]) > 0.05  # the largest of 7 half-normal draws of scale 0.05
+
+
+def test_kick_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="kick_probability"):
+        DemoConfig(kick_probability=1.5)
+    with pytest.raises(ValueError, match="noise magnitudes"):
+        DemoConfig(kick_noise=-0.1)
