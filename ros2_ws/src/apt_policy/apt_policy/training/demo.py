@@ -64,7 +64,9 @@ class DemoSettings:
     stage1_steps: int = 1500
     stage2_steps: int = 2000
     stage2_train: str = "expert"  # "inserted": only the inserted layers and gates
-    grounding_steps: int = 1500  # stage 0: pretrain the tiny VLM's grounding (0: keep it random)
+    # stage 0: pretrain the tiny VLM's grounding (0: keep it random). 3000: the gripper over the block hides
+    # part of it and 1500 steps left the policy holding 3.6-4 cm off there (docs/APT_MODEL.md)
+    grounding_steps: int = 3000
     batch_size: int = 64
     lr: float = 1e-3
     stage2_lr: float = 1e-3

@@ -65,13 +65,15 @@ class PriorDemoSettings:
     patch_size: int = 8
     vision_depth: int = 1
     horizon: int = 16
-    prior_episodes: int = 600
+    # 1200 action-only episodes and 6000 steps: the prior reproduces a chunk resting at a goal to 0.2-0.5 cm
+    # (600 and 2000: 0.5-1.4 cm; docs/ACTION_PRIOR.md, ninth session)
+    prior_episodes: int = 1200
     history_steps: int = 4
     latent_dim: int = 32
     width: int = 64
     head_layers: int = 2
-    stage1_steps: int = 2000
-    stage2_steps: int = 1500
+    stage1_steps: int = 6000
+    stage2_steps: int = 3000
     distill_steps: int = 300
     control_steps: int = 1500  # the no-prior control run (0: skip the convergence measurement)
     batch_size: int = 64
