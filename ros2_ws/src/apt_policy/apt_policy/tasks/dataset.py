@@ -17,7 +17,10 @@ shows the expert returning from the offsets a policy's own errors produce).
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ __all__ = [
     "DemoConfig",
     "DemoDataset",
     "action_names",
+    "default_workers",
     "episode_seed",
     "executed_target",
     "generate_dataset",
@@ -206,18 +210,20 @@ def episode_seed(dataset_seed: int, episode: int) -> int:
     return dataset_seed * 1_000_003 + episode
 
 
-def generate_dataset(
-    num_episodes: int,
-    stage: int,
-    config: DemoConfig = DemoConfig(),
-    seed: int = 0,
-    profile: RobotProfile = FR3,
-    progress: bool = True,
-) -> DemoDataset:
-    """``num_episodes`` expert episodes (episode ``i`` uses ``episode_seed(seed, i)``) as one dataset."""
-    if num_episodes < 1:
-        raise ValueError("num_episodes must be >= 1")
-    n = num_episodes * config.steps_per_episode
+def default_workers(limit: int = 8) -> int:
+    """Processes for rendering demonstrations: the CPUs this process may run on, at most ``limit``."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(limit, cpus))
+
+
+def _episode_block(
+    episodes: Sequence[int], stage: int, config: DemoConfig, seed: int, profile: RobotProfile
+) -> dict[str, Any]:
+    """The samples of ``episodes`` as arrays (one worker's share of :func:`generate_dataset`)."""
+    n = len(episodes) * config.steps_per_episode
     h, w = config.image_size
     images = {cam: np.empty((n, h, w, 3), np.uint8) for cam in config.cameras}
     states = np.empty((n, 8), np.float32)
@@ -227,8 +233,7 @@ def generate_dataset(
     episode = np.empty(n, np.int64)
     steps = np.empty(n, np.int64)
     i = 0
-    episodes: Sequence[int] = range(num_episodes)
-    for e in tqdm(episodes, desc=f"stage-{stage} demos", unit="ep", disable=not progress):
+    for e in episodes:
         for sample in generate_episode(episode_seed(seed, e), stage, config, profile):
             for cam in config.cameras:
                 images[cam][i] = sample["images"][cam]
@@ -237,14 +242,80 @@ def generate_dataset(
             targets.append(sample["target"])
             episode[i], steps[i] = e, sample["step"]
             i += 1
+    return {
+        "images": images,
+        "states": states,
+        "actions": actions,
+        "instructions": instructions,
+        "targets": targets,
+        "episode": episode,
+        "step": steps,
+    }
+
+
+def generate_dataset(
+    num_episodes: int,
+    stage: int,
+    config: DemoConfig = DemoConfig(),
+    seed: int = 0,
+    profile: RobotProfile = FR3,
+    progress: bool = True,
+    workers: int = 1,
+) -> DemoDataset:
+    """``num_episodes`` expert episodes (episode ``i`` uses ``episode_seed(seed, i)``) as one dataset.
+
+    ``workers`` > 1 renders blocks of episodes in that many processes; every episode follows from its own
+    seed, so the dataset is the same for any number of workers."""
+    if num_episodes < 1:
+        raise ValueError("num_episodes must be >= 1")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    shares = [range(b, min(b + 10, num_episodes)) for b in range(0, num_episodes, 10)]
+    n = num_episodes * config.steps_per_episode
+    h, w = config.image_size
+    out: dict[str, Any] = {
+        "images": {cam: np.empty((n, h, w, 3), np.uint8) for cam in config.cameras},
+        "states": np.empty((n, 8), np.float32),
+        "actions": np.empty((n, config.horizon, 8), np.float32),
+        "instructions": [],
+        "targets": [],
+        "episode": np.empty(n, np.int64),
+        "step": np.empty(n, np.int64),
+    }
+    done = 0
+
+    def take(block: dict[str, Any]) -> None:  # copy one share in (the shares arrive in order)
+        nonlocal done
+        rows = slice(done, done + len(block["states"]))
+        for cam in config.cameras:
+            out["images"][cam][rows] = block["images"][cam]
+        for key in ("states", "actions", "episode", "step"):
+            out[key][rows] = block[key]
+        out["instructions"] += block["instructions"]
+        out["targets"] += block["targets"]
+        done = rows.stop
+
+    with tqdm(total=num_episodes, desc=f"stage-{stage} demos", unit="ep", disable=not progress) as bar:
+        if workers == 1:
+            for share in shares:
+                take(_episode_block(share, stage, config, seed, profile))
+                bar.update(len(share))
+        else:
+            # spawn, not fork: the caller may already run torch's or OpenCV's thread pools
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(workers, len(shares)), mp_context=context) as pool:
+                futures = [pool.submit(_episode_block, sh, stage, config, seed, profile) for sh in shares]
+                for future, share in zip(futures, shares, strict=True):
+                    take(future.result())
+                    bar.update(len(share))
     return DemoDataset(
-        images=images,
-        states=states,
-        actions=actions,
-        instructions=np.array(instructions, dtype=str),
-        targets=np.array(targets, dtype=str),
-        episode=episode,
-        step=steps,
+        images=out["images"],
+        states=out["states"],
+        actions=out["actions"],
+        instructions=np.array(out["instructions"], dtype=str),
+        targets=np.array(out["targets"], dtype=str),
+        episode=out["episode"],
+        step=out["step"],
         stage=stage,
         config=config.to_dict(),
         state_names=state_names(profile),

@@ -32,7 +32,14 @@ from ..model.apt import build_backbone
 from ..model.backbone import Qwen3VLBackboneConfig
 from ..model.presets import tiny_policy_config
 from ..runtime.torch_backend import APTPolicy
-from ..tasks.dataset import DemoConfig, DemoDataset, episode_seed, generate_dataset, scene_of_episode
+from ..tasks.dataset import (
+    DemoConfig,
+    DemoDataset,
+    default_workers,
+    episode_seed,
+    generate_dataset,
+    scene_of_episode,
+)
 from .evaluate import evaluate, summary_line
 from .grounding import GroundingConfig, pretrain_grounding
 from .stages import run_stage1, run_stage2
@@ -154,7 +161,14 @@ def run_demo(
     if data_path.is_file() and key_path.is_file() and key_path.read_text() == data_key:
         data = DemoDataset.load(data_path)
     else:
-        data = generate_dataset(settings.episodes, 2, demo_cfg, seed=_data_seed(settings), progress=progress)
+        data = generate_dataset(
+            settings.episodes,
+            2,
+            demo_cfg,
+            seed=_data_seed(settings),
+            progress=progress,
+            workers=default_workers(),
+        )
         data.save(data_path)
         key_path.write_text(data_key)
     timings["data_s"] = time.monotonic() - t0

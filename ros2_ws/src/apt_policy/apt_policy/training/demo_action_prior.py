@@ -40,7 +40,7 @@ from ..model.bundle import save_bundle
 from ..model.presets import tiny_policy_config
 from ..runtime.policy import History, Policy
 from ..runtime.torch_backend import ActionPriorPolicy
-from ..tasks.dataset import DemoConfig, DemoDataset, generate_dataset
+from ..tasks.dataset import DemoConfig, DemoDataset, default_workers, generate_dataset
 from ..tasks.instructions import HELD_OUT_TEMPLATE, TRAIN_TEMPLATES
 from ..tasks.rollout import make_cameras, observe
 from ..tasks.scene import COLORS, SUCCESS_RADIUS, distance_to_block, sample_scene
@@ -255,7 +255,9 @@ def run_prior_demo(
         if data.config.get("horizon") != s.horizon or tuple(data.config["image_size"]) != tuple(s.image_size):
             raise ValueError(f"{s.data}: made with another DemoConfig ({data.config})")
     else:
-        data = generate_dataset(s.episodes, 2, dc, seed=s.seed + 1, progress=progress)
+        data = generate_dataset(
+            s.episodes, 2, dc, seed=s.seed + 1, progress=progress, workers=default_workers()
+        )
     keep = data.episode < s.stage2_episodes
     labelled = DemoDataset(
         images={k: v[keep] for k, v in data.images.items()},

@@ -34,7 +34,14 @@ from ..model.teacher import TeacherModel, load_teacher, save_teacher
 from ..runtime.distillation_torch import DistillationPolicy
 from ..runtime.inputs import ObservationEncoder
 from ..runtime.policy import GraphPolicy, PolicyInfo
-from ..tasks.dataset import DemoConfig, DemoDataset, episode_seed, generate_dataset, scene_of_episode
+from ..tasks.dataset import (
+    DemoConfig,
+    DemoDataset,
+    default_workers,
+    episode_seed,
+    generate_dataset,
+    scene_of_episode,
+)
 from .distillation import (
     StepConfig,
     build_inputs,
@@ -140,7 +147,14 @@ def _data(
         if path.is_file() and key_path.is_file() and key_path.read_text() == key:
             return DemoDataset.load(path)
     path, key_path = out / "demos.npz", out / "demos.key"
-    data = generate_dataset(settings.episodes, 2, demo_cfg, seed=_data_seed(settings), progress=progress)
+    data = generate_dataset(
+        settings.episodes,
+        2,
+        demo_cfg,
+        seed=_data_seed(settings),
+        progress=progress,
+        workers=default_workers(),
+    )
     data.save(path)
     key_path.write_text(key)
     return data

@@ -96,3 +96,17 @@ def test_kick_settings_are_validated() -> None:
         DemoConfig(kick_probability=1.5)
     with pytest.raises(ValueError, match="noise magnitudes"):
         DemoConfig(kick_noise=-0.1)
+
+
+def test_worker_processes_give_the_same_dataset() -> None:
+    small = DemoConfig(image_size=(16, 24), horizon=4, steps_per_episode=3, execution_noise=0.02)
+    one = generate_dataset(23, stage=2, config=small, seed=9, progress=False)
+    three = generate_dataset(23, stage=2, config=small, seed=9, progress=False, workers=3)
+    assert len(three) == 23 * 3 and three.episode.tolist() == one.episode.tolist()
+    np.testing.assert_array_equal(three.images["front"], one.images["front"])
+    np.testing.assert_array_equal(three.actions, one.actions)
+    np.testing.assert_array_equal(three.states, one.states)
+    assert three.instructions.tolist() == one.instructions.tolist()
+    assert three.step.tolist() == one.step.tolist()
+    with pytest.raises(ValueError, match="workers"):
+        generate_dataset(1, stage=2, config=small, workers=0)
