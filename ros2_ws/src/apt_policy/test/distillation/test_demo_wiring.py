@@ -45,7 +45,7 @@ def test_the_student_reads_the_apt_demos_episodes_instead_of_generating_them(tmp
 
     generated: list[int] = []
 
-    def fake_generate(episodes, stage, config, seed, progress):  # type: ignore[no-untyped-def]
+    def fake_generate(episodes, stage, config, seed, progress, workers=1):  # type: ignore[no-untyped-def]
         generated.append(episodes)
         return tiny(episodes)
 
