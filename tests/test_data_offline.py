@@ -64,10 +64,11 @@ def _goal(m: Messages, t: int, code: int) -> bytes:
     return m.cdr(TYPES["/apt_policy/follow_instruction/_action/status"], status_list=[status])
 
 
-def synthetic_bag(path: Path) -> Path:
+def synthetic_bag(path: Path, camera_from_s: float = 0.0) -> Path:
     """6 s at 50 Hz: instruction A at 0 s (takeover 1.0-1.5 s), B at 2 s, a FollowInstruction goal C
     (status only, no instruction message) executing at 4 s and succeeding at 5.5 s, then IDLE; ~/status
-    at 10 Hz naming each (IDLE just after B: the node has not taken it yet)."""
+    at 10 Hz naming each (IDLE just after B: the node has not taken it yet); camera frames at 10 Hz from
+    ``camera_from_s`` on (a recorder that subscribed to the camera late)."""
     import cv2
 
     m = Messages(TYPES.values())
@@ -128,7 +129,7 @@ def synthetic_bag(path: Path) -> Path:
             points=[point],
         )
         items.append((t, "/fr3_arm_controller/joint_trajectory", traj))
-        if k % 5 == 0:
+        if k % 5 == 0 and k / 50 >= camera_from_s:
             img = np.zeros((48, 64, 3), np.uint8)
             img[:, :, 1] = 4 * (k // 5)  # frame number in the green channel
             _, jpg = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
@@ -208,6 +209,24 @@ def test_export_round_trips_actions_frames_and_takeover(tmp_path) -> None:
     ep = ds["episodes"][1]
     assert (ep["dataset_from_index"], ep["dataset_to_index"], ep["length"]) == (20, 40, 20)
     assert ep["videos/observation.images.front/from_timestamp"] == pytest.approx(2.0)
+
+
+def test_export_leaves_out_frames_from_before_the_first_camera_image(tmp_path) -> None:
+    """The camera's first frame 0.25 s into the first episode: that episode starts at its first grid point
+    with an image at or before it (0.3 s), never with an image from the future; the others are whole."""
+    bag = synthetic_bag(tmp_path / "bag", camera_from_s=0.25)
+    result = export_lerobot(bag, tmp_path / "ds", ExportOptions(fps=10.0, cameras={CAMERA: "front"}))
+    ds = read_lerobot(tmp_path / "ds")
+    assert result.frames == 17 + 20 + 15
+    first = ds["episodes"][0]
+    assert first["length"] == 17 and first["apt/first_frame_ns"] == T0 + 3 * 10**8
+    assert first["apt/start_ns"] == T0 and ds["episodes"][1]["apt/first_frame_ns"] == T0 + 2 * 10**9
+    data = ds["data"]
+    green = ds["videos"]["observation.images.front"][:17, :, :, 1].mean(axis=(1, 2))
+    np.testing.assert_allclose(green, 4 * (3 + data["frame_index"][:17]), atol=3)  # the image at 0.3 s on
+    np.testing.assert_allclose(data["observation.state"][:17, 0], 0.01 * (15 + 5 * data["frame_index"][:17]))
+    with pytest.raises(ValueError, match="no messages on camera topic"):
+        export_lerobot(bag, tmp_path / "none", ExportOptions(fps=10.0, cameras={"/no/camera": "front"}))
 
 
 def test_the_cap_deletes_the_oldest_files_and_the_rest_stays_readable(tmp_path) -> None:

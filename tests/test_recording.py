@@ -219,7 +219,8 @@ def test_export_round_trips_frames_and_actions(recording, tmp_path) -> None:
         ep = episodes[row["episode_index"]]
         assert row["tasks"].tolist() == [ep.instruction]
         for i in range(row["dataset_from_index"], row["dataset_to_index"]):
-            t = ep.start_ns + round(data["frame_index"][i] * 1e8)
+            t = int(row["apt/first_frame_ns"]) + round(data["frame_index"][i] * 1e8)
+            assert t >= ep.start_ns
             latest = [msg for ts, msg in trajectories if ts <= t]
             if latest:
                 np.testing.assert_allclose(data["action"][i], latest[-1].points[0].positions, atol=1e-6)
@@ -248,8 +249,13 @@ def test_replay_is_zero_for_the_same_model_and_seed_and_not_for_a_perturbed_one(
     policy = load_policy(tiny_export, backend="onnxruntime")
     opts = ReplayOptions(seed=3, max_chunks=12)
     live = replay(bag, policy, opts)  # against the node's own chunks: live frames and the node's noise
-    # chunks from before the recorder's first joint state are skipped with that reason (start-up race)
-    assert all("no joint state before its stamp" in why for why in live.skipped)
+    # chunks from before the recorder's first joint state or camera frame are skipped with that reason
+    # (the recorder's start-up race), and only those: the first ones
+    starts = ("no joint state before its stamp", "no frame before its stamp")
+    assert all(any(reason in why for reason in starts) for why in live.skipped)
+    first = sorted((m.t_ns, int(m.msg.chunk_id)) for m in read_messages(bag, [opts.chunk_topic]))
+    expected = [f"chunk {cid}" for _, cid in first[: len(live.skipped)]]
+    assert [why.split(":")[0] for why in live.skipped] == expected
     n = live.chunks
     assert n >= 4 and n + len(live.skipped) == 12 and live.max_abs > 0
     reference = write_replayed(bag, tmp_path / "reference", live, opts.chunk_topic)

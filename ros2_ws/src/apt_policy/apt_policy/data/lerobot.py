@@ -86,7 +86,7 @@ class _Latest:
         if not self.v:
             return None
         i = int(np.searchsorted(self.t, t_ns, side="right")) - 1
-        return self.v[max(i, 0)]
+        return self.v[i] if i >= 0 else None
 
     def any_before(self, t_ns: int) -> bool:
         return bool(len(self.t)) and int(self.t[0]) <= t_ns
@@ -159,8 +159,14 @@ def export_lerobot(bag: str | Path, out: str | Path, options: ExportOptions | No
     }
     if not joints.v:
         raise ValueError(f"{bag}: no {opts.joint_topic} messages")
+    empty = [topic for topic, frames in frames_by_cam.items() if not frames.v]
+    if empty:
+        raise ValueError(f"{bag}: no messages on camera topic(s) {empty}")
     names = list(joints.v[0].name)
     period = round(1e9 / opts.fps)
+    # A frame needs a joint state and an image of every camera at or before its time: grid points before
+    # the recorder's first sample of each (its start-up) are left out rather than filled from the future.
+    ready_ns = max(int(series.t[0]) for series in (joints, *frames_by_cam.values()))
 
     rows: dict[str, list[Any]] = {
         k: []
@@ -182,8 +188,9 @@ def export_lerobot(bag: str | Path, out: str | Path, options: ExportOptions | No
     decoded: dict[int, np.ndarray] = {}
     kept: list[Episode] = []
     for ep in episodes:
-        times = list(range(ep.start_ns, ep.end_ns, period))
-        if len(times) < opts.min_frames or not joints.any_before(ep.end_ns):
+        late = max(0, -(-(ready_ns - ep.start_ns) // period))  # grid points before ready_ns
+        times = list(range(ep.start_ns + late * period, ep.end_ns, period))
+        if len(times) < opts.min_frames:
             skipped.append(f"episode {ep.index} ({ep.instruction!r}): {len(times)} frames")
             continue
         task = tasks.setdefault(ep.instruction, len(tasks))
@@ -242,6 +249,7 @@ def export_lerobot(bag: str | Path, out: str | Path, options: ExportOptions | No
                 ep_row[f"stats/{feature}/{stat}"] = v
         ep_row["apt/outcome"] = ep.outcome
         ep_row["apt/start_ns"] = ep.start_ns
+        ep_row["apt/first_frame_ns"] = times[0]  # later than start_ns when the recording started late
         ep_rows.append(ep_row)
         kept.append(ep)
     if not kept:
