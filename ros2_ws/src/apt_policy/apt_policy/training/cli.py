@@ -18,6 +18,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..core.config import ActionSemantics, ExpertConfig
 
@@ -108,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=JSON",
-        help="action_prior: override a PriorDemoSettings field, e.g. --set stage2_steps=1000",
+        help="override a field of the family's demo settings (apt: DemoSettings, action_prior: "
+        "PriorDemoSettings), e.g. --set stage2_steps=1000",
     )
     return parser
 
@@ -215,6 +217,26 @@ def _report(bundle: Path, result) -> None:
     print(f"bundle written to {bundle}")
 
 
+def _overrides(items: Sequence[str], settings: type) -> dict[str, Any]:
+    """``--set KEY=JSON`` items as keyword overrides of the dataclass ``settings``; a clear error for a
+    malformed item, an unknown field or a value that is not JSON."""
+    names = {f.name for f in dataclasses.fields(settings)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=JSON, e.g. stage2_steps=1000")
+        if key not in names:
+            raise ValueError(f"--set {key}: not a field of {settings.__name__} ({', '.join(sorted(names))})")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"--set {key}: {value!r} is not JSON ({exc}); quote strings: '\"...\"'"
+            ) from None
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
@@ -230,6 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             if args.vlm_from is None:
                 raise ValueError("--family action_distillation needs --vlm-from <a trained APT demo bundle>")
+            if args.set:
+                raise ValueError("--set is not supported for --family action_distillation")
             report = run_distillation_demo(
                 args.out,
                 args.vlm_from,
@@ -239,20 +263,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(json.dumps(report["summary"], indent=2))
         elif args.family == "action_prior":
-            from .demo_action_prior import run_prior_demo
+            from .demo_action_prior import PriorDemoSettings, run_prior_demo
 
-            overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
+            overrides = _overrides(args.set, PriorDemoSettings)
             report = run_prior_demo(args.out, force=args.force, progress=not args.quiet, **overrides)
             print(json.dumps(report["summary"], indent=2))
         else:
-            from .demo import run_demo
+            from .demo import DemoSettings, run_demo
 
+            overrides = _overrides(args.set, DemoSettings)
             report = run_demo(
                 args.out,
                 arch=args.arch,
                 eval_episodes=args.eval_episodes,
                 force=args.force,
                 progress=not args.quiet,
+                **overrides,
             )
             print(json.dumps(report["summary"], indent=2))
     except (ValueError, FileNotFoundError) as exc:  # ConfigError is a ValueError
