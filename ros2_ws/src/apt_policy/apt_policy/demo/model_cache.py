@@ -90,16 +90,16 @@ STUDENT_VLM_FROM = "apt_grounding_1500"
 
 
 def demo_root(cache: Path | None = None, family: str = "apt") -> Path:
-    """The cache directory of the current training code (``demo/train-<key>``; other families
-    ``demo/<family>-train-<key>``, e.g. the action-distillation student, trained from the APT demo's VLM)."""
+    """The cache directory of the current training code (``demo/train-<key>``; other families and the APT
+    variants ``demo/<name>-train-<key>``, e.g. the action-distillation student)."""
     prefix = "" if family == "apt" else f"{family}-"
     return (cache or cache_dir()) / "demo" / f"{prefix}train-{train_key()}"
 
 
 def _train_command(bundle_root: Path, family: str, cache: Path | None, verbose: bool = True) -> list[str]:
     """``apt-train demo`` for ``family``. The action-prior demo reuses the APT demo's frozen VLM (its stage-0
-    grounding) and demonstrations; the action-distillation student starts from the VLM of an APT demo with
-    1500 stage-0 steps (``STUDENT_VLM_FROM``), so that APT demo is built first for either."""
+    grounding) and demonstrations, so the APT demo is built first; the action-distillation student starts
+    from the VLM of an APT demo with 1500 stage-0 steps (``STUDENT_VLM_FROM``), built first for it."""
     cmd = [_tool("apt-train"), "demo", "--out", str(bundle_root)]
     if family == "apt":
         return cmd
