@@ -39,6 +39,7 @@ __all__ = [
     "DemoConfig",
     "DemoDataset",
     "action_names",
+    "cached_dataset",
     "default_workers",
     "episode_seed",
     "executed_target",
@@ -321,6 +322,34 @@ def generate_dataset(
         state_names=state_names(profile),
         action_names=action_names(profile),
     )
+
+
+def cached_dataset(
+    directories: Sequence[str | Path],
+    num_episodes: int,
+    config: DemoConfig,
+    seed: int,
+    *,
+    progress: bool = True,
+    workers: int = 1,
+) -> DemoDataset:
+    """:func:`generate_dataset` (stage 2) saved as ``demos.npz`` with a ``demos.key`` naming its arguments.
+
+    Loaded from the first of ``directories`` whose key matches (so several demos can share one copy on
+    disk), else generated and saved in the last of them."""
+    if not directories:
+        raise ValueError("cached_dataset needs at least one directory")
+    key = json.dumps([config.to_dict(), num_episodes, seed], sort_keys=True, default=str)
+    for root in map(Path, directories):
+        path, key_path = root / "demos.npz", root / "demos.key"
+        if path.is_file() and key_path.is_file() and key_path.read_text() == key:
+            return DemoDataset.load(path)
+    root = Path(directories[-1])
+    root.mkdir(parents=True, exist_ok=True)
+    data = generate_dataset(num_episodes, 2, config, seed=seed, progress=progress, workers=workers)
+    data.save(root / "demos.npz")
+    (root / "demos.key").write_text(key)
+    return data
 
 
 def scene_of_episode(seed: int) -> Scene:

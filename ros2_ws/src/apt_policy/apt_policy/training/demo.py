@@ -35,9 +35,9 @@ from ..runtime.torch_backend import APTPolicy
 from ..tasks.dataset import (
     DemoConfig,
     DemoDataset,
+    cached_dataset,
     default_workers,
     episode_seed,
-    generate_dataset,
     scene_of_episode,
 )
 from .evaluate import evaluate, summary_line
@@ -155,22 +155,9 @@ def run_demo(
         kick_probability=settings.kick_probability,
         kick_noise=settings.kick_noise,
     )
-    data_path = out / "demos.npz"
-    data_key = json.dumps([demo_cfg.to_dict(), settings.episodes, settings.seed], sort_keys=True, default=str)
-    key_path = out / "demos.key"
-    if data_path.is_file() and key_path.is_file() and key_path.read_text() == data_key:
-        data = DemoDataset.load(data_path)
-    else:
-        data = generate_dataset(
-            settings.episodes,
-            2,
-            demo_cfg,
-            seed=_data_seed(settings),
-            progress=progress,
-            workers=default_workers(),
-        )
-        data.save(data_path)
-        key_path.write_text(data_key)
+    data = cached_dataset(
+        [out], settings.episodes, demo_cfg, _data_seed(settings), progress=progress, workers=default_workers()
+    )
     timings["data_s"] = time.monotonic() - t0
 
     tokenizer = write_default_tokenizer(out / "tokenizer.json")

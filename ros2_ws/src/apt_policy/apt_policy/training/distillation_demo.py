@@ -37,9 +37,9 @@ from ..runtime.policy import GraphPolicy, PolicyInfo
 from ..tasks.dataset import (
     DemoConfig,
     DemoDataset,
+    cached_dataset,
     default_workers,
     episode_seed,
-    generate_dataset,
     scene_of_episode,
 )
 from .distillation import (
@@ -141,23 +141,10 @@ def _data(
         kick_probability=settings.kick_probability,
         kick_noise=settings.kick_noise,
     )
-    key = json.dumps([demo_cfg.to_dict(), settings.episodes, settings.seed], sort_keys=True, default=str)
-    for root in (out,) if apt_root is None else (Path(apt_root), out):
-        path, key_path = root / "demos.npz", root / "demos.key"
-        if path.is_file() and key_path.is_file() and key_path.read_text() == key:
-            return DemoDataset.load(path)
-    path, key_path = out / "demos.npz", out / "demos.key"
-    data = generate_dataset(
-        settings.episodes,
-        2,
-        demo_cfg,
-        seed=_data_seed(settings),
-        progress=progress,
-        workers=default_workers(),
+    roots = [out] if apt_root is None else [Path(apt_root), out]
+    return cached_dataset(
+        roots, settings.episodes, demo_cfg, _data_seed(settings), progress=progress, workers=default_workers()
     )
-    data.save(path)
-    key_path.write_text(key)
-    return data
 
 
 def run_distillation_demo(

@@ -39,7 +39,10 @@ def test_apt_train_demo_needs_the_vlm_to_start_from(tmp_path: Path, capsys):
 def test_the_student_reads_the_apt_demos_episodes_instead_of_generating_them(tmp_path: Path, monkeypatch):
     """Same generator, seed and settings: the APT demo's demos.npz is used when its key matches (one copy,
     no second generation); another key (other settings) generates the student's own."""
+    import json
+
     import numpy as np
+    from apt_policy.tasks import dataset as ds
     from apt_policy.tasks.dataset import DemoDataset
     from apt_policy.training import distillation_demo as dd
 
@@ -64,7 +67,7 @@ def test_the_student_reads_the_apt_demos_episodes_instead_of_generating_them(tmp
             action_names=tuple(f"a{i}" for i in range(8)),
         )
 
-    monkeypatch.setattr(dd, "generate_dataset", fake_generate)
+    monkeypatch.setattr(ds, "generate_dataset", fake_generate)
     settings = dd.DistillationDemoSettings(episodes=7)
     apt_root, out = tmp_path / "apt", tmp_path / "student"
     apt_root.mkdir()
@@ -81,6 +84,8 @@ def test_the_student_reads_the_apt_demos_episodes_instead_of_generating_them(tmp
     assert generated == [] and int(data.images["front"][0, 0, 0, 0]) == 42
     assert not (out / "demos.npz").exists()
 
-    (apt_root / "demos.key").write_text(key.replace("7, 0]", "8, 0]"))  # other episodes: other data
+    config, episodes, seed = json.loads(key)
+    assert episodes == 7
+    (apt_root / "demos.key").write_text(json.dumps([config, 8, seed], sort_keys=True))  # other episodes
     data = dd._data(settings, out, False, apt_root)
     assert generated == [7] and (out / "demos.npz").is_file()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from apt_policy.robots.franka import FR3
-from apt_policy.tasks.dataset import executed_target
+from apt_policy.tasks.dataset import cached_dataset, executed_target
 from apt_policy.tasks.reaching import (
     TRAIN_TEMPLATES,
     DemoConfig,
@@ -110,3 +110,21 @@ def test_worker_processes_give_the_same_dataset() -> None:
     assert three.step.tolist() == one.step.tolist()
     with pytest.raises(ValueError, match="workers"):
         generate_dataset(1, stage=2, config=small, workers=0)
+
+
+def test_cached_dataset_loads_a_matching_copy_and_regenerates_on_other_settings(tmp_path: Path) -> None:
+    small = DemoConfig(image_size=(16, 24), horizon=4, steps_per_episode=3)
+    shared, own = tmp_path / "shared", tmp_path / "own"
+    made = cached_dataset([shared], 2, small, seed=4, progress=False)
+    assert (shared / "demos.npz").is_file() and (shared / "demos.key").is_file()
+    (shared / "demos.npz").touch()
+    stamp = (shared / "demos.npz").stat().st_mtime_ns
+    again = cached_dataset([shared, own], 2, small, seed=4, progress=False)  # the shared copy, read
+    np.testing.assert_array_equal(again.images["front"], made.images["front"])
+    assert not own.exists() and (shared / "demos.npz").stat().st_mtime_ns == stamp
+    other = cached_dataset([shared, own], 2, small, seed=5, progress=False)  # another seed: generated in own
+    assert (own / "demos.npz").is_file() and (shared / "demos.npz").stat().st_mtime_ns == stamp
+    assert not np.array_equal(other.images["front"], made.images["front"])
+    assert len(cached_dataset([own], 3, small, seed=5, progress=False)) == 9  # more episodes: regenerated
+    with pytest.raises(ValueError, match="directory"):
+        cached_dataset([], 2, small, seed=4)
