@@ -35,6 +35,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from apt_policy.control.clocks import ClockOffset
 from apt_policy.control.controller import Command, ControllerState
 from apt_policy.control.history import HistoryBuffer
 from apt_policy.control.inference_worker import ChunkResult, InferenceWorker
@@ -103,6 +104,7 @@ class PolicyNode(LifecycleNode):
         self._camera_pollers: list[tuple[Callable[[Any], None], PolledSubscription]] = []
         self._joint_poller: PolledSubscription | None = None
         self._parameters_ready = False  # True once every parameter (the interfaces' too) is declared
+        self._ros_offset = ClockOffset(self._ros_now)  # stamps of trajectories planned on the monotonic clock
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._make_status_outputs()
         self._status_timer = self.create_timer(1.0 / self.params.status_rate, self._publish_status)
@@ -691,6 +693,7 @@ class PolicyNode(LifecycleNode):
             "tick_lateness_p99_ms": self.loop.jitter.p99 * 1e3,
             "send_lateness_p99_ms": self.loop.send_lateness.p99 * 1e3,
             "tick_compute_p99_ms": self.tick_durations.p99 * 1e3,
+            "clock_reads_retried": self._ros_offset.interrupted,
             "backend": self.info.backend,
             "model_id": self.info.model_id,
             "chunk_execution": self.execution.strategy,
@@ -853,7 +856,14 @@ class PolicyNode(LifecycleNode):
                 return None
             stamp = 0.0
             if command.stamp is not None:  # the controller's (monotonic) start time on the ROS clock
-                stamp = self.get_clock().now().nanoseconds * 1e-9 - (time.monotonic() - command.stamp)
+                stale = self._ros_offset.stale
+                stamp = self._ros_offset.to_other(command.stamp)
+                if self._ros_offset.stale != stale:
+                    self.get_logger().warning(
+                        "the stream thread was interrupted in every read of the ROS clock this tick; "
+                        "stamped with the last good clock offset",
+                        throttle_duration_sec=1.0,
+                    )
             return self.arm_output.prepare(plan.times, plan.positions, plan.velocities, stamp)
         if isinstance(self.arm_output, PositionOutput):
             assert command.positions is not None
@@ -1042,6 +1052,7 @@ _UNCONFIGURED_SNAPSHOT: dict[str, Any] = {
     "tick_lateness_p99_ms": float("nan"),
     "send_lateness_p99_ms": float("nan"),
     "tick_compute_p99_ms": float("nan"),
+    "clock_reads_retried": 0,
     "backend": "",
     "model_id": "",
     "rejected_inputs": {},

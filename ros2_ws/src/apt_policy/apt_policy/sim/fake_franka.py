@@ -43,6 +43,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64, Float64MultiArray, String
 from trajectory_msgs.msg import JointTrajectory
 
+from apt_policy.control.clocks import ClockOffset
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, make_realtime
 from apt_policy.robots.franka import get_profile
 from apt_policy.ros.polling import SubscriptionReceiver, helper_node
@@ -263,7 +264,7 @@ class FakeFranka(Node):
         period = 1.0 / self.params["physics_rate"]
         pub_period = 1.0 / self.params["publish_rate"]
         grip_period = 1.0 / self.params["gripper_publish_rate"]
-        offset = time.time() - time.monotonic()
+        offset = ClockOffset(time.time).read()  # not biased by a preemption between the two reads
         next_step = next_pub = next_grip = time.monotonic()
         t_sim = next_step + offset
         last_pub = last_grip = -1.0
