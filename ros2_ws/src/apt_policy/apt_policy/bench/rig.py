@@ -167,10 +167,12 @@ class Rig:
         model_env: dict[str, str] | None = None,
         prefix: dict[str, list[str]] | None = None,
         realtime: bool = True,
+        extra_args: dict[str, list[str]] | None = None,
     ) -> None:
         """``realtime``: fake_franka and the node's stream thread SCHED_FIFO as in the demo
         (:data:`~apt_policy.control.realtime.CONTROLLER_PRIORITY` above ``STREAM_PRIORITY``; each logs a
-        warning and runs normally where that is not permitted)."""
+        warning and runs normally where that is not permitted). ``extra_args``: more arguments per process
+        (``franka``, ``camera``, ``node``)."""
         self.workdir = workdir
         self.model = model
         self.prefix = prefix or {}  # per process: a command prefix (e.g. ``ip netns exec NS``)
@@ -195,6 +197,8 @@ class Rig:
                 *node_args,
             ],
         }  # fmt: skip
+        for name, args in (extra_args or {}).items():
+            self.args[name] = [*self.args[name], *args]
         self.procs: dict[str, subprocess.Popen] = {}
         self._logs: list[Any] = []
         for name in ("franka", "camera", "node"):

@@ -27,12 +27,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from apt_policy.bench.procfs import process_tree
 from apt_policy.bench.rig import INSTRUCTIONS, Rig
@@ -65,6 +68,7 @@ class SoakReport:
     exited: dict[str, int | None] = field(default_factory=dict)
     shm_files_before: int = 0
     shm_files_after: int = 0
+    violation_context: list[str] = field(default_factory=list)
 
     def baseline(self, warmup_s: float) -> Sample:
         after = [s for s in self.samples if s.t >= warmup_s]
@@ -111,7 +115,9 @@ def run_soak(
     report = SoakReport(duration_s=duration_s, rate_hz=rate, trajectory_stamp=trajectory_stamp)
     report.shm_files_before = shm_files()  # other programs' arenas (a killed test's) are not ours
     node_args = ["-p", "inference_timeout:=5.0", "-p", f"trajectory_stamp:={trajectory_stamp}"]
-    rig = Rig(model, workdir, node_args, rate=rate, domain=domain)
+    arrivals = workdir / "arrivals.json"
+    franka_args = ["-p", f"arrival_log:={arrivals}"]
+    rig = Rig(model, workdir, node_args, rate=rate, domain=domain, extra_args={"franka": franka_args})
     probe = rig.probe
     try:
         rig.wait_streaming()
@@ -159,7 +165,76 @@ def run_soak(
     finally:
         report.exited = rig.close()
     report.shm_files_after = shm_files()
+    if report.violations.get("total_violations"):
+        report.violation_context = violation_context(workdir)
     return report
+
+
+TRAJECTORY_TOPIC = "/fr3_arm_controller/joint_trajectory"
+_LOG_LINE = re.compile(r"^\[(\w+)\] \[(\d+(?:\.\d+)?)\] \[[^\]]+\]: (.*)$")
+
+
+def _log_events(path: Path, severities: tuple[str, ...], contains: str = "") -> list[tuple[float, str]]:
+    """(system time, message) of the ROS log lines of ``path`` at ``severities`` that contain ``contains``."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        m = _LOG_LINE.match(line)
+        if m and m.group(1) in severities and contains in m.group(3):
+            out.append((float(m.group(2)), m.group(3)))
+    return out
+
+
+def violation_context(workdir: Path, window_s: float = 1.0, most: int = 5) -> list[str]:
+    """What happened around each contract violation fake_franka logged in ``workdir`` (the first ``most``):
+    the trajectory commands received within ``window_s`` (fake_franka's ``arrivals.json``) -- how late the
+    node wrote them after their stamp, how long DDS took, when the arm's handler took them, the largest gap
+    between receptions -- and the node's warnings in that window. Enough to tell a late write or delivery
+    from a plan the arm did not have, from the test output alone."""
+    events = _log_events(workdir / "franka.log", ("WARN", "ERROR"), "contract violation")
+    if not events:
+        return []
+    fields: dict[str, np.ndarray] = {}
+    path = workdir / "arrivals.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        for key in ("stamps", "sent", "received", "handled"):
+            fields[key] = np.asarray(data.get(key, {}).get(TRAJECTORY_TOPIC, []), np.float64)
+    n = len(fields.get("received", ()))
+    usable = n > 0 and all(len(fields.get(k, ())) == n for k in ("stamps", "sent", "received", "handled"))
+    warnings = _log_events(workdir / "node.log", ("WARN", "ERROR"))
+    out: list[str] = []
+    for t, message in events[:most]:
+        out.append(f"fake_franka: {message}")
+        if usable:
+            near = np.abs(fields["handled"] - t) <= window_s
+            if near.any():
+                stamp, sent = fields["stamps"][near], fields["sent"][near]
+                received, handled = fields["received"][near], fields["handled"][near]
+                late_write, dds = (sent - stamp) * 1e3, (received - sent) * 1e3
+                late_handled = (handled - stamp) * 1e3
+                gaps = np.diff(received) * 1e3 if received.size > 1 else np.zeros(1)
+                before = np.flatnonzero(handled <= t + 1e-4)
+                last = ""
+                if before.size:  # the command handled last before the violation: the one that caused it
+                    i = int(before[np.argmax(handled[before])])
+                    last = (
+                        f"; the last one before it: written {late_write[i]:.1f} ms after its stamp, "
+                        f"{dds[i]:.1f} ms in DDS, handled {late_handled[i]:.1f} ms after its stamp"
+                    )
+                out.append(
+                    f"  {int(near.sum())} commands within {window_s:g} s: written after their stamp max "
+                    f"{late_write.max():.1f} ms, in DDS max {dds.max():.1f} ms, handled after their stamp "
+                    f"max {late_handled.max():.1f} ms, largest gap between receptions {gaps.max():.1f} ms"
+                    + last
+                )
+        else:
+            out.append("  (no arrival log of the trajectory commands)")
+        out.extend(f"  node {tw - t:+.3f} s: {m}" for tw, m in warnings if abs(tw - t) <= window_s)
+    if len(events) > most:
+        out.append(f"... and {len(events) - most} more violations in franka.log")
+    return out
 
 
 def problems(report: SoakReport, warmup_s: float, rss_mb: float = 30.0) -> list[str]:
@@ -215,6 +290,8 @@ def format_report(report: SoakReport, warmup_s: float) -> str:
         f"contract violations at fake_franka: {total}; "
         f"exit codes {report.exited}"
     )
+    if report.violation_context:
+        rows.append("\naround the contract violations:\n" + "\n".join(report.violation_context))
     return "\n".join(rows)
 
 
