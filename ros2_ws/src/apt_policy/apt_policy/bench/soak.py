@@ -14,7 +14,7 @@ one, their growth, the node's missed ticks and lifetime status counters, the hol
 fake_franka's contract violations. :func:`problems` checks it against stated bounds: RSS may grow by at most
 ``max(--rss-mb, 5 %)``, descriptors by 2, threads not at all, at most one arena file while running and none
 after the node stopped, no contract violation, and every process alive to the end. fake_franka keeps an
-arrival log (``arrivals.json`` in the work dir, ~10 MB per hour at 100 Hz); when it counted a violation, the
+arrival log (``arrivals.json`` in the work dir, ~40 MB per hour at 100 Hz); when it counted a violation, the
 report says what happened around each (:func:`violation_context`).
 
 The node streams stamped trajectories (``--trajectory-stamp tick``) as in ``sim.yaml``: node and fake_franka
