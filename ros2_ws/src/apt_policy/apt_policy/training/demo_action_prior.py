@@ -62,6 +62,8 @@ class PriorDemoSettings:
     kick_noise: float = 0.0
     image_size: tuple[int, int] = (96, 128)
     render_size: tuple[int, int] | None = (480, 640)
+    # views the policy sees; a second one is not grounded by stage 0 (one camera), docs/ACTION_PRIOR.md
+    cameras: tuple[str, ...] = ("front",)
     patch_size: int = 8
     vision_depth: int = 1
     horizon: int = 16
@@ -92,7 +94,7 @@ class PriorDemoSettings:
 
 def _demo_config(s: PriorDemoSettings) -> DemoConfig:
     return DemoConfig(
-        cameras=("front",),
+        cameras=tuple(s.cameras),
         image_size=s.image_size,
         render_size=s.render_size,
         horizon=s.horizon,
@@ -112,7 +114,7 @@ def _policy_config(s: PriorDemoSettings, data: DemoDataset, dc: DemoConfig):
             depth=s.vision_depth,
             deepstack_visual_indexes=tuple(range(min(s.vision_depth, 2))),
         ),
-        num_cameras=1,
+        num_cameras=len(dc.cameras),
         image_size=dc.image_size,
         max_text_tokens=8,
     )
@@ -252,8 +254,15 @@ def run_prior_demo(
     dc = _demo_config(s)
     if s.data:
         data = DemoDataset.load(s.data)
-        if data.config.get("horizon") != s.horizon or tuple(data.config["image_size"]) != tuple(s.image_size):
-            raise ValueError(f"{s.data}: made with another DemoConfig ({data.config})")
+        if (
+            data.config.get("horizon") != s.horizon
+            or tuple(data.config["image_size"]) != tuple(s.image_size)
+            or tuple(data.images) != tuple(dc.cameras)
+        ):
+            raise ValueError(
+                f"{s.data}: made with another DemoConfig ({data.config}; cameras {tuple(data.images)}, "
+                f"these settings {tuple(dc.cameras)})"
+            )
     else:
         data = generate_dataset(
             s.episodes, 2, dc, seed=s.seed + 1, progress=progress, workers=default_workers()
