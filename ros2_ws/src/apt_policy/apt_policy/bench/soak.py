@@ -14,8 +14,8 @@ one, their growth, the node's missed ticks and lifetime status counters, the hol
 fake_franka's contract violations. :func:`problems` checks it against stated bounds: RSS may grow by at most
 ``max(--rss-mb, 5 %)``, descriptors by 2, threads not at all, at most one arena file while running and none
 after the node stopped, no contract violation, and every process alive to the end. fake_franka keeps an
-arrival log (``arrivals.json`` in the work dir, ~40 MB per hour at 100 Hz); when it counted a violation, the
-report says what happened around each (:func:`violation_context`).
+arrival log (``arrivals.json`` in the work dir: 1.2 MB for the two-minute test, so ~30 MB per hour at
+100 Hz); when it counted a violation, the report says what happened around each (:func:`violation_context`).
 
 The node streams stamped trajectories (``--trajectory-stamp tick``) as in ``sim.yaml``: node and fake_franka
 share one clock. With ``zero`` (the real-arm default, ``franka.yaml``) consecutive commands may only arrive
@@ -41,6 +41,7 @@ import numpy as np
 
 from apt_policy.bench.procfs import process_tree
 from apt_policy.bench.rig import INSTRUCTIONS, Rig
+from apt_policy.bench.stream import TRAJECTORY_TOPIC
 from apt_policy.runtime.process_policy import arena_files
 
 
@@ -172,7 +173,6 @@ def run_soak(
     return report
 
 
-TRAJECTORY_TOPIC = "/fr3_arm_controller/joint_trajectory"
 _LOG_LINE = re.compile(r"^\[(\w+)\] \[(\d+(?:\.\d+)?)\] \[[^\]]+\]: (.*)$")
 
 
