@@ -102,14 +102,12 @@ def _ground_vlm(
     """Stage 0 (see training/grounding.py): pretrain the tiny VLM's grounding on the demo's images."""
     if settings.grounding_steps == 0:
         return []
-    camera = settings.cameras[0]
     seeds = [episode_seed(_data_seed(settings), int(e)) for e in data.episode]
     scenes = {s: scene_of_episode(s) for s in set(seeds)}
     return pretrain_grounding(
         vlm,
-        data.images[camera],
+        {camera: data.images[camera] for camera in config.cameras},
         [scenes[s] for s in seeds],
-        camera_name=camera,
         layer_map=config.layer_map,
         preprocessor=ImagePreprocessor(
             config.cameras, config.image_size, config.image_mean, config.image_std

@@ -9,8 +9,11 @@ Stage 1 and Stage 2 exactly as APT freezes Qwen3-VL:
 * dense colour grounding: every merged image token predicts the fraction of its cell covered by
   red, green and blue pixels (segmentation-style supervision, computed from the image itself);
 * referring-expression grounding: a caption of random vocabulary words containing one colour word
-  is appended after the image; every text token from the colour word on predicts that block's image
-  position and table position (Qwen3-VL is trained to ground phrases to boxes).
+  is appended after the images; every text token from the colour word on predicts that block's image
+  position in every camera and its table position (Qwen3-VL is trained to ground phrases to boxes).
+
+With several cameras every view is grounded alike: the dense targets of each camera's tokens come from
+its own image, and the referring targets hold one (u, v) per camera, in the model's camera order.
 
 No action, state, instruction template or held-out phrasing is used here: captions are random word
 sequences, so what Stage 2 later relies on is "find the colour word and its object", not a phrasing.
@@ -18,7 +21,7 @@ sequences, so what Stage 2 later relies on is "find the colour word and its obje
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +35,7 @@ from ..tasks.camera import make_camera
 from ..tasks.scene import BLOCK_SIZE, COLORS, WORKSPACE, Scene
 from .vocabulary import vocabulary
 
-__all__ = ["GroundingConfig", "colour_fractions", "pretrain_grounding"]
+__all__ = ["GroundingConfig", "colour_fractions", "pretrain_grounding", "referring_targets"]
 
 GROUNDED_COLORS = ("red", "green", "blue")  # the channels of colour_masks, in order
 
@@ -89,13 +92,23 @@ def block_targets(scene: Scene, color: str, camera_name: str, image_size: tuple[
     )
 
 
+def referring_targets(
+    scene: Scene, color: str, cameras: Sequence[str], image_size: tuple[int, int]
+) -> np.ndarray:
+    """(u, v) of the block in each camera, then its (x, y) table position: [2 * len(cameras) + 2].
+
+    One camera: exactly ``block_targets``."""
+    per_camera = [block_targets(scene, color, name, image_size) for name in cameras]
+    return np.concatenate([*(t[:2] for t in per_camera), per_camera[0][2:]])
+
+
 class GroundingHeads(nn.Module):
     """Linear read-outs on the VLM layers the action expert reads (one pair per layer)."""
 
-    def __init__(self, width: int, layers: int) -> None:
+    def __init__(self, width: int, layers: int, refer_dim: int = 4) -> None:
         super().__init__()
         self.dense = nn.ModuleList(nn.Linear(width, 3) for _ in range(layers))
-        self.refer = nn.ModuleList(nn.Linear(width, 4) for _ in range(layers))
+        self.refer = nn.ModuleList(nn.Linear(width, refer_dim) for _ in range(layers))
 
 
 def random_caption(color: str, rng: np.random.Generator, max_tokens: int) -> tuple[str, int]:
@@ -112,32 +125,46 @@ def random_caption(color: str, rng: np.random.Generator, max_tokens: int) -> tup
 
 def pretrain_grounding(
     backbone: nn.Module,
-    images: np.ndarray,
+    images: Mapping[str, np.ndarray],
     scenes: Sequence[Scene],
     *,
-    camera_name: str,
     layer_map: Sequence[int],
     preprocessor: ImagePreprocessor,
     tokenizer: InstructionTokenizer,
     config: GroundingConfig = GroundingConfig(),
     progress: bool = True,
 ) -> list[float]:
-    """Train ``backbone`` in place on the two objectives; ``images[i]`` (H, W, 3) shows ``scenes[i]``.
+    """Train ``backbone`` in place on the two objectives; ``images[camera][i]`` (H, W, 3) shows
+    ``scenes[i]`` from that camera, cameras in the backbone's (and ``preprocessor``'s) order.
 
     Returns the loss per step. The caller freezes the backbone afterwards."""
     bcfg = backbone.config
     layout = sequence_layout(bcfg)
+    cameras = tuple(images)
+    if cameras != tuple(preprocessor.cameras):
+        raise ValueError(f"images of cameras {cameras}; the preprocessor takes {tuple(preprocessor.cameras)}")
     image_positions = torch.from_numpy(np.flatnonzero(layout.kind == IMAGE))
-    h, w = images.shape[1:3]
+    n, h, w = images[cameras[0]].shape[:3]
+    if any(images[c].shape[:3] != (n, h, w) for c in cameras) or len(scenes) != n:
+        raise ValueError(
+            f"{len(scenes)} scenes and images {[images[c].shape for c in cameras]}: one frame per scene"
+            " and camera, all of one size"
+        )
     patch = bcfg.vision.patch_size * bcfg.vision.spatial_merge_size
     grid = (h // patch, w // patch)
-    if len(image_positions) != grid[0] * grid[1]:
-        raise ValueError("grounding pretraining supports one camera")
+    if len(image_positions) != len(cameras) * grid[0] * grid[1]:
+        raise ValueError(
+            f"the backbone has {len(image_positions)} image tokens; {len(cameras)} camera(s) of"
+            f" {h}x{w} give {len(cameras) * grid[0] * grid[1]}"
+        )
     text_positions = torch.from_numpy(np.flatnonzero(layout.kind == TEXT))
-    fractions = torch.from_numpy(colour_fractions(images, grid)) * 10.0
+    fractions = (
+        torch.from_numpy(np.concatenate([colour_fractions(images[c], grid) for c in cameras], 1)) * 10.0
+    )
     gen = torch.Generator().manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    heads = GroundingHeads(int(bcfg.hidden_size), len(layer_map))
+    refer_dim = 2 * len(cameras) + 2
+    heads = GroundingHeads(int(bcfg.hidden_size), len(layer_map), refer_dim)
     backbone.requires_grad_(True)
     backbone.train()
     params = [*backbone.parameters(), *heads.parameters()]
@@ -148,10 +175,10 @@ def pretrain_grounding(
     losses: list[float] = []
     bar = tqdm(range(config.steps), desc="stage 0 (VLM grounding)", unit="step", disable=not progress)
     for _ in bar:
-        idx = torch.randint(len(images), (config.batch_size,), generator=gen).tolist()
+        idx = torch.randint(n, (config.batch_size,), generator=gen).tolist()
         pixels, ids, masks, refer, refer_mask = [], [], [], [], []
         for i in idx:
-            pixels.append(preprocessor.batch({camera_name: images[i]}))
+            pixels.append(preprocessor.batch({c: images[c][i] for c in cameras}))
             color = GROUNDED_COLORS[int(rng.integers(len(GROUNDED_COLORS)))]
             caption, at = random_caption(color, rng, tokenizer.max_tokens)
             tok_ids, tok_mask = tokenizer(caption)
@@ -160,7 +187,7 @@ def pretrain_grounding(
             m = np.array(tok_mask[0], dtype=np.float32)
             m[:at] = 0.0
             refer_mask.append(m)
-            refer.append(block_targets(scenes[i], color, camera_name, (h, w)))
+            refer.append(referring_targets(scenes[i], color, cameras, (h, w)))
         out = backbone(
             torch.from_numpy(np.concatenate(pixels)),
             torch.from_numpy(np.concatenate(ids)),
@@ -175,7 +202,7 @@ def pretrain_grounding(
             dense = heads.dense[k](hid[:, image_positions])
             loss = loss + torch.mean((dense - dense_target) ** 2)
             text = heads.refer[k](hid[:, text_positions])
-            loss = loss + torch.sum(rmask * (text - refer_target) ** 2) / (rmask.sum() * 4)
+            loss = loss + torch.sum(rmask * (text - refer_target) ** 2) / (rmask.sum() * refer_dim)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -21,6 +21,7 @@ from apt_policy.training.grounding import (
     colour_masks,
     pretrain_grounding,
     random_caption,
+    referring_targets,
 )
 from apt_policy.training.vocabulary import vocabulary, write_default_tokenizer
 
@@ -48,13 +49,14 @@ def test_colour_fractions_in_chunks_match_one_pass() -> None:
         colour_fractions(imgs, (2, 3), chunk=0)
 
 
-def test_block_targets_point_at_the_rendered_block() -> None:
+@pytest.mark.parametrize("camera", ["front", "side"])
+def test_block_targets_point_at_the_rendered_block(camera: str) -> None:
     h, w = 96, 128
     scene = sample_scene(3)
-    img = render(scene, FR3.ready_pose, make_camera("front", w, h))
+    img = render(scene, FR3.ready_pose, make_camera(camera, w, h))
     masks = colour_masks(img)
     for k, color in enumerate(("red", "green", "blue")):
-        t = block_targets(scene, color, "front", (h, w))
+        t = block_targets(scene, color, camera, (h, w))
         assert np.all(np.abs(t) <= 1.2)
         u, v = (t[0] + 1) / 2 * (w - 1), (t[1] + 1) / 2 * (h - 1)
         ys, xs = np.nonzero(masks[..., k])
@@ -74,48 +76,52 @@ def test_random_captions_name_one_colour_and_no_template() -> None:
 
 
 @pytest.mark.slow
-def test_pretraining_makes_the_text_tokens_locate_the_named_block(tmp_path) -> None:
-    """A linear probe on the caption's last token finds the named block better after stage 0."""
+@pytest.mark.parametrize("cameras", [("front",), ("front", "side")])
+def test_pretraining_makes_the_text_tokens_locate_the_named_block(tmp_path, cameras) -> None:
+    """A linear probe on the caption's last token finds the named block better after stage 0, in every
+    camera's image (with two cameras, the side view's (u, v) too)."""
     tiny = Qwen3VLBackboneConfig.tiny()
     cfg = tiny.replace(
         vision=dataclasses.replace(tiny.vision, depth=1, deepstack_visual_indexes=(0,)),
         image_size=(32, 48),
         max_text_tokens=4,
+        num_cameras=len(cameras),
     )
     torch.manual_seed(0)
     backbone = Qwen3VLBackbone(cfg)
     scenes = [sample_scene(i) for i in range(24)]
-    cam = make_camera("front", 48, 32)
-    images = np.stack([render(s, FR3.ready_pose, cam) for s in scenes])
-    pre = ImagePreprocessor(("front",), (32, 48), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    images = {
+        c: np.stack([render(s, FR3.ready_pose, make_camera(c, 48, 32)) for s in scenes]) for c in cameras
+    }
+    pre = ImagePreprocessor(cameras, (32, 48), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     tok = InstructionTokenizer(write_default_tokenizer(tmp_path / "tok.json"), 4)
     text_at = torch.from_numpy(np.flatnonzero(sequence_layout(cfg).kind == TEXT))
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
 
-    def probe_error() -> float:
+    def probe_errors() -> np.ndarray:
+        """Mean absolute error of a ridge probe per camera's (u, v)."""
         feats, targets = [], []
         with torch.no_grad():
-            for scene, img in zip(scenes, images, strict=True):
+            for i, scene in enumerate(scenes):
                 for color in ("red", "green", "blue"):
                     ids, mask = tok(color)
                     out = backbone(
-                        torch.from_numpy(pre.batch({"front": img})),
+                        torch.from_numpy(pre.batch({c: images[c][i] for c in cameras})),
                         torch.from_numpy(np.array(ids)),
                         torch.from_numpy(np.array(mask)),
                     )
                     feats.append(out.hidden_states[-1][0, text_at[0]].numpy())
-                    targets.append(block_targets(scene, color, "front", (32, 48))[:2])
+                    targets.append(referring_targets(scene, color, cameras, (32, 48))[: 2 * len(cameras)])
         x, y = np.array(feats, np.float64), np.array(targets, np.float64)
         x = np.c_[x, np.ones(len(x))]
         w = np.linalg.solve(x.T @ x + 1e-3 * np.eye(x.shape[1]), x.T @ y)
-        return float(np.abs(x @ w - y).mean())
+        return np.abs(x @ w - y).mean(axis=0).reshape(len(cameras), 2).mean(axis=1)
 
-    error_before = probe_error()
+    errors_before = probe_errors()
     losses = pretrain_grounding(
         backbone,
         images,
         scenes,
-        camera_name="front",
         layer_map=(cfg.num_layers - 1,),
         preprocessor=pre,
         tokenizer=tok,
@@ -123,6 +129,35 @@ def test_pretraining_makes_the_text_tokens_locate_the_named_block(tmp_path) -> N
         progress=False,
     )
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
-    assert probe_error() < 0.5 * error_before
+    errors_after = probe_errors()
+    assert np.all(errors_after < 0.5 * errors_before), (errors_before, errors_after)
     assert not any(p.requires_grad for p in backbone.parameters())  # frozen again for Stage 1/2
     assert any(not torch.equal(before[k], v) for k, v in backbone.state_dict().items())
+
+
+def test_referring_targets_hold_each_cameras_view_then_the_table_position() -> None:
+    scene = sample_scene(4)
+    front = block_targets(scene, "blue", "front", (96, 128))
+    side = block_targets(scene, "blue", "side", (96, 128))
+    np.testing.assert_array_equal(referring_targets(scene, "blue", ("front",), (96, 128)), front)
+    both = referring_targets(scene, "blue", ("front", "side"), (96, 128))
+    np.testing.assert_array_equal(both, np.concatenate([front[:2], side[:2], front[2:]]))
+    assert not np.allclose(front[:2], side[:2])  # two views: two different image positions
+
+
+def test_pretraining_refuses_images_that_do_not_fit_the_backbone(tmp_path) -> None:
+    tiny = Qwen3VLBackboneConfig.tiny()
+    cfg = tiny.replace(image_size=(32, 48), max_text_tokens=4, num_cameras=2)
+    backbone = Qwen3VLBackbone(cfg)
+    tok = InstructionTokenizer(write_default_tokenizer(tmp_path / "tok.json"), 4)
+    scenes = [sample_scene(0)]
+    image = np.zeros((1, 32, 48, 3), np.uint8)
+    common = {"layer_map": (0,), "tokenizer": tok, "config": GroundingConfig(steps=1), "progress": False}
+    one = ImagePreprocessor(("front",), (32, 48), (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="1 camera"):  # a two-camera backbone, one camera's images
+        pretrain_grounding(backbone, {"front": image}, scenes, preprocessor=one, **common)
+    two = ImagePreprocessor(("front", "side"), (32, 48), (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="preprocessor takes"):  # cameras in another order
+        pretrain_grounding(backbone, {"side": image, "front": image}, scenes, preprocessor=two, **common)
+    with pytest.raises(ValueError, match="one frame per scene"):
+        pretrain_grounding(backbone, {"front": image, "side": image}, scenes * 2, preprocessor=two, **common)
