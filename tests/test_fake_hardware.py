@@ -345,3 +345,45 @@ def test_streamed_lookahead_trajectories_are_followed_without_violations(
     assert summary["accepted"]["trajectory"] == len(arrivals) >= 0.9 * n_msgs
     assert summary["total_violations"] == 0, summary
     assert 1.5 < arrivals[-1] - arrivals[0] < 3.0  # ~199 intervals of ~10 ms
+
+
+def test_demo_camera_rig_renders_each_model_view_and_shares_one_scene(processes: Any, ros_env: Any) -> None:
+    """demo/cameras.py: one fake_camera per model camera, each from its own pose on its own topics, all set by
+    the one scene message the demo's probe sends."""
+    from apt_policy.demo.cameras import sim_cameras
+    from apt_policy.sim.probe import DemoProbe
+    from apt_policy.tasks.camera import make_camera
+    from apt_policy.tasks.render import render
+    from apt_policy.tasks.scene import sample_scene
+
+    cams = sim_cameras(("front", "side"))
+    probe = DemoProbe(scene_topics=tuple(c.current_scene_topic for c in cams))
+    frames: dict[str, list[Image]] = {c.name: [] for c in cams}
+    for c in cams:
+        probe.node.create_subscription(Image, c.image_topic, frames[c.name].append, qos_profile_sensor_data)
+    try:
+        for c in cams:
+            processes.start(
+                c.node, ["apt-fake-camera", *c.arguments(5), "-p", "width:=160", "-p", "height:=120"]
+            )
+
+        def wait(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+            deadline = time.monotonic() + timeout
+            while not predicate():
+                assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                time.sleep(0.05)
+
+        wait(lambda: probe.scene_everywhere(5), "both cameras to report scene 5")
+        assert not probe.scene_everywhere(9)
+        probe.send_scene(9)
+        wait(lambda: probe.scene_everywhere(9), "both cameras to take scene 9 from the one message")
+        counts = {name: len(f) for name, f in frames.items()}
+        wait(lambda: all(len(frames[n]) > counts[n] + 2 for n in counts), "frames of scene 9 on both topics")
+        scene = sample_scene(9)
+        for c in cams:
+            msg = frames[c.name][-1]
+            got = np.frombuffer(msg.data, np.uint8).reshape(msg.height, msg.width, 3)
+            want = render(scene, FR3.ready_pose, make_camera(c.name, 160, 120), FR3.max_gripper_width)
+            assert np.array_equal(got, want), f"{c.image_topic} does not show the {c.name} view of scene 9"
+    finally:
+        probe.shutdown()

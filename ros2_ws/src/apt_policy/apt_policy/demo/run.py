@@ -4,7 +4,8 @@ Steps (each prints a header; any failure ends the demo with a message naming the
 
 1. model    the cached Stage-2 demo bundle, or ``apt-train demo`` (minutes on 2 cores, once)
 2. export   ``apt-export onnx`` (cached with the bundle), then ``apt-export verify`` (PyTorch vs ONNX Runtime)
-3. robot    ``apt-fake-camera`` on its own ROS_DOMAIN_ID, loopback only; logs in ``<out>/logs``
+3. robot    ``apt-fake-camera`` (one per model camera: demo/cameras.py) on its own ROS_DOMAIN_ID, loopback
+            only; logs in ``<out>/logs``
 4. episodes per episode: the camera gets the episode's scene, ``apt-fake-franka`` starts at the ready pose
             and ``apt-policy-node`` (config/sim.yaml, ONNX Runtime) starts; once the node is IDLE the demo
             publishes the instruction(s) on ``/apt_policy/instruction`` and records until the arm settles at
@@ -35,6 +36,7 @@ import numpy as np
 
 from apt_policy.control.realtime import CONTROLLER_PRIORITY
 from apt_policy.data.bag import bag_size
+from apt_policy.demo.cameras import SimCamera, model_cameras, node_camera_overrides, sim_cameras
 from apt_policy.demo.episodes import plan_episodes
 from apt_policy.demo.machine import steal_seconds
 from apt_policy.demo.processes import ManagedProcesses, ProcessDiedError, log_tail
@@ -296,7 +298,13 @@ def scheduling_context(log_dir: Path) -> dict[str, str]:
 
 
 def run_episode(
-    plan: EpisodePlan, probe: Any, procs: ManagedProcesses, export: Path, params_file: Path, opts: DemoOptions
+    plan: EpisodePlan,
+    probe: Any,
+    procs: ManagedProcesses,
+    export: Path,
+    params_file: Path,
+    opts: DemoOptions,
+    cameras: list[SimCamera],
 ) -> EpisodeOutcome:
     """One episode (see the module docstring, step 4)."""
     steal_at_start = steal_seconds()
@@ -304,14 +312,14 @@ def run_episode(
     probe.send_scene(plan.scene_seed)
 
     def scene_set() -> bool:
-        if (probe.scene or {}).get("seed") == plan.scene_seed:
+        if probe.scene_everywhere(plan.scene_seed):
             return True
         if time.monotonic() - sent[-1] > 2.0:  # idempotent: ask again rather than trust one message
             sent.append(time.monotonic())
             probe.send_scene(plan.scene_seed)
         return False
 
-    _wait(scene_set, 30.0, "fake_camera to set the scene", procs)
+    _wait(scene_set, 30.0, f"{', '.join(c.node for c in cameras)} to set the scene", procs)
     scene = Scene.from_dict(probe.scene)
     target = scene.block(plan.target)
     probe.clear()
@@ -340,6 +348,7 @@ def run_episode(
             str(params_file),
             "-p",
             f"model:={export}",
+            *node_camera_overrides(cameras),
             *node_overrides(opts),
         ],
         log_name=f"{plan.name}_policy_node",
@@ -464,14 +473,21 @@ def run_episodes(
     bag = opts.out.resolve() / RECORDING
     if bag.exists():
         shutil.rmtree(bag)
-    probe = DemoProbe(EPISODE_TOPIC)
     try:
-        camera = procs.start(
-            "fake_camera",
-            [_tool("apt-fake-camera"), "--ros-args", "-p", f"scene_seed:={plans[0].scene_seed}"],
-        )
+        cameras = sim_cameras(model_cameras(export))
+    except ValueError as exc:
+        raise DemoError(str(exc)) from exc
+    probe = DemoProbe(EPISODE_TOPIC, tuple(c.current_scene_topic for c in cameras))
+    try:
+        for cam in cameras:
+            started = procs.start(cam.node, [_tool("apt-fake-camera"), *cam.arguments(plans[0].scene_seed)])
+            _wait(
+                lambda t=cam.current_scene_topic: t in probe.scenes,
+                60.0,
+                f"{cam.node} ({cam.name} view on {cam.image_topic}) to start; log {started.log}",
+                procs,
+            )
         recorder = procs.start("recorder", recorder_command(bag, opts.video_fps))
-        _wait(lambda: probe.scene is not None, 60.0, f"fake_camera to start; log {camera.log}", procs)
         _wait(
             lambda: probe.episode_pub.get_subscription_count() > 0,
             60.0,
@@ -481,7 +497,7 @@ def run_episodes(
         _header(4, 5, f"episodes: {len(plans)} instructions on the simulated FR3")
         for plan in plans:
             t = time.monotonic()
-            outcome = run_episode(plan, probe, procs, export, params_file, opts)
+            outcome = run_episode(plan, probe, procs, export, params_file, opts, cameras)
             tcp = tcp_positions(outcome.final_q[None])[0]
             dist = float(np.linalg.norm(tcp - outcome.scene.block(plan.target).reach_point))
             verdict = "success" if dist < SUCCESS_RADIUS else "FAIL"

@@ -37,7 +37,12 @@ __all__ = ["DemoProbe"]
 class DemoProbe:
     """rclpy node on its own context and executor thread (see the module docstring)."""
 
-    def __init__(self, episode_topic: str = "/apt_demo/episode") -> None:
+    def __init__(
+        self,
+        episode_topic: str = "/apt_demo/episode",
+        scene_topics: tuple[str, ...] = ("/fake_camera/current_scene",),
+    ) -> None:
+        """``scene_topics``: the ``current_scene`` of every fake camera, the first the one ``scene`` shows."""
         self.context = rclpy.context.Context()
         # The demo owns Ctrl-C (KeyboardInterrupt -> stop every process): rclpy must not take SIGINT over.
         rclpy.init(context=self.context, signal_handler_options=SignalHandlerOptions.NO)
@@ -47,6 +52,8 @@ class DemoProbe:
         self._lock = threading.Lock()
         self.clear()
         self.scene: dict[str, Any] | None = None
+        self.scenes: dict[str, dict[str, Any]] = {}  # current_scene topic -> the scene it last reported
+        self._scene_topics = tuple(scene_topics)
         self.robot_report: dict[str, Any] = {}
         self.node_stats: dict[str, float] = {}
         n = self.node
@@ -58,7 +65,8 @@ class DemoProbe:
         n.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, EVENTS)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, EVENTS)
         n.create_subscription(String, "/fake_franka/violations", self._on_violations, LATCHED)
-        n.create_subscription(String, "/fake_camera/current_scene", self._on_scene, LATCHED)
+        for topic in self._scene_topics:
+            n.create_subscription(String, topic, lambda msg, t=topic: self._on_scene(msg, t), LATCHED)
         self._thread = threading.Thread(target=self._spin, name="apt-demo-probe", daemon=True)
         self._thread.start()
 
@@ -115,13 +123,20 @@ class DemoProbe:
         with self._lock:
             self.robot_report = report
 
-    def _on_scene(self, msg: String) -> None:
+    def _on_scene(self, msg: String, topic: str) -> None:
         try:
             scene = json.loads(msg.data)
         except ValueError:
             return
         with self._lock:
-            self.scene = scene
+            self.scenes[topic] = scene
+            if topic == self._scene_topics[0]:
+                self.scene = scene
+
+    def scene_everywhere(self, seed: int) -> bool:
+        """Whether every camera reports the scene of ``seed``."""
+        with self._lock:
+            return all((self.scenes.get(t) or {}).get("seed") == seed for t in self._scene_topics)
 
     # ----------------------------------------------------------------------------------------- actions
     def send_instruction(self, text: str) -> None:
