@@ -120,6 +120,12 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_two_camera_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny APT policy with two cameras, ``front`` and ``side``."""
+    return _tiny_export(tmp_path_factory.mktemp("tiny_two_cameras"), "apt_two_cameras")
+
+
+@pytest.fixture(scope="session")
 def tiny_action_prior_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same for the action-prior family: a stateful model (3 history steps)."""
     return _tiny_export(tmp_path_factory.mktemp("tiny_action_prior"), "action_prior")

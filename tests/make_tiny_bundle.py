@@ -1,5 +1,6 @@
-"""Write a tiny random one-camera FR3 policy bundle (test fixture): ``python make_tiny_bundle.py OUT_DIR
-[FAMILY]`` (``apt``, the default, or ``action_prior``: a stateful Stage-2 model with a 3-step history).
+"""Write a tiny random FR3 policy bundle (test fixture): ``python make_tiny_bundle.py OUT_DIR
+[FAMILY]`` (``apt``, the default; ``action_prior``: a stateful Stage-2 model with a 3-step history;
+``apt_two_cameras``: APT with the cameras ``front`` and ``side``).
 
 Run in a subprocess so the test process never imports torch; the weights are random (seeded), so the model
 exercises every code path of export, runtime and node but does not solve the task. Its states and actions are
@@ -27,6 +28,8 @@ family = sys.argv[2] if len(sys.argv) > 2 else "apt"
 if family == "action_prior":  # the same inputs and actions as the APT one (the arm's 7 joints)
     joints = tuple(f"fr3_joint{i}" for i in range(1, 8))
     config = tiny_action_prior_config(state_names=joints, action_names=joints).with_stage(2)
+elif family == "apt_two_cameras":  # the demo's two views (demo/cameras.py)
+    config = tiny_policy_config("pi", cameras=("front", "side"), model_id="apt-tiny-two-cameras")
 else:
     config = tiny_policy_config("pi", cameras=("front",), model_id="apt-tiny-launch-test")
 rng = np.random.default_rng(0)

@@ -317,6 +317,53 @@ def test_camera_stop_holds_within_three_ticks_and_recovers(processes, probe, mod
     wait_running(probe, processes, timeout=20)
 
 
+def test_a_two_camera_model_needs_both_views_over_dds(processes, probe, tiny_two_camera_export) -> None:
+    """The demo's camera rig (demo/cameras.py) for a two-camera model: the node runs on both topics, holds
+    when the second camera stops, naming it, and runs again when it is back."""
+    from apt_policy.demo.cameras import node_camera_overrides, sim_cameras
+
+    cams = sim_cameras(("front", "side"))
+    processes.start("fake_franka", ["apt-fake-franka"])
+    for cam in cams:
+        processes.start(cam.node, ["apt-fake-camera", *cam.arguments(0)])
+    processes.start(
+        "policy_node",
+        [
+            "apt-policy-node",
+            "--ros-args",
+            "--params-file",
+            str(SIM_YAML),
+            "-p",
+            f"model:={tiny_two_camera_export}",
+            *node_camera_overrides(cams),
+            "-p",
+            "instruction:=reach the red block",
+        ],
+    )
+    wait_running(probe, processes)
+    side = probe.node.create_client(SetBool, "/fake_camera_side/enable")
+    assert side.wait_for_service(10.0), "/fake_camera_side/enable not available"
+
+    def set_side(on: bool) -> None:
+        future = side.call_async(SetBool.Request(data=on))
+        wait_for(future.done, 10.0, "the side camera's enable response")
+
+    with probe.lock:
+        n_before = len(probe.statuses)
+    set_side(False)
+
+    def side_hold() -> bool:
+        with probe.lock:
+            return any(
+                m.state == PolicyStatus.HOLDING and "camera 'side' stale" in m.last_fault
+                for _, m in probe.statuses[n_before:]
+            )
+
+    wait_for(side_hold, 5, "HOLDING for the side camera after it stopped")
+    set_side(True)
+    wait_running(probe, processes, timeout=10.0)
+
+
 def test_instruction_change_discards_old_instruction_chunks(processes, probe, model_dir, horizon) -> None:
     # back-to-back inference: a chunk is always being computed when the instruction changes
     start_stack(processes, model_dir, f"chunk_request_threshold:={horizon - 1}")
