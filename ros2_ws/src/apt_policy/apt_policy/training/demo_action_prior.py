@@ -62,7 +62,8 @@ class PriorDemoSettings:
     kick_noise: float = 0.0
     image_size: tuple[int, int] = (96, 128)
     render_size: tuple[int, int] | None = (480, 640)
-    # views the policy sees; a second one is not grounded by stage 0 (one camera), docs/ACTION_PRIOR.md
+    # views the policy sees; stage 0 grounds them all, but a vlm_from VLM only the views it was grounded on
+    # (the APT demo's: front). Front + side did not move scene 20000 (docs/ACTION_PRIOR.md, eleventh session)
     cameras: tuple[str, ...] = ("front",)
     patch_size: int = 8
     vision_depth: int = 1
