@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -110,16 +111,29 @@ def _processes_with_env(key: str, value: str) -> list[int]:
 
 @pytest.mark.ros
 def test_demo_fails_clearly_and_leaves_no_process_when_the_node_cannot_start(
-    ros_env: dict[str, str], tmp_path: Path
+    ros_env: dict[str, str], tmp_path: Path, tiny_export: Path
 ) -> None:
-    """A model dir without an export: the policy node exits, the demo says so, names the log, stops the
+    """A model dir that is no export: the demo says so before starting anything. One whose manifest reads
+    but whose graphs are missing: the policy node exits, the demo says so, names the log, stops the
     camera and the simulated arm, and returns 1."""
-    bad_model = tmp_path / "not_an_export"
-    bad_model.mkdir()
+    not_export = tmp_path / "not_an_export"
+    not_export.mkdir()
     out = tmp_path / "demo_out"
-    cmd = [sys.executable, "-m", "apt_policy.demo", "--out", str(out), "--model", str(bad_model)]
-    cmd += ["--domain-id", ros_env["ROS_DOMAIN_ID"], "--startup-timeout", "60"]
-    result = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=180)
+
+    def demo(model: Path) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "apt_policy.demo", "--out", str(out), "--model", str(model)]
+        cmd += ["--domain-id", ros_env["ROS_DOMAIN_ID"], "--startup-timeout", "60"]
+        return subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=180)
+
+    result = demo(not_export)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "demo FAILED" in result.stderr and "manifest.json not found" in result.stderr
+    assert not (out / "logs" / "fake_camera.log").exists()  # nothing was started for it
+
+    bad_model = tmp_path / "graphs_missing"
+    bad_model.mkdir()
+    shutil.copy(tiny_export / "manifest.json", bad_model / "manifest.json")
+    result = demo(bad_model)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "demo FAILED" in result.stderr and "policy_node exited" in result.stderr
     assert str(out / "logs" / "ep1_policy_node.log") in result.stderr
