@@ -14,9 +14,10 @@ function is called as soon as the callback returns. Every send's lateness (send 
 ``send_lateness``.
 
 A tick that starts more than ``stall_after`` seconds late is a *stall*: ``on_stall`` gets a :class:`Stall`
-saying where the time went -- the previous tick's callback and send, and (Linux, ``run_delay``) how long
-this thread was runnable but not running during the gap, so a pause names its cause in the log: the CPU
-given to others (scheduler), the loop's own work, or the thread blocked (the GIL, a lock, memory).
+saying where the time went -- the previous tick's callback and send (wall and, on the real clock, this
+thread's CPU time), and (Linux, ``run_delay``) how long this thread was runnable but not running during the
+gap, so a pause names its cause in the log: the CPU given to others (scheduler), the loop's own work, or the
+thread blocked (the GIL, a lock, memory) -- also when it blocked inside its own callback.
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ SendFn = Callable[[], None]
 @dataclass(frozen=True)
 class Stall:
     """A tick that started ``late_s`` after its time (``missed`` deadlines skipped). ``callback_s`` /
-    ``send_s``: how long the previous tick's callback and send took; ``run_delay_s``: how long this thread
-    waited for a CPU while runnable since the previous tick (None where the kernel does not say)."""
+    ``send_s``: how long the previous tick's callback and send took; ``callback_cpu_s`` / ``send_cpu_s``:
+    the CPU time this thread spent in them (None: not measured, e.g. on a simulated clock); ``run_delay_s``:
+    how long this thread waited for a CPU while runnable since the previous tick (None where the kernel
+    does not say)."""
 
     at: float
     late_s: float
@@ -57,6 +60,8 @@ class Stall:
     callback_s: float
     send_s: float
     run_delay_s: float | None
+    callback_cpu_s: float | None = None
+    send_cpu_s: float | None = None
 
     def cause(self) -> str:
         """The likeliest reading of the figures (what dominated the gap)."""
@@ -64,8 +69,17 @@ class Stall:
         if self.run_delay_s is not None and self.run_delay_s >= 0.5 * gap:
             return "the thread was runnable but not run: the CPU went to other threads (scheduler)"
         if max(self.callback_s, self.send_s) >= 0.5 * gap:
-            part = "callback" if self.callback_s >= self.send_s else "send (publish)"
-            return f"the previous tick's own {part} was slow"
+            in_callback = self.callback_s >= self.send_s
+            part = "callback" if in_callback else "send (publish)"
+            wall, cpu = (
+                (self.callback_s, self.callback_cpu_s) if in_callback else (self.send_s, self.send_cpu_s)
+            )
+            if cpu is None or cpu >= 0.5 * wall:
+                return f"the previous tick's own {part} was slow"
+            return (
+                f"the previous tick's {part} was blocked, not computing and not waiting for a CPU"
+                f" ({cpu * 1e3:.1f} ms of CPU in {wall * 1e3:.1f} ms: the GIL, a lock, or memory)"
+            )
         if self.run_delay_s is None:
             return "unknown (no scheduler figures on this platform)"
         return "the thread was blocked, not waiting for a CPU (the GIL, a lock, or memory)"
@@ -123,7 +137,10 @@ class FixedRateLoop:
         lead: float = 0.0,
         on_stall: Callable[[Stall], None] | None = None,
         stall_after: float | None = None,
+        cpu_clock: Callable[[], float] | None = None,
     ) -> None:
+        """``cpu_clock``: this thread's CPU time, to tell a slow callback from a blocked one in a
+        :class:`Stall`; default ``time.thread_time`` on the real clock, none on an injected one."""
         if not (period > 0 and period != float("inf")):
             raise ValueError(f"period must be a finite number of seconds > 0, got {period}")
         if not (0.0 <= lead < period):
@@ -136,6 +153,9 @@ class FixedRateLoop:
         self._sleep = sleep if sleep is not None else self._stop.wait
         self._on_error = on_error
         self._on_stall = on_stall
+        self._cpu_clock = (
+            cpu_clock if cpu_clock is not None else (time.thread_time if clock is time.monotonic else None)
+        )
         self.stall_after = 5 * self.period if stall_after is None else float(stall_after)
         self.stalls = 0
         self.last_stall: Stall | None = None
@@ -155,7 +175,10 @@ class FixedRateLoop:
         k = 0
         run_delay = RunDelay() if self._on_stall is not None else None
         waited = run_delay.read() if run_delay is not None else None
+        cpu = self._cpu_clock if self._on_stall is not None else None
         callback_s = send_s = 0.0
+        callback_cpu: float | None = None
+        send_cpu: float | None = None
         while not self._stop.is_set() and (max_ticks is None or self.ticks < max_ticks):
             deadline = start + k * self.period
             now = self._wait_until(deadline - self.lead)
@@ -173,21 +196,28 @@ class FixedRateLoop:
             before, waited = waited, run_delay.read() if run_delay is not None else None
             if stall_late is not None:
                 delay = None if before is None or waited is None else waited - before
-                self._stalled(Stall(now, stall_late, missed, callback_s, send_s, delay))
+                self._stalled(
+                    Stall(now, stall_late, missed, callback_s, send_s, delay, callback_cpu, send_cpu)
+                )
             self.jitter.add(late)
             self.rate.add(now)
             self.ticks += 1
+            cpu_at = cpu() if cpu is not None else 0.0
             send = self._guarded(
                 self._callback, TickInfo(index=k, deadline=deadline, started=now, missed=missed)
             )
             callback_s, send_s = self._clock() - now, 0.0
+            callback_cpu = cpu() - cpu_at if cpu is not None else None
+            send_cpu = 0.0 if cpu is not None else None
             if send is not None:
                 sent_at = self._wait_until(deadline)
                 if self._stop.is_set():
                     break
                 self.send_lateness.add(sent_at - deadline)
+                cpu_at = cpu() if cpu is not None else 0.0
                 self._guarded(send)
                 send_s = self._clock() - sent_at
+                send_cpu = cpu() - cpu_at if cpu is not None else None
             k += 1
         if run_delay is not None:
             run_delay.close()

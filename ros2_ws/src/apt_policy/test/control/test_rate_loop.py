@@ -200,6 +200,45 @@ def test_stall_cause_reads_the_figures() -> None:
     assert "unknown" in stall(delay=None).cause()
 
 
+def test_a_callback_that_waited_rather_than_computed_reads_as_blocked() -> None:
+    """Wall time in the callback is not the callback's work: with its CPU time known, a callback that spent
+    150 ms mostly off the CPU (and not waiting for one) was blocked; one that computed was slow."""
+
+    def stall(callback_cpu: float | None, send_cpu: float | None = None, send: float = 0.0) -> Stall:
+        return Stall(0.0, 0.2, 19, 0.15, send, 0.002, callback_cpu_s=callback_cpu, send_cpu_s=send_cpu)
+
+    waited = stall(callback_cpu=0.004).cause()
+    assert "callback was blocked" in waited and "4.0 ms of CPU in 150.0 ms" in waited
+    assert "callback was slow" in stall(callback_cpu=0.14).cause()
+    assert "callback was slow" in stall(callback_cpu=None).cause()  # not measured: the wall-time reading
+    assert "send (publish) was blocked" in stall(callback_cpu=0.0, send_cpu=0.001, send=0.18).cause()
+
+
+def test_the_loop_measures_its_callbacks_cpu_time_on_the_real_clock() -> None:
+    """A callback that sleeps (off the CPU) and one that spins (on it): the stall after each says which."""
+    stalls: list[Stall] = []
+    mode = {"kind": "sleep"}
+
+    def callback(info: TickInfo) -> None:
+        if info.index == 3:
+            if mode["kind"] == "sleep":
+                time.sleep(0.08)
+            else:
+                end = time.thread_time() + 0.08
+                while time.thread_time() < end:
+                    pass
+
+    for kind in ("sleep", "spin"):
+        mode["kind"] = kind
+        loop = FixedRateLoop(0.005, callback, on_stall=stalls.append)
+        loop.run(max_ticks=8)
+    sleep_stall, spin_stall = (s for s in stalls if s.late_s > 0.05)
+    assert sleep_stall.callback_cpu_s is not None and sleep_stall.callback_cpu_s < 0.02
+    assert "callback was blocked" in sleep_stall.cause(), sleep_stall.describe()
+    assert spin_stall.callback_cpu_s is not None and spin_stall.callback_cpu_s > 0.07
+    assert "callback was slow" in spin_stall.cause(), spin_stall.describe()
+
+
 @pytest.mark.skipif(RunDelay().read() is None, reason="needs Linux /proc/thread-self/schedstat")
 def test_a_thread_holding_the_gil_shows_as_blocked_not_as_the_scheduler() -> None:
     """Another thread holds the GIL in C code (the regex engine, catastrophic backtracking) for well over
