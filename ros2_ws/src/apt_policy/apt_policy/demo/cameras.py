@@ -20,7 +20,14 @@ from apt_policy.demo.recording import CAMERA_TOPIC
 from apt_policy.runtime.manifest import load_manifest
 from apt_policy.tasks.camera import CAMERA_PRESETS
 
-__all__ = ["SCENE_TOPIC", "SimCamera", "model_cameras", "node_camera_overrides", "sim_cameras"]
+__all__ = [
+    "FIRST_IMAGE_TOPIC",
+    "SCENE_TOPIC",
+    "SimCamera",
+    "model_cameras",
+    "node_camera_overrides",
+    "sim_cameras",
+]
 
 SCENE_TOPIC = "/fake_camera/scene"  # where the demo's probe sends an episode's scene (sim/probe.py)
 FIRST_IMAGE_TOPIC = CAMERA_TOPIC.removesuffix("/compressed")

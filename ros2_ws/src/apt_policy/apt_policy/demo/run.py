@@ -36,12 +36,17 @@ import numpy as np
 
 from apt_policy.control.realtime import CONTROLLER_PRIORITY
 from apt_policy.data.bag import bag_size
-from apt_policy.demo.cameras import SimCamera, model_cameras, node_camera_overrides, sim_cameras
+from apt_policy.demo.cameras import (
+    FIRST_IMAGE_TOPIC,
+    SimCamera,
+    model_cameras,
+    node_camera_overrides,
+    sim_cameras,
+)
 from apt_policy.demo.episodes import plan_episodes
 from apt_policy.demo.machine import steal_seconds
 from apt_policy.demo.processes import ManagedProcesses, ProcessDiedError, log_tail
 from apt_policy.demo.recording import (
-    CAMERA_TOPIC,
     EPISODE_TOPIC,
     EpisodePlan,
     EpisodeRecording,
@@ -456,7 +461,7 @@ def recorder_command(bag: Path, video_fps: float) -> list[str]:
         "-p",
         f"topics:=[{','.join(repr(t) for t in topics)}]",
         "-p",
-        f"cameras:=['{CAMERA_TOPIC.removesuffix('/compressed')}']",
+        f"cameras:=['{FIRST_IMAGE_TOPIC}']",
         "-p",
         f"camera_rate:={float(video_fps)}",
         "-p",
@@ -479,12 +484,15 @@ def run_episodes(
         raise DemoError(str(exc)) from exc
     probe = DemoProbe(EPISODE_TOPIC, tuple(c.current_scene_topic for c in cameras))
     try:
-        for cam in cameras:
-            started = procs.start(cam.node, [_tool("apt-fake-camera"), *cam.arguments(plans[0].scene_seed)])
+        started = [
+            procs.start(cam.node, [_tool("apt-fake-camera"), *cam.arguments(plans[0].scene_seed)])
+            for cam in cameras
+        ]
+        for cam, child in zip(cameras, started, strict=True):  # all start at once; each is waited for
             _wait(
                 lambda t=cam.current_scene_topic: t in probe.scenes,
                 60.0,
-                f"{cam.node} ({cam.name} view on {cam.image_topic}) to start; log {started.log}",
+                f"{cam.node} ({cam.name} view on {cam.image_topic}) to start; log {child.log}",
                 procs,
             )
         recorder = procs.start("recorder", recorder_command(bag, opts.video_fps))

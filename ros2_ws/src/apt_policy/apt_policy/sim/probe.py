@@ -51,7 +51,6 @@ class DemoProbe:
         self.executor.add_node(self.node)
         self._lock = threading.Lock()
         self.clear()
-        self.scene: dict[str, Any] | None = None
         self.scenes: dict[str, dict[str, Any]] = {}  # current_scene topic -> the scene it last reported
         self._scene_topics = tuple(scene_topics)
         self.robot_report: dict[str, Any] = {}
@@ -130,8 +129,12 @@ class DemoProbe:
             return
         with self._lock:
             self.scenes[topic] = scene
-            if topic == self._scene_topics[0]:
-                self.scene = scene
+
+    @property
+    def scene(self) -> dict[str, Any] | None:
+        """The scene the first camera last reported (None before it did)."""
+        with self._lock:
+            return self.scenes.get(self._scene_topics[0])
 
     def scene_everywhere(self, seed: int) -> bool:
         """Whether every camera reports the scene of ``seed``."""
