@@ -162,6 +162,30 @@ def test_episodes_from_instructions_takeover_and_the_action(tmp_path) -> None:
     assert episodes[0].takeover == [(T0 + 10**9, T0 + 3 * 10**9 // 2)] and not episodes[1].takeover
 
 
+def test_a_status_that_overtakes_its_instruction_does_not_split_the_episode() -> None:
+    """The node's status naming the new instruction can reach the recorder before the instruction."""
+    from types import SimpleNamespace
+
+    from apt_policy.data.bag import Message
+    from apt_policy.data.episodes import episodes_from_messages
+
+    def status(t_ns: int, text: str) -> Message:
+        return Message("/apt_policy/status", "", t_ns, SimpleNamespace(instruction=text, state=1))
+
+    def instruction(t_ns: int, text: str) -> Message:
+        return Message("/apt_policy/instruction", "", t_ns, SimpleNamespace(data=text))
+
+    stream = [instruction(0, "a"), status(10**8, "a"), status(2 * 10**8, "a")]
+    stream += [status(300_000_000, "b"), instruction(300_140_000, "b")]
+    stream += [status(k * 10**8, "b") for k in range(4, 20)]
+    stream += [status(2 * 10**9, "b"), instruction(2_000_100_000, "b")]  # a repeat long after: a restart
+    first, second, third = episodes_from_messages(stream)
+    assert [e.instruction for e in (first, second, third)] == ["a", "b", "b"]
+    assert (first.outcome, first.end_ns) == ("preempted", 300_140_000)
+    assert (second.start_ns, second.source) == (300_140_000, "instruction")
+    assert (second.end_ns, third.start_ns) == (2_000_100_000, 2_000_100_000)
+
+
 def test_a_silent_node_ends_its_episode_at_its_last_status() -> None:
     from types import SimpleNamespace
 

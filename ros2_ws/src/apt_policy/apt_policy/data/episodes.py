@@ -5,7 +5,9 @@ Boundaries (all from recorded topics, in receive-time order):
 * start: a message on the instruction topic (an operator or a script gave an instruction), or the node's
   ``~/status`` naming an instruction other than the open episode's (``SetInstruction`` and the
   ``FollowInstruction`` action set it without an instruction message); when a FollowInstruction goal
-  became EXECUTING up to 1 s before, the episode starts then and its source is ``action``;
+  became EXECUTING up to 1 s before, the episode starts then and its source is ``action``; when the
+  node's status naming the instruction reached the recorder before the instruction message itself (two
+  publishers, no order between them), the episode and the boundary move to the instruction message;
 * end, with its outcome: ``preempted`` (the next start), ``succeeded`` / ``canceled`` / ``aborted`` (the
   FollowInstruction goal's terminal status), ``stopped`` (the node back to IDLE without an instruction once
   it had named the episode's, or its ``~/status`` silent for over 1 s: stopped or restarted; the episode
@@ -33,6 +35,7 @@ IDLE, RUNNING, HOLDING, PAUSED, FAULT = range(5)
 EXECUTING, SUCCEEDED, CANCELED, ABORTED = 2, 4, 5, 6
 _TERMINAL = {SUCCEEDED: "succeeded", CANCELED: "canceled", ABORTED: "aborted"}
 STATUS_GAP_NS = 10**9  # ~/status is published at 10 Hz: a longer silence means the node went away
+ACK_RACE_NS = 10**9  # a status may arrive this much before the instruction it acknowledges
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,16 @@ def episodes_from_messages(messages: Iterable[Message], topics: TopicNames | Non
         last_t = m.t_ns
         if m.topic == topics.instruction:
             text = str(m.msg.data).strip()
-            if text:
+            if (
+                current is not None
+                and current.source == "status"
+                and current.instruction == text
+                and 0 <= m.t_ns - current.start_ns < ACK_RACE_NS
+            ):  # the node's acknowledgement overtook the instruction: the instruction starts the episode
+                if episodes and episodes[-1].end_ns == current.start_ns:
+                    episodes[-1].end_ns = m.t_ns
+                current.start_ns, current.source = m.t_ns, "instruction"
+            elif text:
                 open_(m.t_ns, text, "instruction")
         elif m.topic == topics.status:
             text, state = str(m.msg.instruction), int(m.msg.state)
