@@ -1,0 +1,183 @@
+"""Do DDS delivery hold-ups follow process starts? fake_franka + fake_camera + the policy node + apt-record.
+
+The demo restarts fake_franka and the node for every episode; a robot starts them once. This tool runs the
+same rig for ``--minutes`` in one of four ways and counts the commands that DDS delivered to the arm more
+than ``--threshold-ms`` after the node wrote them (fake_franka's arrival log: the RMW's source and reception
+timestamps), and the contract violations fake_franka counted:
+
+* ``both``: fake_franka and the node restarted every cycle (as the demo does per episode), ``--window`` s of
+  streaming each (the node gets the next instruction as a parameter);
+* ``node`` / ``franka``: only that one restarted every cycle;
+* ``none``: nothing restarted, the instruction switched every ``--window`` s.
+
+    python -m apt_policy.bench.restarts --model EXPORT_DIR --mode both --minutes 12 --out DIR
+
+Each restart of fake_franka writes its own arrival log (``DIR/arrivals_<cycle>.json``). Prints one line per
+hold-up (which log, seconds after the first command in that log, the delay) and a summary line; writes
+``DIR/restarts.json``. Real-time priorities as in the demo (``--no-realtime`` to drop them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from apt_policy.bench.rig import INSTRUCTIONS, Rig
+from apt_policy.bench.stream import TRAJECTORY_TOPIC
+
+MODES = ("both", "node", "franka", "none")
+
+
+@dataclass(frozen=True)
+class HoldUp:
+    """One command delivered late: ``log`` its arrival log, ``after_first_s`` seconds after the first
+    command in that log, ``delay_ms`` from the node's write to fake_franka's reception."""
+
+    log: str
+    after_first_s: float
+    delay_ms: float
+
+
+def hold_ups(sent: np.ndarray, received: np.ndarray, threshold_s: float) -> list[tuple[int, float]]:
+    """(index, delay s) of the first command of every run of commands delivered more than ``threshold_s``
+    after they were written (the ones queued behind a held command belong to its hold-up)."""
+    delay = np.asarray(received, np.float64) - np.asarray(sent, np.float64)
+    late = delay > threshold_s
+    starts = np.flatnonzero(late & ~np.concatenate([[False], late[:-1]]))
+    return [(int(k), float(delay[k])) for k in starts]
+
+
+def read_arrivals(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(sent, received) of the trajectory commands in one fake_franka arrival log, system clock s."""
+    data = json.loads(path.read_text())
+    sent = np.asarray(data["sent"].get(TRAJECTORY_TOPIC, []), np.float64)
+    received = np.asarray(data["received"].get(TRAJECTORY_TOPIC, []), np.float64)
+    return sent, received
+
+
+def violations_in_log(log: Path) -> int:
+    """Contract violations fake_franka logged (every run appended to ``log``)."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return len(re.findall(r"contract violation #\d+", text))
+
+
+def _with(args: list[str], key: str, value: str) -> list[str]:
+    return [f"{key}:={value}" if a.startswith(f"{key}:=") else a for a in args]
+
+
+def run(
+    model: Path,
+    mode: str,
+    minutes: float,
+    window: float,
+    out: Path,
+    realtime: bool,
+    threshold_s: float = 0.15,
+) -> dict:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    from apt_policy.demo.run import recorder_command
+
+    out.mkdir(parents=True, exist_ok=True)
+    logs = [out / "arrivals_0.json"]
+    rig = Rig(model, out / "rig", realtime=realtime, extra_args={"franka": ["-p", f"arrival_log:={logs[0]}"]})
+    with (out / "recorder.log").open("wb") as rec_log:
+        recorder = subprocess.Popen(
+            recorder_command(out / "bag", 10.0), env=rig.env, stdout=rec_log, stderr=subprocess.STDOUT
+        )
+        cycles = 0
+        try:
+            rig.wait_streaming()
+            end = time.monotonic() + minutes * 60
+            while time.monotonic() < end:
+                cycles += 1
+                text = INSTRUCTIONS[cycles % len(INSTRUCTIONS)]
+                restart = {"both": ("node", "franka"), "node": ("node",), "franka": ("franka",)}.get(mode, ())
+                for name in restart:
+                    rig.kill(name, signal.SIGINT)
+                if "franka" in restart:
+                    logs.append(out / f"arrivals_{cycles}.json")
+                    rig.args["franka"] = _with(rig.args["franka"], "arrival_log", str(logs[-1]))
+                if "node" in restart:
+                    rig.args["node"] = _with(rig.args["node"], "instruction", text)
+                for name in reversed(restart):  # fake_franka first, as the demo
+                    rig.start(name)
+                if not restart:
+                    rig.probe.say(text)
+                print(f"\rcycle {cycles} ({mode})", end="", file=sys.stderr, flush=True)
+                time.sleep(window + (2.0 if restart else 0.0))  # a restarted node needs ~2 s to stream
+        finally:
+            codes = rig.close()
+            recorder.send_signal(signal.SIGINT)
+            recorder.wait(30)
+        print(file=sys.stderr)
+    found: list[HoldUp] = []
+    commands = 0
+    for path in logs:
+        if not path.exists():
+            continue
+        sent, received = read_arrivals(path)
+        commands += len(received)
+        for k, delay in hold_ups(sent, received, threshold_s):
+            found.append(HoldUp(path.name, round(float(received[k] - received[0]), 3), round(delay * 1e3, 1)))
+    return {
+        "mode": mode,
+        "minutes": minutes,
+        "window_s": window,
+        "cycles": cycles,
+        "realtime": realtime,
+        "commands": commands,
+        "threshold_ms": threshold_s * 1e3,
+        "hold_ups": [asdict(h) for h in found],
+        "contract_violations": violations_in_log(out / "rig" / "franka.log"),
+        "exit_codes": codes,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, required=True, help="an export dir (apt-export onnx)")
+    ap.add_argument("--mode", choices=MODES, default="both")
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--window", type=float, default=8.0, help="s of streaming per cycle")
+    ap.add_argument(
+        "--threshold-ms", type=float, default=150.0, help="a delivery later than this is a hold-up"
+    )
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--no-realtime", action="store_true", help="normal scheduling for fake_franka and the node"
+    )
+    args = ap.parse_args(argv)
+    result = run(
+        args.model,
+        args.mode,
+        args.minutes,
+        args.window,
+        args.out,
+        not args.no_realtime,
+        args.threshold_ms / 1e3,
+    )
+    for h in result["hold_ups"]:
+        print(
+            f"hold-up: {h['log']} {h['after_first_s']:.2f} s after its first command, {h['delay_ms']:.1f} ms"
+        )
+    print(
+        f"{result['mode']}: {result['cycles']} cycles, {result['commands']} commands, "
+        f"{len(result['hold_ups'])} hold-ups over {args.threshold_ms:.0f} ms, "
+        f"{result['contract_violations']} contract violations, exit codes {result['exit_codes']}"
+    )
+    (args.out / "restarts.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
