@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from apt_policy.bench.rig import INSTRUCTIONS, Rig
+from apt_policy.bench.soak import log_events
 from apt_policy.bench.stream import TRAJECTORY_TOPIC
 
 MODES = ("both", "node", "franka", "none")
@@ -66,8 +66,7 @@ def read_arrivals(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def violations_in_log(log: Path) -> int:
     """Contract violations fake_franka logged (every run appended to ``log``)."""
-    text = log.read_text(errors="replace") if log.exists() else ""
-    return len(re.findall(r"contract violation #\d+", text))
+    return len(log_events(log, ("WARN", "ERROR"), "contract violation"))
 
 
 def _with(args: list[str], key: str, value: str) -> list[str]:

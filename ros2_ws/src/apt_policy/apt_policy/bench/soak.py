@@ -176,7 +176,7 @@ def run_soak(
 _LOG_LINE = re.compile(r"^\[(\w+)\] \[(\d+(?:\.\d+)?)\] \[[^\]]+\]: (.*)$")
 
 
-def _log_events(path: Path, severities: tuple[str, ...], contains: str = "") -> list[tuple[float, str]]:
+def log_events(path: Path, severities: tuple[str, ...], contains: str = "") -> list[tuple[float, str]]:
     """(system time, message) of the ROS log lines of ``path`` at ``severities`` that contain ``contains``."""
     if not path.is_file():
         return []
@@ -194,7 +194,7 @@ def violation_context(workdir: Path, window_s: float = 1.0, most: int = 5) -> li
     node wrote them after their stamp, how long DDS took, when the arm's handler took them, the largest gap
     between receptions -- and the node's warnings in that window. Enough to tell a late write or delivery
     from a plan the arm did not have, from the test output alone."""
-    events = _log_events(workdir / "franka.log", ("WARN", "ERROR"), "contract violation")
+    events = log_events(workdir / "franka.log", ("WARN", "ERROR"), "contract violation")
     if not events:
         return []
     fields: dict[str, np.ndarray] = {}
@@ -205,7 +205,7 @@ def violation_context(workdir: Path, window_s: float = 1.0, most: int = 5) -> li
             fields[key] = np.asarray(data.get(key, {}).get(TRAJECTORY_TOPIC, []), np.float64)
     n = len(fields.get("received", ()))
     usable = n > 0 and all(len(fields.get(k, ())) == n for k in ("stamps", "sent", "received", "handled"))
-    warnings = _log_events(workdir / "node.log", ("WARN", "ERROR"))
+    warnings = log_events(workdir / "node.log", ("WARN", "ERROR"))
     out: list[str] = []
     for t, message in events[:most]:
         out.append(f"fake_franka: {message}")

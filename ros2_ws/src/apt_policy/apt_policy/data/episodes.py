@@ -35,7 +35,9 @@ IDLE, RUNNING, HOLDING, PAUSED, FAULT = range(5)
 EXECUTING, SUCCEEDED, CANCELED, ABORTED = 2, 4, 5, 6
 _TERMINAL = {SUCCEEDED: "succeeded", CANCELED: "canceled", ABORTED: "aborted"}
 STATUS_GAP_NS = 10**9  # ~/status is published at 10 Hz: a longer silence means the node went away
-ACK_RACE_NS = 10**9  # a status may arrive this much before the instruction it acknowledges
+# an episode's start may reach the recorder this much before the instruction message that opens it (a goal
+# becoming EXECUTING, the node's status naming the instruction): two publishers, no order between them
+RACE_NS = 10**9
 
 
 @dataclass(frozen=True)
@@ -102,7 +104,7 @@ def episodes_from_messages(messages: Iterable[Message], topics: TopicNames | Non
 
     def open_(t_ns: int, text: str, source: str) -> None:
         nonlocal current, action_pending
-        if action_pending is not None and t_ns - action_pending < 10**9:
+        if action_pending is not None and t_ns - action_pending < RACE_NS:
             t_ns, source = action_pending, "action"  # the goal's start is the episode's
         close(t_ns, "preempted")
         current = Episode(len(episodes), text, t_ns, source=source)
@@ -116,7 +118,7 @@ def episodes_from_messages(messages: Iterable[Message], topics: TopicNames | Non
                 current is not None
                 and current.source == "status"
                 and current.instruction == text
-                and 0 <= m.t_ns - current.start_ns < ACK_RACE_NS
+                and 0 <= m.t_ns - current.start_ns < RACE_NS
             ):  # the node's acknowledgement overtook the instruction: the instruction starts the episode
                 if episodes and episodes[-1].end_ns == current.start_ns:
                     episodes[-1].end_ns = m.t_ns
