@@ -155,8 +155,8 @@ def _qos_record(qos: QoSProfile) -> list[dict[str, Any]]:
 class Recorder(Node):
     """See the module docstring."""
 
-    def __init__(self) -> None:
-        super().__init__("apt_recorder")
+    def __init__(self, **node_kwargs: Any) -> None:
+        super().__init__("apt_recorder", **node_kwargs)
         p = {
             name: self.declare_parameter(name, default, _descriptor(text)).value
             for name, default, text in _PARAMS
@@ -186,6 +186,8 @@ class Recorder(Node):
         self.dropped = 0
         self.frames_dropped = 0
         self.errors: list[str] = []
+        self.closed_after_s: float | None = None  # how long close() took (None while recording)
+        self.backlog_at_close = 0
         self._last_frame: dict[str, int] = {}
         self._lock = threading.Lock()
         self.stats_pub = self.create_publisher(String, "~/stats", 10)
@@ -263,7 +265,7 @@ class Recorder(Node):
             name, t_ns, raw = item
             try:
                 stamp, frame_id, jpeg = encode_jpeg(raw, self.camera_width, self.jpeg_quality)
-            except (CdrError, ValueError) as exc:
+            except (CdrError, ValueError, cv2.error) as exc:  # one bad frame never ends the encoder
                 self.errors.append(f"{name}: {exc}")
                 continue
             msg = CompressedImage(format="jpeg")
@@ -306,6 +308,8 @@ class Recorder(Node):
             "frames_dropped_busy_encoder": self.frames_dropped,
             "waiting_for_publishers": sorted(self.pending),
             "errors": self.errors[-5:],
+            "close_s": None if self.closed_after_s is None else round(self.closed_after_s, 3),
+            "backlog_at_close": self.backlog_at_close,
         }
 
     def _publish_stats(self) -> None:
@@ -313,11 +317,30 @@ class Recorder(Node):
             self.stats_pub.publish(String(data=json.dumps(self.stats())))
 
     def close(self) -> None:
-        """Stop the threads, close the last file, write metadata.yaml."""
-        self.frames.put(None)
-        self._encoder_thread.join(timeout=5.0)
-        self.queue.put(None)
-        self._writer_thread.join(timeout=30.0)
+        """Stop the threads, write what is queued, close the last file, write metadata.yaml.
+
+        Waits for the writer however long the queue takes (a bag without its tail or metadata.yaml is the
+        worse outcome) and logs the backlog it drains; ``stats()`` then holds ``close_s``."""
+        t0 = time.monotonic()
+        backlog = self.queue.qsize() + self.frames.qsize()
+        if backlog > 100:
+            self.get_logger().info(f"writing the {backlog} queued messages before closing the bag")
+        _put_when_room(self.frames, self._encoder_thread)
+        self._encoder_thread.join()
+        _put_when_room(self.queue, self._writer_thread)
+        self._writer_thread.join()
+        self.closed_after_s = time.monotonic() - t0
+        self.backlog_at_close = backlog
+
+
+def _put_when_room(q: queue.Queue[Any], consumer: threading.Thread) -> None:
+    """Queue the end-of-stream ``None`` for a consumer thread; skipped if that thread has already ended."""
+    while consumer.is_alive():
+        try:
+            q.put(None, timeout=0.5)
+            return
+        except queue.Full:
+            continue
 
 
 def _descriptor(text: str) -> Any:
