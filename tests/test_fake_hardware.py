@@ -185,6 +185,68 @@ def test_jtc_trajectory_moves_the_arm_and_the_gripper_follows_width_commands(
         assert abs(received - time.time()) < 120 and sent - 1e-3 <= received < sent + 1.0, (sent, received)
 
 
+def _set_parameters(probe: Probe, **values: Any) -> Any:
+    """fake_franka's parameters set in one atomic call (what ``ros2 param set`` does per parameter)."""
+    from rcl_interfaces.srv import SetParametersAtomically
+    from rclpy.parameter import Parameter
+
+    client = probe.node.create_client(SetParametersAtomically, "/fake_franka/set_parameters_atomically")
+    probe.spin_until(client.service_is_ready, 20.0, "fake_franka's parameter service")
+    request = SetParametersAtomically.Request(
+        parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+    )
+    future = client.call_async(request)
+    probe.spin_until(future.done, 20.0, "set_parameters_atomically")
+    return future.result().result
+
+
+def test_a_new_arrival_log_closes_the_segment_and_a_reset_puts_the_arm_at_rest(
+    processes: Any, probe: Probe, tmp_path: Path
+) -> None:
+    """The demo's episode boundary without a restart: the log so far (with its report) goes to the old file,
+    counters start from zero, and the arm is placed at the new start pose, gripper open."""
+    first, second = tmp_path / "ep1.json", tmp_path / "ep2.json"
+    start_franka(processes, probe, "-p", f"arrival_log:={first}")
+    probe.send_trajectory([0.3], [offset(0.1)])
+    probe.send_trajectory([0.5], [offset(np.nan)])  # a violation, in the first segment
+    probe.wait_subscribed(probe.width)
+    probe.width.publish(Float64(data=0.02))
+    probe.spin_until(
+        lambda: probe.reports and probe.reports[-1]["accepted"]["gripper"] == 1, 10.0, "the first segment"
+    )
+    start = offset(-0.4, joint=1) + offset(0.3, joint=5) - FR3.ready_pose
+    refused = _set_parameters(probe, publish_rate=50.0)
+    assert not refused.successful and "at start only" in refused.reason
+    outside = offset(5.0).tolist()
+    refused = _set_parameters(probe, initial_positions=outside)
+    assert not refused.successful and "inside the limits" in refused.reason
+    assert not first.exists()  # a refused call changes nothing
+
+    assert _set_parameters(probe, arrival_log=str(second), initial_positions=start.tolist()).successful
+    probe.spin_until(lambda: np.allclose(probe.q, start, atol=1e-12), 5.0, "the arm at the start pose")
+    probe.spin_until(lambda: abs(probe.gripper[-1] - 0.08) < 1e-9, 5.0, "the gripper open")
+    segment = json.loads(first.read_text())
+    assert len(segment["topics"]["/fr3_arm_controller/joint_trajectory"]) == 2
+    assert segment["summary"]["violations"]["non_finite"] == 1
+    assert segment["summary"]["accepted"] == {"trajectory": 1, "position": 0, "gripper": 1}
+    probe.spin_until(
+        lambda: (
+            probe.reports[-1]["total_violations"] == 0 and probe.reports[-1]["accepted"]["trajectory"] == 0
+        ),
+        5.0,
+        "counters from zero",
+    )
+    probe.spin_for(0.3)
+    np.testing.assert_allclose(probe.q, start, atol=1e-12)  # held there: the old trajectory is forgotten
+
+    probe.send_trajectory([0.3], [start + 0.05])
+    probe.spin_until(lambda: np.allclose(probe.q, start + 0.05, atol=1e-3), 10.0, "the arm to follow")
+    processes.stop_all()
+    segment = json.loads(second.read_text())
+    assert len(segment["topics"]["/fr3_arm_controller/joint_trajectory"]) == 1
+    assert segment["summary"]["total_violations"] == 0 and segment["summary"]["accepted"]["trajectory"] == 1
+
+
 def test_bad_trajectories_are_counted_and_ignored(processes: Any, probe: Probe) -> None:
     start_franka(processes, probe)
     probe.send_trajectory([0.5, 0.5], [offset(0.2), offset(0.3)])  # time_from_start not increasing

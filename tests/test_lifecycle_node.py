@@ -223,3 +223,52 @@ def test_autostart_true_is_the_one_command_start(
     assert node.poll() is None
     os.kill(node.pid, 2)
     assert node.wait(60) == 0, processes.output("policy_node")[-3000:]
+
+
+def test_an_arm_moved_while_inactive_is_taken_from_where_it_is_on_activate(
+    processes: Any, operator: Operator, tiny_export: Path
+) -> None:
+    """Deactivate, move the arm (fake_franka's simulation reset, as another controller would), activate: the
+    node waits for the arm at rest and streams from there; no tracking-error FAULT, nothing yanks it back."""
+    import numpy as np
+    from apt_policy.robots.franka import FR3
+    from rcl_interfaces.srv import SetParametersAtomically
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import JointState
+
+    joints: list[np.ndarray] = []
+    operator.node.create_subscription(
+        JointState, "/franka/joint_states", lambda m: joints.append(np.array(m.position)), EVENTS
+    )
+    processes.start("fake_franka", [*PY, "apt_policy.sim.fake_franka"])
+    processes.start("fake_camera", [*PY, "apt_policy.sim.fake_camera"])
+    _start_node(processes, tiny_export)
+    log = lambda: processes.output("policy_node")[-4000:]  # noqa: E731
+    assert operator.transition(Transition.TRANSITION_CONFIGURE), log()
+    assert operator.transition(Transition.TRANSITION_ACTIVATE), log()
+    operator.wait(lambda: len(operator.trajectories) > 20, 60.0, "the hold streamed while IDLE")
+    assert operator.transition(Transition.TRANSITION_DEACTIVATE), log()
+
+    moved = FR3.ready_pose + np.array([0.5, -0.3, 0.0, 0.4, 0.0, 0.0, 0.0])  # > max_tracking_error (0.2)
+    reset = operator.node.create_client(SetParametersAtomically, "/fake_franka/set_parameters_atomically")
+    request = SetParametersAtomically.Request(
+        parameters=[Parameter("initial_positions", value=moved.tolist()).to_parameter_msg()]
+    )
+    assert Operator.call(operator, reset, request).result.successful  # (vermin: not operator.call)
+    operator.wait(
+        lambda: joints and np.allclose(joints[-1], moved, atol=1e-9), 10.0, "the arm at the new pose"
+    )
+    sent = len(operator.trajectories)
+    statuses = len(operator.statuses)
+
+    assert operator.transition(Transition.TRANSITION_ACTIVATE), log()
+    operator.wait(lambda: len(operator.trajectories) > sent + 50, 60.0, "commands after activate")
+    first = operator.trajectories[sent]
+    np.testing.assert_allclose(first.points[0].positions, moved, atol=1e-6)  # from where the arm is
+    for msg in operator.trajectories[sent:]:
+        assert np.max(np.abs(np.array(msg.points[-1].positions) - moved)) < 1e-3, "the arm pulled back"
+    operator.next_status()
+    after = operator.statuses[statuses:]
+    assert after and all(s.state != PolicyStatus.FAULT for s in after), [s.last_fault for s in after]
+    assert "tracking error" not in processes.output("policy_node")
+    np.testing.assert_allclose(joints[-1], moved, atol=1e-3)

@@ -341,6 +341,13 @@ class Controller:
                 self._set_state(ControllerState.IDLE, "no instruction")
             return True
 
+    def resynchronise(self, reason: str) -> None:
+        """Forget the command and the arm controller's plan: the next tick starts again from the measured
+        state, once the arm has been at rest ``resync_settle_time`` (the stream stopped and the arm may be
+        moved meanwhile, e.g. while the node is inactive). Buffered chunks are dropped; a FAULT stays."""
+        with self._lock:
+            self._drop_plan(str(reason) or "re-synchronising")
+
     def fault(self, reason: str) -> None:
         """Enter FAULT (e.g. the robot reported a reflex); holds until :meth:`reset`."""
         with self._lock:

@@ -318,7 +318,8 @@ class PolicyNode(LifecycleNode):
 
     def _deactivate(self) -> None:
         """Hold, then stop: the stream sends the braking hold (its look-ahead ends at rest, which the arm's
-        controller then keeps) before it stops; a fresh, unstarted worker and loop wait for activate."""
+        controller then keeps) before it stops; a fresh, unstarted worker and loop wait for activate, which
+        re-synchronises with the arm where it is then (at rest)."""
         if self.controller.pause():
             self._paused_by_deactivate = True
             self.get_logger().info("deactivating: holding position")
@@ -327,6 +328,9 @@ class PolicyNode(LifecycleNode):
         while self.loop.ticks < sent + 2 and self.loop.running and time.monotonic() < deadline:
             time.sleep(self.params.period_s / 2)  # two ticks: the last message sent is the hold's
         self.loop.stop()
+        # The arm may be moved while nothing is streamed (another controller, by hand): activate starts from
+        # where it is then, at rest, not from the plan it held here
+        self.controller.resynchronise("deactivated")
         self.worker.stop(timeout_s=2.0)
         self.worker = self._make_worker()
         self.loop = build_loop(self.params, self._tick, self._on_tick_error)

@@ -428,6 +428,26 @@ class SimArm:
             self.accepted["gripper"] += 1
             return True
 
+    # -------------------------------------------------------------------------------- simulation only
+    def teleport(self, q: Sequence[float]) -> None:
+        """Put the arm at rest at ``q`` at once, gripper open, the JTC holding there (a simulation reset:
+        what an operator moving the arm to a start pose with another controller leaves behind)."""
+        q = np.asarray(q, dtype=np.float64).reshape(-1)
+        if q.shape != (self.profile.dof,) or not self.profile.within_limits(q):
+            raise ValueError(f"teleport needs {self.profile.dof} finite positions inside the limits, got {q}")
+        with self._lock:
+            self.q = q.copy()
+            self.qd = np.zeros(self.profile.dof)
+            self.follower.set_hold(q)
+            self._last_forward = None
+            self.gripper_width = self.gripper_target = self.profile.max_gripper_width
+
+    def reset_counts(self) -> None:
+        """Start the violation and accepted-command counters from zero (a new episode's report)."""
+        with self._lock:
+            self.violations = Counter({k: 0 for k in VIOLATION_KINDS})
+            self.accepted = Counter({"trajectory": 0, "position": 0, "gripper": 0})
+
     # ------------------------------------------------------------------------------------------ physics
     def step(self, now: float, dt: float) -> None:
         """Advance the simulation by ``dt`` seconds, with the desired state sampled at ``now``."""

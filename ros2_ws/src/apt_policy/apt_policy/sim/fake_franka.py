@@ -17,10 +17,20 @@ Publishes:
 
 The simulation is integrated at ``physics_rate`` (1 kHz) on its own monotonic-clock thread. On shutdown
 the node prints a summary, and writes every command's times to ``arrival_log`` if set (JSON: ``{"clock":
-"monotonic", FIELD: {topic: [t, ...]}, ...}`` with the fields of ``LOG_FIELDS``: ``topics`` the handler's
-arrival on the monotonic clock, ``stamps`` the header stamp (trajectories), and on the system clock
-``received`` / ``sent`` the RMW's reception and source (sender's write) timestamps and ``handled`` when the
-handler started). They are recorded only when ``arrival_log`` is set (memory grows with every command).
+"monotonic", FIELD: {topic: [t, ...]}, ..., "summary": {...}}`` with the fields of ``LOG_FIELDS``: ``topics``
+the handler's arrival on the monotonic clock, ``stamps`` the header stamp (trajectories), and on the system
+clock ``received`` / ``sent`` the RMW's reception and source (sender's write) timestamps and ``handled`` when
+the handler started; ``summary`` the report of ``~/violations``). They are recorded only when
+``arrival_log`` is set (memory grows with every command).
+
+Simulation-only resets, by setting parameters on the running node (``ros2 param set``, or one
+``set_parameters_atomically`` call; the demo does this between episodes instead of restarting the process):
+
+* ``arrival_log`` -- the log so far is written to the previous path (if any) and a new segment starts: the
+  command record, the arrival statistics and the violation / accepted counters start from zero;
+* ``initial_positions`` -- the arm is put at rest there at once, gripper open, the JTC holding there (what
+  moving the arm to a start pose with another controller leaves behind). A client streaming to the arm
+  must not be: a policy node is deactivated (lifecycle) first and re-synchronises on activate.
 """
 
 from __future__ import annotations
@@ -36,7 +46,7 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
@@ -130,9 +140,11 @@ class FakeFranka(Node):
         # Statistics in the 1 Hz report cover the last REPORT_WINDOW commands: over the whole history they
         # cost milliseconds of GIL-holding numpy per report in a long run, delaying command reception.
         self.arrivals = {topic: ArrivalLog(max_samples=REPORT_WINDOW) for topic in topics}
+        self._topics = topics
+        self._record_lock = threading.Lock()  # the record is swapped at a new segment (arrival_log set)
         self._record: dict[str, dict[str, list[float]]] | None = None  # every command, for arrival_log
         if p["arrival_log"]:
-            self._record = {field: {topic: [] for topic in topics} for field in LOG_FIELDS}
+            self._record = self._new_record()
 
         self.joint_pub = self.create_publisher(JointState, p["joint_states_topic"], EVENTS)
         self.gripper_pub = self.create_publisher(JointState, p["gripper_states_topic"], EVENTS)
@@ -158,6 +170,7 @@ class FakeFranka(Node):
         self._thread = threading.Thread(target=self._physics_loop, name="fake_franka_physics", daemon=True)
         self._thread.start()
         self._apply_realtime_priority(int(p["realtime_priority"]))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
         gc.collect()  # long-lived from here on: full collections skip them (as in the node)
         gc.freeze()
         self._publish_status()
@@ -202,16 +215,64 @@ class FakeFranka(Node):
     def _arrived(self, topic: str, stamp: float | None = None, info: Mapping[str, Any] | None = None) -> None:
         now = time.monotonic()
         self.arrivals[topic].add(now)
-        record = self._record
-        if record is None:
-            return
-        record["topics"][topic].append(now)
-        if stamp is not None:
-            record["stamps"][topic].append(stamp)
-        if info is not None:
-            record["handled"][topic].append(time.time())
-            record["received"][topic].append(int(info.get("received_timestamp") or 0) * 1e-9)
-            record["sent"][topic].append(int(info.get("source_timestamp") or 0) * 1e-9)
+        with self._record_lock:
+            record = self._record
+            if record is None:
+                return
+            record["topics"][topic].append(now)
+            if stamp is not None:
+                record["stamps"][topic].append(stamp)
+            if info is not None:
+                record["handled"][topic].append(time.time())
+                record["received"][topic].append(int(info.get("received_timestamp") or 0) * 1e-9)
+                record["sent"][topic].append(int(info.get("source_timestamp") or 0) * 1e-9)
+
+    def _new_record(self) -> dict[str, dict[str, list[float]]]:
+        return {field: {topic: [] for topic in self._topics} for field in LOG_FIELDS}
+
+    # ------------------------------------------------------------------------- simulation-only resets
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """``arrival_log`` and ``initial_positions`` at run time (see the module docstring); every other
+        parameter is read once at start."""
+        changes = {prm.name: prm.value for prm in params}
+        fixed = sorted(set(changes) - {"arrival_log", "initial_positions"})
+        if fixed:
+            return SetParametersResult(successful=False, reason=f"{fixed} are read at start only")
+        q = changes.get("initial_positions")
+        if q is not None and not self.profile.within_limits(np.asarray(q, dtype=np.float64)):
+            return SetParametersResult(
+                successful=False,
+                reason=f"initial_positions must be {self.profile.dof} values inside the limits",
+            )
+        if "arrival_log" in changes:
+            self.new_segment(str(changes["arrival_log"] or ""))
+        if q is not None:
+            self.arm.teleport(q)
+            self.params["initial_positions"] = list(q)
+            self.get_logger().info(f"simulation reset: the arm is at {np.round(q, 4).tolist()}")
+        return SetParametersResult(successful=True)
+
+    def new_segment(self, next_log: str) -> None:
+        """Write the record so far (with its report) to the current ``arrival_log`` and start from zero;
+        ``next_log`` is where the next segment goes ("" = record nothing more)."""
+        with self._record_lock:
+            record = self._record
+            self._record = self._new_record() if next_log else None
+            report = self.report()
+            self.arm.reset_counts()
+            self.arrivals = {topic: ArrivalLog(max_samples=REPORT_WINDOW) for topic in self._topics}
+            self._last_violation = None
+        if self._write_arrival_log(self.params["arrival_log"], record, report):
+            self.get_logger().info(f"wrote command arrival times to {self.params['arrival_log']}")
+        self.params["arrival_log"] = next_log
+        self._publish_violations()
+
+    @staticmethod
+    def _write_arrival_log(path: str, record: dict[str, Any] | None, report: dict[str, Any]) -> bool:
+        if not path or record is None:
+            return False
+        Path(path).write_text(json.dumps({"clock": "monotonic", **record, "summary": report}))
+        return True
 
     def _on_trajectory(self, msg: JointTrajectory, info: Mapping[str, Any] | None = None) -> None:
         stamp = _stamp_s(msg.header.stamp)
@@ -350,9 +411,10 @@ class FakeFranka(Node):
         self._rx_thread.join(timeout=2.0)
         report = self.report()
         print(f"[fake_franka] summary: {json.dumps(report, sort_keys=True)}", flush=True)
+        with self._record_lock:
+            record, self._record = self._record, None
         path = self.params["arrival_log"]
-        if path and self._record is not None:
-            Path(path).write_text(json.dumps({"clock": "monotonic", **self._record}))
+        if self._write_arrival_log(path, record, report):
             print(f"[fake_franka] wrote command arrival times to {path}", flush=True)
 
     def destroy_node(self) -> None:

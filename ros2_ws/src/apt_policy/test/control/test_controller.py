@@ -260,6 +260,33 @@ def test_pause_holds_drops_the_buffer_and_resume_waits_for_a_fresh_chunk() -> No
     assert_commands_safe(sim.ctrl, sim.commands)
 
 
+def test_resynchronise_starts_again_from_an_arm_moved_while_nothing_was_streamed() -> None:
+    """What a deactivate / activate of the node does: the arm moved elsewhere meanwhile (another controller,
+    a simulation reset) is no tracking error; the stream waits for it at rest and starts from it."""
+    sim = running_sim(max_tracking_error=0.2)
+    sim.push(constant(Q0 + 0.05))
+    sim.step(30)
+    sim.ctrl.stop()
+    sim.step(60)  # the braking hold has ended
+    sim.ctrl.resynchronise("deactivated")
+    moved = Q0 + np.r_[0.6, -0.4, np.zeros(5)]  # far beyond max_tracking_error from the last command
+    sim.measured = moved
+    waiting = []
+    while (cmd := sim.step()).positions is None and len(waiting) < 100:
+        waiting.append(cmd)
+    assert all("re-synchronising after 'deactivated'" in c.reason and c.state == S.IDLE for c in waiting)
+    assert len(waiting) * CTRL_DT >= sim.ctrl.config.resync_settle_time - 1e-9  # at rest that long first
+    assert cmd.state == S.IDLE and cmd.positions is not None
+    np.testing.assert_allclose(cmd.positions, moved)
+    np.testing.assert_allclose(cmd.velocities, 0.0)
+    sim.ctrl.set_instruction("reach")
+    sim.push(constant(moved + 0.02))
+    sim.step(100)
+    assert sim.commands[-1].state == S.RUNNING and sim.ctrl.status().last_fault == ""
+    np.testing.assert_allclose(sim.measured, moved + 0.02, atol=1e-9)
+    assert_commands_safe(sim.ctrl, sim.commands[-101:])
+
+
 def test_tracking_error_faults_and_reset_needs_the_arm_at_rest_then_restarts_from_it() -> None:
     sim = running_sim(max_tracking_error=0.2)
     sim.push(constant(Q0))
