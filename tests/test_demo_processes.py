@@ -136,7 +136,7 @@ def test_demo_fails_clearly_and_leaves_no_process_when_the_node_cannot_start(
     result = demo(bad_model)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "demo FAILED" in result.stderr and "policy_node exited" in result.stderr
-    assert str(out / "logs" / "ep1_policy_node.log") in result.stderr
+    assert str(out / "logs" / "policy_node.log") in result.stderr
     assert (out / "logs" / "fake_camera.log").is_file()
     assert _processes_with_env("ROS_LOG_DIR", str((out / "logs" / "ros").resolve())) == []
 
@@ -189,3 +189,42 @@ def test_ctrl_c_during_an_episode_stops_every_process(ros_env: dict[str, str], t
                 os.kill(pid, signal.SIGKILL)
     assert "every process it started has been stopped" in log.read_text()
     assert _processes_with_env("ROS_LOG_DIR", ros_log) == []
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_one_arm_and_one_node_run_every_episode_each_from_its_start_pose(
+    ros_env: dict[str, str], tmp_path: Path, tiny_export: Path
+) -> None:
+    """fake_franka and the node start once; between episodes the arm is reset to the start pose, the node
+    deactivated and activated (no FAULT), and each episode gets its own arrival-log segment and report."""
+    import json
+
+    import numpy as np
+    from apt_policy.demo.recording import load_recordings
+
+    out = tmp_path / "demo_out"
+    cmd = [sys.executable, "-m", "apt_policy.demo", "--out", str(out), "--model", str(tiny_export)]
+    cmd += ["--domain-id", ros_env["ROS_DOMAIN_ID"], "--timeout", "2", "--switch-after", "0.5"]
+    result = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=400)
+    logs = out / "logs"
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert sorted(p.name for p in logs.glob("*policy_node.log")) == ["policy_node.log"]
+    assert sorted(p.name for p in logs.glob("*fake_franka.log")) == ["fake_franka.log"]
+    node_log = (logs / "policy_node.log").read_text()
+    assert node_log.count("lifecycle activate: done") == 5
+    assert node_log.count("lifecycle deactivate: done") == 5
+    assert "FAULT" not in node_log and "tracking error" not in node_log
+    assert (logs / "fake_franka.log").read_text().count("simulation reset") == 4
+
+    recordings = load_recordings(out / "recording")
+    report = json.loads((out / "report.json").read_text())
+    assert len(recordings) == 5 and len(report["episodes"]) == 5
+    for rec, episode in zip(recordings, report["episodes"], strict=True):
+        first = rec.joint_q[np.argmax(rec.joint_t >= 0.0)]
+        np.testing.assert_allclose(first, rec.plan.start_q, atol=1e-3)  # every episode from its start pose
+        assert episode["commands"] > 50, episode
+        segment = json.loads((logs / f"{rec.plan.name}_arrivals.json").read_text())
+        commands = segment["topics"]["/fr3_arm_controller/joint_trajectory"]
+        assert len(commands) >= episode["commands"] and "summary" in segment
+        assert episode["robot_violations"] == segment["summary"]["total_violations"]

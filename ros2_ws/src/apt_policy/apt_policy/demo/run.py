@@ -6,10 +6,13 @@ Steps (each prints a header; any failure ends the demo with a message naming the
 2. export   ``apt-export onnx`` (cached with the bundle), then ``apt-export verify`` (PyTorch vs ONNX Runtime)
 3. robot    ``apt-fake-camera`` (one per model camera: demo/cameras.py) on its own ROS_DOMAIN_ID, loopback
             only; logs in ``<out>/logs``
-4. episodes per episode: the camera gets the episode's scene, ``apt-fake-franka`` starts at the ready pose
-            and ``apt-policy-node`` (config/sim.yaml, ONNX Runtime) starts; once the node is IDLE the demo
-            publishes the instruction(s) on ``/apt_policy/instruction`` and records until the arm settles at
-            the named block or the episode times out; then the node and the arm are stopped (SIGINT)
+4. episodes ``apt-fake-franka`` and ``apt-policy-node`` (config/sim.yaml, ONNX Runtime) start once, like a
+            robot's controller and policy node, and run every episode. Per episode: the camera gets the
+            episode's scene, the arm is put at the start pose (fake_franka's simulation reset) and the node
+            is activated (lifecycle: it starts from where the arm is); once it is IDLE the demo publishes the
+            instruction(s) on ``/apt_policy/instruction`` and records until the arm settles at the named block
+            or the episode times out; then the node stops (``~/stop``) and is deactivated, and fake_franka
+            writes the episode's command arrivals and contract report (a new ``arrival_log`` segment)
             ``apt-record`` records every topic of the run to ``recording/`` (rosbag2 MCAP), and the demo marks
             each episode in it (``apt_policy.demo.recording``)
 5. report   ``report.json``, ``report.png``, ``episode.mp4``, all computed from ``recording/`` read back
@@ -221,17 +224,6 @@ def _at_rest(joints: list[tuple[float, np.ndarray]], window_s: float) -> bool:
     return bool(np.max(speed) < SETTLE_SPEED)
 
 
-def _robot_summary(log: Path) -> dict[str, Any]:
-    """The ``[fake_franka] summary: {...}`` line fake_franka prints at shutdown."""
-    try:
-        for line in reversed(log.read_text(errors="replace").splitlines()):
-            if line.startswith("[fake_franka] summary: "):
-                return json.loads(line.split(": ", 1)[1])
-    except (OSError, ValueError):
-        pass
-    return {}
-
-
 def node_overrides(opts: DemoOptions) -> list[str]:
     """``-p`` arguments for the options that change node parameters (latency profile, chunk execution)."""
     args = []
@@ -257,7 +249,7 @@ def chunk_execution_context(opts: DemoOptions, params_file: Path, log_dir: Path)
     used = sorted(
         {
             m.group(1)
-            for log in log_dir.glob("*_policy_node.log")
+            for log in log_dir.glob("*policy_node.log")
             for m in re.finditer(r"chunk execution (\w+)", log.read_text(errors="replace"))
         }
     )
@@ -286,7 +278,7 @@ def scheduling_context(log_dir: Path) -> dict[str, str]:
     result = {}
     for proc, (applied, refused) in SCHEDULING_PATTERNS.items():
         kinds = []
-        for log in sorted(log_dir.glob(f"*_{proc}.log")):
+        for log in sorted(log_dir.glob(f"*{proc}.log")):
             text = log.read_text(errors="replace")
             if m := re.search(applied, text):
                 kinds.append(f"SCHED_FIFO {m.group(1)}")
@@ -302,12 +294,117 @@ def scheduling_context(log_dir: Path) -> dict[str, str]:
     return result
 
 
-def run_episode(
+RECORDED_FROM_THE_START = ("/franka/joint_states", "/apt_policy/status")  # before an episode's start marker
+NODE = "/apt_policy"  # the policy node's name in config/sim.yaml (its services and lifecycle)
+ROBOT = "/fake_franka"
+
+
+def _arrival_log(procs: ManagedProcesses, plan: EpisodePlan) -> Path:
+    return procs.log_dir / f"{plan.name}_arrivals.json"
+
+
+def start_robot_and_node(
     plan: EpisodePlan,
-    probe: Any,
     procs: ManagedProcesses,
     export: Path,
     params_file: Path,
+    opts: DemoOptions,
+    cameras: list[SimCamera],
+) -> None:
+    """``apt-fake-franka`` at ``plan``'s start pose (arrivals to its log) and ``apt-policy-node``, once for
+    every episode (a restart per episode cost a ~330 ms DDS hold-up now and then: docs/CONTROL.md)."""
+    q0 = "[" + ",".join(f"{v:.6f}" for v in plan.start_q) + "]"
+    procs.start(
+        "fake_franka",
+        [
+            _tool("apt-fake-franka"),
+            "--ros-args",
+            "-p",
+            f"initial_positions:={q0}",
+            "-p",
+            f"arrival_log:={_arrival_log(procs, plan)}",
+            "-p",
+            f"realtime_priority:={CONTROLLER_PRIORITY}",  # above the node (sim.yaml),
+        ],
+    )
+    procs.start(
+        "policy_node",
+        [
+            _tool("apt-policy-node"),
+            "--ros-args",
+            "--params-file",
+            str(params_file),
+            "-p",
+            f"model:={export}",
+            *node_camera_overrides(cameras),
+            *node_overrides(opts),
+        ],
+    )
+
+
+def _service(what: str, call: Any, procs: ManagedProcesses) -> Any:
+    """Run a service call of the demo; a timeout or a refusal is a DemoError naming the logs."""
+    try:
+        result = call()
+    except TimeoutError as exc:
+        procs.check_alive()
+        raise DemoError(f"{what}: {exc}; logs in {procs.log_dir}") from exc
+    ok = result[0] if isinstance(result, tuple) else result
+    if not ok:
+        procs.check_alive()
+        why = f" ({result[1]})" if isinstance(result, tuple) else ""
+        raise DemoError(f"{what} was refused{why}; logs in {procs.log_dir}")
+    return result
+
+
+def begin_episode(plan: EpisodePlan, probe: Any, procs: ManagedProcesses, first: bool) -> None:
+    """The arm at the plan's start pose (fake_franka's simulation reset) and the node activated; the first
+    episode finds both so (the processes were just started with it)."""
+    from lifecycle_msgs.msg import Transition
+
+    if first:
+        return
+    start = [float(v) for v in plan.start_q]
+    _service(
+        f"{plan.name}: putting the arm at its start pose",
+        lambda: probe.set_parameters(ROBOT, initial_positions=start),
+        procs,
+    )
+    _service(
+        f"{plan.name}: activating the policy node",
+        lambda: probe.change_state(NODE, Transition.TRANSITION_ACTIVATE),
+        procs,
+    )
+
+
+def end_episode(
+    plan: EpisodePlan, next_plan: EpisodePlan | None, probe: Any, procs: ManagedProcesses
+) -> Path:
+    """Stop (hold, no instruction) and deactivate the node, then close fake_franka's arrival-log segment of
+    ``plan`` (the next one goes to ``next_plan``'s); returns the segment's file."""
+    from lifecycle_msgs.msg import Transition
+
+    _service(f"{plan.name}: stopping the policy node", lambda: probe.trigger(f"{NODE}/stop"), procs)
+    _service(
+        f"{plan.name}: deactivating the policy node",
+        lambda: probe.change_state(NODE, Transition.TRANSITION_DEACTIVATE),
+        procs,
+    )
+    following = "" if next_plan is None else str(_arrival_log(procs, next_plan))
+    _service(
+        f"{plan.name}: closing fake_franka's arrival log",
+        lambda: probe.set_parameters(ROBOT, arrival_log=following),
+        procs,
+    )
+    return _arrival_log(procs, plan)
+
+
+def run_episode(
+    plan: EpisodePlan,
+    next_plan: EpisodePlan | None,
+    first: bool,
+    probe: Any,
+    procs: ManagedProcesses,
     opts: DemoOptions,
     cameras: list[SimCamera],
 ) -> EpisodeOutcome:
@@ -328,45 +425,25 @@ def run_episode(
     scene = Scene.from_dict(probe.scene)
     target = scene.block(plan.target)
     probe.clear()
-    arrivals = procs.log_dir / f"{plan.name}_arrivals.json"
-    q0 = "[" + ",".join(f"{v:.6f}" for v in plan.start_q) + "]"
-    procs.start(
-        "fake_franka",
-        [
-            _tool("apt-fake-franka"),
-            "--ros-args",
-            "-p",
-            f"initial_positions:={q0}",
-            "-p",
-            f"arrival_log:={arrivals}",
-            "-p",
-            f"realtime_priority:={CONTROLLER_PRIORITY}",  # above the node (sim.yaml),
-        ],
-        log_name=f"{plan.name}_fake_franka",
-    )
-    node = procs.start(
-        "policy_node",
-        [
-            _tool("apt-policy-node"),
-            "--ros-args",
-            "--params-file",
-            str(params_file),
-            "-p",
-            f"model:={export}",
-            *node_camera_overrides(cameras),
-            *node_overrides(opts),
-        ],
-        log_name=f"{plan.name}_policy_node",
-    )
+    begin_episode(plan, probe, procs, first)
+    start_q = np.asarray(plan.start_q, dtype=np.float64)
+    node_log = procs.log_dir / "policy_node.log"
     _wait(
         lambda: (
             probe.latest_status() is not None
             and probe.latest_status()[1] == 0
             and probe.latest_joints() is not None
+            and np.allclose(probe.latest_joints()[1], start_q, atol=1e-4)
             and probe.instruction_pub.get_subscription_count() > 0
         ),
         opts.startup_timeout_s,
-        f"the policy node to be ready (IDLE); log {node.log}",
+        f"the policy node to be ready (IDLE) with the arm at the start pose; log {node_log}",
+        procs,
+    )
+    _wait(  # the recorder subscribes to a new publisher within its discovery period: the episode waits for it
+        lambda: probe.recording(RECORDED_FROM_THE_START),
+        30.0,
+        f"apt-record to record {', '.join(RECORDED_FROM_THE_START)}; log {procs.log_dir / 'recorder.log'}",
         procs,
     )
     probe.clear()
@@ -398,20 +475,19 @@ def run_episode(
     duration = time.monotonic() - t0
     if plan.instructions[-1][1] != probe.status_instruction and probe.status_instruction != "":
         print(f"    warning: the node reports instruction {probe.status_instruction!r}", flush=True)
-    procs.stop("policy_node")
-    procs.stop("fake_franka")
-    robot_log = procs.log_dir / f"{plan.name}_fake_franka.log"
+    arrivals = end_episode(plan, next_plan, probe, procs)
     with probe._lock:
         joints = [j for j in probe.joints if t0 <= j[0] <= t0 + duration]
         chunks = sum(1 for c in probe.chunks if t0 <= c[0] <= t0 + duration)
-        robot_report = dict(probe.robot_report)
+    robot_log = procs.log_dir / "fake_franka.log"
     if not joints:
         raise DemoError(f"{plan.name}: no joint states were received; see {robot_log}")
     try:
-        command_t = np.asarray(json.loads(arrivals.read_text())["topics"][TRAJECTORY_TOPIC], dtype=np.float64)
-    except (OSError, ValueError, KeyError):
-        command_t = np.zeros(0)
-    robot_report = _robot_summary(robot_log) or robot_report
+        segment = json.loads(arrivals.read_text())
+        command_t = np.asarray(segment["topics"][TRAJECTORY_TOPIC], dtype=np.float64)
+        robot_report = dict(segment["summary"])
+    except (OSError, ValueError, KeyError) as exc:
+        raise DemoError(f"{plan.name}: fake_franka's arrival log {arrivals} is unreadable ({exc})") from exc
     probe.send_episode_marker(end_marker(plan.name, duration, command_t - t0, robot_report))
     steal_at_end = steal_seconds()
     steal = None if steal_at_start is None or steal_at_end is None else steal_at_end - steal_at_start
@@ -503,9 +579,11 @@ def run_episodes(
             procs,
         )
         _header(4, 5, f"episodes: {len(plans)} instructions on the simulated FR3")
-        for plan in plans:
+        start_robot_and_node(plans[0], procs, export, params_file, opts, cameras)
+        for i, plan in enumerate(plans):
             t = time.monotonic()
-            outcome = run_episode(plan, probe, procs, export, params_file, opts, cameras)
+            following = plans[i + 1] if i + 1 < len(plans) else None
+            outcome = run_episode(plan, following, i == 0, probe, procs, opts, cameras)
             tcp = tcp_positions(outcome.final_q[None])[0]
             dist = float(np.linalg.norm(tcp - outcome.scene.block(plan.target).reach_point))
             verdict = "success" if dist < SUCCESS_RADIUS else "FAIL"
@@ -514,10 +592,12 @@ def run_episodes(
             print(
                 f"    {plan.name}: {verdict}, {dist * 100:.1f} cm from the {plan.target} block after"
                 f" {outcome.duration_s:.1f} s, {outcome.chunks} chunks"
-                f" ({time.monotonic() - t:.1f} s with process restarts{steal})",
+                f" ({time.monotonic() - t:.1f} s with the resets between episodes{steal})",
                 flush=True,
             )
         time.sleep(0.5)  # the last end marker reaches the recorder
+        procs.stop("policy_node")
+        procs.stop("fake_franka")
         procs.stop("recorder")
         return bag
     finally:

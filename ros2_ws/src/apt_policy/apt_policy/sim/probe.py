@@ -4,9 +4,12 @@ It talks to the other processes only over DDS, like an operator's tool would:
 
 * publishes ``/apt_policy/instruction`` (std_msgs/String), ``/fake_camera/scene`` (scene JSON) and the
   episode markers on ``/apt_demo/episode`` (recorded by ``apt-record`` with everything else)
+* calls services as an operator would between episodes: the node's ``~/stop`` and lifecycle
+  ``~/change_state``, fake_franka's ``set_parameters_atomically`` (its simulation-only resets)
 * follows ``/franka/joint_states``, ``/apt_policy/action_chunk``, ``/apt_policy/status``, the node's
-  ``/diagnostics`` values and ``/fake_franka/violations``: what the demo needs to run the episodes (is the
-  node ready, has the arm settled); the data of the report is the recorder's MCAP recording
+  ``/diagnostics`` values, ``/fake_franka/violations`` and ``/apt_recorder/stats``: what the demo needs to
+  run the episodes (is the node ready, has the arm settled, does the recorder record); the data of the
+  report is the recorder's MCAP recording
 
 Every callback only appends to lists under a lock.
 """
@@ -55,6 +58,8 @@ class DemoProbe:
         self._scene_topics = tuple(scene_topics)
         self.robot_report: dict[str, Any] = {}
         self.node_stats: dict[str, float] = {}
+        self._clients: dict[str, Any] = {}
+        self.recorder_stats: dict[str, Any] = {}
         n = self.node
         self.instruction_pub = n.create_publisher(String, "/apt_policy/instruction", EVENTS)
         self.scene_pub = n.create_publisher(String, "/fake_camera/scene", EVENTS)
@@ -64,6 +69,7 @@ class DemoProbe:
         n.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, EVENTS)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, EVENTS)
         n.create_subscription(String, "/fake_franka/violations", self._on_violations, LATCHED)
+        n.create_subscription(String, "/apt_recorder/stats", self._on_recorder_stats, 10)
         for topic in self._scene_topics:
             n.create_subscription(String, topic, lambda msg, t=topic: self._on_scene(msg, t), LATCHED)
         self._thread = threading.Thread(target=self._spin, name="apt-demo-probe", daemon=True)
@@ -122,6 +128,20 @@ class DemoProbe:
         with self._lock:
             self.robot_report = report
 
+    def _on_recorder_stats(self, msg: String) -> None:
+        try:
+            stats = json.loads(msg.data)
+        except ValueError:
+            return
+        with self._lock:
+            self.recorder_stats = stats
+
+    def recording(self, topics: tuple[str, ...]) -> bool:
+        """Whether ``apt-record`` (its 1 Hz ``~/stats``) has written messages of every topic of ``topics``."""
+        with self._lock:
+            counts = self.recorder_stats.get("messages") or {}
+        return all(int(counts.get(t, 0)) > 0 for t in topics)
+
     def _on_scene(self, msg: String, topic: str) -> None:
         try:
             scene = json.loads(msg.data)
@@ -162,6 +182,51 @@ class DemoProbe:
     def joints_since(self, t: float) -> list[tuple[float, np.ndarray]]:
         with self._lock:
             return [item for item in self.joints if item[0] >= t]
+
+    def call(self, srv_type: Any, name: str, request: Any, timeout_s: float = 30.0) -> Any:
+        """Call service ``name`` and wait for the response (the probe's executor thread spins it);
+        TimeoutError when the service is missing or does not answer in ``timeout_s``."""
+        client = self._clients.get(name)
+        if client is None:
+            client = self._clients[name] = self.node.create_client(srv_type, name)
+        deadline = time.monotonic() + timeout_s
+        while not client.service_is_ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"service {name} is not available after {timeout_s:.0f} s")
+            time.sleep(0.02)
+        future = client.call_async(request)
+        while not future.done():
+            if time.monotonic() > deadline:
+                client.remove_pending_request(future)
+                raise TimeoutError(f"service {name} did not answer in {timeout_s:.0f} s")
+            time.sleep(0.005)
+        return future.result()
+
+    def set_parameters(self, node: str, timeout_s: float = 30.0, **values: Any) -> tuple[bool, str]:
+        """Set parameters of ``node`` (e.g. ``/fake_franka``) in one atomic call: (successful, reason)."""
+        from rcl_interfaces.srv import SetParametersAtomically
+        from rclpy.parameter import Parameter
+
+        request = SetParametersAtomically.Request(
+            parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+        )
+        result = self.call(SetParametersAtomically, f"{node}/set_parameters_atomically", request, timeout_s)
+        return bool(result.result.successful), str(result.result.reason)
+
+    def trigger(self, name: str, timeout_s: float = 30.0) -> tuple[bool, str]:
+        """A std_srvs/Trigger service (e.g. ``/apt_policy/stop``): (success, message)."""
+        from std_srvs.srv import Trigger
+
+        response = self.call(Trigger, name, Trigger.Request(), timeout_s)
+        return bool(response.success), str(response.message)
+
+    def change_state(self, node: str, transition_id: int, timeout_s: float = 120.0) -> bool:
+        """A lifecycle transition of ``node`` (lifecycle_msgs/Transition id); True when it succeeded."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState
+
+        request = ChangeState.Request(transition=Transition(id=int(transition_id)))
+        return bool(self.call(ChangeState, f"{node}/change_state", request, timeout_s).success)
 
     def subscriber_count(self, publisher: Any) -> int:
         return int(publisher.get_subscription_count())
