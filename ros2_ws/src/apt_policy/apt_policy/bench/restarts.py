@@ -8,7 +8,10 @@ timestamps), and the contract violations fake_franka counted:
 * ``both``: fake_franka and the node restarted every cycle (as the demo does per episode), ``--window`` s of
   streaming each (the node gets the next instruction as a parameter);
 * ``node`` / ``franka``: only that one restarted every cycle;
-* ``none``: nothing restarted, the instruction switched every ``--window`` s.
+* ``none``: nothing restarted, the instruction switched every ``--window`` s;
+* ``reset``: nothing restarted; between cycles what the demo does between episodes since the thirteenth
+  session: the node's ``~/stop`` and lifecycle deactivate, fake_franka's new arrival-log segment and its
+  arm reset to the ready pose, activate, then the next instruction.
 
     python -m apt_policy.bench.restarts --model EXPORT_DIR --mode both --minutes 12 --out DIR
 
@@ -27,6 +30,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,7 +38,7 @@ from apt_policy.bench.rig import INSTRUCTIONS, Rig
 from apt_policy.bench.soak import log_events
 from apt_policy.bench.stream import TRAJECTORY_TOPIC
 
-MODES = ("both", "node", "franka", "none")
+MODES = ("both", "node", "franka", "none", "reset")
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,31 @@ def violations_in_log(log: Path) -> int:
     return len(log_events(log, ("WARN", "ERROR"), "contract violation"))
 
 
+def _reset(operator: Any, next_log: Path) -> None:
+    """The demo's episode boundary (demo/run.py ``end_episode`` + ``begin_episode``) at the ready pose."""
+    from lifecycle_msgs.msg import Transition
+
+    from apt_policy.robots.franka import FR3
+
+    steps = (
+        ("stop", lambda: operator.trigger("/apt_policy/stop")),
+        ("deactivate", lambda: operator.change_state("/apt_policy", Transition.TRANSITION_DEACTIVATE)),
+        (
+            "fake_franka reset",
+            lambda: operator.set_parameters(
+                "/fake_franka",
+                arrival_log=str(next_log),
+                initial_positions=[float(v) for v in FR3.ready_pose],
+            ),
+        ),
+        ("activate", lambda: operator.change_state("/apt_policy", Transition.TRANSITION_ACTIVATE)),
+    )
+    for what, call in steps:
+        result = call()
+        if not (result[0] if isinstance(result, tuple) else result):
+            raise RuntimeError(f"{what} failed: {result}")
+
+
 def _with(args: list[str], key: str, value: str) -> list[str]:
     return [f"{key}:={value}" if a.startswith(f"{key}:=") else a for a in args]
 
@@ -89,6 +118,11 @@ def run(
     out.mkdir(parents=True, exist_ok=True)
     logs = [out / "arrivals_0.json"]
     rig = Rig(model, out / "rig", realtime=realtime, extra_args={"franka": ["-p", f"arrival_log:={logs[0]}"]})
+    operator = None
+    if mode == "reset":
+        from apt_policy.sim.probe import DemoProbe
+
+        operator = DemoProbe()
     with (out / "recorder.log").open("wb") as rec_log:
         recorder = subprocess.Popen(
             recorder_command(out / "bag", 10.0), env=rig.env, stdout=rec_log, stderr=subprocess.STDOUT
@@ -110,11 +144,16 @@ def run(
                     rig.args["node"] = _with(rig.args["node"], "instruction", text)
                 for name in reversed(restart):  # fake_franka first, as the demo
                     rig.start(name)
+                if operator is not None:
+                    logs.append(out / f"arrivals_{cycles}.json")
+                    _reset(operator, logs[-1])
                 if not restart:
                     rig.probe.say(text)
                 print(f"\rcycle {cycles} ({mode})", end="", file=sys.stderr, flush=True)
                 time.sleep(window + (2.0 if restart else 0.0))  # a restarted node needs ~2 s to stream
         finally:
+            if operator is not None:
+                operator.shutdown()
             codes = rig.close()
             recorder.send_signal(signal.SIGINT)
             recorder.wait(30)
