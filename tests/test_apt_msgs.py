@@ -31,6 +31,12 @@ def test_interfaces_have_documented_fields() -> None:
         "history_steps", "history_states", "history_actions", "history_valid",
     }  # fmt: skip
     assert ObservationRequest.get_fields_and_field_types()["history_valid"] == "sequence<boolean>"
+    from apt_msgs.msg import ChunkInputs
+
+    assert set(ChunkInputs.get_fields_and_field_types()) == {
+        "header", "chunk_id", "action_dim", "prefix_rows", "prefix", "history_steps", "state_dim",
+        "history_states", "history_actions", "history_valid",
+    }  # fmt: skip
     s = PolicyStatus
     assert [s.IDLE, s.RUNNING, s.HOLDING, s.PAUSED, s.FAULT] == [0, 1, 2, 3, 4]
     assert set(SetInstruction.Request.get_fields_and_field_types()) == {"instruction"}

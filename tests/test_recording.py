@@ -29,7 +29,7 @@ from apt_msgs.msg import PolicyStatus
 from apt_policy.data.bag import bag_files, read_messages, topics_of
 from apt_policy.data.episodes import find_episodes
 from apt_policy.data.lerobot import ExportOptions, export_lerobot, read_lerobot
-from apt_policy.data.messages import decode_jpeg
+from apt_policy.data.messages import decode_jpeg, stamp_ns
 from apt_policy.data.replay import ReplayOptions, format_table, replay, write_replayed
 from apt_policy.ros.qos import EVENTS
 from apt_policy.runtime.load import load_policy
@@ -47,6 +47,7 @@ EXPECTED = {
     CAMERA: "sensor_msgs/msg/CompressedImage",
     "/apt_policy/instruction": "std_msgs/msg/String",
     "/apt_policy/action_chunk": "apt_msgs/msg/ActionChunk",
+    "/apt_policy/chunk_inputs": "apt_msgs/msg/ChunkInputs",
     "/apt_policy/status": "apt_msgs/msg/PolicyStatus",
     "/fr3_arm_controller/joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
     "/diagnostics": "diagnostic_msgs/msg/DiagnosticArray",
@@ -248,6 +249,15 @@ def test_replay_is_zero_for_the_same_model_and_seed_and_not_for_a_perturbed_one(
     bag, _ = recording
     policy = load_policy(tiny_export, backend="onnxruntime")
     opts = ReplayOptions(seed=3, max_chunks=12)
+    # every chunk was recorded with its inputs; under RTC (sim.yaml) the later ones carry a committed prefix
+    chunk_keys = {
+        (m.msg.chunk_id, stamp_ns(m.msg.header.stamp)) for m in read_messages(bag, [opts.chunk_topic])
+    }
+    inputs = {
+        (m.msg.chunk_id, stamp_ns(m.msg.header.stamp)): m.msg for m in read_messages(bag, [opts.inputs_topic])
+    }
+    assert chunk_keys and chunk_keys <= set(inputs)
+    assert any(inputs[k].prefix_rows > 0 for k in chunk_keys) and policy.info.rtc_inputs
     live = replay(bag, policy, opts)  # against the node's own chunks: live frames and the node's noise
     # chunks from before the recorder's first joint state or camera frame are skipped with that reason
     # (the recorder's start-up race), and only those: the first ones
@@ -272,8 +282,8 @@ def test_replay_is_zero_for_the_same_model_and_seed_and_not_for_a_perturbed_one(
 def test_a_stateful_model_is_replayed_with_a_note_that_it_had_no_history(
     recording, tiny_export, tiny_action_prior_export
 ) -> None:
-    """The recording holds no executed-step history: replaying an action-prior model says so next to the
-    figures (and in the JSON); an APT model gets no such note."""
+    """The recording of an APT node holds no executed-step history: replaying an action-prior model on it
+    says so next to the figures (and in the JSON); an APT model gets no such note."""
     bag, _ = recording
     opts = ReplayOptions(seed=3, max_chunks=6)
     stateful = replay(bag, load_policy(tiny_action_prior_export, backend="onnxruntime"), opts)

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ class ChunkResult:
     inference_s: float  # observation set taken -> actions ready
     prefix_len: int = 0  # committed rows sent with the request (real-time chunking)
     prefix: np.ndarray | None = None  # those rows (robot units)
+    history: Any = None  # the executed-step history predict() was given (runtime.policy.History), if any
 
 
 class InferenceWorker:
@@ -221,6 +223,7 @@ class InferenceWorker:
                 inference_s=elapsed,
                 prefix_len=0 if prefix is None else len(prefix),
                 prefix=prefix,
+                history=extra.get("history"),
             )
             self._on_chunk(result)
             self.chunks_produced += 1

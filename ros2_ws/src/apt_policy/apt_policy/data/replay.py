@@ -9,7 +9,11 @@ computed from) the replay takes, from the same recording:
 * the newest arm joint state (and gripper width when the model has one more state value) at or before it;
 * the chunk's own instruction;
 * the initial flow noise drawn from ``(seed, chunk_id)`` (times the model's noise scale): the same seed
-  gives the same noise for the same chunk on every run, whatever the backend.
+  gives the same noise for the same chunk on every run, whatever the backend;
+* its ``apt_msgs/ChunkInputs`` (same chunk id and stamp; the node publishes one with every chunk since the
+  thirteenth session): the real-time chunking prefix, given to a model that takes one, and a stateful
+  model's executed-step history. A stateful model replayed without it (an older recording) gets an empty
+  history, and the result's ``notes`` say so.
 
 Both chunks start at the same observation, so step ``k`` of each is the action for ``stamp + k * dt``:
 the per-step difference is time-aligned. The report gives, per step, the mean and max |difference| over
@@ -30,7 +34,7 @@ import numpy as np
 
 from apt_policy.data.bag import BagWriter, read_messages
 from apt_policy.data.messages import Messages, decode_jpeg, stamp_ns
-from apt_policy.runtime.policy import Policy
+from apt_policy.runtime.policy import History, Policy
 
 __all__ = ["ReplayOptions", "ReplayResult", "format_table", "replay", "replay_noise"]
 
@@ -43,6 +47,7 @@ class ReplayOptions:
     chunk_topic: str = "/apt_policy/action_chunk"
     joint_topic: str = "/franka/joint_states"
     gripper_topic: str = "/franka_gripper/joint_states"
+    inputs_topic: str = "/apt_policy/chunk_inputs"
     cameras: Mapping[str, str] | None = None  # model camera -> compressed topic; None: match by order
     max_chunks: int = 0  # 0 = every chunk
 
@@ -135,6 +140,11 @@ def replay(bag: str | Path, policy: Policy, options: ReplayOptions | None = None
     gripper = _ByStamp(
         [(stamp_ns(m.msg.header.stamp), m.msg) for m in messages if m.topic == opts.gripper_topic]
     )
+    inputs = {
+        (int(m.msg.chunk_id), stamp_ns(m.msg.header.stamp)): m.msg
+        for m in messages
+        if m.topic == opts.inputs_topic
+    }
     chunks = [m for m in messages if m.topic == opts.chunk_topic]
     if opts.max_chunks:
         chunks = chunks[: opts.max_chunks]
@@ -142,6 +152,7 @@ def replay(bag: str | Path, policy: Policy, options: ReplayOptions | None = None
     diffs: list[np.ndarray] = []
     skipped: list[str] = []
     replayed: list[tuple[int, Any, np.ndarray]] = []
+    without_history = 0
     for m in chunks:
         c = m.msg
         t = stamp_ns(c.header.stamp)
@@ -154,12 +165,18 @@ def replay(bag: str | Path, policy: Policy, options: ReplayOptions | None = None
             continue
         state = _state(info.state_names, js, gripper.at(t))
         noise = replay_noise(opts.seed, int(c.chunk_id), (h, a), info.noise_scale)
+        recorded_inputs = inputs.get((int(c.chunk_id), t))
+        prefix, history = (None, None) if recorded_inputs is None else _chunk_inputs(recorded_inputs)
+        if info.history_steps > 0 and history is None:
+            without_history += 1
         out = np.asarray(
             policy.predict(
                 {cam: decode_jpeg(img.data) for cam, img in images.items()},
                 np.asarray(state, dtype=np.float32),
                 str(c.instruction),
                 noise,
+                prefix=prefix if info.rtc_inputs else None,
+                history=history if info.history_steps > 0 else None,
             ),
             dtype=np.float32,
         ).reshape(h, a)
@@ -190,18 +207,33 @@ def replay(bag: str | Path, policy: Policy, options: ReplayOptions | None = None
         mean_abs=float(np.nanmean(D)),
         action_names=list(info.action_names),
         replayed=replayed,
-        notes=_missing_history_notes(info.history_steps),
+        notes=_missing_history_notes(info.history_steps, without_history, len(chunks)),
     )
 
 
-def _missing_history_notes(history_steps: int) -> list[str]:
-    """A stateful model is replayed without its executed-step history (the recording does not hold the
-    node's history; every chunk is computed as at an episode start): say so next to the figures."""
-    if history_steps <= 0:
+def _chunk_inputs(msg: Any) -> tuple[np.ndarray | None, History | None]:
+    """(RTC prefix rows or None, executed-step history or None) of a recorded apt_msgs/ChunkInputs;
+    ValueError when its arrays do not match its dimensions."""
+    a, n, k, rows = int(msg.action_dim), int(msg.state_dim), int(msg.history_steps), int(msg.prefix_rows)
+    prefix = np.asarray(msg.prefix, np.float32)
+    states, actions = np.asarray(msg.history_states, np.float32), np.asarray(msg.history_actions, np.float32)
+    valid = np.asarray(msg.history_valid, bool)
+    if prefix.size != rows * a or states.size != k * n or actions.size != k * a or valid.size != k:
+        raise ValueError(f"chunk {msg.chunk_id}: ChunkInputs arrays do not match its dimensions")
+    history = History(states.reshape(k, n), actions.reshape(k, a), valid) if k else None
+    return (prefix.reshape(rows, a) if rows else None), history
+
+
+def _missing_history_notes(history_steps: int, without: int, chunks: int) -> list[str]:
+    """A stateful model replayed without an executed-step history for some chunks (recorded before
+    ChunkInputs, or from a stateless model: each such chunk as at an episode start): say so next to the
+    figures."""
+    if history_steps <= 0 or without == 0:
         return []
     return [
-        f"stateful model ({history_steps} history steps) replayed WITHOUT its history: every chunk as at an"
-        " episode start, while the recorded chunks saw the executed steps; the differences include that"
+        f"stateful model ({history_steps} history steps) replayed WITHOUT its history for {without} of"
+        f" {chunks} chunks (none recorded with them: no ChunkInputs, or a stateless model's): those as at an"
+        " episode start; the differences include that"
     ]
 
 

@@ -57,6 +57,7 @@ DEFAULT_TOPICS = (
     "/franka_gripper/joint_states:sensor_msgs/msg/JointState",
     "/apt_policy/instruction:std_msgs/msg/String",
     "/apt_policy/action_chunk:apt_msgs/msg/ActionChunk",
+    "/apt_policy/chunk_inputs:apt_msgs/msg/ChunkInputs",
     "/apt_policy/status:apt_msgs/msg/PolicyStatus",
     "/fr3_arm_controller/joint_trajectory:trajectory_msgs/msg/JointTrajectory",
     "/diagnostics:diagnostic_msgs/msg/DiagnosticArray",

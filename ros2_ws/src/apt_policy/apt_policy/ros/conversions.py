@@ -9,6 +9,7 @@ padding). Other encodings go through cv_bridge when it is installed (imported la
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -187,6 +188,32 @@ def fill_action_chunk(
     msg.actions = np.ascontiguousarray(actions, dtype=np.float32).ravel().tolist()
     msg.inference_time_ms = float(inference_ms)
     msg.backend = backend
+
+
+def fill_chunk_inputs(
+    msg,
+    *,
+    stamp_s: float,
+    chunk_id: int,
+    action_dim: int,
+    state_dim: int,
+    prefix: np.ndarray | None,
+    history: Any,
+) -> None:
+    """Fill an apt_msgs/ChunkInputs: the RTC prefix rows (None: none) and a ``runtime.policy.History``
+    (None: a stateless policy) that one chunk was computed from."""
+    s_to_stamp(stamp_s, msg.header.stamp)
+    msg.chunk_id = int(chunk_id)
+    msg.action_dim, msg.state_dim = int(action_dim), int(state_dim)
+    rows = np.zeros((0, action_dim), np.float32) if prefix is None else np.asarray(prefix, np.float32)
+    msg.prefix_rows = int(rows.shape[0])
+    msg.prefix = rows.reshape(-1).tolist()
+    if history is not None:
+        valid = np.asarray(history.valid, bool).reshape(-1)
+        msg.history_steps = int(valid.shape[0])
+        msg.history_states = np.asarray(history.states, np.float32).reshape(-1).tolist()
+        msg.history_actions = np.asarray(history.actions, np.float32).reshape(-1).tolist()
+        msg.history_valid = valid.tolist()
 
 
 def diagnostic_values(values: Mapping[str, object]) -> list[tuple[str, str]]:

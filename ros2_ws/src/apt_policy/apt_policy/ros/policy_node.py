@@ -378,7 +378,7 @@ class PolicyNode(LifecycleNode):
         return tuple(names)
 
     def _make_publishers(self) -> None:
-        from apt_msgs.msg import ActionChunk
+        from apt_msgs.msg import ActionChunk, ChunkInputs
 
         p = self.params
         self.arm_output: TrajectoryOutput | PositionOutput | None = None
@@ -393,6 +393,10 @@ class PolicyNode(LifecycleNode):
         self.gripper_sink: Callable[[float, float], object] | None = self.gripper_output
         self._chunk_pub = self.create_publisher(ActionChunk, "~/action_chunk", EVENTS)
         self._chunk_msg_type = ActionChunk
+        # with every chunk: its RTC prefix and executed-step history (what apt-replay needs beyond the
+        # recorded observation)
+        self._inputs_pub = self.create_publisher(ChunkInputs, "~/chunk_inputs", EVENTS)
+        self._inputs_msg_type = ChunkInputs
 
     def _make_status_outputs(self) -> None:
         """~/status and /diagnostics: in every lifecycle state (they report it)."""
@@ -731,7 +735,18 @@ class PolicyNode(LifecycleNode):
             inference_ms=result.inference_s * 1e3,
             backend=self.info.backend,
         )
+        inputs = self._inputs_msg_type()
+        conversions.fill_chunk_inputs(
+            inputs,
+            stamp_s=result.stamp_s,
+            chunk_id=result.chunk_id,
+            action_dim=self.info.action_dim,
+            state_dim=len(self.info.state_names),
+            prefix=result.prefix,
+            history=result.history,
+        )
         if self.context.ok():  # a chunk finishing during shutdown is not published
+            self._inputs_pub.publish(inputs)  # first: a recorder has the inputs when the chunk arrives
             self._chunk_pub.publish(msg)
 
     def _on_inference_error(self, reason: str) -> None:

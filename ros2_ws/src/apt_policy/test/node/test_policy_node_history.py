@@ -122,3 +122,40 @@ def test_history_is_what_was_sent_and_restarts_after_hold_and_new_instruction(ru
     node.set_instruction("go right")
     _wait(lambda: _with_history(policy, "go right"), what="a prediction for the new instruction")
     assert _with_history(policy, "go right")[0].valid.sum() <= 1
+
+
+def test_every_chunk_is_published_with_the_history_it_was_computed_from(running) -> None:
+    """~/chunk_inputs (apt_msgs/ChunkInputs, what apt-record keeps for apt-replay): one per chunk, same id and
+    stamp, holding exactly the history that predict() was given."""
+    from apt_msgs.msg import ActionChunk, ChunkInputs
+    from apt_policy.ros.qos import EVENTS
+
+    node, probe, policy = running
+    chunks: dict[int, ActionChunk] = {}
+    inputs: dict[int, ChunkInputs] = {}
+    probe.node.create_subscription(
+        ActionChunk, "/apt_policy/action_chunk", lambda m: chunks.update({m.chunk_id: m}), EVENTS
+    )
+    probe.node.create_subscription(
+        ChunkInputs, "/apt_policy/chunk_inputs", lambda m: inputs.update({m.chunk_id: m}), EVENTS
+    )
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE")
+    node.set_instruction("go left")
+    _wait(lambda: len(chunks) >= 5 and set(chunks) <= set(inputs), what="five chunks and their inputs")
+    given = _with_history(policy, "go left")
+    valid_counts = set()
+    for chunk_id, chunk in chunks.items():
+        msg = inputs[chunk_id]
+        assert msg.header.stamp == chunk.header.stamp
+        assert (msg.history_steps, msg.state_dim, msg.action_dim, msg.prefix_rows) == (3, 8, 8, 0)
+        valid = np.array(msg.history_valid, bool)
+        actions = np.array(msg.history_actions, np.float32).reshape(3, 8)
+        states = np.array(msg.history_states, np.float32).reshape(3, 8)
+        matches = [
+            h for h in given
+            if np.array_equal(h.valid, valid) and np.array_equal(np.asarray(h.actions, np.float32), actions)
+            and np.array_equal(np.asarray(h.states, np.float32), states)
+        ]  # fmt: skip
+        assert matches, f"chunk {chunk_id}: its inputs are no history predict() was given"
+        valid_counts.add(int(valid.sum()))
+    assert 0 in valid_counts and 3 in valid_counts  # from the episode start to a full history
