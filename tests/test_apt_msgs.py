@@ -34,7 +34,7 @@ def test_interfaces_have_documented_fields() -> None:
     from apt_msgs.msg import ChunkInputs
 
     assert set(ChunkInputs.get_fields_and_field_types()) == {
-        "header", "chunk_id", "action_dim", "prefix_rows", "prefix", "history_steps", "state_dim",
+        "header", "chunk_id", "state", "action_dim", "prefix_rows", "prefix", "history_steps", "state_dim",
         "history_states", "history_actions", "history_valid",
     }  # fmt: skip
     s = PolicyStatus

@@ -48,13 +48,15 @@ INFO = PolicyInfo(
 
 
 class InputsEcho:
-    """A policy whose actions are a fixed function of the prefix and history it is given (none: zeros)."""
+    """A policy whose actions are a fixed function of the state, prefix and history it is given (the state in
+    the second-last row, the history summed in the last; zeros where nothing is given)."""
 
     def __init__(self, info: PolicyInfo) -> None:
         self.info = info
 
     def predict(self, images, state, instruction, noise=None, prefix=None, history=None) -> np.ndarray:
         out = np.zeros((H, A), np.float32)
+        out[-2] = state
         if prefix is not None:
             out[: len(prefix)] = prefix
         if history is not None:
@@ -79,8 +81,9 @@ def _recording(path: Path, with_inputs: tuple[bool, ...]) -> tuple[Path, list[np
             rng.normal(size=(K, A)).astype(np.float32),
         )
         valid = np.array([False, True, True])
+        observed = rng.normal(size=N).astype(np.float32)  # newer than the recorded joint state (zeros)
         echo = InputsEcho(INFO).predict(
-            None, None, "", prefix=prefix, history=_history(states, actions, valid)
+            None, observed, "", prefix=prefix, history=_history(states, actions, valid)
         )
         expected.append(echo)
         frame = m.cdr(
@@ -120,6 +123,7 @@ def _recording(path: Path, with_inputs: tuple[bool, ...]) -> tuple[Path, list[np
                 TYPES["/apt_policy/chunk_inputs"],
                 header=m.header(t),
                 chunk_id=i + 1,
+                state=observed,
                 action_dim=A,
                 prefix_rows=2,
                 prefix=prefix.reshape(-1),
@@ -144,7 +148,7 @@ def _history(states, actions, valid):
     return History(states, actions, valid)
 
 
-def test_each_chunk_is_replayed_with_its_recorded_prefix_and_history(tmp_path) -> None:
+def test_each_chunk_is_replayed_with_its_recorded_state_prefix_and_history(tmp_path) -> None:
     bag, expected = _recording(tmp_path / "bag", (True, True, True))
     result = replay(bag, InputsEcho(INFO), ReplayOptions())
     assert result.chunks == 3 and result.max_abs == 0.0 and result.notes == []
@@ -162,8 +166,10 @@ def test_a_chunk_without_recorded_inputs_is_replayed_as_an_episode_start_and_not
     assert len(result.notes) == 1 and "WITHOUT its history for 1 of 3 chunks" in result.notes[0]
 
 
-def test_a_model_without_rtc_inputs_or_history_gets_neither(tmp_path) -> None:
-    bag, _ = _recording(tmp_path / "bag", (True,))
+def test_a_model_without_rtc_inputs_or_history_gets_only_the_recorded_state(tmp_path) -> None:
+    bag, expected = _recording(tmp_path / "bag", (True,))
     plain = replay(bag, InputsEcho(replace(INFO, rtc_inputs=False, history_steps=0)), ReplayOptions())
-    np.testing.assert_array_equal(plain.replayed[0][2], np.zeros((H, A), np.float32))
+    want = np.zeros((H, A), np.float32)
+    want[-2] = expected[0][-2]  # the state the node observed, not the older recorded joint state (zeros)
+    np.testing.assert_array_equal(plain.replayed[0][2], want)
     assert plain.notes == []

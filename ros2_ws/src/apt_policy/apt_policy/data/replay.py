@@ -11,9 +11,10 @@ computed from) the replay takes, from the same recording:
 * the initial flow noise drawn from ``(seed, chunk_id)`` (times the model's noise scale): the same seed
   gives the same noise for the same chunk on every run, whatever the backend;
 * its ``apt_msgs/ChunkInputs`` (same chunk id and stamp; the node publishes one with every chunk since the
-  thirteenth session): the real-time chunking prefix, given to a model that takes one, and a stateful
-  model's executed-step history. A stateful model replayed without it (an older recording) gets an empty
-  history, and the result's ``notes`` say so.
+  thirteenth session): the state the node gave the policy (used instead of the joint-state lookup above:
+  the node may take a joint state newer than the frames' stamp), the real-time chunking prefix, given to a
+  model that takes one, and a stateful model's executed-step history. A stateful model replayed without
+  it (an older recording) gets an empty history, and the result's ``notes`` say so.
 
 Both chunks start at the same observation, so step ``k`` of each is the action for ``stamp + k * dt``:
 the per-step difference is time-aligned. The report gives, per step, the mean and max |difference| over
@@ -167,6 +168,8 @@ def replay(bag: str | Path, policy: Policy, options: ReplayOptions | None = None
         noise = replay_noise(opts.seed, int(c.chunk_id), (h, a), info.noise_scale)
         recorded_inputs = inputs.get((int(c.chunk_id), t))
         prefix, history = (None, None) if recorded_inputs is None else _chunk_inputs(recorded_inputs)
+        if recorded_inputs is not None and len(recorded_inputs.state) == len(info.state_names):
+            state = [float(v) for v in recorded_inputs.state]
         if info.history_steps > 0 and history is None:
             without_history += 1
         out = np.asarray(

@@ -215,6 +215,17 @@ def _wait(predicate, timeout_s: float, what: str, procs: ManagedProcesses, perio
         time.sleep(period)
 
 
+def _held_at(joints: list[tuple[float, np.ndarray]], q: np.ndarray, window_s: float) -> bool:
+    """Every joint state of the last ``window_s`` (covering at least 90 % of it) within 1e-4 rad of ``q``:
+    after a simulation reset the camera has rendered the arm there, so no frame of the old pose is taken
+    with the new state (the node's max_skew allows that much)."""
+    return (
+        len(joints) >= 2
+        and joints[-1][0] - joints[0][0] >= window_s * 0.9
+        and all(np.allclose(j[1], q, atol=1e-4) for j in joints)
+    )
+
+
 def _at_rest(joints: list[tuple[float, np.ndarray]], window_s: float) -> bool:
     if len(joints) < 2 or joints[-1][0] - joints[0][0] < window_s * 0.9:
         return False
@@ -294,6 +305,9 @@ def scheduling_context(log_dir: Path) -> dict[str, str]:
     return result
 
 
+START_HOLD_S = (
+    0.25  # the arm this long at the start pose before an episode: the camera's frames show it there
+)
 RECORDED_FROM_THE_START = ("/franka/joint_states", "/apt_policy/status")  # before an episode's start marker
 NODE = "/apt_policy"  # the policy node's name in config/sim.yaml (its services and lifecycle)
 ROBOT = "/fake_franka"
@@ -432,8 +446,7 @@ def run_episode(
         lambda: (
             probe.latest_status() is not None
             and probe.latest_status()[1] == 0
-            and probe.latest_joints() is not None
-            and np.allclose(probe.latest_joints()[1], start_q, atol=1e-4)
+            and _held_at(probe.joints_since(time.monotonic() - START_HOLD_S), start_q, START_HOLD_S)
             and probe.instruction_pub.get_subscription_count() > 0
         ),
         opts.startup_timeout_s,

@@ -197,13 +197,15 @@ def fill_chunk_inputs(
     chunk_id: int,
     action_dim: int,
     state_dim: int,
+    state: np.ndarray,
     prefix: np.ndarray | None,
     history: Any,
 ) -> None:
-    """Fill an apt_msgs/ChunkInputs: the RTC prefix rows (None: none) and a ``runtime.policy.History``
-    (None: a stateless policy) that one chunk was computed from."""
+    """Fill an apt_msgs/ChunkInputs: the policy's state input, the RTC prefix rows (None: none) and a
+    ``runtime.policy.History`` (None: a stateless policy) that one chunk was computed from."""
     s_to_stamp(stamp_s, msg.header.stamp)
     msg.chunk_id = int(chunk_id)
+    msg.state = np.asarray(state, np.float32).reshape(-1).tolist()
     msg.action_dim, msg.state_dim = int(action_dim), int(state_dim)
     rows = np.zeros((0, action_dim), np.float32) if prefix is None else np.asarray(prefix, np.float32)
     msg.prefix_rows = int(rows.shape[0])

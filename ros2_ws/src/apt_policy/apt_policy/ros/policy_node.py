@@ -742,6 +742,7 @@ class PolicyNode(LifecycleNode):
             chunk_id=result.chunk_id,
             action_dim=self.info.action_dim,
             state_dim=len(self.info.state_names),
+            state=result.state,
             prefix=result.prefix,
             history=result.history,
         )

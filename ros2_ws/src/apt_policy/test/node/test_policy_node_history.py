@@ -147,6 +147,7 @@ def test_every_chunk_is_published_with_the_history_it_was_computed_from(running)
     for chunk_id, chunk in chunks.items():
         msg = inputs[chunk_id]
         assert msg.header.stamp == chunk.header.stamp
+        np.testing.assert_allclose(np.array(msg.state)[:7], READY, atol=1e-6)  # the static arm's state
         assert (msg.history_steps, msg.state_dim, msg.action_dim, msg.prefix_rows) == (3, 8, 8, 0)
         valid = np.array(msg.history_valid, bool)
         actions = np.array(msg.history_actions, np.float32).reshape(3, 8)
