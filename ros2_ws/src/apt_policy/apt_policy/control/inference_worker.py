@@ -69,7 +69,10 @@ class InferenceWorker:
         latency_window: int = 200,
         prefix: PrefixFn | None = None,
         history: HistoryFn | None = None,
+        first_chunk_id: int = 1,
     ) -> None:
+        """``first_chunk_id``: the id of this worker's first chunk (a node that replaces its worker continues
+        its ids: they stay unique over the node's lifetime)."""
         if timeout_s <= 0 or retry_s <= 0:
             raise ValueError("timeout_s and retry_s must be positive")
         self._predict = predict
@@ -90,12 +93,18 @@ class InferenceWorker:
         self._busy_since: float | None = None
         self._waiting_reason: str | None = None
         self._thread: threading.Thread | None = None
-        self._next_id = 0
+        self._next_id = int(first_chunk_id) - 1  # the id of the last chunk produced
         self.latencies_s: deque[float] = deque(maxlen=latency_window)
         self.chunks_produced = 0
         self.discarded_stale_epoch = 0
         self.failures = 0
         self.waits_for_inputs = 0
+
+    @property
+    def last_chunk_id(self) -> int:
+        """The id of the last chunk produced (``first_chunk_id - 1`` before the first)."""
+        with self._cond:
+            return self._next_id
 
     # -- control (any thread) ---------------------------------------------------------------------------
 

@@ -104,6 +104,7 @@ class PolicyNode(LifecycleNode):
         self._camera_pollers: list[tuple[Callable[[Any], None], PolledSubscription]] = []
         self._joint_poller: PolledSubscription | None = None
         self._parameters_ready = False  # True once every parameter (the interfaces' too) is declared
+        self._last_chunk_id = 0  # of the workers replaced so far: ids continue over the node's lifetime
         self._ros_offset = ClockOffset(self._ros_now)  # stamps of trajectories planned on the monotonic clock
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._make_status_outputs()
@@ -220,7 +221,7 @@ class PolicyNode(LifecycleNode):
         self.tick_durations = RollingStats(1000)  # s, compute time of each stream tick
         self._rt_applied = False
         self._last_state: ControllerState | None = None  # controller state of the previous tick
-        self.worker = self._make_worker()
+        self.worker = self._make_worker(first_chunk_id=self._last_chunk_id + 1)
         self._make_publishers()
         self._make_subscriptions()
         self.get_logger().info(
@@ -239,7 +240,7 @@ class PolicyNode(LifecycleNode):
         gc.collect()
         gc.freeze()
 
-    def _make_worker(self) -> InferenceWorker:
+    def _make_worker(self, first_chunk_id: int = 1) -> InferenceWorker:
         return InferenceWorker(
             predict=self.policy.predict,
             observe=self.observations.freshest,
@@ -249,6 +250,7 @@ class PolicyNode(LifecycleNode):
             timeout_s=self.params.inference_timeout,
             prefix=self._rtc_prefix if self.execution.rtc else None,
             history=self._history_now if self.history is not None else None,
+            first_chunk_id=first_chunk_id,
         )
 
     def _history_now(self) -> History:
@@ -332,7 +334,9 @@ class PolicyNode(LifecycleNode):
         # where it is then, at rest, not from the plan it held here
         self.controller.resynchronise("deactivated")
         self.worker.stop(timeout_s=2.0)
-        self.worker = self._make_worker()
+        # ActionChunk ids stay unique over the node's lifetime (a recording pairs chunks and inputs by them)
+        self._last_chunk_id = self.worker.last_chunk_id
+        self.worker = self._make_worker(first_chunk_id=self._last_chunk_id + 1)
         self.loop = build_loop(self.params, self._tick, self._on_tick_error)
 
     def _release(self) -> None:
@@ -348,6 +352,7 @@ class PolicyNode(LifecycleNode):
         worker = self.__dict__.pop("worker", None)
         if worker is not None:
             worker.stop(timeout_s=2.0)
+            self._last_chunk_id = worker.last_chunk_id
         policy = self.__dict__.pop("policy", None)
         close = getattr(policy, "close", None)
         if close is not None and self._owns_policy:

@@ -160,3 +160,28 @@ def test_every_chunk_is_published_with_the_history_it_was_computed_from(running)
         assert matches, f"chunk {chunk_id}: its inputs are no history predict() was given"
         valid_counts.add(int(valid.sum()))
     assert 0 in valid_counts and 3 in valid_counts  # from the episode start to a full history
+
+
+def test_chunk_ids_keep_increasing_over_a_deactivate_and_activate(running) -> None:
+    """The worker is replaced on deactivate; ActionChunk ids stay unique over the node's lifetime (the
+    demo deactivates between episodes, and apt-replay pairs a chunk with its inputs by id and stamp)."""
+    from apt_msgs.msg import ActionChunk
+    from apt_policy.ros.qos import EVENTS
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    node, probe, _ = running
+    ids: list[int] = []
+    probe.node.create_subscription(
+        ActionChunk, "/apt_policy/action_chunk", lambda m: ids.append(m.chunk_id), EVENTS
+    )
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE")
+    node.set_instruction("go left")
+    _wait(lambda: len(ids) >= 3, what="three chunks")
+    node.stop()
+    assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+    before = list(ids)
+    assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+    node.set_instruction("go right")
+    _wait(lambda: len(ids) >= len(before) + 3, what="three chunks after activate")
+    assert ids == sorted(set(ids)), ids  # strictly increasing, no id used twice
+    assert ids[len(before)] > before[-1]
