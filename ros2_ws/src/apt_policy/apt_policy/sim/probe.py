@@ -197,7 +197,9 @@ class DemoProbe:
         future = client.call_async(request)
         while not future.done():
             if time.monotonic() > deadline:
-                client.remove_pending_request(future)
+                forget = getattr(client, "remove_pending_request", None)  # guarded: not checked on Humble
+                if forget is not None:
+                    forget(future)
                 raise TimeoutError(f"service {name} did not answer in {timeout_s:.0f} s")
             time.sleep(0.005)
         return future.result()
