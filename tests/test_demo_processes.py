@@ -228,3 +228,60 @@ def test_one_arm_and_one_node_run_every_episode_each_from_its_start_pose(
         commands = segment["topics"]["/fr3_arm_controller/joint_trajectory"]
         assert len(commands) >= episode["commands"] and "summary" in segment
         assert episode["robot_violations"] == segment["summary"]["total_violations"]
+
+
+@pytest.mark.ros
+@pytest.mark.slow
+def test_a_fault_in_one_episode_is_reset_and_the_next_episodes_run(
+    ros_env: dict[str, str], tmp_path: Path, tiny_export: Path
+) -> None:
+    """The arm pushed 0.5 rad away mid-episode (fake_franka's reset, as a reflex or a hand would): the node
+    FAULTs on the tracking error, the demo resets it (~/reset) after that episode, and the rest still run
+    with the same node."""
+    import json
+
+    import numpy as np
+    import rclpy
+    from apt_policy.robots.franka import FR3
+    from rcl_interfaces.srv import SetParametersAtomically
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.parameter import Parameter
+
+    out = tmp_path / "demo_out"
+    cmd = [sys.executable, "-m", "apt_policy.demo", "--out", str(out), "--model", str(tiny_export)]
+    cmd += ["--domain-id", ros_env["ROS_DOMAIN_ID"], "--timeout", "4", "--switch-after", "0.5"]
+    log = tmp_path / "demo.log"
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("push_the_arm", context=ctx)
+    try:
+        with log.open("w") as f:
+            demo = subprocess.Popen(cmd, env=ros_env, stdout=f, stderr=subprocess.STDOUT, text=True)
+        try:
+            _wait_for_line(log, "    ep2: ", timeout=180)  # ep2's instruction was sent
+            time.sleep(0.5)
+            pushed = FR3.ready_pose + np.array([0.5, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0])
+            client = node.create_client(SetParametersAtomically, "/fake_franka/set_parameters_atomically")
+            assert client.wait_for_service(timeout_sec=20.0)
+            request = SetParametersAtomically.Request(
+                parameters=[Parameter("initial_positions", value=pushed.tolist()).to_parameter_msg()]
+            )
+            future = client.call_async(request)
+            executor = SingleThreadedExecutor(context=ctx)
+            executor.add_node(node)
+            executor.spin_until_future_complete(future, timeout_sec=20.0)
+            assert future.result() is not None and future.result().result.successful
+            assert demo.wait(300) == 0, log.read_text()[-3000:]
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    text = log.read_text()
+    assert "ep2: the node is in FAULT (tracking error" in text, text[-3000:]
+    node_log = (out / "logs" / "policy_node.log").read_text()
+    assert "reset by the operator" in node_log
+    report = json.loads((out / "report.json").read_text())
+    assert [e["name"] for e in report["episodes"]] == ["ep1", "ep2", "ep3", "ep4", "ep5-switch"]
+    assert all(e["commands"] > 50 for e in report["episodes"][2:])  # the same node streams again

@@ -305,8 +305,10 @@ def scheduling_context(log_dir: Path) -> dict[str, str]:
     return result
 
 
-START_HOLD_S = (
-    0.25  # the arm this long at the start pose before an episode: the camera's frames show it there
+# the arm this long at the start pose before an episode: the camera's frames show it there
+START_HOLD_S = 0.25
+RESET_TIMEOUT_S = (
+    15.0  # a node in FAULT after an episode: ~/reset is retried this long (needs the arm at rest)
 )
 RECORDED_FROM_THE_START = ("/franka/joint_states", "/apt_policy/status")  # before an episode's start marker
 NODE = "/apt_policy"  # the policy node's name in config/sim.yaml (its services and lifecycle)
@@ -391,13 +393,35 @@ def begin_episode(plan: EpisodePlan, probe: Any, procs: ManagedProcesses, first:
     )
 
 
+def _reset_fault(plan: EpisodePlan, probe: Any, procs: ManagedProcesses) -> None:
+    """``~/reset`` until the node accepts it (the arm at rest long enough) or RESET_TIMEOUT_S passed."""
+    print(f"    {plan.name}: the node is in FAULT ({probe.status_fault}); ~/reset once the arm is at rest")
+    deadline = time.monotonic() + RESET_TIMEOUT_S
+    while True:
+        try:
+            ok, why = probe.trigger(f"{NODE}/reset")
+        except TimeoutError as exc:
+            procs.check_alive()
+            raise DemoError(f"{plan.name}: ~/reset: {exc}; logs in {procs.log_dir}") from exc
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise DemoError(f"{plan.name}: ~/reset refused for {RESET_TIMEOUT_S:.0f} s: {why}")
+        time.sleep(0.2)
+
+
 def end_episode(
     plan: EpisodePlan, next_plan: EpisodePlan | None, probe: Any, procs: ManagedProcesses
 ) -> Path:
     """Stop (hold, no instruction) and deactivate the node, then close fake_franka's arrival-log segment of
-    ``plan`` (the next one goes to ``next_plan``'s); returns the segment's file."""
+    ``plan`` (the next one goes to ``next_plan``'s); returns the segment's file. A node left in FAULT is
+    reset first (``~/reset``, as an operator would once the arm is at rest): the next episode needs it."""
+    from apt_msgs.msg import PolicyStatus
     from lifecycle_msgs.msg import Transition
 
+    status = probe.latest_status()
+    if status is not None and status[1] == PolicyStatus.FAULT:
+        _reset_fault(plan, probe, procs)
     _service(f"{plan.name}: stopping the policy node", lambda: probe.trigger(f"{NODE}/stop"), procs)
     _service(
         f"{plan.name}: deactivating the policy node",
