@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -109,6 +110,13 @@ def _processes_with_env(key: str, value: str) -> list[int]:
     return found
 
 
+def _kill_leftovers(out: Path) -> None:
+    """SIGKILL every process still running with the demo's ROS_LOG_DIR (a demo that was itself killed)."""
+    for pid in _processes_with_env("ROS_LOG_DIR", str((out / "logs" / "ros").resolve())):
+        with contextlib.suppress(ProcessLookupError):  # it exited meanwhile
+            os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.ros
 def test_demo_fails_clearly_and_leaves_no_process_when_the_node_cannot_start(
     ros_env: dict[str, str], tmp_path: Path, tiny_export: Path
@@ -206,7 +214,10 @@ def test_one_arm_and_one_node_run_every_episode_each_from_its_start_pose(
     out = tmp_path / "demo_out"
     cmd = [sys.executable, "-m", "apt_policy.demo", "--out", str(out), "--model", str(tiny_export)]
     cmd += ["--domain-id", ros_env["ROS_DOMAIN_ID"], "--timeout", "2", "--switch-after", "0.5"]
-    result = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=400)
+    try:
+        result = subprocess.run(cmd, env=ros_env, capture_output=True, text=True, timeout=400)
+    finally:  # a timed-out demo is killed; its processes (their own sessions) must not outlive the test
+        _kill_leftovers(out)
     logs = out / "logs"
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert sorted(p.name for p in logs.glob("*policy_node.log")) == ["policy_node.log"]
@@ -274,7 +285,12 @@ def test_a_fault_in_one_episode_is_reset_and_the_next_episodes_run(
             assert demo.wait(300) == 0, log.read_text()[-3000:]
         finally:
             if demo.poll() is None:
-                demo.kill()
+                demo.send_signal(signal.SIGINT)  # the demo stops what it started
+                try:
+                    demo.wait(60)
+                except subprocess.TimeoutExpired:
+                    demo.kill()
+            _kill_leftovers(out)  # never leak a failed run's processes (their own sessions) into later tests
     finally:
         node.destroy_node()
         rclpy.try_shutdown(context=ctx)
