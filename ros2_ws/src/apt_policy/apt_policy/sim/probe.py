@@ -68,8 +68,8 @@ class DemoProbe:
         n.create_subscription(ActionChunk, "/apt_policy/action_chunk", self._on_chunk, EVENTS)
         n.create_subscription(PolicyStatus, "/apt_policy/status", self._on_status, EVENTS)
         n.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, EVENTS)
-        n.create_subscription(String, "/fake_franka/violations", self._on_violations, LATCHED)
-        n.create_subscription(String, "/apt_recorder/stats", self._on_recorder_stats, 10)
+        n.create_subscription(String, "/fake_franka/violations", self._json_into("robot_report"), LATCHED)
+        n.create_subscription(String, "/apt_recorder/stats", self._json_into("recorder_stats"), 10)
         for topic in self._scene_topics:
             n.create_subscription(String, topic, lambda msg, t=topic: self._on_scene(msg, t), LATCHED)
         self._thread = threading.Thread(target=self._spin, name="apt-demo-probe", daemon=True)
@@ -120,21 +120,18 @@ class DemoProbe:
             with self._lock:
                 self.node_stats = values
 
-    def _on_violations(self, msg: String) -> None:
-        try:
-            report = json.loads(msg.data)
-        except ValueError:
-            return
-        with self._lock:
-            self.robot_report = report
+    def _json_into(self, attribute: str) -> Any:
+        """A String-JSON callback storing the decoded object in ``attribute`` (malformed JSON is ignored)."""
 
-    def _on_recorder_stats(self, msg: String) -> None:
-        try:
-            stats = json.loads(msg.data)
-        except ValueError:
-            return
-        with self._lock:
-            self.recorder_stats = stats
+        def on_message(msg: String) -> None:
+            try:
+                value = json.loads(msg.data)
+            except ValueError:
+                return
+            with self._lock:
+                setattr(self, attribute, value)
+
+        return on_message
 
     def recording(self, topics: tuple[str, ...]) -> bool:
         """Whether ``apt-record`` (its 1 Hz ``~/stats``) has written messages of every topic of ``topics``."""
