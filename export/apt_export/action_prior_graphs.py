@@ -7,8 +7,9 @@ on ``config.family == "action_prior"``).
     sampler.onnx   latent, history_token, state, noise, prefix, prefix_len, rtc_trained -> actions
 
 Same conventions as APT's graphs (onnx_export.py): batch 1, static shapes, unused inputs pruned by the
-exporter, the Euler loop unrolled in the sampler, the RTC inputs traced with a non-empty prefix. fp32 and
-int8 only (fp16 casting of the history inputs is not written).
+exporter, the Euler loop unrolled in the sampler, the RTC inputs traced with a non-empty prefix. fp32, fp16
+and int8: an fp16 export computes in float16 as APT's does (onnx_export.to_half), but every graph boundary
+stays float32, the latent and the history token included (one token each: nothing is saved by halving them).
 """
 
 from __future__ import annotations
@@ -76,15 +77,17 @@ def history_example(model: ActionPriorModel, seed: int = 0) -> dict[str, torch.T
 
 
 def graph_jobs(
-    model: ActionPriorModel, x: dict[str, torch.Tensor], rtc_inputs: bool
+    model: ActionPriorModel, x: dict[str, torch.Tensor], rtc_inputs: bool, wrap=None
 ) -> tuple[list[tuple[str, tuple, list[str], list[str]]], dict[str, torch.nn.Module]]:
-    """(name, args, input names, output names) per graph and the module to trace for each."""
+    """(name, args, input names, output names) per graph and the module to trace for each; ``wrap``
+    (module, input names) -> module puts the fp16 casts around a graph (onnx_export._Half)."""
+    wrap = wrap or (lambda m, names: m)
     x.update(history_example(model, seed=1))
-    with torch.inference_mode():
-        latent = model.encode_prefix(x["pixel_values"], x["input_ids"], x["text_mask"], x["state"])
-        history = model.encode_history(*(x[n] for n in HISTORY_INPUTS))
-    x["latent"], x["history_token"] = latent.clone(), history.clone()
     prefix_in = ["pixel_values", "input_ids", "text_mask", "state"]
+    with torch.inference_mode():
+        latent = wrap(_Prefix(model), prefix_in)(*(x[n] for n in prefix_in))
+        history = wrap(_History(model), list(HISTORY_INPUTS))(*(x[n] for n in HISTORY_INPUTS))
+    x["latent"], x["history_token"] = latent.clone(), history.clone()
     cond = ["latent", "history_token", "state"]
     denoiser_in = [*cond, "x_t", "t"]
     sampler_in = [*cond, "noise"]

@@ -140,7 +140,11 @@ def _tensor_specs(values: Sequence[onnx.ValueInfoProto]) -> tuple[TensorSpec, ..
     return tuple(specs)
 
 
-_HALF_INPUTS = frozenset({"pixel_values", "state", "noise", "x_t"})
+# The action-prior family's latent and history token cross between its graphs in float32 (one token
+# each), so its history inputs, latent and history token are cast here too.
+_HALF_INPUTS = frozenset(
+    {"pixel_values", "state", "noise", "x_t", "latent", "history_token", "history_states", "history_actions"}
+)
 
 
 class _Half(torch.nn.Module):
@@ -313,7 +317,8 @@ def export_onnx(
     distill = config.family == "action_distillation"  # its own graphs: distillation_graphs.py
     if distill and precision == "fp16":
         raise ValueError(
-            "action_distillation: export fp32 (TensorRT builds fp16 engines from it); fp16 ONNX is APT-only"
+            "action_distillation: export fp32 (TensorRT builds fp16 engines from it); fp16 ONNX is "
+            "written for the apt and action_prior families"
         )
     rtc_inputs = rtc_inputs and not distill
     if precision == "fp16":  # int8 is traced in fp32 and quantised after export
@@ -327,11 +332,9 @@ def export_onnx(
         if config.family == "action_prior":  # its own graph set (action_prior_graphs.py)
             from .action_prior_graphs import graph_jobs as prior_jobs
 
-            if precision == "fp16":
-                raise ValueError("the action_prior family exports fp32 or int8 (fp16 is not written)")
             if rtc_inputs:
                 x.update(rtc_example(config.horizon, config.action_dim, prefix_len=1, trained=True))
-            jobs, modules = prior_jobs(model, x, rtc_inputs)
+            jobs, modules = prior_jobs(model, x, rtc_inputs, wrap)
         elif distill:  # its own graphs (distillation_graphs.py), on APT's prefix graph
             from .distillation_graphs import graph_jobs as distill_jobs
 

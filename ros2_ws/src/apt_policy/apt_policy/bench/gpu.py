@@ -4,8 +4,10 @@
                                    [--dtype fp32|bf16|fp16] [--iters 50] [--json gpu_bench.json]
 
 For each shape (the cached demo model, and the random-weight deployment shape of ``make bench``) and each
-mode it times one full inference (``encode_prefix`` + ``sample``: prefix + every flow step) with CUDA
-events after warm-up, and prints the same table as ``make bench`` (p50 / p90 / p99 ms, GFLOP/s at p50).
+mode it times one full inference (``bench.report.full_inference``: prefix, the history token for an
+action-prior model, every flow step) with CUDA events after warm-up, and prints the same table as ``make
+bench`` (p50 / p90 / p99 ms, GFLOP/s at p50). ``--model-bundle`` / ``--model-export`` choose another demo
+shape: any APT or action-prior bundle and its fp32 export.
 
 * ``eager``      the model as is, under ``torch.inference_mode``;
 * ``compile``    ``torch.compile(step)`` (default mode; the first calls compile, they are warm-up);
@@ -171,7 +173,7 @@ def _model(shape: str, args: argparse.Namespace) -> tuple[Any, Path | None, Path
 def _run_torch(model: Any, mode: str, args: argparse.Namespace) -> dict[str, float]:
     import torch
 
-    from apt_policy.bench.report import _torch_inputs
+    from apt_policy.bench.report import _torch_inputs, full_inference
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
     model = model.to("cuda", dtype=dtype)
@@ -180,8 +182,7 @@ def _run_torch(model: Any, mode: str, args: argparse.Namespace) -> dict[str, flo
     )
 
     def step(pixels, ids, mask, state, noise):
-        prefix = model.encode_prefix(pixels, ids, mask)
-        return model.sample(*prefix, state, noise)
+        return full_inference(model, pixels, ids, mask, state, noise)
 
     with torch.inference_mode():
         if mode == "eager":
@@ -231,11 +232,11 @@ def _run_ort_cuda(bundle: Path | None, export: Path | None, args: argparse.Names
             "reach the red block",
         )
         for _ in range(args.warmup):
-            policy.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise)
+            policy.run_inputs(x)
         samples = []
-        for _ in range(args.iters):  # run() returns host actions: it has synchronised
+        for _ in range(args.iters):  # run_inputs() returns host actions: it has synchronised
             t = time.perf_counter()
-            policy.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise)
+            policy.run_inputs(x)
             samples.append((time.perf_counter() - t) * 1e3)
         return percentiles(samples)
 

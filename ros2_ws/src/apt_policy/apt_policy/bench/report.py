@@ -86,16 +86,33 @@ def _mem_available_gb() -> float:
 # -------------------------------------------------------------------------------------------- FLOPs
 
 
+def full_inference(model: Any, pixels: Any, ids: Any, mask: Any, state: Any, noise: Any) -> Any:
+    """One full inference of an APTModel (encode_prefix + sample) or an ActionPriorModel (encode_prefix,
+    encode_history over K valid zero steps, sample); returns the normalised actions."""
+    import torch
+
+    if getattr(model.config, "family", "apt") == "action_prior":
+        latent = model.encode_prefix(pixels, ids, mask, state)
+        k = max(model.history_steps, 1)
+        valid = torch.ones(state.shape[0], k, device=state.device)
+        history = model.encode_history(
+            state.new_zeros(state.shape[0], k, state.shape[-1]),
+            noise.new_zeros(noise.shape[0], k, noise.shape[-1]),
+            valid,
+        )
+        return model.sample(latent, history, state, noise)
+    prefix = model.encode_prefix(pixels, ids, mask)
+    return model.sample(*prefix, state, noise)
+
+
 def inference_flops(model: Any, inputs: tuple) -> int:
-    """FLOPs of one full inference (encode_prefix + sample) of an APTModel; works on the meta device."""
+    """FLOPs of one full inference (``full_inference``); works on the meta device."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    pixels, ids, mask, state, noise = inputs
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
-        prefix = model.encode_prefix(pixels, ids, mask)
-        model.sample(*prefix, state, noise)
+        full_inference(model, *inputs)
     return int(counter.get_total_flops())
 
 

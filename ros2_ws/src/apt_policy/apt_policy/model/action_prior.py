@@ -265,13 +265,14 @@ class ActionPriorModel(nn.Module):
         prefix_len: torch.Tensor | None = None,
         rtc_trained: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Euler from noise (t=1) to actions (t=0), unrolled; RTC prefix as ``APTModel.sample``."""
+        """Euler from noise (t=1) to actions (t=0), unrolled; RTC prefix as ``APTModel.sample``. x and dt stay
+        float32; the decoder gets x in ``noise``'s dtype (float16 in an fp16 export)."""
         steps = self.config.sampling_steps
         x = noise.float()
         ones = torch.ones_like(x[:, 0, 0])
         if action_prefix is None:
             for t in flow.euler_times(steps):
-                v = self.velocity(latent, history_token, state, x, ones * t)
+                v = self.velocity(latent, history_token, state, x.to(noise.dtype), ones * t)
                 x = x - v.float() * (1.0 / steps)
             return x
         if prefix_len is None:
@@ -283,7 +284,9 @@ class ActionPriorModel(nn.Module):
         clean_mask = fixed[..., 0].float() * trained[:, None]
         for t in flow.euler_times(steps):
             x = torch.where(fixed, flow.prefix_path(target, x0, t, trained), x)
-            v = self.velocity(latent, history_token, state, x, ones * t, clean_mask)
+            v = self.velocity(
+                latent, history_token, state, x.to(noise.dtype), ones * t, clean_mask.to(noise.dtype)
+            )
             x = x - v.float() * (1.0 / steps)
         return torch.where(fixed, target, x)
 

@@ -149,10 +149,16 @@ def _policy_config(s: PriorDemoSettings, data: DemoDataset, dc: DemoConfig):
 
 # --------------------------------------------------------------------------------------- evaluation
 def history_rollout(
-    policy: Policy, seed: int, instruction: str, color: str, s: PriorDemoSettings
+    policy: Policy,
+    seed: int,
+    instruction: str,
+    color: str,
+    s: PriorDemoSettings,
+    noise_rng: np.random.Generator | None = None,
 ) -> tuple[bool, int]:
     """One closed-loop episode; the policy gets the executed (state, command) history at its dt.
-    Returns (success, command violations)."""
+    Noise: zero (this family's demo samples with noise_scale 0), or drawn from ``noise_rng`` times the
+    policy's noise_scale at every inference. Returns (success, command violations)."""
     info = policy.info
     scene = sample_scene(seed)
     cams = make_cameras(info.cameras, info.image_size, s.render_size)
@@ -163,6 +169,8 @@ def history_rollout(
     while step < s.eval_max_steps:
         obs = observe(arm, scene, cams, instruction, step)
         snap = buffer.snapshot()
+        if noise_rng is not None:
+            noise = (noise_rng.standard_normal(noise.shape) * info.noise_scale).astype(np.float32)
         chunk = policy.predict(
             obs.images, obs.state, instruction, noise, history=History(snap.states, snap.actions, snap.valid)
         )
@@ -191,8 +199,11 @@ def evaluate_history(
     seed: int = 10_000,
     progress: bool = True,
     desc: str = "eval",
+    sampled_noise: bool = False,
 ) -> dict[str, Any]:
-    """Success per instruction over ``per_instruction`` held-out scenes each (scene seeds seed + i)."""
+    """Success per instruction over ``per_instruction`` held-out scenes each (scene seeds seed + i).
+    ``sampled_noise``: each episode draws its noise from a generator seeded by its scene (the same noise
+    for every policy evaluated so); else zero noise."""
     templates = (HELD_OUT_TEMPLATE,) if held_out else TRAIN_TEMPLATES
     results: dict[str, list[bool]] = defaultdict(list)
     violations = 0
@@ -201,7 +212,8 @@ def evaluate_history(
     with tqdm(total=total, desc=desc, unit="ep", disable=not progress) as bar:
         for instruction, color in jobs:
             for i in range(per_instruction):
-                ok, v = history_rollout(policy, seed + i, instruction, color, s)
+                rng = np.random.default_rng(seed + i) if sampled_noise else None
+                ok, v = history_rollout(policy, seed + i, instruction, color, s, rng)
                 results[instruction].append(ok)
                 violations += v
                 bar.update()
