@@ -117,6 +117,20 @@ def action_trajectories(
     )
 
 
+def dataset_trajectories(dataset: Any) -> Trajectories:
+    """Stage-1 data from a labelled ``DemoDataset`` (``apt-train stage1 --family action_prior``): its states,
+    chunks, episode and step arrays; the executed command of a step taken as its chunk's first action.
+    Images and instructions are not read. Rows must be in episode order (as ``generate_dataset`` writes)."""
+    chunks = np.asarray(dataset.actions, np.float32)
+    return Trajectories(
+        np.asarray(dataset.states, np.float32),
+        chunks[:, 0].copy(),
+        chunks,
+        np.asarray(dataset.episode, np.int64),
+        np.asarray(dataset.step, np.int64),
+    )
+
+
 def history_windows(
     states: np.ndarray, executed: np.ndarray, episode: np.ndarray, step: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -2,7 +2,14 @@
 
     apt-train stage1 --data DEMOS.npz --out runs/stage1 [--arch pi|groot] [--steps N] ...
     apt-train stage2 --init runs/stage1 --data LABELLED.npz --out runs/stage2 [--train inserted|expert]
-    apt-train demo   --out demo_out/model [--arch pi|groot] [--force]
+    apt-train stage1 --family action_prior --data DEMOS.npz --out runs/prior [--history-steps K] ...
+    apt-train stage2 --init runs/prior --data LABELLED.npz --out runs/vla [--distill-steps N]
+    apt-train demo   --out demo_out/model [--arch pi|groot] [--family F] [--force]
+
+Stage 2 trains the family of its ``--init`` bundle. The action-prior family (docs/ACTION_PRIOR.md): Stage 1
+trains the action encoder-decoder on the dataset's states and action chunks only (no images, no
+language); Stage 2 copies it into the VLA, distils the latent for ``--distill-steps``, then trains end to
+end. Its trainer writes no checkpoints: ``--resume`` is refused for it.
 
 ``--data`` is a ``DemoDataset`` .npz (apt_policy.tasks.dataset); cameras, image size, horizon, control
 period and state/action names are read from it. Checkpoints go to ``OUT/checkpoints`` every
@@ -45,7 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s1 = sub.add_parser("stage1", help="VLM frozen, language masked: learn the vision-action prior")
     _train_args(s1, steps=3000, lr=1e-3)
-    s1.add_argument("--arch", choices=("pi", "groot"), default="pi", help="expert architecture")
+    s1.add_argument(
+        "--family",
+        choices=("apt", "action_prior"),
+        default="apt",
+        help="apt (default): the vision-action prior; action_prior: the action-only encoder-decoder prior",
+    )
+    s1.add_argument("--arch", choices=("pi", "groot"), default="pi", help="expert architecture (apt)")
+    s1.add_argument(
+        "--history-steps", type=int, default=4, help="action_prior: K steps in the history token (0: none)"
+    )
+    s1.add_argument("--latent-dim", type=int, default=32, help="action_prior: the action latent's size")
     s1.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: a small word-level one)")
     s1.add_argument("--backbone-checkpoint", type=Path, help="Qwen3-VL checkpoint dir (default: tiny random)")
     s1.add_argument("--vlm-layers", type=int, default=3, help="decoder layers kept (truncation)")
@@ -72,8 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument(
         "--train",
         choices=("inserted", "expert"),
-        default="inserted",
-        help="inserted: only inserted layers + gates; expert: the whole action expert",
+        default=None,
+        help="apt: inserted (default): only inserted layers + gates; expert: the whole action expert",
+    )
+    s2.add_argument(
+        "--distill-steps",
+        type=int,
+        default=None,
+        help="action_prior: steps that train only the latent head, with the latent distillation loss "
+        "(default 300), before end-to-end training",
     )
     s2.add_argument(
         "--rtc-max-delay",
@@ -177,6 +201,8 @@ def _stage1(args: argparse.Namespace) -> Path:
     tokenizer = args.tokenizer
     if tokenizer is None:
         tokenizer = write_default_tokenizer(args.out.parent / f"{args.out.name}_tokenizer.json")
+    if args.family == "action_prior":
+        return _prior_stage1(args, data, config, tokenizer, backbone)
     bundle, result = run_stage1(
         data,
         config,
@@ -191,19 +217,102 @@ def _stage1(args: argparse.Namespace) -> Path:
     return bundle
 
 
+def _prior_train_config(args: argparse.Namespace, distill_steps: int = 0):
+    from .action_prior import PriorTrainConfig
+
+    if args.resume:
+        raise ValueError("--resume: the action_prior trainer writes no checkpoints; train again instead")
+    return PriorTrainConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        distill_steps=distill_steps,
+    )
+
+
+def _prior_stage1(args: argparse.Namespace, data, base, tokenizer: Path, backbone) -> Path:
+    """Stage 1 of the action-prior family on the dataset's states and chunks (docs/ACTION_PRIOR.md)."""
+    import torch
+
+    from ..core.action_prior import ActionPriorConfig
+    from ..core.normalize import Normalizer
+    from ..model.action_prior import ActionPriorModel
+    from .action_prior import dataset_trajectories, run_prior_stage1
+
+    if args.arch != "pi":
+        raise ValueError("--arch is APT's expert architecture; the action_prior family has its own")
+    prior = ActionPriorConfig(
+        history_steps=args.history_steps,
+        latent_dim=args.latent_dim,
+        width=args.width,
+        num_heads=args.heads,
+        mlp_dim=args.mlp_dim or 2 * args.width,
+    ).validate()
+    config = dataclasses.replace(base, family="action_prior", family_config=prior.to_dict())
+    config = config.with_stage(1)
+    cfg = _prior_train_config(args)
+    torch.manual_seed(args.seed)
+    model = ActionPriorModel(config, backbone=backbone)
+    traj = dataset_trajectories(data)
+    normalizer = Normalizer.fit(traj.states, traj.chunks, config.normalization)
+    bundle, result = run_prior_stage1(model, normalizer, traj, tokenizer, args.out, cfg, not args.quiet)
+    _report(bundle, result)
+    return bundle
+
+
+def _init_family(init: Path) -> str:
+    config = Path(init) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"--init {init}: no config.json (not a policy bundle)")
+    return str(json.loads(config.read_text()).get("family", "apt"))
+
+
 def _stage2(args: argparse.Namespace) -> Path:
     from ..tasks.dataset import DemoDataset
     from .stages import run_stage2
 
+    family = _init_family(args.init)
+    if family == "action_prior":
+        return _prior_stage2(args)
+    if family != "apt":
+        raise ValueError(f"--init {args.init}: apt-train stage2 trains apt and action_prior, not {family}")
+    if args.distill_steps is not None:
+        raise ValueError("--distill-steps is the action_prior family's; this --init bundle is apt")
     data = DemoDataset.load(args.data)
     bundle, result = run_stage2(
         args.init,
         data,
         args.out,
-        _train_config(args, args.train),
+        _train_config(args, args.train or "inserted"),
         resume=args.resume,
         progress=not args.quiet,
         rtc_max_delay=args.rtc_max_delay,
+    )
+    _report(bundle, result)
+    return bundle
+
+
+def _prior_stage2(args: argparse.Namespace) -> Path:
+    """Stage 2 of the action-prior family from its Stage-1 bundle (decoder reuse, latent distillation)."""
+    from ..tasks.dataset import DemoDataset
+    from .action_prior import run_prior_stage2
+
+    if args.train is not None:
+        raise ValueError(
+            "--train is APT's; the action_prior Stage 2 trains the latent head for --distill-steps, "
+            "then everything but the VLM"
+        )
+    if args.rtc_max_delay is not None:
+        raise ValueError("--rtc-max-delay: the action_prior Stage 2 keeps its Stage-1 bundle's; set it there")
+    distill = 300 if args.distill_steps is None else args.distill_steps
+    if distill < 0:
+        raise ValueError(f"--distill-steps must be >= 0, got {distill}")
+    cfg = _prior_train_config(args, distill)
+    data = DemoDataset.load(args.data)
+    bundle, result = run_prior_stage2(
+        args.init, data, data.episode, data.step, args.out, cfg, progress=not args.quiet
     )
     _report(bundle, result)
     return bundle

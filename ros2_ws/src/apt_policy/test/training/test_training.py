@@ -144,3 +144,64 @@ def test_prefix_drift_is_drawn_only_for_rtc_and_on_its_share_of_samples():
     assert 0.08 < float(drift[drift != 0].std()) < 0.12
     with pytest.raises(ValueError, match="rtc_drift_share"):
         TrainConfig(rtc_drift_share=1.5)
+
+
+# ------------------------------------------------------------------ the action-prior family via the CLI
+PRIOR = ["--family", "action_prior", "--history-steps", "2", "--latent-dim", "8", *TINY]
+
+
+@pytest.fixture(scope="module")
+def prior_stage1(data_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prior") / "stage1"
+    args = ["stage1", "--data", str(data_path), "--out", str(out), "--steps", "60", "--batch-size", "16"]
+    assert main([*args, "--lr", "3e-3", *PRIOR]) == 0
+    return out
+
+
+def _weights(bundle, prefix: str) -> dict:
+    return {k: v for k, v in load_file(str(bundle / "model.safetensors")).items() if k.startswith(prefix)}
+
+
+def test_action_prior_stage1_trains_the_action_module_on_the_dataset(prior_stage1):
+    from apt_policy.runtime.load import load_policy
+
+    config = json.loads((prior_stage1 / "config.json").read_text())
+    assert config["family"] == "action_prior" and config["stage"] == 1
+    assert config["family_config"]["history_steps"] == 2 and config["family_config"]["latent_dim"] == 8
+    losses = json.loads((prior_stage1 / "train_log.json").read_text())["losses"]
+    assert len(losses) == 60 and np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    policy = load_policy(prior_stage1, backend="torch")
+    assert policy.info.family == "action_prior" and policy.info.history_steps == 2
+
+
+def test_action_prior_stage2_reuses_the_decoder_and_distils_first(prior_stage1, data_path, tmp_path):
+    """During --distill-steps only the latent head trains (the reused decoder stays the Stage-1 one);
+    after them the decoder trains too."""
+    base = ["--init", str(prior_stage1), "--data", str(data_path), "--batch-size", "8", "--quiet"]
+    distilled, end_to_end = tmp_path / "distilled", tmp_path / "e2e"
+    assert main(["stage2", *base, "--out", str(distilled), "--steps", "3", "--distill-steps", "3"]) == 0
+    assert main(["stage2", *base, "--out", str(end_to_end), "--steps", "5", "--distill-steps", "3"]) == 0
+    stage1 = _weights(prior_stage1, "decoder.")
+    assert stage1 and set(stage1) == set(_weights(distilled, "decoder."))
+    for name, value in _weights(distilled, "decoder.").items():
+        torch.testing.assert_close(value, stage1[name], rtol=0, atol=0)
+    moved = [k for k, v in _weights(end_to_end, "decoder.").items() if not torch.equal(v, stage1[k])]
+    assert moved
+    head = _weights(distilled, "head.")
+    assert head and any(not torch.equal(v, _weights(end_to_end, "head.")[k]) for k, v in head.items())
+    config = json.loads((distilled / "config.json").read_text())
+    assert config["family"] == "action_prior" and config["stage"] == 2
+    log = json.loads((distilled / "train_log.json").read_text())
+    assert len(log["distill_losses"]) == 3
+
+
+def test_action_prior_cli_refuses_what_it_cannot_do(prior_stage1, data_path, tmp_path, capsys):
+    base = ["--data", str(data_path), "--steps", "2", "--quiet"]
+    assert main(["stage1", *base, "--out", str(tmp_path / "r"), "--resume", *PRIOR]) == 2
+    assert "writes no checkpoints" in capsys.readouterr().err
+    assert main(["stage2", "--init", str(prior_stage1), *base, "--out", str(tmp_path / "t"),
+                 "--train", "expert"]) == 2  # fmt: skip
+    assert "--train is APT's" in capsys.readouterr().err
+    assert main(["stage1", *base, "--out", str(tmp_path / "a"), "--arch", "groot", *PRIOR]) == 2
+    assert "--arch" in capsys.readouterr().err
+    assert not any((tmp_path / d).exists() for d in ("r", "t", "a"))
