@@ -40,12 +40,13 @@ from ..tasks.expert import ReachingExpert, goal_configuration
 from ..tasks.scene import sample_scene
 from ..tasks.sim import KinematicArm
 from .data import ChunkDataset, EncodedDataset, encode_dataset
-from .trainer import lr_at, sample_delay
+from .trainer import CHECKPOINT_DIR, latest_checkpoint, lr_at, sample_delay
 
 
 @dataclass(frozen=True)
 class PriorTrainConfig:
-    """Optimisation of one stage (``distill_steps``, ``distill_weight``: Stage 2 only)."""
+    """Optimisation of one stage (``distill_steps``, ``distill_weight``: Stage 2 only). ``checkpoint_every``
+    > 0 writes ``OUT/checkpoints/step_*.pt`` (as ``training.trainer``) when a stage is given an ``out``."""
 
     steps: int = 1000
     batch_size: int = 64
@@ -56,9 +57,11 @@ class PriorTrainConfig:
     seed: int = 0
     distill_steps: int = 300
     distill_weight: float = 1.0
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or self.distill_steps < 0:
+        bad = self.distill_steps < 0 or self.checkpoint_every < 0
+        if self.steps < 0 or self.batch_size < 1 or self.lr <= 0 or bad:
             raise ValueError(f"invalid training config {self}")
 
 
@@ -181,14 +184,64 @@ def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, params, step: int, cfg
     return value
 
 
+class _Checkpoints:
+    """Checkpoints of one stage in ``out/checkpoints`` (everything but the frozen VLM, the optimiser, the
+    losses); every random draw of step k is seeded by (seed, k), so a resumed run continues exactly."""
+
+    def __init__(self, out: str | Path | None, cfg: PriorTrainConfig) -> None:
+        self.out, self.cfg = (Path(out) if out is not None else None), cfg
+
+    def resume(self, model: ActionPriorModel, opt: torch.optim.Optimizer, result: PriorResult) -> int:
+        """Load the latest checkpoint into model, optimiser and result; returns its step."""
+        if self.out is None:
+            raise ValueError("resume needs the stage's output directory")
+        path = latest_checkpoint(self.out)
+        if path is None:
+            raise FileNotFoundError(f"--resume: no checkpoint in {self.out / CHECKPOINT_DIR}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if ckpt["policy_config"] != model.config.to_dict():
+            raise ValueError(f"{path}: checkpoint was made for a different policy config")
+        model.load_state_dict(ckpt["model"], strict=False)
+        opt.load_state_dict(ckpt["optimizer"])
+        result.losses[:] = ckpt["losses"]
+        result.distill_losses[:] = ckpt["distill_losses"]
+        return int(ckpt["step"])
+
+    def after(
+        self, done: int, model: ActionPriorModel, opt: torch.optim.Optimizer, result: PriorResult
+    ) -> None:
+        every = self.cfg.checkpoint_every
+        if self.out is None or every <= 0 or (done % every and done != self.cfg.steps):
+            return
+        path = self.out / CHECKPOINT_DIR / f"step_{done:07d}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
+        payload = {
+            "step": done,
+            "model": state,
+            "optimizer": opt.state_dict(),
+            "train_config": asdict(self.cfg),
+            "policy_config": model.config.to_dict(),
+            "losses": list(result.losses),
+            "distill_losses": list(result.distill_losses),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(payload, tmp)
+        tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+
+
 def train_prior(
     model: ActionPriorModel,
     normalizer: Normalizer,
     data: Trajectories,
     cfg: PriorTrainConfig,
     progress: bool = True,
+    *,
+    out: str | Path | None = None,
+    resume: bool = False,
 ) -> PriorResult:
-    """Stage 1: the encoder-decoder on action-only trajectories (see the module docstring)."""
+    """Stage 1: the encoder-decoder on action-only trajectories (see the module docstring); checkpoints
+    in ``out`` (``cfg.checkpoint_every``), ``resume`` from the latest one there."""
     k = model.history_steps
     hs, ha, hm = normalized_history(
         normalizer, *history_windows(data.states, data.executed, data.episode, data.step, max(k, 1))
@@ -203,8 +256,11 @@ def train_prior(
         p.requires_grad_(True)
     opt = _optimizer(params, cfg)
     result = PriorResult(steps=cfg.steps)
+    checkpoints = _Checkpoints(out, cfg)
+    start = checkpoints.resume(model, opt, result) if resume else 0
     model.train()
-    for step in tqdm(range(cfg.steps), desc="prior stage 1", unit="step", disable=not progress):
+    steps = tqdm(range(start, cfg.steps), "prior stage 1", cfg.steps, initial=start, disable=not progress)
+    for step in steps:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=g)
         actions = chunks_t[idx]
@@ -217,6 +273,7 @@ def train_prior(
         history = model.encode_history(hs[idx][:, -k:], ha[idx][:, -k:], hm[idx][:, -k:])
         loss = model.flow_loss(latent, history, states[idx], actions, noise, t, delay)
         result.losses.append(_step(opt, loss, params, step, cfg))
+        checkpoints.after(step + 1, model, opt, result)
     model.eval()
     model.requires_grad_(False)
     return result
@@ -261,8 +318,11 @@ def train_vla(
     progress: bool = True,
     every: int = 0,
     callback: Callable[[int, ActionPriorModel], None] | None = None,
+    out: str | Path | None = None,
+    resume: bool = False,
 ) -> PriorResult:
-    """Stage 2 (see the module docstring); ``callback(step, model)`` every ``every`` steps (evaluation)."""
+    """Stage 2 (see the module docstring); ``callback(step, model)`` every ``every`` steps (evaluation);
+    checkpoints in ``out`` (``cfg.checkpoint_every``), ``resume`` from the latest one there."""
     distill = cfg.distill_steps if prior else 0
     k = model.history_steps
     hs, ha, hm = data.history
@@ -270,8 +330,11 @@ def train_vla(
     everything = model.expert_parameters()
     opt = _optimizer(everything, cfg)
     result = PriorResult(steps=cfg.steps)
+    checkpoints = _Checkpoints(out, cfg)
+    start = checkpoints.resume(model, opt, result) if resume else 0
     n = len(data.features)
-    for step in tqdm(range(cfg.steps), desc="prior stage 2", unit="step", disable=not progress):
+    steps = tqdm(range(start, cfg.steps), "prior stage 2", cfg.steps, initial=start, disable=not progress)
+    for step in steps:
         trainable = head if step < distill else everything
         model.requires_grad_(False)
         for p in trainable:
@@ -293,6 +356,7 @@ def train_vla(
             result.distill_losses.append(float(d.detach()))
             loss = loss + cfg.distill_weight * d
         result.losses.append(_step(opt, loss, trainable, step, cfg))
+        checkpoints.after(step + 1, model, opt, result)
         if callback is not None and every > 0 and (step + 1) % every == 0:
             model.eval()
             callback(step + 1, model)
@@ -320,11 +384,12 @@ def run_prior_stage1(
     out_dir: str | Path,
     cfg: PriorTrainConfig,
     progress: bool = True,
+    resume: bool = False,
 ) -> tuple[Path, PriorResult]:
     """Train Stage 1 and write its bundle (stage 1: the decoder runs from the null latent)."""
     if model.config.stage != 1:
         raise ValueError("run_prior_stage1 needs a stage-1 model")
-    result = train_prior(model, normalizer, data, cfg, progress)
+    result = train_prior(model, normalizer, data, cfg, progress, out=out_dir, resume=resume)
     out = save_bundle(out_dir, model, normalizer, tokenizer)
     _log(out, cfg, result)
     return out, result
@@ -343,12 +408,16 @@ def run_prior_stage2(
     data: VLAData | None = None,
     every: int = 0,
     callback: Callable[[int, ActionPriorModel], None] | None = None,
+    resume: bool = False,
 ) -> tuple[Path, PriorResult]:
     """Train Stage 2 from a Stage-1 bundle (its VLM, normaliser, tokenizer) and write its bundle."""
     stage1 = load_bundle(init_bundle)
     model = stage2_model(stage1.model, prior=prior, seed=cfg.seed)
     data = data or vla_data(model, dataset, episode, step, stage1.tokenizer_path, stage1.normalizer, progress)
-    result = train_vla(model, data, cfg, prior=prior, progress=progress, every=every, callback=callback)
+    result = train_vla(
+        model, data, cfg, prior=prior, progress=progress, every=every, callback=callback, out=out_dir,
+        resume=resume,
+    )  # fmt: skip
     out = save_bundle(out_dir, model, stage1.normalizer, stage1.tokenizer_path)
     _log(out, cfg, result)
     return out, result

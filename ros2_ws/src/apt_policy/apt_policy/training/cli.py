@@ -9,7 +9,7 @@
 Stage 2 trains the family of its ``--init`` bundle. The action-prior family (docs/ACTION_PRIOR.md): Stage 1
 trains the action encoder-decoder on the dataset's states and action chunks only (no images, no
 language); Stage 2 copies it into the VLA, distils the latent for ``--distill-steps``, then trains end to
-end. Its trainer writes no checkpoints: ``--resume`` is refused for it.
+end. Checkpoints and ``--resume`` as for APT (below).
 
 ``--data`` is a ``DemoDataset`` .npz (apt_policy.tasks.dataset); cameras, image size, horizon, control
 period and state/action names are read from it. Checkpoints go to ``OUT/checkpoints`` every
@@ -220,8 +220,6 @@ def _stage1(args: argparse.Namespace) -> Path:
 def _prior_train_config(args: argparse.Namespace, distill_steps: int = 0):
     from .action_prior import PriorTrainConfig
 
-    if args.resume:
-        raise ValueError("--resume: the action_prior trainer writes no checkpoints; train again instead")
     return PriorTrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
@@ -229,6 +227,7 @@ def _prior_train_config(args: argparse.Namespace, distill_steps: int = 0):
         weight_decay=args.weight_decay,
         seed=args.seed,
         distill_steps=distill_steps,
+        checkpoint_every=args.checkpoint_every,
     )
 
 
@@ -257,7 +256,9 @@ def _prior_stage1(args: argparse.Namespace, data, base, tokenizer: Path, backbon
     model = ActionPriorModel(config, backbone=backbone)
     traj = dataset_trajectories(data)
     normalizer = Normalizer.fit(traj.states, traj.chunks, config.normalization)
-    bundle, result = run_prior_stage1(model, normalizer, traj, tokenizer, args.out, cfg, not args.quiet)
+    bundle, result = run_prior_stage1(
+        model, normalizer, traj, tokenizer, args.out, cfg, not args.quiet, resume=args.resume
+    )
     _report(bundle, result)
     return bundle
 
@@ -312,7 +313,7 @@ def _prior_stage2(args: argparse.Namespace) -> Path:
     cfg = _prior_train_config(args, distill)
     data = DemoDataset.load(args.data)
     bundle, result = run_prior_stage2(
-        args.init, data, data.episode, data.step, args.out, cfg, progress=not args.quiet
+        args.init, data, data.episode, data.step, args.out, cfg, progress=not args.quiet, resume=args.resume
     )
     _report(bundle, result)
     return bundle
