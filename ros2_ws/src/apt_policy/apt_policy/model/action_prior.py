@@ -240,7 +240,7 @@ class ActionPriorModel(nn.Module):
     ) -> torch.Tensor:
         """The temporal context token [B, latent_dim] of the last K steps (K = 0: a zero token)."""
         if self.history_steps == 0:
-            return torch.zeros(history_states.shape[0], self.settings.latent_dim, dtype=history_states.dtype)
+            return history_states.new_zeros(history_states.shape[0], self.settings.latent_dim)
         return self.encoder(history_states, history_actions, history_mask, kind=0)
 
     # ---------------------------------------------------------------------------------- sampling

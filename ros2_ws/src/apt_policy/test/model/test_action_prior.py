@@ -216,3 +216,14 @@ def test_apt_ignores_history(tmp_path):
     np.testing.assert_array_equal(
         policy.predict(images, state, "reach the red block", noise, history=junk), a
     )
+
+
+@pytest.mark.parametrize("k", [0, 2])
+def test_history_token_stays_on_the_inputs_device_and_dtype(k):
+    """The K = 0 zero token is made where the inputs live (a CUDA run must not get a CPU tensor); checked on
+    the meta device, which fails a CPU/meta mix like a CPU/CUDA one."""
+    model = ActionPriorModel(tiny_action_prior_config(history_steps=k).with_stage(2)).to("meta")
+    steps = max(k, 1)
+    inputs = (torch.zeros(1, steps, 8), torch.zeros(1, steps, 8), torch.ones(1, steps))
+    token = model.encode_history(*(t.to("meta") for t in inputs))
+    assert token.device.type == "meta" and token.dtype == torch.float32 and tuple(token.shape) == (1, 16)
