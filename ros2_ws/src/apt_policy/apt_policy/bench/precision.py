@@ -159,8 +159,15 @@ def _closed_loop(policy: Any, args: argparse.Namespace, row: Row) -> None:
         row.success[phrasing], row.episodes[phrasing] = r["success_rate"], r["episodes"]
 
 
+def _write(args: argparse.Namespace, rows: Sequence[Row], device: str) -> None:
+    if args.json:
+        doc = {"device": device, "bundle": str(args.bundle), "rows": [r.__dict__ for r in rows]}
+        args.json.write_text(json.dumps(doc, indent=2))
+
+
 def run(args: argparse.Namespace) -> tuple[list[Row], str]:
-    """Reference first (its calls become the deviation cases), then every variant."""
+    """Reference first (its calls become the deviation cases), then every variant; ``--json`` is rewritten
+    after each row, so a run stopped early keeps what it measured."""
     reference = Recording(load_variant(Variant("reference", "torch"), args.bundle, args.seed), args.cases)
     ref_row = Row("reference: torch cpu fp32")
     _closed_loop(reference, args, ref_row)
@@ -168,6 +175,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
     ref_row.deviation = deviation(reference.outputs, reference.outputs)
     rows = [ref_row]
     device = "cpu"
+    _write(args, rows, device)
     for v in variants(args.device, args.dtypes, args.onnx):
         row = Row(v.name)
         try:
@@ -184,6 +192,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], str]:
         except Exception as exc:  # report every variant, do not lose the others
             row.error = f"{type(exc).__name__}: {exc}"
         rows.append(row)
+        _write(args, rows, device)
     return rows, device
 
 
@@ -235,9 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     rows, device = run(args)
     print(format_table(rows, device, args.cases))
-    if args.json:
-        doc = {"device": device, "bundle": str(args.bundle), "rows": [r.__dict__ for r in rows]}
-        args.json.write_text(json.dumps(doc, indent=2))
     return 1 if any(r.error for r in rows) else 0
 
 
