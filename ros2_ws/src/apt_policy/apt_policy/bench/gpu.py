@@ -166,8 +166,8 @@ def _model(shape: str, args: argparse.Namespace) -> tuple[Any, Path | None, Path
     from apt_policy.model.apt import APTModel
 
     torch.manual_seed(0)
-    with torch.device("cuda"):
-        return APTModel(deployment_config()).eval(), None, None
+    with torch.device("cuda"):  # built on the GPU; .to() also moves buffers made for an explicit device
+        return APTModel(deployment_config()).eval().to("cuda"), None, None
 
 
 def _run_torch(model: Any, mode: str, args: argparse.Namespace) -> dict[str, float]:
@@ -257,10 +257,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         results += [Result(j.shape, j.mode, skip=j.skip) for j in jobs if j.skip]
         if not runnable:
             continue
-        model, bundle, export = _model(shape, args)
-        with torch.inference_mode():
-            where = str(next(model.parameters()).device)
-            flops = inference_flops(model, _torch_inputs(model.config, device=where))
+        try:
+            model, bundle, export = _model(shape, args)
+            with torch.inference_mode():
+                where = str(next(model.parameters()).device)
+                flops = inference_flops(model, _torch_inputs(model.config, device=where))
+        except Exception as exc:  # report the shape, do not lose the others
+            error = f"{type(exc).__name__}: {exc}"
+            results += [Result(j.shape, j.mode, error=error) for j in runnable]
+            continue
         for job in runnable:
             print(f"==> {shape}: {job.mode}", flush=True)
             try:
