@@ -18,9 +18,9 @@ shape: any APT or action-prior bundle and its fp32 export.
                  through the backend's own I/O binding (prefix keys/values stay on the GPU).
 
 Written against the documented torch (``torch.cuda.Event``, ``torch.cuda.graph``, ``torch.compile``) and
-ONNX Runtime APIs; it has NOT been run: no GPU was available where it was written. The CPU-independent
-parts (argument parsing, the run plan with its skip reasons, the table) are tested in
-``test/bench/test_gpu_bench.py``. Never run by the tests.
+ONNX Runtime APIs; run on an H200 in the fourteenth session (figures: docs/DEMO.md; ``ort-cuda`` was
+skipped there, no CUDA provider). The CPU-independent parts (argument parsing, the run plan with its skip
+reasons, the table) are tested in ``test/bench/test_gpu_bench.py``. Never run by the tests.
 """
 
 from __future__ import annotations

@@ -225,7 +225,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--bundle", type=Path, required=True, help="the policy bundle (any family)")
     p.add_argument("--device", default="cpu", help="torch device of the variants (cpu, cuda, cuda:1)")
-    p.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
+    p.add_argument(
+        "--dtypes",
+        nargs="*",
+        choices=DTYPES,
+        default=list(DTYPES),
+        help="torch variants (none: --dtypes alone)",
+    )
     p.add_argument("--onnx", type=Path, nargs="*", default=[], help="ONNX exports to run too")
     p.add_argument("--per-instruction", type=int, default=10, help="scenes per instruction (default 10)")
     p.add_argument("--cases", type=int, default=32, help="inferences compared for the deviation")
