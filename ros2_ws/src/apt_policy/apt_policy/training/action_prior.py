@@ -40,7 +40,7 @@ from ..tasks.expert import ReachingExpert, goal_configuration
 from ..tasks.scene import sample_scene
 from ..tasks.sim import KinematicArm
 from .data import ChunkDataset, EncodedDataset, encode_dataset
-from .trainer import CHECKPOINT_DIR, latest_checkpoint, lr_at, sample_delay
+from .trainer import CHECKPOINT_DIR, lr_at, read_latest_checkpoint, sample_delay, write_checkpoint
 
 
 @dataclass(frozen=True)
@@ -195,12 +195,7 @@ class _Checkpoints:
         """Load the latest checkpoint into model, optimiser and result; returns its step."""
         if self.out is None:
             raise ValueError("resume needs the stage's output directory")
-        path = latest_checkpoint(self.out)
-        if path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {self.out / CHECKPOINT_DIR}")
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if ckpt["policy_config"] != model.config.to_dict():
-            raise ValueError(f"{path}: checkpoint was made for a different policy config")
+        _, ckpt = read_latest_checkpoint(self.out, model.config.to_dict())
         model.load_state_dict(ckpt["model"], strict=False)
         opt.load_state_dict(ckpt["optimizer"])
         result.losses[:] = ckpt["losses"]
@@ -213,8 +208,6 @@ class _Checkpoints:
         every = self.cfg.checkpoint_every
         if self.out is None or every <= 0 or (done % every and done != self.cfg.steps):
             return
-        path = self.out / CHECKPOINT_DIR / f"step_{done:07d}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v for k, v in model.state_dict().items() if not k.startswith("backbone.")}
         payload = {
             "step": done,
@@ -225,9 +218,7 @@ class _Checkpoints:
             "losses": list(result.losses),
             "distill_losses": list(result.distill_losses),
         }
-        tmp = path.with_suffix(".tmp")
-        torch.save(payload, tmp)
-        tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+        write_checkpoint(self.out / CHECKPOINT_DIR / f"step_{done:07d}.pt", payload)
 
 
 def train_prior(

@@ -12,6 +12,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -108,12 +109,30 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
     return ckpts[-1] if ckpts else None
 
 
+def write_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """torch.save ``payload`` to ``path`` atomically: a crash never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def read_latest_checkpoint(out_dir: str | Path, policy_config: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """The latest checkpoint in ``out_dir/checkpoints``; refused when made for another policy config."""
+    path = latest_checkpoint(out_dir)
+    if path is None:
+        raise FileNotFoundError(f"--resume: no checkpoint in {Path(out_dir) / CHECKPOINT_DIR}")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if ckpt["policy_config"] != policy_config:
+        raise ValueError(f"{path}: checkpoint was made for a different policy config")
+    return path, ckpt
+
+
 def save_checkpoint(
     path: Path, model: APTModel, opt: torch.optim.Optimizer, step: int, cfg: TrainConfig, losses
 ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(
+    write_checkpoint(
+        path,
         {
             "step": step,
             "expert": _expert_state(model),
@@ -122,9 +141,7 @@ def save_checkpoint(
             "policy_config": model.config.to_dict(),
             "losses": list(losses),
         },
-        tmp,
     )
-    tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
 
 
 def train(
@@ -150,12 +167,7 @@ def train(
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, losses, resumed = 0, [], None
     if resume:
-        ckpt_path = latest_checkpoint(out)
-        if ckpt_path is None:
-            raise FileNotFoundError(f"--resume: no checkpoint in {out / CHECKPOINT_DIR}")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt["policy_config"] != model.config.to_dict():
-            raise ValueError(f"{ckpt_path}: checkpoint was made for a different policy config")
+        _, ckpt = read_latest_checkpoint(out, model.config.to_dict())
         model.load_state_dict(ckpt["expert"], strict=False)
         opt.load_state_dict(ckpt["optimizer"])
         start, losses, resumed = int(ckpt["step"]), list(ckpt["losses"]), int(ckpt["step"])
