@@ -166,8 +166,8 @@ def _model(shape: str, args: argparse.Namespace) -> tuple[Any, Path | None, Path
     from apt_policy.model.apt import APTModel
 
     torch.manual_seed(0)
-    with torch.device("cuda"):  # built on the GPU; .to() also moves buffers made for an explicit device
-        return APTModel(deployment_config()).eval().to("cuda"), None, None
+    with torch.device("cuda"):
+        return APTModel(deployment_config()).eval(), None, None
 
 
 def _run_torch(model: Any, mode: str, args: argparse.Namespace) -> dict[str, float]:

@@ -223,9 +223,6 @@ def bench_deployment(iters: int, threads: int, min_free_gb: float) -> dict[str, 
         "expert_params_M": (total - backbone) / 1e6,
     }
     try:
-        build = getattr(meta.backbone, "_build_tables", None)
-        if build is not None:
-            build(torch.device("meta"))
         out["flops"] = inference_flops(meta, _torch_inputs(config, "meta"))
     except Exception as exc:  # report, do not fail the whole bench
         out["flops_error"] = f"{type(exc).__name__}: {exc}"

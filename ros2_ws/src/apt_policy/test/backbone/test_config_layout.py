@@ -250,3 +250,13 @@ def test_importing_the_backbone_does_not_need_transformers():
     code = "import sys, apt_policy.model.backbone.loading; assert 'transformers' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_tables_are_built_where_the_weights_are():
+    """Built under a device context, every table buffer is on that device too (before: always the CPU, so a
+    model made under ``torch.device("cuda")`` mixed devices at its first forward); checked on meta."""
+    with torch.device("meta"):
+        model = Qwen3VLBackbone(Qwen3VLBackboneConfig.tiny(num_cameras=1, image_size=(32, 32)))
+    assert {b.device.type for b in model.buffers()} == {"meta"}
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert {b.device.type for b in Qwen3VLBackbone(Qwen3VLBackboneConfig.tiny()).buffers()} == {"cpu"}

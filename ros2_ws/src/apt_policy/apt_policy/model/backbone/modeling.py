@@ -55,7 +55,7 @@ class Qwen3VLBackbone(nn.Module):
         self.config = config
         self.visual = VisionTower(config.vision, config.num_deepstack_layers)
         self.language_model = TextDecoder(config.text, config.num_layers)
-        self._build_tables(torch.device("cpu"))
+        self._build_tables(self.language_model.embed_tokens.weight.device)  # where the weights were made
 
     # ------------------------------------------------------------------------------------- tables
     def _build_tables(self, device: torch.device) -> None:
