@@ -159,6 +159,8 @@ def _stage1(args: argparse.Namespace) -> Path:
     from .stages import run_stage1
     from .vocabulary import write_default_tokenizer
 
+    if args.family == "action_prior" and args.arch != "pi":  # refused before anything is written
+        raise ValueError("--arch is APT's expert architecture; the action_prior family has its own")
     data = DemoDataset.load(args.data)
     cameras = tuple(data.images)
     image_size = tuple(next(iter(data.images.values())).shape[1:3])
@@ -240,8 +242,6 @@ def _prior_stage1(args: argparse.Namespace, data, base, tokenizer: Path, backbon
     from ..model.action_prior import ActionPriorModel
     from .action_prior import dataset_trajectories, run_prior_stage1
 
-    if args.arch != "pi":
-        raise ValueError("--arch is APT's expert architecture; the action_prior family has its own")
     prior = ActionPriorConfig(
         history_steps=args.history_steps,
         latent_dim=args.latent_dim,

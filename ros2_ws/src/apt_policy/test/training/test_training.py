@@ -227,4 +227,5 @@ def test_action_prior_cli_refuses_what_it_cannot_do(prior_stage1, data_path, tmp
     assert "--train is APT's" in capsys.readouterr().err
     assert main(["stage1", *base, "--out", str(tmp_path / "a"), "--arch", "groot", *PRIOR]) == 2
     assert "--arch" in capsys.readouterr().err
-    assert not any((tmp_path / d).exists() for d in ("r", "t", "a"))
+    assert not any((tmp_path / d).exists() for d in ("r", "t"))
+    assert not list(tmp_path.glob("a*"))  # not even the default tokenizer beside --out
