@@ -77,7 +77,7 @@ def read_run(out: Path, threshold_s: float = 0.15) -> DemoRun:
         episodes=tuple(str(e["name"]) for e in episodes),
         success=tuple(bool(e["success"]) for e in episodes),
         final_distance_m=tuple(e.get("final_distance_m") for e in episodes),
-        violations=int(sum(int(e.get("robot_violations") or 0) for e in episodes)),
+        violations=int(report["summary"]["robot_violations"]),
         hold_ups_ms=tuple(delays),
     )
 

@@ -48,7 +48,9 @@ def _run(
         ep = f"ep{k}"
         episodes.append({"name": ep, "success": d < 3.0, "final_distance_m": d / 100, "robot_violations": v})
         _arrivals(out / "logs" / f"{ep}_arrivals.json", 50 if ep == held_in else None)
-    (out / "report.json").write_text(json.dumps({"episodes": episodes}))
+    (out / "report.json").write_text(
+        json.dumps({"episodes": episodes, "summary": {"robot_violations": sum(violations)}})
+    )
     return out
 
 
