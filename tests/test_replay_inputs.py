@@ -64,23 +64,32 @@ class InputsEcho:
         return out
 
 
-def _recording(path: Path, with_inputs: tuple[bool, ...]) -> tuple[Path, list[np.ndarray]]:
+def _recording(
+    path: Path,
+    with_inputs: tuple[bool, ...],
+    fills: tuple[int, ...] | None = None,
+    valid_steps: tuple[int, ...] | None = None,
+    instructions: tuple[str, ...] | None = None,
+) -> tuple[Path, list[np.ndarray]]:
     """One chunk per entry of ``with_inputs`` (ChunkInputs recorded for it or not), each with its frame and
-    joint state just before; returns the bag and what InputsEcho computes from each chunk's inputs."""
+    joint state just before; returns the bag and what InputsEcho computes from each chunk's inputs. Per
+    chunk, optionally: its frame's grey value (``fills``, else black), its history's valid steps
+    (``valid_steps``, else 2 of 3) and its instruction (else "reach")."""
     import cv2
 
     m = Messages(TYPES.values())
     rng = np.random.default_rng(0)
     items, expected = [], []
-    _, jpg = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))
     for i, recorded in enumerate(with_inputs):
+        fill = 0 if fills is None else fills[i]
+        _, jpg = cv2.imencode(".jpg", np.full((48, 64, 3), fill, np.uint8))
         t = T0 + i * 10**9
         prefix = rng.normal(size=(2, A)).astype(np.float32)
         states, actions = (
             rng.normal(size=(K, N)).astype(np.float32),
             rng.normal(size=(K, A)).astype(np.float32),
         )
-        valid = np.array([False, True, True])
+        valid = np.arange(K) >= K - (2 if valid_steps is None else valid_steps[i])
         observed = rng.normal(size=N).astype(np.float32)  # newer than the recorded joint state (zeros)
         echo = InputsEcho(INFO).predict(
             None, observed, "", prefix=prefix, history=_history(states, actions, valid)
@@ -104,7 +113,7 @@ def _recording(path: Path, with_inputs: tuple[bool, ...]) -> tuple[Path, list[np
             TYPES["/apt_policy/action_chunk"],
             header=m.header(t),
             chunk_id=i + 1,
-            instruction="reach",
+            instruction="reach" if instructions is None else instructions[i],
             action_names=list(INFO.action_names),
             dt=0.1,
             horizon=H,
@@ -173,3 +182,33 @@ def test_a_model_without_rtc_inputs_or_history_gets_only_the_recorded_state(tmp_
     want[-2] = expected[0][-2]  # the state the node observed, not the older recorded joint state (zeros)
     np.testing.assert_array_equal(plain.replayed[0][2], want)
     assert plain.notes == []
+
+
+class StartViewEcho(InputsEcho):
+    """InputsEcho for a model with a ``front@start`` view; records the grey value of both views per call."""
+
+    def __init__(self, info: PolicyInfo) -> None:
+        super().__init__(replace(info, cameras=("front", "front@start")))
+        self.views: list[tuple[int, int]] = []
+
+    def predict(self, images, state, instruction, noise=None, prefix=None, history=None) -> np.ndarray:
+        self.views.append((int(images["front"].mean().round()), int(images["front@start"].mean().round())))
+        return super().predict(images, state, instruction, noise, prefix, history)
+
+
+def test_a_start_view_is_replayed_as_the_node_held_it(tmp_path) -> None:
+    """The first chunk of each episode gives its frame to the later ones; an episode starts again where the
+    recorded history holds fewer steps than the chunk before (a hold, an activation) or the instruction
+    changes."""
+    bag, _ = _recording(
+        tmp_path / "bag",
+        (True,) * 6,
+        fills=(10, 60, 110, 160, 210, 250),
+        valid_steps=(0, 3, 3, 0, 3, 3),
+        instructions=("reach", "reach", "reach", "reach", "reach", "go"),
+    )
+    policy = StartViewEcho(INFO)
+    result = replay(bag, policy, ReplayOptions())
+    assert result.chunks == 6
+    assert [live for live, _ in policy.views] == [10, 60, 110, 160, 210, 250]
+    assert [start for _, start in policy.views] == [10, 10, 10, 160, 160, 250]

@@ -5,7 +5,9 @@ with the measured state at that moment, never what a policy proposed. The comman
 the policy's ``dt`` (e.g. 100 Hz vs 10 Hz): ``record`` keeps one step per ``dt``, the first command at or
 after each point of a dt grid started by the first kept step (a gap longer than dt restarts the grid).
 ``reset`` (new instruction, hold, fault) forgets everything: the next prediction sees an episode start
-(every step invalid). Plain numpy, no ROS, no runtime.
+(every step invalid). ``episode`` counts those starts: a reset after at least one kept step begins a new
+one (resets while nothing was executed, e.g. every tick before the first chunk, do not), which is when the
+start views (``core.start_views``) are taken again. Plain numpy, no ROS, no runtime.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class HistoryBuffer:
         self._actions = np.zeros((self.steps, action_dim), np.float32)
         self._count = 0  # steps kept since the last reset (capped at ``steps``)
         self._due: float | None = None  # when the next step is due
+        self._since_reset = False  # a step was kept since the last reset
+        self.episode = 0  # episode starts so far (see the module docstring)
         self._lock = threading.Lock()
 
     def reset(self) -> None:
@@ -48,6 +52,9 @@ class HistoryBuffer:
         with self._lock:
             self._count = 0
             self._due = None
+            if self._since_reset:
+                self.episode += 1
+                self._since_reset = False
 
     def record(self, t: float, state: np.ndarray, action: np.ndarray) -> bool:
         """A command sent at time ``t`` (s) with the state measured then; kept if a dt has passed since the
@@ -68,6 +75,7 @@ class HistoryBuffer:
                 self._due = float(t) + self.dt
             else:
                 self._due += self.dt
+            self._since_reset = True
             if self.steps == 0:
                 return True
             self._states[:-1] = self._states[1:]

@@ -14,6 +14,8 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from .start_views import check_cameras
+
 FORMAT_VERSION = 1
 ARCHITECTURES = ("pi", "groot")
 # The seed systems one bundle format carries (docs/ARCHITECTURE.md, "Policy families"): "apt" (flow-matching
@@ -180,6 +182,10 @@ class PolicyConfig:
                     f" (0..{num_vlm_layers - 1})"
                 )
         _check_names("cameras", self.cameras)
+        try:
+            check_cameras(self.cameras)
+        except ValueError as exc:
+            raise ConfigError(f"cameras={list(self.cameras)!r}: {exc}") from None
         _check_names("state_names", self.state_names)
         _check_names("action_names", self.action_names)
         if len(self.image_size) != 2 or any(not isinstance(s, int) or s <= 0 for s in self.image_size):

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from apt_policy.core.start_views import StartViews, live_cameras
 from apt_policy.data.bag import BagWriter, read_messages
 from apt_policy.data.messages import Messages, decode_jpeg, stamp_ns
 from apt_policy.runtime.policy import History, Policy
@@ -123,12 +124,9 @@ def replay(bag: str | Path, policy: Policy, options: ReplayOptions | None = None
     info = policy.info
     messages = list(read_messages(bag))
     camera_topics = sorted({m.topic for m in messages if m.type == "sensor_msgs/msg/CompressedImage"})
-    cameras = (
-        dict(opts.cameras)
-        if opts.cameras is not None
-        else dict(zip(info.cameras, camera_topics, strict=False))
-    )
-    missing = [c for c in info.cameras if c not in cameras]
+    live = live_cameras(info.cameras)  # recorded topics; the start views are taken from them (as the node)
+    cameras = dict(opts.cameras) if opts.cameras is not None else dict(zip(live, camera_topics, strict=False))
+    missing = [c for c in live if c not in cameras]
     if missing:
         raise ValueError(f"model cameras {missing} have no recorded topic (recorded: {camera_topics})")
     frames = {
@@ -154,10 +152,12 @@ def replay(bag: str | Path, policy: Policy, options: ReplayOptions | None = None
     skipped: list[str] = []
     replayed: list[tuple[int, Any, np.ndarray]] = []
     without_history = 0
+    start_views = StartViews(info.cameras)
+    episode, previous = 0, None  # (instruction, valid history steps) of the chunk before
     for m in chunks:
         c = m.msg
         t = stamp_ns(c.header.stamp)
-        images = {cam: frames[cam].at(t) for cam in info.cameras}
+        images = {cam: frames[cam].at(t) for cam in live}
         js = joints.at(t)
         if js is None or any(v is None for v in images.values()):
             skipped.append(
@@ -172,9 +172,14 @@ def replay(bag: str | Path, policy: Policy, options: ReplayOptions | None = None
             state = [float(v) for v in recorded_inputs.state]
         if info.history_steps > 0 and history is None:
             without_history += 1
+        now = (str(c.instruction), None if history is None else int(history.valid.sum()))
+        if previous is not None and _new_episode(previous, now):
+            episode += 1
+        previous = now
+        decoded = {cam: decode_jpeg(img.data) for cam, img in images.items()}
         out = np.asarray(
             policy.predict(
-                {cam: decode_jpeg(img.data) for cam, img in images.items()},
+                start_views.add(decoded, episode),
                 np.asarray(state, dtype=np.float32),
                 str(c.instruction),
                 noise,
@@ -212,6 +217,15 @@ def replay(bag: str | Path, policy: Policy, options: ReplayOptions | None = None
         replayed=replayed,
         notes=_missing_history_notes(info.history_steps, without_history, len(chunks)),
     )
+
+
+def _new_episode(before: tuple[str, int | None], now: tuple[str, int | None]) -> bool:
+    """Whether a chunk began a new episode of the node (its start views taken again): another instruction,
+    or fewer valid history steps than the chunk before (the history started again: a hold, a new
+    activation). Without recorded histories only instruction changes are seen."""
+    if before[0] != now[0]:
+        return True
+    return before[1] is not None and now[1] is not None and now[1] < before[1]
 
 
 def _chunk_inputs(msg: Any) -> tuple[np.ndarray | None, History | None]:

@@ -1,4 +1,4 @@
-"""The demo's simulated cameras: one ``apt-fake-camera`` per camera of the exported model.
+"""The demo's simulated cameras: one ``apt-fake-camera`` per live camera of the exported model.
 
 The model's first camera is rendered on the topic ``config/sim.yaml`` names and the demo records
 (``/camera/camera/color/image_raw``, the RealSense driver's default); every other camera on the topics
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from apt_policy.core.start_views import live_cameras
 from apt_policy.demo.recording import CAMERA_TOPIC
 from apt_policy.runtime.manifest import load_manifest
 from apt_policy.tasks.camera import CAMERA_PRESETS
@@ -96,5 +97,7 @@ def node_camera_overrides(cameras: Sequence[SimCamera]) -> list[str]:
 
 
 def model_cameras(export: Path) -> tuple[str, ...]:
-    """Camera names of an exported model, from its manifest (no ONNX Runtime needed)."""
-    return tuple(str(c) for c in load_manifest(export, verify=False).config.get("cameras", ()))
+    """The cameras of an exported model that need a fake camera, from its manifest (no ONNX Runtime
+    needed): its start views (``core.start_views``) are filled by the node from these."""
+    names = tuple(str(c) for c in load_manifest(export, verify=False).config.get("cameras", ()))
+    return live_cameras(names)

@@ -175,7 +175,8 @@ class NodeParams:
     )
     camera_names: tuple[str, ...] = param(
         ("",),
-        "Model camera names, in the same order as camera_topics (empty: the model's own).",
+        "Model camera names, in the same order as camera_topics (empty: the model's own live cameras; its "
+        "start views, <camera>@start, are filled by the node and need no topic).",
     )
     camera_topics: tuple[str, ...] = param(
         ("/camera/camera/color/image_raw",),

@@ -43,6 +43,7 @@ from apt_policy.control.observations import FreshnessLimits, ObservationBuffer, 
 from apt_policy.control.realtime import GIL_SWITCH_INTERVAL_S, lock_memory, make_realtime
 from apt_policy.control.self_check import SelfCheckResult, run_self_check, synthetic_images
 from apt_policy.control.stats import RollingStats
+from apt_policy.core.start_views import StartViews, live_cameras
 from apt_policy.ros import conversions
 from apt_policy.ros.control_setup import build_controller, build_loop, controller_config, execution_plan
 from apt_policy.ros.outputs import GripperWidthOutput, PositionOutput, TrajectoryOutput
@@ -215,9 +216,12 @@ class PolicyNode(LifecycleNode):
             watchdog=self.controller.config.watchdog,  # the controller's watchdog judges both
             limits=FreshnessLimits(max_skew_s=p.max_skew),
         )
-        # stateful policies (info.history_steps > 0): the commands actually sent, at the policy's dt
+        # stateful policies (info.history_steps > 0): the commands actually sent, at the policy's dt; a model
+        # with start views (core.start_views) needs it too: its episodes say when to take them again
         n_state, k = len(info.state_names), info.history_steps
-        self.history = HistoryBuffer(k, n_state, info.action_dim, info.dt) if k > 0 else None
+        self.start_views = StartViews(info.cameras)
+        stateful = k > 0 or bool(self.start_views)
+        self.history = HistoryBuffer(k, n_state, info.action_dim, info.dt) if stateful else None
         self.tick_durations = RollingStats(1000)  # s, compute time of each stream tick
         self._rt_applied = False
         self._last_state: ControllerState | None = None  # controller state of the previous tick
@@ -242,7 +246,7 @@ class PolicyNode(LifecycleNode):
 
     def _make_worker(self, first_chunk_id: int = 1) -> InferenceWorker:
         return InferenceWorker(
-            predict=self.policy.predict,
+            predict=self._predict,
             observe=self.observations.freshest,
             on_chunk=self._on_chunk,
             on_error=self._on_inference_error,
@@ -252,6 +256,12 @@ class PolicyNode(LifecycleNode):
             history=self._history_now if self.history is not None else None,
             first_chunk_id=first_chunk_id,
         )
+
+    def _predict(self, images: Any, state: Any, instruction: str, **kwargs: Any) -> np.ndarray:
+        """``policy.predict`` with the episode's start views added to the live frames (worker thread)."""
+        if self.start_views and self.history is not None:
+            images = self.start_views.add(images, self.history.episode)
+        return self.policy.predict(images, state, instruction, **kwargs)
 
     def _history_now(self) -> History:
         assert self.history is not None
@@ -285,7 +295,7 @@ class PolicyNode(LifecycleNode):
             state = np.append(state, self.profile.max_gripper_width)
         result = run_self_check(
             self.policy.predict,
-            synthetic_images(self.camera_names, self.info.image_size),
+            synthetic_images(tuple(self.info.cameras), self.info.image_size),  # start views included
             state,
             (self.info.horizon, self.info.action_dim),
             self.controller.layout,
@@ -369,16 +379,22 @@ class PolicyNode(LifecycleNode):
 
     def _camera_mapping(self, info: PolicyInfo) -> tuple[str, ...]:
         topics = self.params.camera_topics
-        names = self.params.camera_names or tuple(info.cameras)
+        live = live_cameras(info.cameras)  # start views are filled by the node, not by a topic
+        names = self.params.camera_names or live
         if len(names) != len(topics):
             raise ParameterError(
                 f"parameter 'camera_topics' has {len(topics)} topics but the model has cameras "
-                f"{list(info.cameras)}: set camera_names to map each topic to a model camera"
+                f"{list(live)}: set camera_names to map each topic to a model camera"
             )
-        if set(names) != set(info.cameras):
+        if set(names) != set(live):
             raise ParameterError(
                 f"parameter 'camera_names' {list(names)} does not match the model's cameras "
-                f"{list(info.cameras)}"
+                f"{list(live)}"
+                + (
+                    f" (its start views {sorted(set(info.cameras) - set(live))} need no topic)"
+                    if len(live) < len(info.cameras)
+                    else ""
+                )
             )
         return tuple(names)
 
@@ -567,9 +583,11 @@ class PolicyNode(LifecycleNode):
                 epoch = self.controller.set_instruction(text)
             except ValueError as exc:
                 return False, str(exc)
-            self.worker.set_instruction(text, epoch)
-            if self.history is not None:  # a new instruction is a new episode for a stateful policy
+            # a new instruction is a new episode for a stateful policy: reset before the worker can predict
+            # for it, so that its first prediction starts the episode (history, start views)
+            if self.history is not None:
                 self.history.reset()
+            self.worker.set_instruction(text, epoch)
             paused = self.controller.state == ControllerState.PAUSED
         self.get_logger().info(f"instruction: {text!r} (epoch {epoch})" + (" while paused" if paused else ""))
         self._notify(old, text)

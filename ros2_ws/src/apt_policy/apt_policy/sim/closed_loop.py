@@ -43,6 +43,7 @@ from apt_policy.control.controller import WAITING_FOR_CHUNK, ControllerState
 from apt_policy.control.history import HistoryBuffer
 from apt_policy.control.schedule import Chunk
 from apt_policy.core.config import ActionSemantics
+from apt_policy.core.start_views import StartViews, live_cameras
 from apt_policy.robots.franka import FR3, forward_kinematics
 from apt_policy.ros.control_setup import build_controller, execution_plan
 from apt_policy.ros.params import defaults
@@ -274,7 +275,8 @@ def run_episode(
         policy.reset(scene, color, episode_seed)
     arm = SimArm(robot)
     names = list(robot.joint_names)
-    rig = make_cameras(info.cameras, info.image_size) if info.cameras else None
+    live = live_cameras(info.cameras)  # the start views are filled from these, as the node does
+    rig = make_cameras(live, info.image_size) if live else None
     dt = params.period_s
     substeps = max(1, round(dt / config.physics_dt))
     h = dt / substeps
@@ -282,7 +284,9 @@ def run_episode(
     block = scene.block(color)
     use_gripper = len(info.state_names) == robot.dof + 1
     steps = int(getattr(info, "history_steps", 0) or 0)
-    history = HistoryBuffer(steps, len(info.state_names), info.action_dim, info.dt) if steps > 0 else None
+    start_views = StartViews(info.cameras)
+    stateful = steps > 0 or bool(start_views)
+    history = HistoryBuffer(steps, len(info.state_names), info.action_dim, info.dt) if stateful else None
 
     t0 = 1.0
     controller.set_instruction(instruction)
@@ -342,6 +346,8 @@ def run_episode(
             state = np.append(q, width) if use_gripper else q.copy()
             state = state.astype(np.float32)
             images = rig.render(scene, q, width) if rig is not None else {}
+            if start_views and history is not None:
+                images = start_views.add(images, history.episode)
             prefix = controller.rtc_prefix(t, state, info.action_dim) if plan.rtc else None
             if hasattr(policy, "joint_velocity"):
                 policy.joint_velocity = qd.copy()

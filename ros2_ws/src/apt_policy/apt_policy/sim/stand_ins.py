@@ -104,8 +104,9 @@ class RobotStandIn:
     """Arm + gripper state at the ready pose, a camera, and a recorder of what the policy node sends.
 
     Set ``camera_on = False`` to stop the frames, ``bad_image`` to publish that message instead of good
-    frames. Recordings: ``trajectories`` (receive time, JointTrajectory), ``chunks`` / ``chunk_times``,
-    ``statuses`` and ``gripper_commands`` (widths, m).
+    frames, ``numbered_frames = True`` to fill each frame with its number mod 256 (black otherwise: a test
+    can then tell which frame a policy got). Recordings: ``trajectories`` (receive time, JointTrajectory),
+    ``chunks`` / ``chunk_times``, ``statuses`` and ``gripper_commands`` (widths, m).
     """
 
     def __init__(
@@ -119,6 +120,8 @@ class RobotStandIn:
         self.node = node
         self.camera_on = camera_on
         self.bad_image: Image | None = None
+        self.numbered_frames = False
+        self.frames_sent = 0
         self.image_shape = image_shape
         self.finger_position = finger_position
         self.trajectories: list[tuple[float, JointTrajectory]] = []
@@ -163,7 +166,9 @@ class RobotStandIn:
             self.camera.publish(self.bad_image)
         elif self.camera_on:
             h, w = self.image_shape
-            msg = Image(height=h, width=w, encoding="rgb8", step=3 * w, data=bytes(h * 3 * w))
+            self.frames_sent += 1
+            fill = self.frames_sent % 256 if self.numbered_frames else 0
+            msg = Image(height=h, width=w, encoding="rgb8", step=3 * w, data=bytes([fill]) * (h * 3 * w))
             msg.header.stamp = self.node.get_clock().now().to_msg()
             self.camera.publish(msg)
 

@@ -16,6 +16,7 @@ shows the expert returning from the offsets a policy's own errors produce).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from apt_policy.core.start_views import start_source
 from apt_policy.robots.franka import FR3, RobotProfile
 from apt_policy.tasks.expert import ExpertConfig, ReachingExpert, goal_configuration
 from apt_policy.tasks.instructions import make_instruction
@@ -46,6 +48,7 @@ __all__ = [
     "generate_dataset",
     "generate_episode",
     "state_names",
+    "with_start_views",
 ]
 
 
@@ -204,6 +207,25 @@ class DemoDataset:
                 state_names=tuple(meta["state_names"]),
                 action_names=tuple(meta["action_names"]),
             )
+
+
+def with_start_views(data: DemoDataset, cameras: Sequence[str]) -> DemoDataset:
+    """``data`` plus an image array for every start view among ``cameras`` (``core.start_views``): each
+    sample's ``<camera>@start`` is its episode's first frame of ``<camera>`` (the lowest step the data holds
+    of that episode), what the node holds for the episode's later predictions. Other arrays are shared."""
+    views = {c: s for c in cameras if (s := start_source(c)) is not None}
+    missing = sorted({s for s in views.values() if s not in data.images})
+    if missing:
+        raise ValueError(f"start views of {missing}: the data has no such camera ({list(data.images)})")
+    if not views:
+        return data
+    first: dict[int, int] = {}
+    for i in np.lexsort((data.step, data.episode)):  # by episode, then step: the first seen is the start
+        first.setdefault(int(data.episode[i]), int(i))
+    start = np.fromiter((first[int(e)] for e in data.episode), np.int64, len(data.episode))
+    images = dict(data.images)
+    images.update({view: data.images[source][start] for view, source in views.items()})
+    return dataclasses.replace(data, images=images)
 
 
 def episode_seed(dataset_seed: int, episode: int) -> int:

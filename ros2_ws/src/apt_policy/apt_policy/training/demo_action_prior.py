@@ -33,6 +33,7 @@ from ..control.history import HistoryBuffer
 from ..core.action_prior import ActionPriorConfig
 from ..core.config import ActionSemantics, ExpertConfig
 from ..core.normalize import Normalizer
+from ..core.start_views import StartViews, check_cameras, live_cameras
 from ..model.action_prior import ActionPriorModel
 from ..model.apt import build_backbone
 from ..model.backbone import Qwen3VLBackboneConfig
@@ -40,7 +41,7 @@ from ..model.bundle import save_bundle
 from ..model.presets import tiny_policy_config
 from ..runtime.policy import History, Policy
 from ..runtime.torch_backend import ActionPriorPolicy
-from ..tasks.dataset import DemoConfig, DemoDataset, default_workers, generate_dataset
+from ..tasks.dataset import DemoConfig, DemoDataset, default_workers, generate_dataset, with_start_views
 from ..tasks.instructions import HELD_OUT_TEMPLATE, TRAIN_TEMPLATES
 from ..tasks.rollout import make_cameras, observe
 from ..tasks.scene import COLORS, SUCCESS_RADIUS, distance_to_block, sample_scene
@@ -63,8 +64,9 @@ class PriorDemoSettings:
     image_size: tuple[int, int] = (96, 128)
     render_size: tuple[int, int] | None = (480, 640)
     # views the policy sees; stage 0 grounds them all, but a vlm_from VLM only the views it was grounded on
-    # (the APT demo's: front). Front + side did not move scene 20000 (docs/ACTION_PRIOR.md, eleventh session)
-    cameras: tuple[str, ...] = ("front",)
+    # (the APT demo's: front). Front + side did not move scene 20000 (docs/ACTION_PRIOR.md, eleventh session);
+    # "front@start", the front frame of the episode's start (core.start_views), did (sixteenth session)
+    cameras: tuple[str, ...] = ("front", "front@start")
     patch_size: int = 8
     vision_depth: int = 1
     horizon: int = 16
@@ -94,8 +96,10 @@ class PriorDemoSettings:
 
 
 def _demo_config(s: PriorDemoSettings) -> DemoConfig:
+    """How the labelled data is rendered: the live cameras (start views are taken from them)."""
+    check_cameras(s.cameras)
     return DemoConfig(
-        cameras=tuple(s.cameras),
+        cameras=live_cameras(s.cameras),
         image_size=s.image_size,
         render_size=s.render_size,
         horizon=s.horizon,
@@ -115,14 +119,14 @@ def _policy_config(s: PriorDemoSettings, data: DemoDataset, dc: DemoConfig):
             depth=s.vision_depth,
             deepstack_visual_indexes=tuple(range(min(s.vision_depth, 2))),
         ),
-        num_cameras=len(dc.cameras),
+        num_cameras=len(s.cameras),
         image_size=dc.image_size,
         max_text_tokens=8,
     )
     w = s.width
     config = tiny_policy_config(
         "pi",
-        cameras=dc.cameras,
+        cameras=tuple(s.cameras),
         image_size=dc.image_size,
         max_instruction_tokens=8,
         state_names=data.state_names,
@@ -161,9 +165,10 @@ def history_rollout(
     policy's noise_scale at every inference. Returns (success, command violations)."""
     info = policy.info
     scene = sample_scene(seed)
-    cams = make_cameras(info.cameras, info.image_size, s.render_size)
+    cams = make_cameras(live_cameras(info.cameras), info.image_size, s.render_size)
     arm = KinematicArm(None, info.dt)
     buffer = HistoryBuffer(info.history_steps, len(info.state_names), info.action_dim, info.dt)
+    start_views = StartViews(info.cameras)  # the first observation's frames, as the node holds them
     noise = np.zeros((info.horizon, info.action_dim), np.float32)
     step = 0
     while step < s.eval_max_steps:
@@ -171,8 +176,9 @@ def history_rollout(
         snap = buffer.snapshot()
         if noise_rng is not None:
             noise = (noise_rng.standard_normal(noise.shape) * info.noise_scale).astype(np.float32)
+        images = start_views.add(obs.images, buffer.episode)
         chunk = policy.predict(
-            obs.images, obs.state, instruction, noise, history=History(snap.states, snap.actions, snap.valid)
+            images, obs.state, instruction, noise, history=History(snap.states, snap.actions, snap.valid)
         )
         done = False
         for action in chunk[: s.eval_actions_per_chunk]:
@@ -294,6 +300,7 @@ def run_prior_demo(
         state_names=data.state_names,
         action_names=data.action_names,
     )
+    labelled = with_start_views(labelled, s.cameras)
     traj = action_trajectories(s.prior_episodes, dc, seed=s.seed + 7, progress=progress)
     timings["data_s"] = time.monotonic() - t0
 
@@ -311,7 +318,14 @@ def run_prior_demo(
         from .demo import DemoSettings, _ground_vlm
 
         apt_like = DemoSettings(seed=s.seed, cameras=dc.cameras)
-        _ground_vlm(vlm, apt_like, config, data, tokenizer, progress)
+        if dc.cameras == tuple(s.cameras):
+            _ground_vlm(vlm, apt_like, config, data, tokenizer, progress)
+        else:  # stage 0 grounds the live views, on a twin laid out for them (the weights fit either layout)
+            live = _policy_config(dataclasses.replace(s, cameras=dc.cameras), data, dc)
+            twin = build_backbone(live)
+            twin.load_state_dict(vlm.state_dict())
+            _ground_vlm(twin, apt_like, live, data, tokenizer, progress)
+            vlm.load_state_dict(twin.state_dict())
     vlm.requires_grad_(False)
     timings["vlm_s"] = time.monotonic() - t
 

@@ -214,3 +214,35 @@ def test_the_policy_sees_the_camera_frame_resized_as_at_deployment() -> None:
         np.testing.assert_array_equal(images["front"], resize_rgb(native, (96, 128)))
         direct = render(scene, state[:7].astype(np.float64), make_camera("front", 128, 96), float(state[7]))
         assert np.abs(images["front"].astype(int) - direct.astype(int)).max() > 20
+
+
+class _SeeingStart(_Seeing):
+    """``_Seeing`` with a ``front@start`` view and no history steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        inner = self._info
+
+        class Info:
+            cameras = ("front", "front@start")
+
+            def __getattr__(self, name: str):
+                return getattr(inner, name)
+
+        self._info = Info()
+
+    def predict(self, images, state, instruction, noise=None, prefix=None, history=None):  # type: ignore[no-untyped-def]
+        return super().predict(images, state, instruction, noise, prefix)
+
+
+def test_a_start_view_gets_the_frame_of_each_episodes_first_prediction() -> None:
+    policy = _SeeingStart()
+    evaluate(policy, EvalConfig(latency="none", strategy="crossfade", episodes=2, max_time_s=1.5))
+    assert len(policy.seen) >= 4 and all(set(images) == {"front", "front@start"} for images, _ in policy.seen)
+    starts = [i for i, (images, _) in enumerate(policy.seen)
+              if np.array_equal(images["front@start"], images["front"])]  # fmt: skip
+    assert starts[0] == 0 and len(starts) >= 2  # the first prediction of each episode takes its frame
+    for i, (images, _) in enumerate(policy.seen):
+        first = max(s for s in starts if s <= i)
+        np.testing.assert_array_equal(images["front@start"], policy.seen[first][0]["front"])
+    assert any(not np.array_equal(im["front"], im["front@start"]) for im, _ in policy.seen)  # the arm moved

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from apt_policy.robots.franka import FR3
-from apt_policy.tasks.dataset import cached_dataset, executed_target
+from apt_policy.tasks.dataset import cached_dataset, executed_target, with_start_views
 from apt_policy.tasks.reaching import (
     TRAIN_TEMPLATES,
     DemoConfig,
@@ -128,3 +128,34 @@ def test_cached_dataset_loads_a_matching_copy_and_regenerates_on_other_settings(
     assert len(cached_dataset([own], 3, small, seed=5, progress=False)) == 9  # more episodes: regenerated
     with pytest.raises(ValueError, match="directory"):
         cached_dataset([], 2, small, seed=4)
+
+
+def test_start_views_are_each_episodes_first_frame() -> None:
+    """``front@start`` of every sample is its episode's step-0 front frame (the samples in any order), the
+    live views are untouched, and a start view of a camera the data lacks is refused."""
+    data = generate_dataset(3, stage=2, config=CONFIG, seed=5, progress=False)
+    order = np.random.default_rng(0).permutation(len(data))  # shuffled: the first frame is found by step
+    shuffled = DemoDataset(
+        images={k: v[order] for k, v in data.images.items()},
+        states=data.states[order],
+        actions=data.actions[order],
+        instructions=data.instructions[order],
+        targets=data.targets[order],
+        episode=data.episode[order],
+        step=data.step[order],
+        stage=data.stage,
+        config=data.config,
+        state_names=data.state_names,
+        action_names=data.action_names,
+    )
+    out = with_start_views(shuffled, ("front", "front@start", "side"))
+    assert list(out.images) == ["front", "side", "front@start"]
+    np.testing.assert_array_equal(out.images["side"], shuffled.images["side"])
+    for i in range(len(out)):
+        j = np.nonzero((data.episode == out.episode[i]) & (data.step == 0))[0][0]
+        np.testing.assert_array_equal(out.images["front@start"][i], data.images["front"][j])
+    later = np.nonzero(out.step > 3)[0]
+    assert not np.array_equal(out.images["front@start"][later], out.images["front"][later])  # the arm moved
+    assert with_start_views(data, ("front",)) is data
+    with pytest.raises(ValueError, match="wrist"):
+        with_start_views(data, ("front", "wrist@start"))

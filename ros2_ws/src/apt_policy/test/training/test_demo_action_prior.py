@@ -64,3 +64,30 @@ def test_history_holds_the_executed_commands_oldest_first():
 def test_steps_to_reads_the_curve():
     curve = [(250, 0.5), (500, 0.93), (750, 0.8)]
     assert steps_to(curve, 0.9) == 500 and steps_to(curve, 0.95) is None and steps_to([], 0.9) is None
+
+
+class StartViewPolicy(RecordingPolicy):
+    """A ``front@start`` model that swings joint 0 by 0.3 rad per call (the live view changes); records the
+    images of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.info = dataclasses.replace(self.info, cameras=("front", "front@start"))
+        self.images: list[dict] = []
+
+    def predict(self, images, state, instruction, noise=None, prefix=None, history=None):
+        self.images.append({k: np.array(v) for k, v in images.items()})
+        rows = np.repeat(np.asarray(state, np.float64)[None], 4, axis=0)
+        rows[:, 0] += 0.3 * (1 if len(self.images) % 2 else -1)
+        return rows
+
+
+def test_the_rollout_gives_a_start_view_the_episodes_first_frame():
+    policy = StartViewPolicy()
+    s = dataclasses.replace(PriorDemoSettings(), render_size=None, eval_max_steps=7, eval_actions_per_chunk=3)
+    history_rollout(policy, 10_000, "reach the red block", "red", s)
+    assert len(policy.images) == 3 and all(set(i) == {"front", "front@start"} for i in policy.images)
+    first = policy.images[0]["front"]
+    for call in policy.images:
+        np.testing.assert_array_equal(call["front@start"], first)
+    assert not np.array_equal(policy.images[1]["front"], first)  # the live view moved on

@@ -1,0 +1,112 @@
+"""A model with a start view (``front@start``, core.start_views) behind the policy node, over real DDS in one
+process: the node subscribes only the live camera, and every prediction gets the live frame plus the frame
+of the episode's first prediction, taken again after a hold and on a new instruction."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("rclpy")
+pytest.importorskip("apt_msgs")
+
+import rclpy
+from apt_msgs.msg import PolicyStatus
+from apt_policy.ros.policy_node import make_policy_node
+from apt_policy.sim import stand_ins
+from apt_policy.sim.stand_ins import RobotStandIn
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter
+
+pytestmark = pytest.mark.ros
+
+
+class StartViewPolicy(stand_ins.ScriptedPolicy):
+    """The scripted stand-in with cameras front + front@start and no history steps (the start view alone
+    makes it stateful); records (instruction, live frame value, start-view frame value) per call."""
+
+    def __init__(self) -> None:
+        super().__init__(image_shape=(24, 32), latency_s=0.02, model_id="start-view-test")
+        self.info = replace(self.info, cameras=("front", "front@start"))
+        self.seen: list[tuple[str, int, int]] = []
+
+    def predict(self, images, state, instruction, noise=None, prefix=None, history=None):
+        assert set(images) == {"front", "front@start"}
+        self.seen.append((instruction, int(images["front"][0, 0, 0]), int(images["front@start"][0, 0, 0])))
+        return super().predict(images, state, instruction, noise)
+
+
+@pytest.fixture
+def running(ros_env, tmp_path: Path):
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    policy = StartViewPolicy()
+    params = [
+        Parameter("model", value=str(tmp_path)),
+        Parameter("chunk_request_threshold", value=4),
+        Parameter("max_state_age", value=0.5),
+        Parameter("max_gripper_age", value=0.5),
+        Parameter("max_skew", value=0.5),
+        Parameter("chunk_execution", value="none"),
+    ]
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
+    probe = RobotStandIn(rclpy.create_node("probe", context=ctx))
+    probe.numbered_frames = True
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    executor.add_node(probe.node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield node, probe, policy
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        thread.join(5)
+        node.destroy_node()
+        probe.node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+
+
+def _wait(cond, timeout: float = 10.0, what: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _calls(policy: StartViewPolicy, instruction: str, since: int = 0) -> list[tuple[int, int]]:
+    return [(live, start) for i, live, start in policy.seen[since:] if i == instruction]
+
+
+def test_the_start_view_is_the_episodes_first_frame_until_a_hold_or_a_new_instruction(running) -> None:
+    node, probe, policy = running
+    assert list(node.camera_names) == ["front"]  # one topic: the start view is the node's
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE")
+    node.set_instruction("go left")
+    _wait(lambda: len(_calls(policy, "go left")) >= 4, what="four predictions")
+    calls = _calls(policy, "go left")
+    first_live, first_start = calls[0]
+    assert first_start == first_live  # the episode's first prediction takes the frame it is given
+    assert all(start == first_live for _, start in calls)  # ... and every later one gets that frame
+    assert any(live != first_live for live, _ in calls)  # while the live frames moved on
+    # a hold (camera stopped) ends the episode: the first prediction after it takes the frame again
+    probe.camera_on = False
+    _wait(lambda: node.status_snapshot()["state_name"] == "HOLDING", timeout=3.0, what="HOLDING")
+    mark = len(policy.seen)
+    probe.camera_on = True
+    _wait(lambda: len(_calls(policy, "go left", mark)) >= 2, what="predictions after the hold")
+    after = _calls(policy, "go left", mark)
+    assert after[0][1] == after[0][0] != first_live
+    assert all(start == after[0][0] for _, start in after)
+    # a new instruction is a new episode too
+    mark = len(policy.seen)
+    node.set_instruction("go right")
+    _wait(lambda: len(_calls(policy, "go right", mark)) >= 2, what="predictions for the new instruction")
+    right = _calls(policy, "go right", mark)
+    assert right[0][1] == right[0][0] != after[0][0]
+    assert all(start == right[0][0] for _, start in right)
