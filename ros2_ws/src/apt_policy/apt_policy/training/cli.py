@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--history-steps", type=int, default=4, help="action_prior: K steps in the history token (0: none)"
     )
     s1.add_argument("--latent-dim", type=int, default=32, help="action_prior: the action latent's size")
+    s1.add_argument(
+        "--start-views",
+        action="store_true",
+        help="add a start view <camera>@start per camera: the camera's frame from the episode's start "
+        "(docs/ARCHITECTURE.md, 'Start views'); Stage 2 keeps the Stage-1 bundle's cameras",
+    )
     s1.add_argument("--tokenizer", type=Path, help="tokenizer.json (default: a small word-level one)")
     s1.add_argument("--backbone-checkpoint", type=Path, help="Qwen3-VL checkpoint dir (default: tiny random)")
     s1.add_argument("--vlm-layers", type=int, default=3, help="decoder layers kept (truncation)")
@@ -154,8 +160,9 @@ def _train_config(args: argparse.Namespace, train: str = "expert"):
 
 
 def _stage1(args: argparse.Namespace) -> Path:
+    from ..core.start_views import START_SUFFIX
     from ..model.presets import tiny_policy_config
-    from ..tasks.dataset import DemoDataset
+    from ..tasks.dataset import DemoDataset, with_start_views
     from .stages import run_stage1
     from .vocabulary import write_default_tokenizer
 
@@ -163,6 +170,9 @@ def _stage1(args: argparse.Namespace) -> Path:
         raise ValueError("--arch is APT's expert architecture; the action_prior family has its own")
     data = DemoDataset.load(args.data)
     cameras = tuple(data.images)
+    if args.start_views:
+        cameras += tuple(f"{c}{START_SUFFIX}" for c in data.images)
+        data = with_start_views(data, cameras)
     image_size = tuple(next(iter(data.images.values())).shape[1:3])
     horizon = int(data.actions.shape[1])
     mlp = args.mlp_dim or 2 * args.width
@@ -271,7 +281,6 @@ def _init_family(init: Path) -> str:
 
 
 def _stage2(args: argparse.Namespace) -> Path:
-    from ..tasks.dataset import DemoDataset
     from .stages import run_stage2
 
     family = _init_family(args.init)
@@ -281,7 +290,7 @@ def _stage2(args: argparse.Namespace) -> Path:
         raise ValueError(f"--init {args.init}: apt-train stage2 trains apt and action_prior, not {family}")
     if args.distill_steps is not None:
         raise ValueError("--distill-steps is the action_prior family's; this --init bundle is apt")
-    data = DemoDataset.load(args.data)
+    data = _stage2_data(args)
     bundle, result = run_stage2(
         args.init,
         data,
@@ -297,7 +306,6 @@ def _stage2(args: argparse.Namespace) -> Path:
 
 def _prior_stage2(args: argparse.Namespace) -> Path:
     """Stage 2 of the action-prior family from its Stage-1 bundle (decoder reuse, latent distillation)."""
-    from ..tasks.dataset import DemoDataset
     from .action_prior import run_prior_stage2
 
     if args.train is not None:
@@ -311,12 +319,20 @@ def _prior_stage2(args: argparse.Namespace) -> Path:
     if distill < 0:
         raise ValueError(f"--distill-steps must be >= 0, got {distill}")
     cfg = _prior_train_config(args, distill)
-    data = DemoDataset.load(args.data)
+    data = _stage2_data(args)
     bundle, result = run_prior_stage2(
         args.init, data, data.episode, data.step, args.out, cfg, progress=not args.quiet, resume=args.resume
     )
     _report(bundle, result)
     return bundle
+
+
+def _stage2_data(args: argparse.Namespace):
+    """``--data`` with the start views the ``--init`` bundle's cameras name (none: as saved)."""
+    from ..model.bundle import read_config
+    from ..tasks.dataset import DemoDataset, with_start_views
+
+    return with_start_views(DemoDataset.load(args.data), read_config(args.init).cameras)
 
 
 def _report(bundle: Path, result) -> None:

@@ -229,3 +229,19 @@ def test_action_prior_cli_refuses_what_it_cannot_do(prior_stage1, data_path, tmp
     assert "--arch" in capsys.readouterr().err
     assert not any((tmp_path / d).exists() for d in ("r", "t"))
     assert not list(tmp_path.glob("a*"))  # not even the default tokenizer beside --out
+
+
+def test_action_prior_with_start_views_through_both_stages(data_path, tmp_path):
+    """``--start-views`` adds ``<camera>@start`` to the Stage-1 bundle's cameras (and the VLM's layout);
+    Stage 2 builds those views from the same saved data, and the policy asks for them."""
+    from apt_policy.runtime.load import load_policy
+
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    args = ["stage1", "--data", str(data_path), "--out", str(s1), "--steps", "3", "--batch-size", "8"]
+    assert main([*args, "--start-views", "--quiet", *PRIOR]) == 0
+    config = json.loads((s1 / "config.json").read_text())
+    assert config["cameras"] == ["front", "front@start"] and config["backbone"]["num_cameras"] == 2
+    base = ["--init", str(s1), "--data", str(data_path), "--batch-size", "8", "--quiet"]
+    assert main(["stage2", *base, "--out", str(s2), "--steps", "2", "--distill-steps", "1"]) == 0
+    policy = load_policy(s2, backend="torch")
+    assert policy.info.cameras == ("front", "front@start")
