@@ -159,6 +159,8 @@ class Command:
     stamp                 start of ``trajectory`` on the controller's clock (stamped output), else None
     gripper               width (m) wanted now, None when the gripper is not driven (or not yet)
     reason                why the state is not RUNNING ("" when running)
+    epoch                 the instruction epoch it was computed in (a new instruction before it is sent
+                          makes it the previous episode's: the node's history does not keep it)
     """
 
     t: float
@@ -172,6 +174,7 @@ class Command:
     chunk_id: int | None
     trajectory: Trajectory | None = None
     stamp: float | None = None
+    epoch: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -825,6 +828,7 @@ class Controller:
             chunk_id=self.schedule.current_chunk_id,
             trajectory=trajectory,
             stamp=t if trajectory is not None and self.config.stamped else None,
+            epoch=self._epoch,
         )
 
 

@@ -270,14 +270,18 @@ class PolicyNode(LifecycleNode):
 
     def _record_history(self, t: float, joints: Any, command: Command, sent: bool) -> None:
         """A released command (after the safety filter) with the state it was computed from
-        (``HistoryBuffer.on_command``: any state but RUNNING starts the history again)."""
+        (``HistoryBuffer.on_command``: any state but RUNNING starts the history again). A command planned
+        before a new instruction and sent after it (the instruction came between the tick and its send)
+        belongs to the episode before: not kept, and it does not begin another episode (which would take
+        the start views again after the new instruction's first prediction)."""
         if self.history is None:
             return
         gripper = self.observations.latest_gripper()
         sem = self.info.action_semantics
+        running = command.state == ControllerState.RUNNING and command.epoch == self.controller.epoch
         self.history.on_command(
             t,
-            command.state == ControllerState.RUNNING,
+            running,
             sent,
             None if joints is None else joints.value,
             None if gripper is None else gripper.value,

@@ -8,7 +8,9 @@ import threading
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 pytest.importorskip("rclpy")
@@ -110,3 +112,32 @@ def test_the_start_view_is_the_episodes_first_frame_until_a_hold_or_a_new_instru
     right = _calls(policy, "go right", mark)
     assert right[0][1] == right[0][0] != after[0][0]
     assert all(start == right[0][0] for _, start in right)
+
+
+def test_a_command_planned_before_a_new_instruction_and_sent_after_it_starts_no_second_episode(running):
+    """The stream plans a tick, then sends it at its deadline: an instruction arriving in between makes that
+    command the previous instruction's. Kept in the history, it made the next hold tick begin a second
+    episode, and the new instruction's second prediction took the start views again (mid-motion): every
+    switch episode of the first DDS runs with a start-view model ended 2.7 cm off instead of 1.6."""
+    from apt_policy.control.controller import Command, ControllerState
+    from apt_policy.control.safety import Interventions
+    from apt_policy.robots.franka import FR3
+
+    node, probe, policy = running
+    _wait(lambda: probe.state() == PolicyStatus.IDLE, what="IDLE")
+    node.set_instruction("go left")
+    _wait(lambda: node.status_snapshot()["state_name"] == "RUNNING", what="RUNNING")
+    _wait(lambda: node.history._since_reset, what="a command of it kept")  # so the switch begins an episode
+    policy.latency_s = 2.0  # the new instruction's first chunk stays away while the test looks
+    ready = np.asarray(FR3.ready_pose, np.float64)
+    planned = Command(  # a RUNNING tick of "go left", as the stream planned it
+        t=time.monotonic(), state=ControllerState.RUNNING, reason="", positions=ready,
+        velocities=np.zeros(7), gripper=None, interventions=Interventions(), actions_left=5, chunk_id=None,
+        epoch=node.controller.epoch,
+    )  # fmt: skip
+    node.set_instruction("go right")  # between that tick and its send
+    episode = node.history.episode
+    sample = SimpleNamespace(value=ready)
+    node._record_history(time.monotonic(), sample, planned, sent=True)  # its send, after the switch
+    node.history.reset()  # a hold tick while the new instruction's first chunk is computed
+    assert node.history.episode == episode  # ... begins no second episode
