@@ -57,29 +57,20 @@ def _observation(policy, seed: int = 0):
 
 
 def make_runner(policy, threads: int) -> Runner:
-    """Stage functions for a loaded policy (torch APTPolicy, or an ORT/TensorRT runtime policy)."""
+    """Stage functions for a loaded policy of any family (torch, or an ORT/TensorRT runtime policy): the
+    shared encoder, the backend's graphs (``run_inputs``: the family's own, e.g. the action prior's history
+    and latent graphs), the decoder."""
     images, state, instruction, noise = _observation(policy)
+    encoder = policy.encoder
+    infer = policy.run_inputs
     if policy.info.backend == "torch":
         import torch
 
         torch.set_num_threads(threads)
-        model = policy.model
-        encoder = policy.encoder
 
         def infer(x):
             with torch.inference_mode():
-                prefix = model.encode_prefix(
-                    torch.from_numpy(x.pixel_values),
-                    torch.from_numpy(x.input_ids.copy()),  # the tokenizer caches read-only arrays
-                    torch.from_numpy(x.text_mask.copy()),
-                )
-                return model.sample(*prefix, torch.from_numpy(x.state), torch.from_numpy(x.noise)).numpy()
-
-    else:
-        encoder = policy.encoder
-
-        def infer(x):
-            return policy.run(x.pixel_values, x.input_ids, x.text_mask, x.state, x.noise)
+                return policy.run_inputs(x)
 
     return Runner(
         policy.info.backend, lambda: encoder.encode(images, state, instruction, noise), infer, encoder.decode

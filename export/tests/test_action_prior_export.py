@@ -149,3 +149,19 @@ def test_tensorrt_runtime_plan_runs_the_history_engine(tmp_path, history_steps):
         blank_feeds = engine_feeds(blank, True, np.ones((1,), np.float32))
         other = replay_engine_plan(out, blank_feeds, True, "action_prior")
         assert not np.allclose(other, replayed)
+
+
+def test_apt_bench_times_this_family_on_both_backends(exported, tmp_path):
+    """apt-bench ran APT's graph API on every runtime policy and failed on this family (an empty
+    NotImplementedError); it runs the family's own graphs now, torch and ONNX Runtime in one run."""
+    import json
+
+    from apt_export.bench import main as bench
+
+    bundle, out = exported
+    report = tmp_path / "bench.json"
+    args = ["--model", str(bundle), "--backend", "torch", "--vs", "onnxruntime", "--vs-model", str(out)]
+    assert bench([*args, "--iters", "3", "--warmup", "1", "--threads", "1", "--json", str(report)]) == 0
+    results = json.loads(report.read_text())["results"]
+    assert set(results) == {"torch", "onnxruntime"}
+    assert all(0 < r["inference"]["p50"] <= r["inference"]["p99"] for r in results.values())
