@@ -7,13 +7,17 @@
   chunks, statuses and gripper commands. It honours the topics and QoS of the real robot side.
 * :class:`ProbeContext` is the set-up every out-of-process probe shares: its own rclpy context, a node and
   an executor spinning on a daemon thread, shut down by :meth:`ProbeContext.close`.
+* :func:`policy_node_with_stand_in` is the in-process rig of the node tests: a policy node around a given
+  policy and a :class:`RobotStandIn`, spun together; :func:`wait_until` polls a condition with a deadline.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import rclpy
@@ -210,3 +214,37 @@ class ProbeContext:
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self.thread.join(5)
+
+
+@contextmanager
+def policy_node_with_stand_in(policy: Any, parameters: Sequence[Any]) -> Iterator[tuple[Any, RobotStandIn]]:
+    """(policy node around ``policy`` with ``parameters`` (rclpy Parameters), a RobotStandIn) on their own
+    context, spun by one executor on a daemon thread; everything shut down on exit."""
+    from apt_policy.ros.policy_node import make_policy_node
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=list(parameters))
+    probe = RobotStandIn(rclpy.create_node("probe", context=ctx))
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    executor.add_node(probe.node)
+    thread = threading.Thread(target=executor.spin, daemon=True)
+    thread.start()
+    try:
+        yield node, probe
+    finally:
+        node.shutdown()
+        executor.shutdown()
+        thread.join(5)
+        node.destroy_node()
+        probe.node.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``cond`` every 10 ms; AssertionError naming ``what`` after ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.01)

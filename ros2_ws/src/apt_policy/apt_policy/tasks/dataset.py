@@ -158,6 +158,19 @@ class DemoDataset:
     def __len__(self) -> int:
         return int(self.states.shape[0])
 
+    def select(self, index: np.ndarray) -> DemoDataset:
+        """The samples ``index`` picks (a boolean mask or indices, in that order), every array alike."""
+        return dataclasses.replace(
+            self,
+            images={k: v[index] for k, v in self.images.items()},
+            states=self.states[index],
+            actions=self.actions[index],
+            instructions=self.instructions[index],
+            targets=self.targets[index],
+            episode=self.episode[index],
+            step=self.step[index],
+        )
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         return {
             "images": {name: frames[i] for name, frames in self.images.items()},

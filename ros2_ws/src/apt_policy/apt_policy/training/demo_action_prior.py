@@ -286,20 +286,7 @@ def run_prior_demo(
         data = generate_dataset(
             s.episodes, 2, dc, seed=s.seed + 1, progress=progress, workers=default_workers()
         )
-    keep = data.episode < s.stage2_episodes
-    labelled = DemoDataset(
-        images={k: v[keep] for k, v in data.images.items()},
-        states=data.states[keep],
-        actions=data.actions[keep],
-        instructions=data.instructions[keep],
-        targets=data.targets[keep],
-        episode=data.episode[keep],
-        step=data.step[keep],
-        stage=data.stage,
-        config=data.config,
-        state_names=data.state_names,
-        action_names=data.action_names,
-    )
+    labelled = data.select(data.episode < s.stage2_episodes)
     labelled = with_start_views(labelled, s.cameras)
     traj = action_trajectories(s.prior_episodes, dc, seed=s.seed + 7, progress=progress)
     timings["data_s"] = time.monotonic() - t0

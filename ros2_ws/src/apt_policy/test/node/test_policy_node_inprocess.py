@@ -26,7 +26,7 @@ from apt_policy.ros.params import ParameterError
 from apt_policy.ros.policy_node import make_policy_node
 from apt_policy.ros.qos import EVENTS
 from apt_policy.sim import stand_ins
-from apt_policy.sim.stand_ins import RobotStandIn, hold_ready
+from apt_policy.sim.stand_ins import RobotStandIn, hold_ready, policy_node_with_stand_in
 from rcl_interfaces.msg import Log
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
@@ -66,8 +66,6 @@ def running(ros_env, tmp_path: Path, request):
     """(policy node, probe, scripted policy) spinning in a background executor; torn down afterwards.
 
     Indirect parameter: poll_joint_states (default True)."""
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
     policy = ScriptedPolicy()
     params = [
         Parameter("model", value=str(tmp_path)),
@@ -79,22 +77,8 @@ def running(ros_env, tmp_path: Path, request):
         Parameter("max_skew", value=0.5),
         Parameter("poll_joint_states", value=getattr(request, "param", True)),
     ]
-    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
-    probe = Probe(rclpy.create_node("probe", context=ctx))
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(node)
-    executor.add_node(probe.node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    try:
+    with policy_node_with_stand_in(policy, params) as (node, probe):
         yield node, probe, policy
-    finally:
-        node.shutdown()
-        executor.shutdown()
-        thread.join(5)
-        node.destroy_node()
-        probe.node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
 
 
 def _wait(cond, timeout: float = 10.0, what: str = "condition") -> None:

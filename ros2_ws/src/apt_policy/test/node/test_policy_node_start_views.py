@@ -4,7 +4,6 @@ of the episode's first prediction, taken again after a hold and on a new instruc
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,12 +15,9 @@ import pytest
 pytest.importorskip("rclpy")
 pytest.importorskip("apt_msgs")
 
-import rclpy
 from apt_msgs.msg import PolicyStatus
-from apt_policy.ros.policy_node import make_policy_node
 from apt_policy.sim import stand_ins
-from apt_policy.sim.stand_ins import RobotStandIn
-from rclpy.executors import SingleThreadedExecutor
+from apt_policy.sim.stand_ins import policy_node_with_stand_in, wait_until
 from rclpy.parameter import Parameter
 
 pytestmark = pytest.mark.ros
@@ -44,8 +40,6 @@ class StartViewPolicy(stand_ins.ScriptedPolicy):
 
 @pytest.fixture
 def running(ros_env, tmp_path: Path):
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
     policy = StartViewPolicy()
     params = [
         Parameter("model", value=str(tmp_path)),
@@ -55,30 +49,12 @@ def running(ros_env, tmp_path: Path):
         Parameter("max_skew", value=0.5),
         Parameter("chunk_execution", value="none"),
     ]
-    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
-    probe = RobotStandIn(rclpy.create_node("probe", context=ctx))
-    probe.numbered_frames = True
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(node)
-    executor.add_node(probe.node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    try:
+    with policy_node_with_stand_in(policy, params) as (node, probe):
+        probe.numbered_frames = True
         yield node, probe, policy
-    finally:
-        node.shutdown()
-        executor.shutdown()
-        thread.join(5)
-        node.destroy_node()
-        probe.node.destroy_node()
-        rclpy.try_shutdown(context=ctx)
 
 
-def _wait(cond, timeout: float = 10.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.01)
+_wait = wait_until
 
 
 def _calls(policy: StartViewPolicy, instruction: str, since: int = 0) -> list[tuple[int, int]]:

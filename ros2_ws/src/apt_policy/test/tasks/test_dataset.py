@@ -135,19 +135,7 @@ def test_start_views_are_each_episodes_first_frame() -> None:
     live views are untouched, and a start view of a camera the data lacks is refused."""
     data = generate_dataset(3, stage=2, config=CONFIG, seed=5, progress=False)
     order = np.random.default_rng(0).permutation(len(data))  # shuffled: the first frame is found by step
-    shuffled = DemoDataset(
-        images={k: v[order] for k, v in data.images.items()},
-        states=data.states[order],
-        actions=data.actions[order],
-        instructions=data.instructions[order],
-        targets=data.targets[order],
-        episode=data.episode[order],
-        step=data.step[order],
-        stage=data.stage,
-        config=data.config,
-        state_names=data.state_names,
-        action_names=data.action_names,
-    )
+    shuffled = data.select(order)
     out = with_start_views(shuffled, ("front", "front@start", "side"))
     assert list(out.images) == ["front", "side", "front@start"]
     np.testing.assert_array_equal(out.images["side"], shuffled.images["side"])
