@@ -8,7 +8,8 @@
 * :class:`ProbeContext` is the set-up every out-of-process probe shares: its own rclpy context, a node and
   an executor spinning on a daemon thread, shut down by :meth:`ProbeContext.close`.
 * :func:`policy_node_with_stand_in` is the in-process rig of the node tests: a policy node around a given
-  policy and a :class:`RobotStandIn`, spun together; :func:`wait_until` polls a condition with a deadline.
+  policy (parameters from :func:`stand_in_parameters`) and a :class:`RobotStandIn`, spun together;
+  :func:`wait_until` polls a condition with a deadline.
 """
 
 from __future__ import annotations
@@ -214,6 +215,23 @@ class ProbeContext:
         self.node.destroy_node()
         rclpy.try_shutdown(context=self.context)
         self.thread.join(5)
+
+
+def stand_in_parameters(model_dir: Any, **overrides: Any) -> list[Any]:
+    """The policy node's parameters for the in-process rig: a model path (the injected policy is used),
+    chunks requested 4 actions before the end, and input ages a loaded CI machine keeps (the stand-in's
+    200 Hz state arrives late there; only the camera age stays tight); ``overrides`` add or replace."""
+    from rclpy.parameter import Parameter
+
+    values: dict[str, Any] = {
+        "model": str(model_dir),
+        "chunk_request_threshold": 4,
+        "max_state_age": 0.5,
+        "max_gripper_age": 0.5,
+        "max_skew": 0.5,
+        **overrides,
+    }
+    return [Parameter(name, value=value) for name, value in values.items()]
 
 
 @contextmanager

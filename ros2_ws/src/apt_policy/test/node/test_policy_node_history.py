@@ -17,8 +17,7 @@ pytest.importorskip("apt_msgs")
 from apt_msgs.msg import PolicyStatus
 from apt_policy.robots.franka import FR3
 from apt_policy.sim import stand_ins
-from apt_policy.sim.stand_ins import hold_ready, policy_node_with_stand_in, wait_until
-from rclpy.parameter import Parameter
+from apt_policy.sim.stand_ins import hold_ready, policy_node_with_stand_in, stand_in_parameters, wait_until
 
 pytestmark = pytest.mark.ros
 
@@ -49,14 +48,7 @@ class StatefulPolicy(stand_ins.ScriptedPolicy):
 @pytest.fixture
 def running(ros_env, tmp_path: Path):
     policy = StatefulPolicy()
-    params = [
-        Parameter("model", value=str(tmp_path)),
-        Parameter("chunk_request_threshold", value=4),
-        Parameter("max_state_age", value=0.5),
-        Parameter("max_gripper_age", value=0.5),
-        Parameter("max_skew", value=0.5),
-        Parameter("chunk_execution", value="none"),
-    ]
+    params = stand_in_parameters(tmp_path, chunk_execution="none")
     with policy_node_with_stand_in(policy, params) as (node, probe):
         yield node, probe, policy
 

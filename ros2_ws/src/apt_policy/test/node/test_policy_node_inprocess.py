@@ -6,7 +6,6 @@ The closed loop with the real exported model and fake hardware processes is in t
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,9 +25,8 @@ from apt_policy.ros.params import ParameterError
 from apt_policy.ros.policy_node import make_policy_node
 from apt_policy.ros.qos import EVENTS
 from apt_policy.sim import stand_ins
-from apt_policy.sim.stand_ins import RobotStandIn, hold_ready, policy_node_with_stand_in
+from apt_policy.sim.stand_ins import RobotStandIn, hold_ready, policy_node_with_stand_in, stand_in_parameters
 from rcl_interfaces.msg import Log
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
@@ -67,16 +65,9 @@ def running(ros_env, tmp_path: Path, request):
 
     Indirect parameter: poll_joint_states (default True)."""
     policy = ScriptedPolicy()
-    params = [
-        Parameter("model", value=str(tmp_path)),
-        Parameter("chunk_request_threshold", value=4),
-        Parameter("status_rate", value=20.0),
-        # a loaded CI machine delays the probe's 200 Hz state: only the camera age is tight here
-        Parameter("max_state_age", value=0.5),
-        Parameter("max_gripper_age", value=0.5),
-        Parameter("max_skew", value=0.5),
-        Parameter("poll_joint_states", value=getattr(request, "param", True)),
-    ]
+    params = stand_in_parameters(
+        tmp_path, status_rate=20.0, poll_joint_states=getattr(request, "param", True)
+    )
     with policy_node_with_stand_in(policy, params) as (node, probe):
         yield node, probe, policy
 
@@ -406,28 +397,11 @@ def test_rtc_node_sends_prefixes_reports_delays_over_the_trained_max_and_simulat
 ) -> None:
     from diagnostic_msgs.msg import DiagnosticArray
 
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
     policy = RtcPolicy()
-    params = [
-        Parameter("model", value=str(tmp_path)),
-        Parameter("chunk_request_threshold", value=4),
-        Parameter("status_rate", value=20.0),
-        Parameter("max_state_age", value=0.5),
-        Parameter("max_gripper_age", value=0.5),
-        Parameter("max_skew", value=0.5),
-        Parameter("simulated_latency", value="fixed:60"),
-    ]
-    node = make_policy_node(policy=policy, context=ctx, parameter_overrides=params)
-    probe = Probe(rclpy.create_node("probe", context=ctx))
-    diagnostics: list = []
-    probe.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, EVENTS)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(node)
-    executor.add_node(probe.node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    try:
+    params = stand_in_parameters(tmp_path, status_rate=20.0, simulated_latency="fixed:60")
+    with policy_node_with_stand_in(policy, params) as (node, probe):
+        diagnostics: list = []
+        probe.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, EVENTS)
         assert node.execution.strategy == "rtc"
         assert node.set_instruction("go left")[0]
         _wait(lambda: sum(p is not None for p in policy.prefixes) >= 3, what="requests with a prefix")
@@ -443,10 +417,3 @@ def test_rtc_node_sends_prefixes_reports_delays_over_the_trained_max_and_simulat
         _wait(warned, what="a /diagnostics warning about the trained maximum delay")
         for _, msg in probe.trajectories[-20:]:
             _traj_ok(msg)
-    finally:
-        node.shutdown()
-        executor.shutdown()
-        thread.join(5)
-        node.destroy_node()
-        probe.node.destroy_node()
-        rclpy.try_shutdown(context=ctx)

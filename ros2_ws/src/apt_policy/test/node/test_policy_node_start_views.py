@@ -17,8 +17,7 @@ pytest.importorskip("apt_msgs")
 
 from apt_msgs.msg import PolicyStatus
 from apt_policy.sim import stand_ins
-from apt_policy.sim.stand_ins import policy_node_with_stand_in, wait_until
-from rclpy.parameter import Parameter
+from apt_policy.sim.stand_ins import policy_node_with_stand_in, stand_in_parameters, wait_until
 
 pytestmark = pytest.mark.ros
 
@@ -41,14 +40,7 @@ class StartViewPolicy(stand_ins.ScriptedPolicy):
 @pytest.fixture
 def running(ros_env, tmp_path: Path):
     policy = StartViewPolicy()
-    params = [
-        Parameter("model", value=str(tmp_path)),
-        Parameter("chunk_request_threshold", value=4),
-        Parameter("max_state_age", value=0.5),
-        Parameter("max_gripper_age", value=0.5),
-        Parameter("max_skew", value=0.5),
-        Parameter("chunk_execution", value="none"),
-    ]
+    params = stand_in_parameters(tmp_path, chunk_execution="none")
     with policy_node_with_stand_in(policy, params) as (node, probe):
         probe.numbered_frames = True
         yield node, probe, policy

@@ -217,7 +217,7 @@ def test_the_policy_sees_the_camera_frame_resized_as_at_deployment() -> None:
 
 
 class _SeeingStart(_Seeing):
-    """``_Seeing`` with a ``front@start`` view and no history steps."""
+    """``_Seeing`` with a ``front@start`` view and no history steps; marks where each episode begins."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -230,19 +230,27 @@ class _SeeingStart(_Seeing):
                 return getattr(inner, name)
 
         self._info = Info()
+        self.episode_starts: list[int] = []  # index into ``seen`` of each episode's first prediction
+
+    def reset(self, scene, color, seed) -> None:  # type: ignore[no-untyped-def]
+        super().reset(scene, color, seed)
+        self.episode_starts.append(len(self.seen))
 
     def predict(self, images, state, instruction, noise=None, prefix=None, history=None):  # type: ignore[no-untyped-def]
         return super().predict(images, state, instruction, noise, prefix)
 
 
 def test_a_start_view_gets_the_frame_of_each_episodes_first_prediction() -> None:
+    """Two episodes (two scenes): every prediction's start view is the live frame of its own episode's first
+    prediction (not the episode before's, not its own live frame once the arm moved)."""
     policy = _SeeingStart()
     evaluate(policy, EvalConfig(latency="none", strategy="crossfade", episodes=2, max_time_s=1.5))
-    assert len(policy.seen) >= 4 and all(set(images) == {"front", "front@start"} for images, _ in policy.seen)
-    starts = [i for i, (images, _) in enumerate(policy.seen)
-              if np.array_equal(images["front@start"], images["front"])]  # fmt: skip
-    assert starts[0] == 0 and len(starts) >= 2  # the first prediction of each episode takes its frame
-    for i, (images, _) in enumerate(policy.seen):
-        first = max(s for s in starts if s <= i)
-        np.testing.assert_array_equal(images["front@start"], policy.seen[first][0]["front"])
+    starts = policy.episode_starts
+    assert len(starts) == 2 and len(policy.seen) >= starts[1] + 2 >= 4
+    for first, end in zip(starts, [*starts[1:], len(policy.seen)], strict=True):
+        held = policy.seen[first][0]["front"]
+        for images, _ in policy.seen[first:end]:
+            np.testing.assert_array_equal(images["front@start"], held)
+    first_frames = [policy.seen[i][0]["front"] for i in starts]
+    assert not np.array_equal(*first_frames)  # two scenes: a view carried over would fail above
     assert any(not np.array_equal(im["front"], im["front@start"]) for im, _ in policy.seen)  # the arm moved
