@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from apt_policy.demo.processes import ManagedProcesses, ProcessDiedError
+from apt_policy.demo.run import DISCOVERY_SETTLE_S
 
 # A child that ignores SIGINT and starts a grandchild in its own process group (like a node's helpers).
 STUBBORN = textwrap.dedent(
@@ -122,8 +124,8 @@ def test_demo_fails_clearly_and_leaves_no_process_when_the_node_cannot_start(
     ros_env: dict[str, str], tmp_path: Path, tiny_export: Path
 ) -> None:
     """A model dir that is no export: the demo says so before starting anything. One whose manifest reads
-    but whose graphs are missing: the policy node exits, the demo says so, names the log, stops the
-    camera and the simulated arm, and returns 1."""
+    but whose graphs are missing: the policy node refuses to configure, the demo says so with the node's
+    log and its reason, stops the node, the camera and the simulated arm, and returns 1."""
     not_export = tmp_path / "not_an_export"
     not_export.mkdir()
     out = tmp_path / "demo_out"
@@ -143,8 +145,9 @@ def test_demo_fails_clearly_and_leaves_no_process_when_the_node_cannot_start(
     shutil.copy(tiny_export / "manifest.json", bad_model / "manifest.json")
     result = demo(bad_model)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "demo FAILED" in result.stderr and "policy_node exited" in result.stderr
-    assert str(out / "logs" / "policy_node.log") in result.stderr
+    assert "demo FAILED" in result.stderr and "configuring the policy node" in result.stderr
+    assert "was refused" in result.stderr and str(out / "logs" / "policy_node.log") in result.stderr
+    assert ".onnx" in result.stderr.split("--- last lines ---")[-1]  # the node's reason: a missing graph
     assert (out / "logs" / "fake_camera.log").is_file()
     assert _processes_with_env("ROS_LOG_DIR", str((out / "logs" / "ros").resolve())) == []
 
@@ -223,8 +226,15 @@ def test_one_arm_and_one_node_run_every_episode_each_from_its_start_pose(
     assert sorted(p.name for p in logs.glob("*policy_node.log")) == ["policy_node.log"]
     assert sorted(p.name for p in logs.glob("*fake_franka.log")) == ["fake_franka.log"]
     node_log = (logs / "policy_node.log").read_text()
+    assert node_log.count("lifecycle configure: done") == 1
     assert node_log.count("lifecycle activate: done") == 5
     assert node_log.count("lifecycle deactivate: done") == 5
+    # the node streams only once discovery has settled: its first activation comes DISCOVERY_SETTLE_S
+    # after the last process was started (each ROS log file is named by its process's rcl start, ms)
+    starts_s = [int(f.stem.rsplit("_", 1)[-1]) / 1e3 for f in (logs / "ros").glob("python_*.log")]
+    first_activation = re.search(r"\[(\d+\.\d+)\] \[apt_policy\]: lifecycle activate: done", node_log)
+    assert first_activation is not None and len(starts_s) >= 4, (node_log, starts_s)
+    assert float(first_activation.group(1)) - max(starts_s) > DISCOVERY_SETTLE_S - 1.0
     assert "FAULT" not in node_log and "tracking error" not in node_log
     assert (logs / "fake_franka.log").read_text().count("simulation reset") == 4
 

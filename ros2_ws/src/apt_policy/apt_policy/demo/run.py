@@ -7,7 +7,10 @@ Steps (each prints a header; any failure ends the demo with a message naming the
 3. robot    ``apt-fake-camera`` (one per model camera: demo/cameras.py) on its own ROS_DOMAIN_ID, loopback
             only; logs in ``<out>/logs``
 4. episodes ``apt-fake-franka`` and ``apt-policy-node`` (config/sim.yaml, ONNX Runtime) start once, like a
-            robot's controller and policy node, and run every episode. Per episode: the camera gets the
+            robot's controller and policy node, and run every episode. The node starts unconfigured; the
+            demo configures it and activates it only once DDS discovery has settled (DISCOVERY_SETTLE_S
+            after every process is up, the recorder recording the arm and the node), as an operator would
+            on the robot. Per episode: the camera gets the
             episode's scene, the arm is put at the start pose (fake_franka's simulation reset) and the node
             is activated (lifecycle: it starts from where the arm is); once it is IDLE the demo publishes the
             instruction(s) on ``/apt_policy/instruction`` and records until the arm settles at the named block
@@ -311,6 +314,12 @@ RESET_TIMEOUT_S = (
     15.0  # a node in FAULT after an episode: ~/reset is retried this long (needs the arm at rest)
 )
 RECORDED_FROM_THE_START = ("/franka/joint_states", "/apt_policy/status")  # before an episode's start marker
+# The node is activated this long after every process is up (the node configured, the arm's joint states
+# seen). Fast DDS repeats a participant's announcement every 3 s: two participants that missed each other's
+# first ones meet ~3 s late. Each of the 14 command hold-ups (~320 ms) in 94 demo runs of the fourteenth to
+# sixteenth sessions began 1.6-3.1 s after the last process started, in ep1, while the node was streaming
+# (docs/CONTROL.md, "Seventeenth session").
+DISCOVERY_SETTLE_S = 4.0
 NODE = "/apt_policy"  # the policy node's name in config/sim.yaml (its services and lifecycle)
 ROBOT = "/fake_franka"
 
@@ -351,6 +360,8 @@ def start_robot_and_node(
             "--params-file",
             str(params_file),
             "-p",
+            "autostart:=false",  # configured and activated by begin_episode, once discovery has settled
+            "-p",
             f"model:={export}",
             *node_camera_overrides(cameras),
             *node_overrides(opts),
@@ -358,8 +369,9 @@ def start_robot_and_node(
     )
 
 
-def _service(what: str, call: Any, procs: ManagedProcesses) -> Any:
-    """Run a service call of the demo; a timeout or a refusal is a DemoError naming the logs."""
+def _service(what: str, call: Any, procs: ManagedProcesses, log: Path | None = None) -> Any:
+    """Run a service call of the demo; a timeout or a refusal is a DemoError naming the logs (``log``'s
+    last lines with a refusal, when given: the node says there why it refused)."""
     try:
         result = call()
     except TimeoutError as exc:
@@ -369,28 +381,62 @@ def _service(what: str, call: Any, procs: ManagedProcesses) -> Any:
     if not ok:
         procs.check_alive()
         why = f" ({result[1]})" if isinstance(result, tuple) else ""
-        raise DemoError(f"{what} was refused{why}; logs in {procs.log_dir}")
+        where = f"logs in {procs.log_dir}"
+        if log is not None:
+            where = f"see {log}\n--- last lines ---\n{log_tail(log)}"
+        raise DemoError(f"{what} was refused{why}; {where}")
     return result
 
 
 def begin_episode(plan: EpisodePlan, probe: Any, procs: ManagedProcesses, first: bool) -> None:
-    """The arm at the plan's start pose (fake_franka's simulation reset) and the node activated; the first
-    episode finds both so (the processes were just started with it)."""
+    """The arm at the plan's start pose (fake_franka's simulation reset) and the node activated. The first
+    episode finds the arm there (fake_franka was just started with it) and the node unconfigured: it is
+    configured, then activated once discovery has settled (:func:`settle_discovery`)."""
     from lifecycle_msgs.msg import Transition
 
     if first:
-        return
-    start = [float(v) for v in plan.start_q]
-    _service(
-        f"{plan.name}: putting the arm at its start pose",
-        lambda: probe.set_parameters(ROBOT, initial_positions=start),
-        procs,
-    )
+        _service(
+            f"{plan.name}: configuring the policy node (loading and checking the model)",
+            lambda: probe.change_state(NODE, Transition.TRANSITION_CONFIGURE),
+            procs,
+            procs.log_dir / "policy_node.log",
+        )
+        settle_discovery(probe, procs)
+    else:
+        start = [float(v) for v in plan.start_q]
+        _service(
+            f"{plan.name}: putting the arm at its start pose",
+            lambda: probe.set_parameters(ROBOT, initial_positions=start),
+            procs,
+        )
     _service(
         f"{plan.name}: activating the policy node",
         lambda: probe.change_state(NODE, Transition.TRANSITION_ACTIVATE),
         procs,
     )
+
+
+def settle_discovery(probe: Any, procs: ManagedProcesses) -> None:
+    """Wait until every process is up (the node configured, the arm's joint states seen by the demo), the
+    recorder records the arm and the node, and DISCOVERY_SETTLE_S have passed since all were up: a late
+    DDS discovery then costs no command."""
+    _wait(
+        lambda: probe.latest_joints() is not None,
+        30.0,
+        f"fake_franka's joint states; log {procs.log_dir / 'fake_franka.log'}",
+        procs,
+    )
+    all_up = time.monotonic()
+    _wait(
+        lambda: probe.recording(RECORDED_FROM_THE_START),
+        30.0,
+        f"apt-record to record {', '.join(RECORDED_FROM_THE_START)}; log {procs.log_dir / 'recorder.log'}",
+        procs,
+    )
+    wait_s = all_up + DISCOVERY_SETTLE_S - time.monotonic()
+    if wait_s > 0.0:
+        print(f"    letting DDS discovery settle: the node is activated in {wait_s:.1f} s", flush=True)
+        time.sleep(wait_s)
 
 
 def _reset_fault(plan: EpisodePlan, probe: Any, procs: ManagedProcesses) -> None:
