@@ -7,8 +7,9 @@ or ``make demo``) and reports:
 * the runs where every episode succeeded, where that came with 0 contract violations, each with a 95 %
   Wilson interval;
 * per episode (by name): successes, and the final distance to the block (min / median / max);
-* DDS delivery hold-ups per run (fake_franka's arrival logs, as ``bench.restarts`` counts them) and the
-  contract violations.
+* DDS delivery hold-ups per run (fake_franka's arrival logs, as ``bench.restarts`` counts them), each with
+  when its held command was written after the run's last process start (the start times rcl gives its log
+  files, ``logs/ros/<exe>_<pid>_<ms>.log``), and the contract violations.
 
     python -m apt_policy.bench.demo_runs OUT1 OUT2 ... [--json FILE]
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +32,7 @@ import numpy as np
 
 from apt_policy.bench.restarts import hold_ups, read_arrivals
 
-__all__ = ["DemoRun", "pool", "read_run", "wilson_interval"]
+__all__ = ["DemoRun", "pool", "process_starts", "read_run", "wilson_interval"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class DemoRun:
     final_distance_m: tuple[float | None, ...]
     violations: int
     hold_ups_ms: tuple[float, ...]
+    # per hold-up: s from the last process start to the held command's write (None without ROS logs)
+    hold_ups_after_start_s: tuple[float | None, ...] = ()
 
     @property
     def all_succeeded(self) -> bool:
@@ -62,16 +66,29 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+_ROS_LOG = re.compile(r"_\d+_(\d{10,})\.log$")  # rcl's log file name: <exe>_<pid>_<start ms>.log
+
+
+def process_starts(ros_log_dir: Path) -> list[float]:
+    """System-clock start times (s) of the processes that logged to ``ros_log_dir``, in order."""
+    found = (_ROS_LOG.search(f.name) for f in ros_log_dir.glob("*.log")) if ros_log_dir.is_dir() else ()
+    return sorted(int(m.group(1)) / 1e3 for m in found if m)
+
+
 def read_run(out: Path, threshold_s: float = 0.15) -> DemoRun:
-    """A demo output directory: ``report.json`` and ``logs/<episode>_arrivals.json``."""
+    """A demo output directory: ``report.json``, ``logs/<episode>_arrivals.json`` and ``logs/ros``."""
     report = json.loads((out / "report.json").read_text())
     episodes = report["episodes"]
+    starts = process_starts(out / "logs" / "ros")
     delays: list[float] = []
+    after_start: list[float | None] = []
     for episode in episodes:
         log = out / "logs" / f"{episode['name']}_arrivals.json"
         if log.exists():
             sent, received = read_arrivals(log)
-            delays += [1e3 * d for _, d in hold_ups(sent, received, threshold_s)]
+            for k, d in hold_ups(sent, received, threshold_s):
+                delays.append(1e3 * d)
+                after_start.append(float(sent[k]) - starts[-1] if starts else None)
     return DemoRun(
         path=str(out),
         episodes=tuple(str(e["name"]) for e in episodes),
@@ -79,6 +96,7 @@ def read_run(out: Path, threshold_s: float = 0.15) -> DemoRun:
         final_distance_m=tuple(e.get("final_distance_m") for e in episodes),
         violations=int(report["summary"]["robot_violations"]),
         hold_ups_ms=tuple(delays),
+        hold_ups_after_start_s=tuple(after_start),
     )
 
 
@@ -118,6 +136,9 @@ def pool(runs: list[DemoRun]) -> dict[str, Any]:
             "total": sum(len(r.hold_ups_ms) for r in runs),
             "runs_with_any": sum(bool(r.hold_ups_ms) for r in runs),
             "ms": sorted(d for r in runs for d in r.hold_ups_ms),
+            "after_last_process_start_s": sorted(
+                t for r in runs for t in r.hold_ups_after_start_s if t is not None
+            ),
         },
     }
 
@@ -139,6 +160,11 @@ def format_pooled(pooled: dict[str, Any], skipped: list[str]) -> str:
         + (
             f" ({min(pooled['hold_ups']['ms']):.0f}-{max(pooled['hold_ups']['ms']):.0f} ms)"
             if pooled["hold_ups"]["ms"]
+            else ""
+        )
+        + (
+            f", {min(when):.1f}-{max(when):.1f} s after the last process start"
+            if (when := pooled["hold_ups"]["after_last_process_start_s"])
             else ""
         ),
         "",

@@ -42,7 +42,10 @@ def _run(
     root: Path, name: str, distances_cm: list[float], violations: list[int], held_in: str | None = None
 ) -> Path:
     out = root / name
-    (out / "logs").mkdir(parents=True)
+    (out / "logs" / "ros").mkdir(parents=True)
+    for pid, start_s in ((11, 497.2), (12, 499.0), (13, 498.1)):  # rcl's log names; the last start: 499.0
+        (out / "logs" / "ros" / f"python_{pid}_{round(start_s * 1e3):013d}.log").write_text("")
+    (out / "logs" / "ros" / "notes.log").write_text("")  # not an rcl log: ignored
     episodes = []
     for k, (d, v) in enumerate(zip(distances_cm, violations, strict=True), start=1):
         ep = f"ep{k}"
@@ -62,6 +65,8 @@ def test_pools_runs_per_episode_and_counts_hold_ups_and_violations(tmp_path: Pat
     ]
     assert [r.all_succeeded for r in runs] == [True, False, True]
     assert runs[2].hold_ups_ms and runs[2].hold_ups_ms[0] == pytest.approx(320.0, abs=1.0)
+    # the held command (the 50th, written at 500.5 s) 1.5 s after the last process start (499.0 s)
+    assert runs[2].hold_ups_after_start_s == pytest.approx((1.5,), abs=1e-6)
     pooled = pool(runs)
     assert pooled["runs"] == 3
     assert pooled["all_succeeded"]["runs"] == 2
@@ -73,6 +78,7 @@ def test_pools_runs_per_episode_and_counts_hold_ups_and_violations(tmp_path: Pat
     assert pooled["episodes"]["ep2"]["successes"] == 3
     assert pooled["violations"] == {"total": 2, "runs_with_any": 1}
     assert pooled["hold_ups"]["total"] == 1 and pooled["hold_ups"]["runs_with_any"] == 1
+    assert pooled["hold_ups"]["after_last_process_start_s"] == pytest.approx([1.5], abs=1e-6)
     with pytest.raises(ValueError, match="no demo runs"):
         pool([])
 
