@@ -131,6 +131,12 @@ def tiny_action_prior_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny_export(tmp_path_factory.mktemp("tiny_action_prior"), "action_prior")
 
 
+@pytest.fixture(scope="session")
+def tiny_start_view_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stateful action-prior policy with the cameras ``front`` and ``front@start`` (a start view)."""
+    return _tiny_export(tmp_path_factory.mktemp("tiny_start_view"), "action_prior_start_view")
+
+
 @pytest.fixture
 def processes(ros_env: dict[str, str], tmp_path: Path) -> Iterator[ProcessGroup]:
     """Start real processes on the test's DDS domain; all are stopped (SIGINT, then SIGKILL) afterwards."""

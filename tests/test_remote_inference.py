@@ -1,7 +1,7 @@
 """Remote inference over real DDS on loopback: apt-inference-node (a real process, real ONNX Runtime) and a
 RemotePolicy in this process. The remote answer equals the local policy's for the same inputs (raw frames;
-for a stateful model, its history too), a malformed request is answered with its reason, and a server that is
-gone makes predict fail within its timeout instead of hanging."""
+for a stateful model, its history too; a start view travels like any frame), a malformed request is answered
+with its reason, and a server that is gone makes predict fail within its timeout instead of hanging."""
 
 from __future__ import annotations
 
@@ -231,3 +231,87 @@ def test_executor_node_drives_the_arm_through_a_remote_policy_and_survives_a_ser
             if server.poll() is None:
                 server.send_signal(signal.SIGINT)
                 server.wait(15)
+
+
+def test_the_policy_node_sends_a_start_view_model_its_start_view(
+    tiny_start_view_export, tmp_path, ros_env, rclpy_context
+) -> None:
+    """A model with ``front@start`` in apt-inference-node, executed by the policy node (backend remote) with
+    fake_franka and fake_camera: the node subscribes the live camera only and every request carries both
+    views; each episode's first request has the start view equal to its front frame, and every request of
+    an instruction carries that same start view until a new instruction starts a new episode."""
+    import hashlib
+    import signal
+    import subprocess
+
+    from apt_msgs.msg import ObservationRequest
+    from apt_policy.bench.rig import INSTRUCTIONS, Rig
+    from apt_policy.bench.split import SIM_ARM_MARGINS
+    from apt_policy.ros.remote_policy import REQUEST_QOS
+    from apt_policy.runtime.observation_codec import decode_images
+    from rclpy.executors import SingleThreadedExecutor
+
+    requests: list[tuple[int, tuple[str, ...], str, str]] = []  # (epoch, cameras, front, start digests)
+    said: set[int] = set()  # the epochs of the instructions this test gave
+    cameras = ("front", "front@start")
+
+    def on_request(msg) -> None:
+        names = tuple(msg.camera_names)
+        if msg.instruction in INSTRUCTIONS[1:]:
+            said.add(int(msg.epoch))
+        if names != cameras:
+            requests.append((int(msg.epoch), names, "", ""))
+            return
+        images = decode_images(
+            msg.image_encoding, msg.image_height, msg.image_width, names, list(msg.image_sizes),
+            bytes(msg.image_data), cameras, (msg.image_height, msg.image_width),
+        )  # fmt: skip
+        digest = {c: hashlib.sha1(images[c].tobytes()).hexdigest() for c in cameras}
+        requests.append((int(msg.epoch), names, digest["front"], digest["front@start"]))
+
+    watcher = rclpy.create_node("request_watcher", context=rclpy_context)
+    watcher.create_subscription(ObservationRequest, "/apt_inference/request", on_request, REQUEST_QOS)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(watcher)
+    import threading
+
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    node_args = ["-p", "backend:=remote", "-p", "remote_image_encoding:=rgb8", "-p", "inference_timeout:=2.0"]
+    node_args += ["-p", "remote_connect_timeout:=60.0", *SIM_ARM_MARGINS]
+    rig = Rig(tiny_start_view_export, tmp_path, node_args, domain=int(ros_env["ROS_DOMAIN_ID"]))
+    log = (tmp_path / "inference_node.log").open("wb")
+    cmd = [sys.executable, "-m", "apt_policy.ros.inference_node", "--ros-args"]
+    server = subprocess.Popen(
+        [*cmd, "-p", f"model:={tiny_start_view_export}"], env=rig.env, stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        rig.wait_streaming(120.0)
+        assert rig.probe.wait_state((1,), 60.0), rig.probe.timeline
+        deadline = time.monotonic() + 30.0
+        while not requests and time.monotonic() < deadline:  # the watcher discovered the robot's writer
+            time.sleep(0.1)
+        for text in INSTRUCTIONS[1:]:  # two episodes seen from their start
+            rig.probe.say(text)
+            time.sleep(3.0)
+        assert int(rig.probe.status.chunks_produced) >= 4, rig.probe.timeline
+    finally:
+        rig.close()
+        server.send_signal(signal.SIGINT)
+        server.wait(15)
+        log.close()
+        executor.shutdown()
+        watcher.destroy_node()
+    assert requests and all(names == cameras for _, names, _, _ in requests), requests[:3]
+    epochs = sorted(said)
+    assert len(epochs) >= 2, epochs  # both instructions' requests came
+    with rig.probe.lock:  # a hold (stale input on a loaded machine) also starts an episode: one more view
+        holds = sum(state == 2 for _, state, _ in rig.probe.timeline[1:])
+    views: dict[int, set[str]] = {}
+    for epoch in epochs:
+        mine = [(front, start) for e, _, front, start in requests if e == epoch]
+        views[epoch] = {start for _, start in mine}
+        assert 1 <= len(views[epoch]) <= 1 + holds, f"epoch {epoch}: {len(views[epoch])} start views"
+        if len(views[epoch]) == 1 and len(mine) > 1:  # the live view moves with the arm, the start view not
+            assert len({front for front, _ in mine}) > 1, f"epoch {epoch}: the front view never changed"
+    assert views[epochs[0]] != views[epochs[-1]], "the new instruction kept the old episode's start view"
