@@ -11,7 +11,10 @@ timestamps), and the contract violations fake_franka counted:
 * ``none``: nothing restarted, the instruction switched every ``--window`` s;
 * ``reset``: nothing restarted; between cycles what the demo does between episodes since the thirteenth
   session: the node's ``~/stop`` and lifecycle deactivate, fake_franka's new arrival-log segment and its
-  arm reset to the ready pose, activate, then the next instruction.
+  arm reset to the ready pose, activate, then the next instruction;
+* ``recorder``: fake_franka and the node keep running and streaming (the instruction switched every cycle);
+  ``apt-record`` is restarted every cycle, a new DDS participant joining while the arm moves (an operator
+  starting a recording, or rviz, mid-run).
 
     python -m apt_policy.bench.restarts --model EXPORT_DIR --mode both --minutes 12 --out DIR
 
@@ -38,7 +41,7 @@ from apt_policy.bench.rig import INSTRUCTIONS, Rig
 from apt_policy.bench.soak import log_events
 from apt_policy.bench.stream import TRAJECTORY_TOPIC
 
-MODES = ("both", "node", "franka", "none", "reset")
+MODES = ("both", "node", "franka", "none", "reset", "recorder")
 
 
 @dataclass(frozen=True)
@@ -124,9 +127,13 @@ def run(
 
         operator = DemoProbe()
     with (out / "recorder.log").open("wb") as rec_log:
-        recorder = subprocess.Popen(
-            recorder_command(out / "bag", 10.0), env=rig.env, stdout=rec_log, stderr=subprocess.STDOUT
-        )
+
+        def start_recorder(bag: Path) -> subprocess.Popen:
+            return subprocess.Popen(
+                recorder_command(bag, 10.0), env=rig.env, stdout=rec_log, stderr=subprocess.STDOUT
+            )
+
+        recorder = start_recorder(out / "bag")
         cycles = 0
         try:
             rig.wait_streaming()
@@ -147,6 +154,10 @@ def run(
                 if operator is not None:
                     logs.append(out / f"arrivals_{cycles}.json")
                     _reset(operator, logs[-1])
+                if mode == "recorder":  # the old one stops, a new participant joins mid-motion
+                    recorder.send_signal(signal.SIGINT)
+                    recorder.wait(30)
+                    recorder = start_recorder(out / f"bag_{cycles}")
                 if not restart:
                     rig.probe.say(text)
                 print(f"\rcycle {cycles} ({mode})", end="", file=sys.stderr, flush=True)
