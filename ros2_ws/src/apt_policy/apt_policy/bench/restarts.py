@@ -14,7 +14,9 @@ timestamps), and the contract violations fake_franka counted:
   arm reset to the ready pose, activate, then the next instruction;
 * ``recorder``: fake_franka and the node keep running and streaming (the instruction switched every cycle);
   ``apt-record`` is restarted every cycle, a new DDS participant joining while the arm moves (an operator
-  starting a recording, or rviz, mid-run).
+  starting a recording, or rviz, mid-run). The result also says, per join, when the new recorder found
+  fake_franka (its ``recording /franka/joint_states`` line) and, per hold-up, how long after the last join
+  it came.
 
     python -m apt_policy.bench.restarts --model EXPORT_DIR --mode both --minutes 12 --out DIR
 
@@ -42,6 +44,7 @@ from apt_policy.bench.soak import log_events
 from apt_policy.bench.stream import TRAJECTORY_TOPIC
 
 MODES = ("both", "node", "franka", "none", "reset", "recorder")
+ARM_STATES = "/franka/joint_states"
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,21 @@ class HoldUp:
     log: str
     after_first_s: float
     delay_ms: float
+    after_join_s: float | None = None  # ``recorder`` mode: from the last recorder start to the held write
+    join_found_arm_s: float | None = None  # ... and when that recorder found fake_franka after its start
+
+
+def recorder_joins(log: Path) -> list[tuple[float, float | None]]:
+    """(start, seconds until it recorded the arm's joint states, None if never) of every recorder run that
+    appended to ``log`` (system clock)."""
+    events = log_events(log, ("INFO",), "recording")
+    joins: list[tuple[float, float | None]] = []
+    for t, message in events:
+        if message.startswith("recording to "):
+            joins.append((t, None))
+        elif message.startswith(f"recording {ARM_STATES} ") and joins and joins[-1][1] is None:
+            joins[-1] = (joins[-1][0], t - joins[-1][0])
+    return joins
 
 
 def hold_ups(sent: np.ndarray, received: np.ndarray, threshold_s: float) -> list[tuple[int, float]]:
@@ -169,6 +187,7 @@ def run(
             recorder.send_signal(signal.SIGINT)
             recorder.wait(30)
         print(file=sys.stderr)
+    joins = recorder_joins(out / "recorder.log") if mode == "recorder" else []
     found: list[HoldUp] = []
     commands = 0
     for path in logs:
@@ -177,7 +196,20 @@ def run(
         sent, received = read_arrivals(path)
         commands += len(received)
         for k, delay in hold_ups(sent, received, threshold_s):
-            found.append(HoldUp(path.name, round(float(received[k] - received[0]), 3), round(delay * 1e3, 1)))
+            before = [(t, found_s) for t, found_s in joins if t <= sent[k]]
+            last = before[-1] if before else None
+            after_join = None if last is None else round(float(sent[k] - last[0]), 3)
+            found_arm = None if last is None or last[1] is None else round(last[1], 3)
+            found.append(
+                HoldUp(
+                    path.name,
+                    round(float(received[k] - received[0]), 3),
+                    round(delay * 1e3, 1),
+                    after_join,
+                    found_arm,
+                )
+            )
+    found_after = [f for _, f in joins if f is not None]
     return {
         "mode": mode,
         "minutes": minutes,
@@ -188,6 +220,9 @@ def run(
         "threshold_ms": threshold_s * 1e3,
         "hold_ups": [asdict(h) for h in found],
         "contract_violations": violations_in_log(out / "rig" / "franka.log"),
+        "joins": len(joins),
+        "joins_found_arm_after_1s": sum(f > 1.0 for f in found_after),
+        "join_found_arm_s": [round(f, 3) for f in found_after],
         "exit_codes": codes,
     }
 
@@ -216,8 +251,20 @@ def main(argv: list[str] | None = None) -> int:
         args.threshold_ms / 1e3,
     )
     for h in result["hold_ups"]:
+        join = (
+            ""
+            if h["after_join_s"] is None
+            else f"; {h['after_join_s']:.2f} s after a recorder started, which found the arm after"
+            f" {h['join_found_arm_s'] if h['join_found_arm_s'] is not None else float('nan'):.2f} s"
+        )
         print(
             f"hold-up: {h['log']} {h['after_first_s']:.2f} s after its first command, {h['delay_ms']:.1f} ms"
+            + join
+        )
+    if result["joins"]:
+        print(
+            f"recorder starts: {result['joins']}, {result['joins_found_arm_after_1s']} found fake_franka"
+            " more than 1 s after they started"
         )
     print(
         f"{result['mode']}: {result['cycles']} cycles, {result['commands']} commands, "

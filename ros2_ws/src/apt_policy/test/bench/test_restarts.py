@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from apt_policy.bench.restarts import hold_ups, read_arrivals, run, violations_in_log
+from apt_policy.bench.restarts import hold_ups, read_arrivals, recorder_joins, run, violations_in_log
 from apt_policy.bench.stream import TRAJECTORY_TOPIC
 
 
@@ -56,3 +56,22 @@ def test_an_unknown_mode_is_refused_before_anything_starts(tmp_path) -> None:
     with pytest.raises(ValueError, match="mode must be one of"):
         run(tmp_path, "sometimes", 1.0, 8.0, tmp_path / "out", realtime=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_recorder_joins_say_when_each_recorder_found_the_arm(tmp_path) -> None:
+    """``--mode recorder``: every recorder start in the shared log, and how long it took to record the
+    arm's joint states (None for one that never did)."""
+    log = tmp_path / "recorder.log"
+    log.write_text(
+        "[INFO] [100.0] [apt_recorder]: recording to /b/bag: 13 topics, cameras [] at 10 Hz q80\n"
+        "[INFO] [100.3] [apt_recorder]: recording /franka/joint_states (sensor_msgs/msg/JointState)\n"
+        "[INFO] [110.0] [apt_recorder]: recording to /b/bag_1: 13 topics, cameras [] at 10 Hz q80\n"
+        "[INFO] [110.1] [apt_recorder]: recording /apt_policy/status (apt_msgs/msg/PolicyStatus)\n"
+        "[INFO] [112.8] [apt_recorder]: recording /franka/joint_states (sensor_msgs/msg/JointState)\n"
+        "[WARN] [113.0] [apt_recorder]: recording /franka/joint_states is slow\n"
+        "[INFO] [120.0] [apt_recorder]: recording to /b/bag_2: 13 topics, cameras [] at 10 Hz q80\n"
+    )
+    joins = recorder_joins(log)
+    assert [t for t, _ in joins] == [100.0, 110.0, 120.0]
+    assert joins[0][1] == pytest.approx(0.3) and joins[1][1] == pytest.approx(2.8) and joins[2][1] is None
+    assert recorder_joins(tmp_path / "missing.log") == []
