@@ -243,6 +243,7 @@ def test_the_policy_node_sends_a_start_view_model_its_start_view(
     import hashlib
     import signal
     import subprocess
+    import threading
 
     from apt_msgs.msg import ObservationRequest
     from apt_policy.bench.rig import INSTRUCTIONS, Rig
@@ -273,8 +274,6 @@ def test_the_policy_node_sends_a_start_view_model_its_start_view(
     watcher.create_subscription(ObservationRequest, "/apt_inference/request", on_request, REQUEST_QOS)
     executor = SingleThreadedExecutor(context=rclpy_context)
     executor.add_node(watcher)
-    import threading
-
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     node_args = ["-p", "backend:=remote", "-p", "remote_image_encoding:=rgb8", "-p", "inference_timeout:=2.0"]
