@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from apt_policy.bench.demo_runs import process_starts
 from apt_policy.demo.processes import ManagedProcesses, ProcessDiedError
 from apt_policy.demo.run import DISCOVERY_SETTLE_S
 
@@ -230,8 +231,8 @@ def test_one_arm_and_one_node_run_every_episode_each_from_its_start_pose(
     assert node_log.count("lifecycle activate: done") == 5
     assert node_log.count("lifecycle deactivate: done") == 5
     # the node streams only once discovery has settled: its first activation comes DISCOVERY_SETTLE_S
-    # after the last process was started (each ROS log file is named by its process's rcl start, ms)
-    starts_s = [int(f.stem.rsplit("_", 1)[-1]) / 1e3 for f in (logs / "ros").glob("python_*.log")]
+    # after the last process was started (rcl names each ROS log file by its process's start)
+    starts_s = process_starts(logs / "ros")
     first_activation = re.search(r"\[(\d+\.\d+)\] \[apt_policy\]: lifecycle activate: done", node_log)
     assert first_activation is not None and len(starts_s) >= 4, (node_log, starts_s)
     assert float(first_activation.group(1)) - max(starts_s) > DISCOVERY_SETTLE_S - 1.0

@@ -17,7 +17,8 @@ pytest.importorskip("apt_msgs")
 from apt_msgs.msg import PolicyStatus
 from apt_policy.robots.franka import FR3
 from apt_policy.sim import stand_ins
-from apt_policy.sim.stand_ins import hold_ready, policy_node_with_stand_in, stand_in_parameters, wait_until
+from apt_policy.sim.stand_ins import hold_ready, policy_node_with_stand_in, stand_in_parameters
+from apt_policy.sim.stand_ins import wait_until as _wait
 
 pytestmark = pytest.mark.ros
 
@@ -51,9 +52,6 @@ def running(ros_env, tmp_path: Path):
     params = stand_in_parameters(tmp_path, chunk_execution="none")
     with policy_node_with_stand_in(policy, params) as (node, probe):
         yield node, probe, policy
-
-
-_wait = wait_until
 
 
 def _with_history(policy: StatefulPolicy, instruction: str) -> list:

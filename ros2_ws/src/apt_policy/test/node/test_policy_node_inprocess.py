@@ -26,6 +26,7 @@ from apt_policy.ros.policy_node import make_policy_node
 from apt_policy.ros.qos import EVENTS
 from apt_policy.sim import stand_ins
 from apt_policy.sim.stand_ins import RobotStandIn, hold_ready, policy_node_with_stand_in, stand_in_parameters
+from apt_policy.sim.stand_ins import wait_until as _wait
 from rcl_interfaces.msg import Log
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -70,13 +71,6 @@ def running(ros_env, tmp_path: Path, request):
     )
     with policy_node_with_stand_in(policy, params) as (node, probe):
         yield node, probe, policy
-
-
-def _wait(cond, timeout: float = 10.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.01)
 
 
 def _traj_ok(msg: JointTrajectory) -> None:

@@ -17,7 +17,8 @@ pytest.importorskip("apt_msgs")
 
 from apt_msgs.msg import PolicyStatus
 from apt_policy.sim import stand_ins
-from apt_policy.sim.stand_ins import policy_node_with_stand_in, stand_in_parameters, wait_until
+from apt_policy.sim.stand_ins import policy_node_with_stand_in, stand_in_parameters
+from apt_policy.sim.stand_ins import wait_until as _wait
 
 pytestmark = pytest.mark.ros
 
@@ -44,9 +45,6 @@ def running(ros_env, tmp_path: Path):
     with policy_node_with_stand_in(policy, params) as (node, probe):
         probe.numbered_frames = True
         yield node, probe, policy
-
-
-_wait = wait_until
 
 
 def _calls(policy: StartViewPolicy, instruction: str, since: int = 0) -> list[tuple[int, int]]:
